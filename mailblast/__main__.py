@@ -1,0 +1,3 @@
+from mailblast.cli import main
+
+main()
