@@ -1,0 +1,89 @@
+"""Benchmark: rows/s and peak memory of `mailblast check` and `mailblast send --dry-run`.
+
+    python bench/bench_render.py                 # 100,000 rows
+    python bench/bench_render.py --rows 20000    # quicker
+    python bench/bench_render.py --flat          # 100,000 and 1,000,000 rows: memory must stay flat
+
+Each command runs in its own process; peak memory is that process's max RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TEMPLATE = """\
+From: Newsletter <news@example.com>
+To: {{ name }} <{{ email }}>
+Subject: Hello {{ name }}, your {{ plan }} plan 🎉
+
+# Hi {{ name }}
+
+Your plan **{{ plan }}** renews on {{ renews }}.
+
+- City: {{ city }}
+- Thanks for being with us.
+"""
+
+
+def make_csv(path: Path, rows: int) -> None:
+    plans = ("Free", "Pro", "Team")
+    with path.open("w", encoding="utf-8", newline="") as f:
+        f.write("email,name,plan,renews,city\n")
+        for i in range(rows):
+            f.write(f"user{i}@example.com,Zoë User {i},{plans[i % 3]},2027-01-{i % 28 + 1:02d},Zürich\n")
+
+
+def measure(args: list[str], cwd: Path) -> tuple[float, float, int]:
+    """Wall seconds, peak RSS in MiB, exit code of one child process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(args, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - start
+    return elapsed, usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status)
+
+
+def run(rows: int, work: Path) -> list[tuple[str, int, float, float]]:
+    csv_path = work / f"r{rows}.csv"
+    make_csv(csv_path, rows)
+    (work / "news.md").write_text(TEMPLATE, encoding="utf-8")
+    exe = [sys.executable, "-m", "mailblast"]
+    results = []
+    for name, extra in (("check", ["check"]), ("send --dry-run", ["send", "--dry-run"])):
+        args = [*exe, *extra, str(csv_path), "--template", "news.md"]
+        elapsed, peak, code = measure(args, work)
+        if code != 0:
+            sys.exit(f"{name} failed with exit code {code}")
+        results.append((name, rows, rows / elapsed, peak))
+    csv_path.unlink()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--flat", action="store_true", help="also run 10x the rows and compare memory")
+    options = parser.parse_args()
+    sizes = [options.rows, options.rows * 10] if options.flat else [options.rows]
+    results = []
+    with tempfile.TemporaryDirectory(prefix="mailblast-bench-") as tmp:
+        for rows in sizes:
+            results.extend(run(rows, Path(tmp)))
+    print(f"{'command':<16}{'rows':>12}{'rows/s':>10}{'peak MiB':>10}")
+    for name, rows, rate, peak in results:
+        print(f"{name:<16}{rows:>12,}{rate:>10,.0f}{peak:>10.1f}")
+    if options.flat:
+        for name in ("check", "send --dry-run"):
+            small, large = [peak for n, _, _, peak in results if n == name]
+            print(f"{name}: peak memory at {sizes[1]:,} rows is {large / small:.2f}x that at {sizes[0]:,}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""The command line: parse options, call a runner, turn errors into one line and an exit code."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from mailblast import __version__, runner
+from mailblast.config import Settings, load_settings
+from mailblast.errors import MailblastError, StoppedError
+
+app = typer.Typer(
+    name="mailblast",
+    help="Send one message per CSV row from a Jinja template, inside your provider's rate limit.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+Recipients = Annotated[
+    Path, typer.Argument(help="The recipients CSV: a header line, then one row per recipient.")
+]
+TemplateOpt = Annotated[
+    Path | None,
+    typer.Option("--template", "-t", help="The message template (.txt, .html or .md, optionally .j2)."),
+]
+FromOpt = Annotated[str | None, typer.Option("--from", help="Sender when the template has no From: header.")]
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="Settings file [default: ./mailblast.toml if present].")
+]
+EncodingOpt = Annotated[
+    str | None, typer.Option("--encoding", help="The CSV's encoding [default: detected, UTF-8 first].")
+]
+DelimiterOpt = Annotated[
+    str | None, typer.Option("--delimiter", help="The CSV's separator [default: sniffed from , ; or tab].")
+]
+EmailColumnOpt = Annotated[
+    str | None, typer.Option("--email-column", help="The column with addresses [default: one named email].")
+]
+DuplicatesOpt = Annotated[
+    bool | None,
+    typer.Option("--allow-duplicates", help="Send to an address as often as it appears.", show_default=False),
+]
+
+
+def _settings(options: dict[str, Any]) -> Settings:
+    """Settings from the config file, overridden by the options the user gave."""
+    flags = {k: v for k, v in options.items() if k != "recipients"}
+    config = flags.pop("config")
+    flags["sender"] = flags.pop("from_", None)
+    return load_settings(config, flags)
+
+
+def _run(work: Callable[[Console], int]) -> None:
+    """The one place where errors become a message and an exit code."""
+    console = Console(highlight=False)
+    errors = Console(stderr=True, highlight=False)
+    try:
+        code = work(console)
+    except MailblastError as e:
+        errors.print(f"[bold red]error:[/] {e.message}", soft_wrap=True, markup=True, emoji=False)
+        if e.hint:
+            errors.print(f"[bold]hint:[/] {e.hint}", soft_wrap=True, emoji=False)
+        raise typer.Exit(e.exit_code) from None
+    except KeyboardInterrupt:
+        errors.print("[bold red]interrupted[/]")
+        raise typer.Exit(StoppedError.exit_code) from None
+    raise typer.Exit(code)
+
+
+@app.command()
+def check(
+    recipients: Recipients,
+    template: TemplateOpt = None,
+    from_: FromOpt = None,
+    config: ConfigOpt = None,
+    encoding: EncodingOpt = None,
+    delimiter: DelimiterOpt = None,
+    email_column: EmailColumnOpt = None,
+    allow_duplicates: DuplicatesOpt = None,
+) -> None:
+    """Read and render every row, send nothing, and report every problem at once.
+
+    Exit 0 when every row is good, 2 otherwise.
+    """
+    settings = dict(locals())
+    _run(lambda console: runner.run_check(_settings(settings), recipients, console))
+
+
+@app.command()
+def preview(
+    recipients: Recipients,
+    template: TemplateOpt = None,
+    row: Annotated[
+        int, typer.Option("--row", "-r", help="Which row to show; 1 is the first after the header.")
+    ] = 1,
+    from_: FromOpt = None,
+    config: ConfigOpt = None,
+    encoding: EncodingOpt = None,
+    delimiter: DelimiterOpt = None,
+    email_column: EmailColumnOpt = None,
+) -> None:
+    """Show the fully rendered message for one row: headers, bodies, attachments."""
+    settings = {k: v for k, v in locals().items() if k != "row"}
+    _run(lambda console: runner.run_preview(_settings(settings), recipients, row, console))
+
+
+@app.command()
+def send(
+    recipients: Recipients,
+    template: TemplateOpt = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Render and check every message; send nothing.")
+    ] = False,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="With --dry-run: write each message to this folder as .eml.")
+    ] = None,
+    from_: FromOpt = None,
+    config: ConfigOpt = None,
+    encoding: EncodingOpt = None,
+    delimiter: DelimiterOpt = None,
+    email_column: EmailColumnOpt = None,
+    allow_duplicates: DuplicatesOpt = None,
+) -> None:
+    """Send one message per row. With --dry-run, render and check them all and send nothing."""
+    settings = {k: v for k, v in locals().items() if k not in ("dry_run", "out")}
+    if out is not None and not dry_run:
+        _run(lambda console: _usage("--out goes with --dry-run", "add --dry-run to write .eml files"))
+    if not dry_run:
+        _run(lambda console: _usage("real sending is not available yet", "use --dry-run"))
+    _run(lambda console: runner.run_dry_run(_settings(settings), recipients, out, console))
+
+
+def _usage(message: str, hint: str) -> int:
+    from mailblast.errors import InputError
+
+    raise InputError(message, hint)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"mailblast {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool | None, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = None,
+) -> None:
+    """mailblast: one message per CSV row, sent inside your provider's rate limit."""
+
+
+def main() -> None:
+    app()

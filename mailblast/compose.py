@@ -1,0 +1,373 @@
+"""Compose: render one recipient's message from the template, as bytes ready to send.
+
+A template is one Jinja file shaped like an email: a block of headers, a blank
+line, then the body. The two parts are compiled apart so that a value from the
+CSV can never add a header: any CR or LF a row puts into the header block is
+refused for that row.
+"""
+
+from __future__ import annotations
+
+import binascii
+import email
+import hashlib
+import mimetypes
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email import policy
+from email.charset import BASE64, Charset
+from email.encoders import encode_base64
+from email.header import Header
+from email.message import EmailMessage, Message
+from email.mime.base import MIMEBase
+from email.mime.multipart import MIMEMultipart
+from email.mime.nonmultipart import MIMENonMultipart
+from email.policy import Compat32
+from email.utils import format_datetime, formataddr, getaddresses, quote
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import html2text
+import jinja2
+from email_validator import EmailNotValidError, validate_email
+from markdown_it import MarkdownIt
+
+from mailblast.errors import TemplateError
+from mailblast.recipients import Recipient, RecipientsFile, RowProblem, RowResult
+
+ADDRESS_HEADERS = ("from", "to", "cc", "bcc", "reply-to")
+SINGLE_HEADERS = {"from", "to", "cc", "bcc", "reply-to", "subject"}
+RESERVED_HEADERS = {
+    "date": "mailblast sets Date when the message is made",
+    "message-id": "mailblast sets a Message-ID that stays the same when a row is sent again",
+    "mime-version": "mailblast builds the MIME structure from the template's file type",
+    "content-type": "mailblast picks the content type from the template's file name",
+    "content-transfer-encoding": "mailblast picks the transfer encoding",
+}
+BODY_KINDS = {
+    ".txt": "text",
+    ".text": "text",
+    ".html": "html",
+    ".htm": "html",
+    ".md": "markdown",
+    ".markdown": "markdown",
+}
+# The legacy (compat32) email API: the same MIME, several times faster to build than EmailMessage.
+# Base64 encoded words: binascii does them in C, where "shortest" measures both ways in Python.
+UTF8 = Charset("utf-8")
+UTF8.header_encoding = BASE64
+
+
+class _WirePolicy(Compat32):
+    """compat32 with CRLF that skips re-folding short ASCII headers, the common case."""
+
+    def fold_binary(self, name: str, value: Any) -> bytes:
+        if isinstance(value, str):
+            if value.isascii() and len(name) + len(value) + 2 <= 78:
+                return f"{name}: {value}{self.linesep}".encode("ascii")
+            if not value.isascii():
+                value = Header(value, UTF8, header_name=name)
+        return super().fold_binary(name, value)
+
+
+WIRE = _WirePolicy(linesep="\r\n")
+JINJA_SUFFIXES = (".j2", ".jinja", ".jinja2")
+SYNTAX_HINT = "fix the template; Jinja's syntax is described at https://jinja.palletsprojects.com/templates/"
+
+
+class RowError(Exception):
+    """This row cannot become a message; ``column`` names the CSV column when one is to blame."""
+
+    def __init__(self, message: str, column: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.column = column
+
+
+@dataclass(frozen=True)
+class Attachment:
+    filename: str
+    content_type: str
+    size: int
+
+
+@dataclass
+class ComposedMessage:
+    """One message, ready for the sender: the envelope and the bytes to transmit."""
+
+    recipient: Recipient
+    envelope_from: str
+    envelope_to: list[str]
+    data: bytes
+    message_id: str
+    needs_smtputf8: bool
+    attachments: list[Attachment] = field(default_factory=list)
+
+    def parsed(self) -> EmailMessage:
+        """The message as a mail client reads it."""
+        data = self.data.replace(b"\r\n", b"\n")
+        if self.needs_smtputf8:
+            return email.message_from_string(data.decode(), policy=policy.default)  # type: ignore[return-value]
+        return email.message_from_bytes(data, policy=policy.default)  # type: ignore[return-value]
+
+
+def body_kind(path: Path) -> str:
+    name = path.name.lower()
+    for suffix in JINJA_SUFFIXES:
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    return BODY_KINDS.get(Path(name).suffix, "text")
+
+
+def _no_line_breaks(value: Any) -> Any:
+    text = "" if value is None else str(value)
+    if "\r" in text or "\n" in text:
+        raise RowError(f"a value with a line break would reach a header: {text!r}")
+    return value
+
+
+@lru_cache(maxsize=4096)
+def _check_address(addr_spec: str) -> tuple[str, bool]:
+    """Validated address in the form to put on the wire, and whether it needs SMTPUTF8."""
+    checked = validate_email(addr_spec, check_deliverability=False)
+    return checked.ascii_email or checked.normalized, bool(checked.smtputf8)
+
+
+def _html_to_text(html: str) -> str:
+    converter = html2text.HTML2Text()
+    converter.body_width = 78
+    return converter.handle(html)
+
+
+class Template:
+    """A compiled message template."""
+
+    def __init__(self, path: Path | str, *, default_from: str | None = None) -> None:
+        self.path = Path(path)
+        self.kind = body_kind(self.path)
+        self.default_from = default_from
+        source = self._read()
+        lines = source.splitlines(keepends=True)
+        blank = next((i for i, line in enumerate(lines) if not line.strip()), None)
+        if blank is None:
+            raise TemplateError(
+                f"{self.path}: no blank line between the headers and the body",
+                "start the template with headers such as 'Subject: Hello', then a blank line, then the body",
+            )
+        self.source_sha = hashlib.sha256(source.encode()).hexdigest()
+        loader = jinja2.FileSystemLoader(self.path.parent)
+        header_env = jinja2.Environment(
+            loader=loader,
+            undefined=jinja2.StrictUndefined,
+            finalize=_no_line_breaks,
+            autoescape=False,
+            keep_trailing_newline=True,
+        )
+        body_env = jinja2.Environment(
+            loader=loader,
+            undefined=jinja2.StrictUndefined,
+            autoescape=self.kind == "html",
+            keep_trailing_newline=True,
+        )
+        self._headers = self._compile(header_env, "".join(lines[:blank]), 0)
+        self._body = self._compile(body_env, "".join(lines[blank + 1 :]), blank + 1)
+        self._markdown = MarkdownIt("commonmark", {"html": False}).enable("table")
+
+    def _read(self) -> str:
+        try:
+            source = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise TemplateError(f"{self.path}: no such template", "check the --template path") from None
+        except IsADirectoryError:
+            raise TemplateError(f"{self.path}: is a folder, not a template file") from None
+        except UnicodeDecodeError:
+            raise TemplateError(f"{self.path}: the template is not UTF-8 text", "save it as UTF-8") from None
+        if not source.strip():
+            raise TemplateError(f"{self.path}: the template is empty", "see the template format in README.md")
+        return source
+
+    def _compile(self, env: jinja2.Environment, source: str, line_offset: int) -> jinja2.Template:
+        try:
+            return env.from_string(source)
+        except jinja2.TemplateSyntaxError as e:
+            line = (e.lineno or 1) + line_offset if e.name is None else e.lineno
+            where = f"{self.path}, line {line}" if e.name is None else f"{e.name}, line {e.lineno}"
+            raise TemplateError(f"{where}: {e.message}", SYNTAX_HINT) from None
+
+    def compose(self, recipient: Recipient, *, date: datetime | None = None) -> ComposedMessage:
+        """Render one recipient's message; raises RowError when the row cannot become one."""
+        context = {"email": recipient.address, **recipient.fields, "row": recipient.fields}
+        header_text = self._render(self._headers, context)
+        body = self._render(self._body, context)
+        headers = self._parse_headers(header_text)
+        names = {name.lower() for name, _ in headers}
+        if "to" not in names:
+            headers.insert(0, ("To", recipient.address))
+        if "from" not in names:
+            if not self.default_from:
+                raise RowError(
+                    "the message has no sender: add a From: header to the template, "
+                    "or set from in mailblast.toml (or pass --from)"
+                )
+            headers.insert(0, ("From", self.default_from))
+        envelope_from, envelope_to = "", []
+        attachments: list[tuple[str, Path]] = []
+        needs_utf8 = recipient.needs_smtputf8
+        seen: set[str] = set()
+        out: list[tuple[str, str]] = []
+        for name, value in headers:
+            key = name.lower()
+            if key in RESERVED_HEADERS:
+                raise RowError(f"the template sets {name}, but {RESERVED_HEADERS[key]}")
+            if key == "attachment":
+                attachments.append((value, self.path.parent / value))
+                continue
+            if key in SINGLE_HEADERS and key in seen:
+                raise RowError(f"the template sets {name} twice")
+            seen.add(key)
+            if key in ADDRESS_HEADERS:
+                addresses, utf8 = _addresses(name, value)
+                needs_utf8 |= utf8
+                if key == "from":
+                    envelope_from = addresses[0][1]
+                if key in ("to", "cc", "bcc"):
+                    envelope_to.extend(addr for _, addr in addresses)
+                if key != "bcc":
+                    out.append((name, ", ".join(_format_address(*a) for a in addresses)))
+            else:
+                out.append((name, value))
+        digest = hashlib.sha256(
+            "\0".join([*envelope_to, header_text, body, *(str(p) for _, p in attachments)]).encode()
+        ).hexdigest()[:32]
+        # A boundary with "=_" can never occur in quoted-printable or base64 content.
+        msg = self._body_part(body, f"=_{digest}_a")
+        parts = []
+        if attachments:
+            files = [_attachment(written, path) for written, path in attachments]
+            msg = MIMEMultipart("mixed", f"=_{digest}_m", [msg, *(part for part, _ in files)])
+            parts = [info for _, info in files]
+        for name, value in out:
+            msg[name] = value
+        domain = envelope_from.rpartition("@")[2] or "mailblast.invalid"
+        message_id = f"<{digest}@{domain}>"
+        msg["Date"] = format_datetime(date or datetime.now(UTC).astimezone())
+        msg["Message-ID"] = message_id
+        data = msg.as_bytes(policy=policy.SMTPUTF8 if needs_utf8 else WIRE)
+        return ComposedMessage(recipient, envelope_from, envelope_to, data, message_id, needs_utf8, parts)
+
+    def _body_part(self, body: str, boundary: str) -> Message:
+        if self.kind == "text":
+            return _text_part(body, "plain")
+        if self.kind == "html":
+            plain, html = _html_to_text(body), body
+        else:
+            plain = body
+            html = (
+                '<!DOCTYPE html>\n<html><head><meta charset="utf-8"></head><body>\n'
+                f"{self._markdown.render(body)}</body></html>\n"
+            )
+        return MIMEMultipart("alternative", boundary, [_text_part(plain, "plain"), _text_part(html, "html")])
+
+    def _render(self, template: jinja2.Template, context: dict[str, Any]) -> str:
+        try:
+            return template.render(context)
+        except jinja2.UndefinedError as e:
+            raise RowError(
+                f"the template uses a variable this row does not have: {e.message} "
+                f"(the columns are: {', '.join(context['row'])})"
+            ) from None
+        except jinja2.TemplateError as e:
+            raise RowError(f"the template failed for this row: {e}") from None
+        except RowError:
+            raise
+        except Exception as e:  # a filter or test raising on this row's values
+            raise RowError(f"the template failed for this row: {type(e).__name__}: {e}") from None
+
+    def _parse_headers(self, text: str) -> list[tuple[str, str]]:
+        headers: list[tuple[str, str]] = []
+        for line in text.splitlines():
+            if not line.strip():
+                continue  # an {% if %} that rendered to nothing
+            if line[0] in " \t" and headers:
+                name, value = headers[-1]
+                headers[-1] = (name, f"{value} {line.strip()}")
+                continue
+            name, sep, value = line.partition(":")
+            if not sep or not name or not all(33 <= ord(c) <= 126 for c in name):
+                raise RowError(f"the header block has a line that is not a header: {line!r}")
+            if value.strip():
+                headers.append((name, value.strip()))
+        return headers
+
+
+def _addresses(name: str, value: str) -> tuple[list[tuple[str, str]], bool]:
+    """(display name, address) pairs of an address header, each validated."""
+    parsed = [(n, a) for n, a in getaddresses([value]) if a]
+    if not parsed:
+        raise RowError(f"{name}: {value!r} is not an address or a list of addresses")
+    result, needs_utf8 = [], False
+    for display_name, addr_spec in parsed:
+        try:
+            wire, utf8 = _check_address(addr_spec)
+        except EmailNotValidError as e:
+            raise RowError(f"{name}: {addr_spec!r} is not a valid address: {e}") from None
+        needs_utf8 |= utf8
+        result.append((display_name, wire))
+    return result, needs_utf8
+
+
+def _text_part(text: str, subtype: str) -> Message:
+    # binascii's quoted-printable is C; email.quoprimime's is much slower pure Python.
+    part = MIMENonMultipart("text", subtype, charset="utf-8")
+    part["Content-Transfer-Encoding"] = "quoted-printable"
+    part.set_payload(binascii.b2a_qp(text.encode("utf-8")).decode("ascii"))
+    return part
+
+
+def _format_address(display_name: str, address: str) -> str:
+    if address.isascii():
+        return formataddr((display_name, address), charset=UTF8)
+    # Only in an SMTPUTF8 message, where raw UTF-8 is allowed in every header.
+    return f'"{quote(display_name)}" <{address}>' if display_name else address
+
+
+def _attachment(written: str, path: Path) -> tuple[Message, Attachment]:
+    try:
+        content = path.read_bytes()
+    except FileNotFoundError:
+        raise RowError(f"attachment {written!r} not found (looked for {path})") from None
+    except OSError as e:
+        raise RowError(f"attachment {written!r} cannot be read: {e.strerror}") from None
+    content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    part = MIMEBase(*content_type.split("/", 1))
+    part.set_payload(content)
+    encode_base64(part)
+    filename = path.name if path.name.isascii() else ("utf-8", "", path.name)
+    part.add_header("Content-Disposition", "attachment", filename=filename)
+    return part, Attachment(path.name, content_type, len(content))
+
+
+@dataclass
+class Prepared:
+    """A row after reading and rendering: a message, or the problems that stopped it."""
+
+    row: RowResult
+    message: ComposedMessage | None
+
+
+def compose_rows(
+    recipients: RecipientsFile, template: Template, *, allow_duplicates: bool = False
+) -> Iterator[Prepared]:
+    """Read and render every row in file order; a row that cannot be rendered gets its problem."""
+    for result in recipients.rows(allow_duplicates=allow_duplicates):
+        message = None
+        if result.recipient is not None:
+            try:
+                message = template.compose(result.recipient)
+            except RowError as e:
+                result.problems.append(
+                    RowProblem(recipients.name, result.row, result.line, e.column, e.message)
+                )
+        yield Prepared(result, message)

@@ -1,0 +1,126 @@
+"""Settings: mailblast.toml (or --config), overridden by command-line flags.
+
+The file has top-level keys for the campaign and an [smtp] table for the server:
+
+    template = "templates/welcome.md.j2"
+    from = "Newsletter <news@example.com>"
+
+    [smtp]
+    url = "smtp://user@smtp.example.com:587"
+    rate = "3/s"
+
+Relative paths in the file are taken from the file's own folder.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from mailblast.errors import ConfigError
+
+DEFAULT_CONFIG = "mailblast.toml"
+
+# key in the file -> (type, is a path)
+TOP_KEYS: dict[str, tuple[type, bool]] = {
+    "template": (str, True),
+    "from": (str, False),
+    "encoding": (str, False),
+    "delimiter": (str, False),
+    "email_column": (str, False),
+    "allow_duplicates": (bool, False),
+    "report": (str, True),
+    "journal": (str, True),
+    "quiet": (bool, False),
+}
+SMTP_KEYS: dict[str, tuple[type, bool]] = {
+    "url": (str, False),
+    "rate": (str, False),
+    "connections": (int, False),
+    "max_messages": (int, False),
+    "retries": (int, False),
+    "timeout": (float, False),
+}
+
+
+@dataclass
+class Settings:
+    """Everything a command may need, already merged from file and flags."""
+
+    template: Path | None = None
+    sender: str | None = None
+    encoding: str | None = None
+    delimiter: str | None = None
+    email_column: str | None = None
+    allow_duplicates: bool = False
+    report: Path | None = None
+    journal: Path | None = None
+    quiet: bool = False
+    smtp_url: str | None = None
+    rate: str | None = None
+    connections: int = 2
+    max_messages: int = 100
+    retries: int = 5
+    timeout: float = 30.0
+    config_file: Path | None = None
+
+
+# names in the file -> names in Settings
+_RENAMES = {"from": "sender", "url": "smtp_url"}
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file", "check the --config path") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}", "fix the file's syntax") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read: {e.strerror}") from None
+
+
+def _take(path: Path, table: dict[str, Any], known: dict[str, tuple[type, bool]], prefix: str) -> dict:
+    values = {}
+    for key, value in table.items():
+        if key not in known:
+            choices = ", ".join(prefix + k for k in known)
+            raise ConfigError(f"{path}: unknown setting {prefix}{key}", f"the settings are: {choices}")
+        kind, is_path = known[key]
+        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            ok = True
+        if not ok:
+            raise ConfigError(f"{path}: {prefix}{key} should be a {kind.__name__}, not {value!r}")
+        if is_path:
+            value = path.parent / value
+        values[_RENAMES.get(key, key)] = value
+    return values
+
+
+def load_settings(config: Path | None, flags: dict[str, Any]) -> Settings:
+    """Merge the config file (``config``, else ./mailblast.toml if present) with flags not None."""
+    path = config if config is not None else Path(DEFAULT_CONFIG)
+    values: dict[str, Any] = {}
+    if config is not None or path.is_file():
+        data = _read_file(path)
+        smtp = data.pop("smtp", {})
+        if not isinstance(smtp, dict):
+            raise ConfigError(f"{path}: smtp should be a table ([smtp])")
+        values.update(_take(path, data, TOP_KEYS, ""))
+        values.update(_take(path, smtp, SMTP_KEYS, "smtp."))
+        values["config_file"] = path
+    values.update({k: v for k, v in flags.items() if v is not None})
+    names = {f.name for f in fields(Settings)}
+    unknown = set(values) - names
+    assert not unknown, f"flags not in Settings: {unknown}"
+    settings = Settings(**values)
+    for name in ("connections", "max_messages"):
+        if getattr(settings, name) < 1:
+            raise ConfigError(f"{name.replace('_', '-')} must be at least 1, not {getattr(settings, name)}")
+    if settings.retries < 0:
+        raise ConfigError(f"retries must be 0 or more, not {settings.retries}")
+    return settings

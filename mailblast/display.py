@@ -1,0 +1,103 @@
+"""Terminal output with rich: problems, summaries and the message preview.
+
+Nothing here decides anything; it only shows what the other stages produced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from email.message import EmailMessage
+
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+from rich.syntax import Syntax
+from rich.table import Table
+from rich.text import Text
+
+from mailblast.compose import ComposedMessage
+from mailblast.recipients import RowProblem
+
+
+def print_problem(console: Console, problem: RowProblem) -> None:
+    label, style = ("error", "red") if problem.is_error else ("warning", "yellow")
+    console.print(Text.assemble((f"{label}: ", f"bold {style}"), str(problem)), soft_wrap=True)
+
+
+def print_warning(console: Console, text: str) -> None:
+    console.print(Text.assemble(("warning: ", "bold yellow"), text), soft_wrap=True)
+
+
+def print_counts(console: Console, title: str, counts: dict[str, object]) -> None:
+    console.print(Text(title, style="bold"))
+    table = Table(show_header=False, box=None, padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    for name, value in counts.items():
+        table.add_row(name, str(value))
+    console.print(table)
+
+
+@contextmanager
+def file_progress(console: Console, description: str, total: int) -> Iterator[Progress | None]:
+    """A progress bar over a file's bytes, only on a terminal (plain output stays plain)."""
+    if not console.is_terminal:
+        yield None
+        return
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+    with progress:
+        progress.add_task(description, total=total)
+        yield progress
+
+
+def _part_text(part: EmailMessage) -> str:
+    content = part.get_content()
+    return content if isinstance(content, str) else f"<{len(content)} bytes>"
+
+
+def show_message(console: Console, composed: ComposedMessage) -> None:
+    """Headers, plain-text body, HTML body and attachments of one message."""
+    msg = composed.parsed()
+    headers = Table(show_header=False, box=None, padding=(0, 1))
+    headers.add_column(style="bold cyan", no_wrap=True)
+    headers.add_column(overflow="fold")
+    for name, value in msg.items():
+        headers.add_row(f"{name}:", str(value))
+    bcc = sorted(set(composed.envelope_to) - {a.addr_spec for h in ("To", "Cc") for a in _addrs(msg, h)})
+    if bcc:
+        headers.add_row("Bcc (envelope only):", ", ".join(bcc))
+    title = f"row {composed.recipient.row} · {composed.recipient.address} · {len(composed.data):,} bytes"
+    console.print(Panel(headers, title=title, title_align="left"))
+    plain = msg.get_body(("plain",))
+    html = msg.get_body(("html",))
+    if plain is not None:
+        console.print(Panel(Text(_part_text(plain)), title="plain text", title_align="left"))
+    if html is not None:
+        syntax = Syntax(_part_text(html), "html", word_wrap=True, background_color="default")
+        console.print(Panel(syntax, title="HTML", title_align="left"))
+    if composed.attachments:
+        rows = [Text(f"{a.filename}  {a.content_type}  {_size(a.size)}") for a in composed.attachments]
+        console.print(Panel(Group(*rows), title="attachments", title_align="left"))
+    if composed.needs_smtputf8:
+        print_warning(console, "this message has a non-ASCII address: the server must support SMTPUTF8")
+
+
+def _addrs(msg: EmailMessage, name: str) -> tuple:
+    header = msg.get(name)
+    return header.addresses if header is not None else ()
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB"):
+        if n < 1024 or unit == "MiB":
+            return f"{n:,} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)

@@ -1,0 +1,120 @@
+"""Decide what an SMTP reply means for the run: carry on, slow down, retry, give up or stop."""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+
+
+class Kind(enum.Enum):
+    """What to do about a reply."""
+
+    OK = "ok"  # accepted
+    THROTTLED = "throttled"  # we are too fast: slow the whole run down, retry later
+    TRANSIENT = "transient"  # temporary failure of this message: retry later
+    PERMANENT = "permanent"  # this message will never go through: give up on it
+    FATAL = "fatal"  # no message will go through (auth, daily quota): stop the run
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A classified SMTP reply; ``code`` is None when no reply came at all."""
+
+    kind: Kind
+    code: int | None
+    enhanced_code: str | None
+    retry_after: float | None
+    text: str
+
+    @property
+    def is_retryable(self) -> bool:
+        """Whether sending the message again later may work."""
+        return self.kind in (Kind.THROTTLED, Kind.TRANSIENT)
+
+    def describe(self) -> str:
+        """A one-line summary such as ``550 5.1.1 User unknown``."""
+        text = " ".join(self.text.split())
+        if self.code is None:
+            return f"no reply: {text}" if text else "no reply"
+        return f"{self.code} {text}" if text else str(self.code)
+
+
+_ENHANCED = re.compile(r"\s*([245]\.[0-9]{1,3}\.[0-9]{1,3})\b")
+_RETRY_AFTER = re.compile(
+    r"\b(?:try\s+again|retry|wait)\s+(?:(?:in|after|for)\s+)?([0-9]+(?:\.[0-9]+)?)\s*"
+    r"(seconds?|secs?|s|minutes?|mins?|m|hours?|hrs?|h)\b",
+    re.IGNORECASE | re.ASCII,
+)
+_UNIT_SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+_AUTH_FATAL_CODES = {530, 534, 535, 538}
+_THROTTLED_CODES = {421, 450, 452, 454}
+_AUTH_TEXT = re.compile(r"\bauth(?:enticat\w*)?\b|credential", re.IGNORECASE)
+_DAILY = re.compile(r"\bdaily\b|\bper[\s-]day\b", re.IGNORECASE)
+_QUOTA_OR_LIMIT = re.compile(r"quota|\blimit", re.IGNORECASE)
+_QUOTA_EXCEEDED = re.compile(r"quota\s*exceeded", re.IGNORECASE)
+# A full mailbox is one recipient's problem, not the sender's quota.
+_RECIPIENT_MAILBOX = re.compile(r"mailbox|inbox|recipient", re.IGNORECASE)
+_TOO_FAST = re.compile(
+    r"too\s+many|\brate\b|\brate[-_]?limit|per[\s-](?:second|minute|hour)\b|throttl"
+    r"|try\s+again\s+later",
+    re.IGNORECASE,
+)
+
+
+def classify(code: int | None, text: str) -> Verdict:
+    """Classify the reply ``code text``; a code of None, 0 or below means no reply came."""
+    if code is not None and code <= 0:
+        code = None
+    match = _ENHANCED.match(text)
+    enhanced = match.group(1) if match else None
+    return Verdict(_kind(code, enhanced, text), code, enhanced, _retry_after(text), text)
+
+
+def connection_lost(text: str = "connection lost") -> Verdict:
+    """The verdict for a message that got no reply (timeout, refused, dropped)."""
+    return classify(None, text)
+
+
+def _kind(code: int | None, enhanced: str | None, text: str) -> Kind:
+    if code is None:
+        return Kind.TRANSIENT
+    if 200 <= code < 400:
+        return Kind.OK
+    if 500 <= code < 600 and _is_fatal(code, enhanced, text):
+        return Kind.FATAL
+    if 400 <= code < 600 and _is_throttled(code, enhanced, text):
+        return Kind.THROTTLED
+    if 500 <= code < 600:
+        return Kind.PERMANENT
+    # Any other 4xx, and codes outside SMTP's range: nothing says the message itself is bad.
+    return Kind.TRANSIENT
+
+
+def _is_fatal(code: int, enhanced: str | None, text: str) -> bool:
+    if code in _AUTH_FATAL_CODES or enhanced in ("5.7.8", "5.7.9"):
+        return True
+    if enhanced == "5.7.0" and _AUTH_TEXT.search(text):
+        return True
+    if enhanced == "5.4.5":
+        return True
+    if enhanced == "5.2.2" or _RECIPIENT_MAILBOX.search(text):
+        return False
+    daily_quota = _DAILY.search(text) and _QUOTA_OR_LIMIT.search(text)
+    return bool(daily_quota or _QUOTA_EXCEEDED.search(text))
+
+
+def _is_throttled(code: int, enhanced: str | None, text: str) -> bool:
+    if code in _THROTTLED_CODES:
+        return True
+    if code < 500 and enhanced is not None and (enhanced == "4.4.5" or enhanced[:4] == "4.7."):
+        return True
+    return bool(_TOO_FAST.search(text))
+
+
+def _retry_after(text: str) -> float | None:
+    match = _RETRY_AFTER.search(text)
+    if not match:
+        return None
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)[0].lower()]

@@ -1,0 +1,153 @@
+"""Runners: wire the stages together for each command and show what happened.
+
+recipients (CSV rows) -> compose (message bytes) -> send -> outcomes -> report
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from mailblast import display
+from mailblast.compose import ComposedMessage, Template, compose_rows
+from mailblast.config import Settings
+from mailblast.errors import ConfigError, InputError
+from mailblast.recipients import RecipientsFile
+
+FIX_HINT = "fix the rows above (or the template), then run the command again; nothing was sent"
+
+
+@dataclass
+class Inputs:
+    recipients: RecipientsFile
+    template: Template
+
+
+@dataclass
+class ScanTally:
+    rows: int = 0
+    valid: int = 0
+    invalid: int = 0
+    duplicates: int = 0
+    empty: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "rows": self.rows,
+            "valid": self.valid,
+            "invalid": self.invalid,
+            "duplicates": self.duplicates,
+            "empty": self.empty,
+        }
+
+
+def load_inputs(settings: Settings, recipients_path: Path) -> Inputs:
+    if settings.template is None:
+        raise ConfigError("no template given", "pass --template PATH, or set template in mailblast.toml")
+    recipients = RecipientsFile(
+        recipients_path,
+        encoding=settings.encoding,
+        delimiter=settings.delimiter,
+        email_column=settings.email_column,
+    )
+    template = Template(settings.template, default_from=settings.sender)
+    return Inputs(recipients, template)
+
+
+def scan(
+    inputs: Inputs,
+    settings: Settings,
+    console: Console,
+    on_message: Callable[[ComposedMessage], None] | None = None,
+) -> ScanTally:
+    """Read and render every row, print every problem, count the outcome."""
+    for warning in inputs.recipients.format.warnings:
+        display.print_warning(console, warning)
+    tally = ScanTally()
+    rows = compose_rows(inputs.recipients, inputs.template, allow_duplicates=settings.allow_duplicates)
+    size = inputs.recipients.size
+    with display.file_progress(console, "checking rows", size) as progress:
+        for prepared in rows:
+            result = prepared.row
+            tally.rows += 1
+            for problem in result.problems:
+                display.print_problem(console, problem)
+            if prepared.message is not None:
+                tally.valid += 1
+                if on_message is not None:
+                    on_message(prepared.message)
+            elif result.duplicate_of is not None:
+                tally.duplicates += 1
+            elif any(p.is_error for p in result.problems):
+                tally.invalid += 1
+            else:
+                tally.empty += 1
+            if progress is not None and tally.rows % 512 == 0:
+                progress.update(progress.task_ids[0], completed=inputs.recipients.bytes_read)
+    if tally.rows == 0:
+        raise InputError(
+            f"{inputs.recipients.name}: the file has a header but no rows",
+            "add one row per recipient below the header line",
+        )
+    return tally
+
+
+def run_check(settings: Settings, recipients_path: Path, console: Console) -> int:
+    inputs = load_inputs(settings, recipients_path)
+    tally = scan(inputs, settings, console)
+    display.print_counts(console, f"check {inputs.recipients.name}", tally.as_dict())
+    return _verdict(console, tally)
+
+
+def _verdict(console: Console, tally: ScanTally) -> int:
+    if tally.invalid:
+        console.print(f"[bold red]{tally.invalid} invalid row(s).[/] Hint: {FIX_HINT}")
+        return InputError.exit_code
+    return 0
+
+
+def run_preview(settings: Settings, recipients_path: Path, row: int, console: Console) -> int:
+    if row < 1:
+        raise ConfigError(f"--row must be 1 or more, not {row}", "row 1 is the first row after the header")
+    inputs = load_inputs(settings, recipients_path)
+    for prepared in compose_rows(inputs.recipients, inputs.template, allow_duplicates=True):
+        if prepared.row.row != row:
+            continue
+        for problem in prepared.row.problems:
+            display.print_problem(console, problem)
+        if prepared.message is None:
+            return InputError.exit_code
+        display.show_message(console, prepared.message)
+        return 0
+    raise InputError(
+        f"{inputs.recipients.name} has no row {row}",
+        "rows are counted from 1, the first row after the header; blank lines are not counted",
+    )
+
+
+def eml_name(message: ComposedMessage) -> str:
+    safe = re.sub(r"[^\w@.+-]", "_", message.recipient.address, flags=re.ASCII)
+    return f"{message.recipient.row:06d}-{safe}.eml"
+
+
+def run_dry_run(settings: Settings, recipients_path: Path, out: Path | None, console: Console) -> int:
+    inputs = load_inputs(settings, recipients_path)
+    write: Callable[[ComposedMessage], None] | None = None
+    if out is not None:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"--out {out}: cannot create the folder: {e.strerror}") from None
+
+        def write(message: ComposedMessage) -> None:
+            (out / eml_name(message)).write_bytes(message.data)
+
+    tally = scan(inputs, settings, console, write)
+    display.print_counts(console, f"dry run of {inputs.recipients.name}: nothing sent", tally.as_dict())
+    if out is not None:
+        console.print(f"wrote {tally.valid} message(s) to {out}/ as .eml files", highlight=False)
+    return _verdict(console, tally)

@@ -1,0 +1,748 @@
+"""Real, in-process SMTP servers for the test suite and the benchmarks.
+
+Every server is an aiosmtpd ``Controller`` running its own event loop in a daemon
+thread, listening on 127.0.0.1 with a port the OS chose.  In-process code and
+subprocesses (the ``mailblast`` CLI) can both send to it.  Nothing is mocked: the
+behaviours below answer on the wire exactly like a real provider would.
+
+    with start_server(rate=(3, 1.0)) as server:
+        subprocess.run(["mailblast", "send", "--smtp", server.url, ...])
+        assert server.max_in_window(1.0) <= 3
+
+Behaviours (keyword arguments of :func:`start_server`, freely combined):
+
+* plain sink (no arguments): accepts everything.
+* ``rate=(n, period)``: at most ``n`` accepted messages in any sliding window of
+  ``period`` seconds (a message counts when its DATA is accepted); above that the
+  server answers ``throttle_reply`` (Mailtrap's text by default) at stage
+  ``throttle_at`` ("data" by default; "mail" or "rcpt" also possible).
+* ``fail_random=(probability, reply)``: answer ``reply`` at stage ``fail_random_at``
+  with the given probability, drawn from ``random.Random(seed)``.
+* ``drop_after_data_every=k`` / ``drop_at_mail_every=k``: close the connection
+  without any reply after the final dot of every k-th DATA / at every k-th MAIL FROM.
+* ``reject_recipients``: a set of addresses (case-insensitive) or a predicate;
+  those get ``550 5.1.1 <addr>: Recipient address rejected: User unknown``.
+* ``tls`` / ``require_starttls`` / ``implicit_tls``: STARTTLS offered / required, or
+  SMTPS, with a certificate from a process-wide trustme CA (``.ca_pem_path``).
+* ``auth={"user": "password"}``: AUTH PLAIN/LOGIN required before MAIL FROM;
+  ``fail_auth_after=k`` makes every AUTH fail once k messages were accepted.
+* ``reply_after=(k, reply)``: once k messages were accepted, answer ``reply`` at
+  stage ``reply_after_at`` ("mail" by default).
+* ``reply_hook(stage, envelope, accepted_count) -> str | None``: answer anything at
+  "mail" / "rcpt" / "data"; return :data:`DROP` to close the connection silently.
+* ``data_latency``: seconds to wait after the final dot before answering.
+* ``smtputf8``, ``data_size_limit``: forwarded to aiosmtpd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import bisect
+import contextlib
+import email
+import email.message
+import email.policy
+import logging
+import random
+import shutil
+import socket
+import ssl
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, NamedTuple, Self, cast
+
+import trustme
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+__all__ = [
+    "AUTH_INVALID_REPLY",
+    "AUTH_REQUIRED_REPLY",
+    "DROP",
+    "HOST",
+    "MAILTRAP_THROTTLE_REPLY",
+    "SES_THROTTLE_REPLY",
+    "TEMP_FAILURE_REPLY",
+    "AuthAttempt",
+    "Dropped",
+    "LocalCA",
+    "Received",
+    "Rejection",
+    "SmtpServer",
+    "Stage",
+    "local_ca",
+    "max_in_window",
+    "start_server",
+    "unknown_user_reply",
+]
+
+HOST = "127.0.0.1"
+SERVER_NAME = "mx.mailblast.test"
+
+MAILTRAP_THROTTLE_REPLY = "550 5.7.0 Requested action not taken: too many emails per second"
+SES_THROTTLE_REPLY = "454 Throttling failure: Maximum sending rate exceeded."
+TEMP_FAILURE_REPLY = "451 4.3.0 Temporary failure"
+AUTH_INVALID_REPLY = "535 5.7.8 Authentication credentials invalid"
+AUTH_REQUIRED_REPLY = "530 5.7.0 Authentication required"
+OK_REPLY = "250 OK"
+QUEUED_REPLY = "250 2.0.0 Ok: queued"
+
+DROP = "DROP"
+"""Return this from a ``reply_hook`` to close the connection without replying."""
+
+Stage = Literal["mail", "rcpt", "data"]
+ReplyHook = Callable[[Stage, Envelope, int], str | None]
+_STAGES: tuple[Stage, ...] = ("mail", "rcpt", "data")
+
+
+def unknown_user_reply(address: str) -> str:
+    return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass
+class Received:
+    """One accepted message (its DATA got a 250)."""
+
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+    at: float  # time.monotonic() when the message was counted (end of DATA)
+    peer: Any  # (host, port) of the client
+    mail_options: list[str] = field(default_factory=list)
+    user: str | None = None  # AUTH login of the session, if any
+    tls: bool = False  # sent over STARTTLS or implicit TLS
+
+    @property
+    def message(self) -> email.message.EmailMessage:
+        msg = email.message_from_bytes(self.data, policy=email.policy.default)
+        assert isinstance(msg, email.message.EmailMessage)
+        return msg
+
+
+@dataclass
+class Dropped:
+    """A transaction whose connection the server closed without replying."""
+
+    stage: Stage  # "rcpt" only when a reply_hook returned DROP there
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes | None  # the full message for stage "data": the server did get it
+    at: float
+    peer: Any
+
+
+class Rejection(NamedTuple):
+    """A 4xx/5xx reply the server sent: ``(at, code, text)``; text excludes the code."""
+
+    at: float
+    code: int
+    text: str
+
+
+@dataclass(frozen=True)
+class AuthAttempt:
+    at: float
+    username: str
+    mechanism: str
+    success: bool
+
+
+def max_in_window(times: Iterable[float], period: float) -> int:
+    """Most timestamps inside any half-open window ``(t - period, t]``.
+
+    Two timestamps exactly ``period`` apart are never in the same window, matching
+    the rule the throttling server enforces.
+    """
+    ordered = sorted(times)
+    best = 0
+    start = 0
+    for end, t in enumerate(ordered):
+        while t - ordered[start] >= period:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+# --------------------------------------------------------------------------- TLS
+
+
+class LocalCA:
+    """A trustme CA plus a server certificate for 127.0.0.1 and localhost."""
+
+    def __init__(self) -> None:
+        self.ca = trustme.CA()
+        self.server_cert = self.ca.issue_cert(HOST, "localhost")
+        self._dir = Path(tempfile.mkdtemp(prefix="mailblast-ca-"))
+        atexit.register(shutil.rmtree, self._dir, ignore_errors=True)
+        self.ca_pem_path = self._dir / "ca.pem"
+        self.ca.cert_pem.write_to_path(str(self.ca_pem_path))
+
+    def server_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.server_cert.configure_cert(ctx)
+        return ctx
+
+    def client_context(self) -> ssl.SSLContext:
+        """A verifying client context that trusts only this CA."""
+        ctx = ssl.create_default_context()
+        self.ca.configure_trust(ctx)
+        return ctx
+
+
+_ca_lock = threading.Lock()
+_ca: LocalCA | None = None
+
+
+def local_ca() -> LocalCA:
+    """The process-wide CA shared by every TLS server (created on first use)."""
+    global _ca
+    with _ca_lock:
+        if _ca is None:
+            _ca = LocalCA()
+        return _ca
+
+
+# --------------------------------------------------------------------------- aiosmtpd glue
+
+
+class _QuietLoginData(logging.Filter):
+    """aiosmtpd logs a deprecation warning on every successful AUTH; hide it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "login_data is deprecated" not in record.getMessage()
+
+
+logging.getLogger("mail.log").addFilter(_QuietLoginData())
+
+
+def _check_reply(reply: str, what: str) -> str:
+    code = reply[:3]
+    if not (code.isdigit() and code[0] in "45" and reply[3:4] in (" ", "")):
+        raise ValueError(f"{what} must be a 4xx/5xx SMTP reply, got {reply!r}")
+    return reply
+
+
+def _check_stage(stage: str, what: str) -> Stage:
+    if stage not in _STAGES:
+        raise ValueError(f"{what} must be one of {_STAGES}, got {stage!r}")
+    return cast(Stage, stage)
+
+
+def _check_every(k: int | None, what: str) -> int | None:
+    if k is not None and k < 1:
+        raise ValueError(f"{what} must be >= 1")
+    return k
+
+
+class _Protocol(SMTP):
+    """aiosmtpd's SMTP session, instrumented for the owning :class:`SmtpServer`."""
+
+    def __init__(self, owner: SmtpServer, *args: Any, **kwargs: Any) -> None:
+        self.owner = owner  # before super(): aiosmtpd's __init__ inspects our members
+        super().__init__(*args, **kwargs)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self._original_transport is None  # called again after STARTTLS
+        super().connection_made(transport)
+        if first:
+            self.owner._connection_opened(self, transport.get_extra_info("peername"))
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self.owner._connection_closed(self)
+        super().connection_lost(error)
+
+    async def push(self, status: str | bytes) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return  # dropped on purpose: not a single byte more
+        line = status.decode("utf-8", "replace") if isinstance(status, bytes) else status
+        code = line[:3]
+        if code.isdigit() and code[0] in "45" and line[3:4] in (" ", ""):
+            self.owner._record_rejection(int(code), line[4:])
+        await super().push(status)
+        if code == "421" and line[3:4] == " " and self.transport is not None:
+            self.transport.close()  # 421: "closing transmission channel", like real servers
+
+    def drop(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    @property
+    def uses_tls(self) -> bool:
+        return self._tls_protocol is not None or self.owner.implicit_tls
+
+
+class _Controller(Controller):
+    """Controller serving on a socket we bound ourselves (the real port is known)."""
+
+    def __init__(self, owner: SmtpServer, sock: socket.socket, **kwargs: Any) -> None:
+        super().__init__(owner._handler, hostname=HOST, port=sock.getsockname()[1], **kwargs)
+        self.owner = owner
+        self.sock = sock
+        self.trigger_peer: tuple[str, int] | None = None
+
+    def factory(self) -> SMTP:
+        return _Protocol(self.owner, self.handler, **self.SMTP_kwargs)
+
+    def _create_server(self) -> Any:
+        return self.loop.create_server(self._factory_invoker, sock=self.sock, ssl=self.ssl_context)
+
+    def _trigger_server(self) -> None:
+        # Same as aiosmtpd's readiness probe, but from a known local address so that
+        # the probe is not counted as a client connection.
+        with contextlib.ExitStack() as stack:
+            s = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            s.settimeout(2.0)
+            s.bind((HOST, 0))
+            self.trigger_peer = s.getsockname()
+            s.connect((HOST, self.port))
+            if self.ssl_context is not None:
+                client = ssl.create_default_context()
+                client.check_hostname = False
+                client.verify_mode = ssl.CERT_NONE
+                s = stack.enter_context(client.wrap_socket(s))
+            s.recv(1024)
+
+
+class _Handler:
+    """aiosmtpd handler hooks; all state lives on the owning :class:`SmtpServer`."""
+
+    def __init__(self, owner: SmtpServer) -> None:
+        self.owner = owner
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname  # the 5-argument hook must do this itself
+        if self.owner._credentials is None:
+            responses = [r for r in responses if not r[4:].upper().startswith("AUTH")]
+        return responses
+
+    async def handle_MAIL(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
+        owner = self.owner
+        if owner._credentials is not None and not session.authenticated:
+            return AUTH_REQUIRED_REPLY
+        owner._mail_count += 1
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        if owner.drop_at_mail_every and owner._mail_count % owner.drop_at_mail_every == 0:
+            return owner._drop(server, session, envelope, "mail")
+        reply = owner._policy("mail", server, session, envelope)
+        if reply is not None:
+            envelope.mail_from = None
+            envelope.mail_options.clear()
+            return reply
+        return OK_REPLY
+
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        owner = self.owner
+        if owner._rejects_recipient(address):
+            return unknown_user_reply(address)
+        envelope.rcpt_tos.append(address)
+        reply = owner._policy("rcpt", server, session, envelope)
+        if reply is not None:
+            envelope.rcpt_tos.pop()
+            return reply
+        envelope.rcpt_options.extend(rcpt_options)
+        return OK_REPLY
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        owner = self.owner
+        owner._data_count += 1
+        if owner.drop_after_data_every and owner._data_count % owner.drop_after_data_every == 0:
+            return owner._drop(server, session, envelope, "data")
+        if owner.data_latency > 0:
+            await asyncio.sleep(owner.data_latency)
+        reply = owner._policy("data", server, session, envelope)
+        if reply is not None:
+            return reply
+        owner._accept(server, session, envelope)
+        return QUEUED_REPLY
+
+
+class _Credentials:
+    """Username -> password; never shows the passwords in a repr."""
+
+    def __init__(self, users: dict[str, str]) -> None:
+        self._users = dict(users)
+
+    def check(self, username: str, password: str) -> bool:
+        return username in self._users and self._users[username] == password
+
+    def __repr__(self) -> str:
+        return f"<credentials for {sorted(self._users)}>"
+
+
+# --------------------------------------------------------------------------- the server
+
+
+class SmtpServer:
+    """A real SMTP server in a background thread.  Create it with :func:`start_server`."""
+
+    def __init__(
+        self,
+        *,
+        rate: tuple[int, float] | None = None,
+        throttle_reply: str = MAILTRAP_THROTTLE_REPLY,
+        throttle_at: Stage = "data",
+        fail_random: tuple[float, str] | float | None = None,
+        fail_random_at: Stage = "data",
+        seed: int = 0,
+        drop_after_data_every: int | None = None,
+        drop_at_mail_every: int | None = None,
+        reject_recipients: Collection[str] | Callable[[str], bool] | None = None,
+        tls: bool = False,
+        require_starttls: bool = False,
+        implicit_tls: bool = False,
+        auth: dict[str, str] | None = None,
+        fail_auth_after: int | None = None,
+        reply_after: tuple[int, str] | None = None,
+        reply_after_at: Stage = "mail",
+        reply_hook: ReplyHook | None = None,
+        data_latency: float = 0.0,
+        smtputf8: bool = False,
+        data_size_limit: int = 50 * 1024 * 1024,
+        ready_timeout: float = 10.0,
+    ) -> None:
+        if rate is not None and (rate[0] < 1 or rate[1] <= 0):
+            raise ValueError("rate must be (n >= 1, period > 0)")
+        if isinstance(fail_random, int | float):
+            fail_random = (float(fail_random), TEMP_FAILURE_REPLY)
+        if fail_random is not None:
+            _check_reply(fail_random[1], "fail_random reply")
+        if reply_after is not None:
+            _check_reply(reply_after[1], "reply_after reply")
+        if implicit_tls and (tls or require_starttls):
+            raise ValueError("implicit_tls cannot be combined with STARTTLS options")
+        if fail_auth_after is not None and auth is None:
+            raise ValueError("fail_auth_after needs auth")
+
+        self.rate = rate
+        self.throttle_reply = _check_reply(throttle_reply, "throttle_reply")
+        self.throttle_at = _check_stage(throttle_at, "throttle_at")
+        self.fail_random = fail_random
+        self.fail_random_at = _check_stage(fail_random_at, "fail_random_at")
+        self.seed = seed
+        self.drop_after_data_every = _check_every(drop_after_data_every, "drop_after_data_every")
+        self.drop_at_mail_every = _check_every(drop_at_mail_every, "drop_at_mail_every")
+        self.reject_recipients = reject_recipients
+        self.tls = tls or require_starttls
+        self.require_starttls = require_starttls
+        self.implicit_tls = implicit_tls
+        self.fail_auth_after = fail_auth_after
+        self.reply_after = reply_after
+        self.reply_after_at = _check_stage(reply_after_at, "reply_after_at")
+        self.reply_hook = reply_hook
+        self.data_latency = data_latency
+        self.smtputf8 = smtputf8
+        self.data_size_limit = data_size_limit
+        self.ready_timeout = ready_timeout
+
+        if isinstance(reject_recipients, str):
+            reject_recipients = {reject_recipients}
+        self._credentials = _Credentials(auth) if auth is not None else None
+        self._rejected_set = (
+            {a.lower() for a in reject_recipients}
+            if reject_recipients is not None and not callable(reject_recipients)
+            else None
+        )
+        self._rng = random.Random(seed)
+        self._handler = _Handler(self)
+        self._cond = threading.Condition()
+        self._received: list[Received] = []
+        self._accepted_at: list[float] = []  # sorted, same order as _received
+        self._rejected: list[Rejection] = []
+        self._dropped: list[Dropped] = []
+        self._auth_attempts: list[AuthAttempt] = []
+        self._connections = 0
+        self._live: set[_Protocol] = set()  # only touched in the server thread
+        self._mail_count = 0
+        self._data_count = 0
+        self._controller: _Controller | None = None
+        self.host = HOST
+        self.port = 0
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def start(self) -> Self:
+        if self._controller is not None:
+            raise RuntimeError("server already started")
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.bind((HOST, 0))
+            self.port = sock.getsockname()[1]
+            kwargs: dict[str, Any] = {
+                "server_hostname": SERVER_NAME,
+                "ready_timeout": self.ready_timeout,
+                "enable_SMTPUTF8": self.smtputf8,
+                "data_size_limit": self.data_size_limit,
+                # AUTH only after STARTTLS when STARTTLS is offered; on plain and on
+                # implicit-TLS servers AUTH is offered right away (aiosmtpd does not
+                # count implicit TLS as TLS for auth_require_tls).
+                "auth_require_tls": self.tls,
+            }
+            if self._credentials is not None:
+                kwargs["authenticator"] = self._authenticate
+            if self.tls:
+                kwargs["tls_context"] = local_ca().server_context()
+                kwargs["require_starttls"] = self.require_starttls
+            if self.implicit_tls:
+                kwargs["ssl_context"] = local_ca().server_context()
+            self._controller = _Controller(self, sock, **kwargs)
+            self._controller.start()
+        except BaseException:
+            sock.close()
+            if self._controller is not None and self._controller._thread is not None:
+                self._controller.stop()
+            self._controller = None
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Abort every open connection and stop the server thread (idempotent)."""
+        controller, self._controller = self._controller, None
+        if controller is None:
+            return
+        if controller.loop.is_running():
+            shutdown = self._shutdown(controller)
+            future = asyncio.run_coroutine_threadsafe(shutdown, controller.loop)
+            # stopping must never fail a test; the daemon thread dies anyway
+            with contextlib.suppress(Exception):
+                future.result(timeout=5.0)
+        controller.stop(no_assert=True)
+
+    async def _shutdown(self, controller: _Controller) -> None:
+        # Python >= 3.12's Server.wait_closed() waits for every connection, so an
+        # idle client would make aiosmtpd's Controller.stop() hang: abort them all.
+        if controller.server is not None:
+            controller.server.close()  # no new connections
+        for proto in list(self._live):
+            proto.drop()
+        current = asyncio.current_task()
+        tasks = [t for t in asyncio.all_tasks() if t is not current]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=2.0)
+        await asyncio.sleep(0)  # let connection_lost callbacks run
+
+    def __enter__(self) -> Self:
+        if self._controller is None:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self._controller is not None else "stopped"
+        return f"<SmtpServer {self.url} {state} received={len(self._received)}>"
+
+    # ----------------------------------------------------------------- public state
+
+    @property
+    def url(self) -> str:
+        scheme = "smtps" if self.implicit_tls else "smtp"
+        return f"{scheme}://{self.host}:{self.port}"
+
+    @property
+    def ca_pem_path(self) -> Path:
+        """PEM file of the CA that signed this server's certificate."""
+        return local_ca().ca_pem_path
+
+    def client_context(self) -> ssl.SSLContext:
+        """A verifying client SSL context that trusts this server's certificate."""
+        return local_ca().client_context()
+
+    @property
+    def received(self) -> list[Received]:
+        with self._cond:
+            return list(self._received)
+
+    @property
+    def rejected(self) -> list[Rejection]:
+        with self._cond:
+            return list(self._rejected)
+
+    @property
+    def dropped(self) -> list[Dropped]:
+        with self._cond:
+            return list(self._dropped)
+
+    @property
+    def auth_attempts(self) -> list[AuthAttempt]:
+        with self._cond:
+            return list(self._auth_attempts)
+
+    @property
+    def connections(self) -> int:
+        """Client connections opened so far (the startup probe is not counted)."""
+        with self._cond:
+            return self._connections
+
+    def recipients(self) -> list[str]:
+        return [rcpt for msg in self.received for rcpt in msg.rcpt_tos]
+
+    def max_in_window(self, period: float) -> int:
+        with self._cond:
+            times = list(self._accepted_at)
+        return max_in_window(times, period)
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> bool:
+        """Wait until at least ``count`` messages were accepted; False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: len(self._received) >= count, timeout)
+
+    # ----------------------------------------------------------------- server thread
+
+    @property
+    def accepted_count(self) -> int:
+        return len(self._received)
+
+    def _connection_opened(self, proto: _Protocol, peer: Any) -> None:
+        self._live.add(proto)
+        controller = self._controller
+        if controller is not None and controller.trigger_peer == peer:
+            return
+        with self._cond:
+            self._connections += 1
+            self._cond.notify_all()
+
+    def _connection_closed(self, proto: _Protocol) -> None:
+        self._live.discard(proto)
+
+    def _record_rejection(self, code: int, text: str) -> None:
+        with self._cond:
+            self._rejected.append(Rejection(time.monotonic(), code, text))
+            self._cond.notify_all()
+
+    def _rejects_recipient(self, address: str) -> bool:
+        if self._rejected_set is not None:
+            return address.lower() in self._rejected_set
+        if callable(self.reject_recipients):
+            return bool(self.reject_recipients(address))
+        return False
+
+    def _window_full(self, now: float) -> bool:
+        assert self.rate is not None
+        limit, period = self.rate
+        # accepted messages with at > now - period
+        in_window = len(self._accepted_at) - bisect.bisect_right(self._accepted_at, now - period)
+        return in_window >= limit
+
+    def _policy(self, stage: Stage, server: SMTP, session: Session, envelope: Envelope) -> str | None:
+        """The configured answer for this stage, or None to carry on."""
+        if self.reply_hook is not None:
+            reply = self.reply_hook(stage, envelope, self.accepted_count)
+            if reply == DROP:
+                return self._drop(server, session, envelope, stage)
+            if reply is not None:
+                return reply
+        if (
+            self.reply_after is not None
+            and stage == self.reply_after_at
+            and self.accepted_count >= self.reply_after[0]
+        ):
+            return self.reply_after[1]
+        if self.rate is not None and stage == self.throttle_at and self._window_full(time.monotonic()):
+            return self.throttle_reply
+        if (
+            self.fail_random is not None
+            and stage == self.fail_random_at
+            and self._rng.random() < self.fail_random[0]
+        ):
+            return self.fail_random[1]
+        return None
+
+    def _drop(self, server: SMTP, session: Session, envelope: Envelope, stage: Stage) -> str:
+        data = envelope.original_content if stage == "data" else None
+        with self._cond:
+            self._dropped.append(
+                Dropped(
+                    stage,
+                    envelope.mail_from or "",
+                    list(envelope.rcpt_tos),
+                    data,
+                    time.monotonic(),
+                    session.peer,
+                )
+            )
+            self._cond.notify_all()
+        assert isinstance(server, _Protocol)
+        server.drop()
+        return OK_REPLY  # never sent: _Protocol.push() is silent once the transport closes
+
+    def _accept(self, server: SMTP, session: Session, envelope: Envelope) -> None:
+        assert isinstance(server, _Protocol)
+        auth = session.auth_data
+        user = auth.login.decode("utf-8", "replace") if isinstance(auth, LoginPassword) else None
+        now = time.monotonic()
+        message = Received(
+            mail_from=envelope.mail_from or "",
+            rcpt_tos=list(envelope.rcpt_tos),
+            data=envelope.original_content or b"",
+            at=now,
+            peer=session.peer,
+            mail_options=list(envelope.mail_options),
+            user=user,
+            tls=server.uses_tls,
+        )
+        with self._cond:
+            self._received.append(message)
+            self._accepted_at.append(now)  # monotonic clock: stays sorted
+            self._cond.notify_all()
+
+    def _authenticate(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
+    ) -> AuthResult:
+        assert self._credentials is not None
+        if not isinstance(data, LoginPassword):
+            return AuthResult(success=False, handled=False)
+        username = data.login.decode("utf-8", "replace")
+        password = data.password.decode("utf-8", "replace")
+        ok = self._credentials.check(username, password)
+        if self.fail_auth_after is not None and self.accepted_count >= self.fail_auth_after:
+            ok = False
+        with self._cond:
+            self._auth_attempts.append(AuthAttempt(time.monotonic(), username, mechanism, ok))
+        if not ok:
+            return AuthResult(success=False, handled=False, message=AUTH_INVALID_REPLY)
+        # keep only the login around: auth_data ends up on the session
+        return AuthResult(success=True, auth_data=LoginPassword(data.login, b""))
+
+
+def start_server(**behaviour: Any) -> SmtpServer:
+    """Start a :class:`SmtpServer` with the given behaviours (see the module docstring)."""
+    return SmtpServer(**behaviour).start()
