@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -11,7 +12,7 @@ from rich.console import Console
 
 from mailblast import __version__, runner
 from mailblast.config import Settings, load_settings
-from mailblast.errors import MailblastError, StoppedError
+from mailblast.errors import ConfigError, InputError, MailblastError, StoppedError
 
 app = typer.Typer(
     name="mailblast",
@@ -56,9 +57,9 @@ def _settings(options: dict[str, Any]) -> Settings:
     return load_settings(config, flags)
 
 
-def _run(work: Callable[[Console], int]) -> None:
+def _run(work: Callable[[Console], int], *, stderr: bool = False) -> None:
     """The one place where errors become a message and an exit code."""
-    console = Console(highlight=False)
+    console = Console(highlight=False, stderr=stderr)
     errors = Console(stderr=True, highlight=False)
     try:
         code = work(console)
@@ -114,6 +115,46 @@ def preview(
 def send(
     recipients: Recipients,
     template: TemplateOpt = None,
+    smtp_url: Annotated[
+        str | None,
+        typer.Option(
+            "--smtp",
+            envvar="MAILBLAST_SMTP_URL",
+            help="smtp://[USER@]HOST[:PORT], smtp+starttls://... or smtps://... "
+            "[env: MAILBLAST_SMTP_URL]; the password comes from MAILBLAST_SMTP_PASSWORD or a prompt.",
+        ),
+    ] = None,
+    rate: Annotated[
+        str | None,
+        typer.Option(
+            "--rate",
+            help="Most messages per period, e.g. 3/s, 180/min, 10000/h, 5/2s "
+            "[default: none; slow down when the server says so].",
+        ),
+    ] = None,
+    connections: Annotated[
+        int | None, typer.Option("--connections", help="Connections at once [default: 2].")
+    ] = None,
+    max_messages: Annotated[
+        int | None,
+        typer.Option("--max-messages", help="Messages per connection before reconnecting [default: 100]."),
+    ] = None,
+    retries: Annotated[
+        int | None,
+        typer.Option("--retries", help="Retries of a temporary failure per recipient [default: 5]."),
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="Seconds to wait for a reply [default: 30].")
+    ] = None,
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            "--report", help="Write the CSV of recipients not sent here [default: standard output]."
+        ),
+    ] = None,
+    quiet: Annotated[
+        bool | None, typer.Option("--quiet", "-q", help="No progress output.", show_default=False)
+    ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Render and check every message; send nothing.")
     ] = False,
@@ -127,18 +168,31 @@ def send(
     email_column: EmailColumnOpt = None,
     allow_duplicates: DuplicatesOpt = None,
 ) -> None:
-    """Send one message per row. With --dry-run, render and check them all and send nothing."""
-    settings = {k: v for k, v in locals().items() if k not in ("dry_run", "out")}
-    if out is not None and not dry_run:
+    """Send one message per row, inside the rate limit, and report every recipient not sent.
+
+    Exit 0 all delivered, 1 some failed, 2 bad input (nothing sent), 3 stopped early.
+    """
+    options = {k: v for k, v in locals().items() if k not in ("dry_run", "out")}
+    if dry_run:
+        _run(lambda console: runner.run_dry_run(_settings(options), recipients, out, console))
+    if out is not None:
         _run(lambda console: _usage("--out goes with --dry-run", "add --dry-run to write .eml files"))
-    if not dry_run:
-        _run(lambda console: _usage("real sending is not available yet", "use --dry-run"))
-    _run(lambda console: runner.run_dry_run(_settings(settings), recipients, out, console))
+    _run(
+        lambda console: runner.run_send(_settings(options), recipients, console, _ask_password, sys.stdout),
+        stderr=True,
+    )
+
+
+def _ask_password(prompt: str) -> str:
+    if not sys.stdin.isatty():
+        raise ConfigError(
+            "the SMTP URL names a user but no password was given",
+            f"set {runner.PASSWORD_ENV} in the environment",
+        )
+    return typer.prompt(prompt, hide_input=True)
 
 
 def _usage(message: str, hint: str) -> int:
-    from mailblast.errors import InputError
-
     raise InputError(message, hint)
 
 

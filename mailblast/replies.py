@@ -36,7 +36,7 @@ class Verdict:
         """A one-line summary such as ``550 5.1.1 User unknown``."""
         text = " ".join(self.text.split())
         if self.code is None:
-            return f"no reply: {text}" if text else "no reply"
+            return text or "no reply"  # the text already says what happened instead
         return f"{self.code} {text}" if text else str(self.code)
 
 

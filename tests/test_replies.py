@@ -138,7 +138,7 @@ def test_no_reply_has_no_code() -> None:
         assert verdict.kind is TRANSIENT
     lost = connection_lost()
     assert lost == Verdict(TRANSIENT, None, None, None, "connection lost")
-    assert lost.describe() == "no reply: connection lost"
+    assert lost.describe() == "connection lost"
     assert classify(None, "").describe() == "no reply"
 
 

@@ -1,0 +1,363 @@
+"""Benchmark: rate precision and raw throughput of `mailblast send` against real SMTP servers.
+
+    python bench/bench_send.py              # both parts: 60 messages per rate case, 5,000 for throughput
+    python bench/bench_send.py --quick      # 30 and 1,000 messages: a smoke run
+    python bench/bench_send.py --part 1     # only the rate precision cases
+    python bench/bench_send.py --part 2     # only the throughput cases
+
+Part 1 sends through an in-process server that allows 3 messages per sliding second and
+answers like Mailtrap above that ("550 5.7.0 ... too many emails per second").
+Part 2 sends to a plain sink; the sink runs in this process (one thread), so its own
+capacity is measured too, with a minimal aiosmtplib client, and mailblast's speed is
+shown as a fraction of it.
+
+Each `mailblast send` runs in its own process (cwd: a temp dir, so no mailblast.toml
+is picked up); peak memory is that process's max RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.servers import SmtpServer, start_server  # noqa: E402
+
+TEMPLATE = """\
+From: Newsletter <news@example.com>
+To: {{ name }} <{{ email }}>
+Subject: Hello {{ name }}, your {{ plan }} plan 🎉
+
+# Hi {{ name }}
+
+Your plan **{{ plan }}** renews on {{ renews }}.
+
+- City: {{ city }}
+- Thanks for being with us.
+"""
+
+RATE = (3, 1.0)  # what the throttling server allows: 3 per sliding second
+TIMEOUT = 600.0  # seconds any one child process may run before it is killed
+
+
+def make_csv(path: Path, rows: int) -> None:
+    plans = ("Free", "Pro", "Team")
+    with path.open("w", encoding="utf-8", newline="") as f:
+        f.write("email,name,plan,renews,city\n")
+        for i in range(rows):
+            f.write(f"user{i}@example.com,Zoë User {i},{plans[i % 3]},2027-01-{i % 28 + 1:02d},Zürich\n")
+
+
+@dataclass
+class Run:
+    """One child process: when it started (time.monotonic), how long it took, what it left."""
+
+    started: float
+    wall: float
+    peak_mib: float
+    code: int
+    stdout: str
+    stderr: str
+
+
+def measure(args: Sequence[str], cwd: Path, timeout: float = TIMEOUT) -> Run:
+    """Run one child with stdout and stderr captured to files; wall time and peak RSS via wait4."""
+    out_path, err_path = cwd / "child.stdout", cwd / "child.stderr"
+    with out_path.open("wb") as out, err_path.open("wb") as err:
+        started = time.monotonic()
+        proc = subprocess.Popen(list(args), cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+        deadline = started + timeout
+        while True:  # bounded by the deadline
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                os.kill(proc.pid, signal.SIGKILL)
+                _, status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.005)
+        wall = time.monotonic() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)  # so Popen never waits for it again
+    return Run(
+        started,
+        wall,
+        usage.ru_maxrss / 1024,
+        proc.returncode,
+        out_path.read_text("utf-8", "replace"),
+        err_path.read_text("utf-8", "replace"),
+    )
+
+
+def send_args(csv_path: Path, server: SmtpServer, extra: Sequence[str]) -> list[str]:
+    return [
+        sys.executable, "-m", "mailblast", "send", str(csv_path),
+        "--smtp", server.url, "--template", "news.md", "--quiet", *extra,
+    ]  # fmt: skip
+
+
+def check_failed(name: str, run: Run, expected: int = 0) -> str:
+    """A note when the child's exit code is not the expected one (with its last stderr lines)."""
+    if run.code == expected:
+        return ""
+    tail = "\n    ".join(run.stderr.strip().splitlines()[-6:])
+    return f"{name}: exit code {run.code}\n    {tail}"
+
+
+# --------------------------------------------------------------------------- part 1
+
+
+@dataclass
+class RateResult:
+    name: str
+    messages: int
+    delivered: int
+    duplicates: int
+    rejections: int
+    max_window: int
+    rate: float  # (accepted - 1) / (last - first accepted), as the server saw them
+    steady: float  # (accepted - limit) / (last - first accepted): exact when sent in bursts of `limit`
+    wall: float
+    code: int
+    note: str
+
+
+RATE_CASES: tuple[tuple[str, list[str], bool], ...] = (
+    ("a) --rate 3/s, 2 conns", ["--rate", "3/s"], True),
+    ("b) --rate 3/s, 1 conn", ["--rate", "3/s", "--connections", "1"], True),
+    ("c) --rate 3/s, 5 conns", ["--rate", "3/s", "--connections", "5"], True),
+    ("d) no --rate, 2 conns", ["--connections", "2"], False),
+)
+
+
+def rate_case(name: str, extra: list[str], messages: int, work: Path) -> RateResult:
+    csv_path = work / f"rate{messages}.csv"
+    if not csv_path.exists():
+        make_csv(csv_path, messages)
+    with start_server(rate=RATE) as server:
+        run = measure(send_args(csv_path, server, extra), work)
+        received = server.received
+        rejections = len(server.rejected)
+        max_window = server.max_in_window(RATE[1])
+    expected = {f"user{i}@example.com" for i in range(messages)}
+    counts = Counter(r for msg in received for r in msg.rcpt_tos)
+    delivered = len(expected & counts.keys())
+    duplicates = sum(n - 1 for n in counts.values() if n > 1)
+    span = received[-1].at - received[0].at if len(received) > 1 else 0.0
+    rate = (len(received) - 1) / span if span > 0 else 0.0
+    steady = (len(received) - RATE[0]) / span if span > 0 else 0.0
+    return RateResult(
+        name, messages, delivered, duplicates, rejections, max_window, rate, steady, run.wall, run.code,
+        check_failed(name, run),
+    )  # fmt: skip
+
+
+def part1(messages: int, work: Path) -> list[str]:
+    results = [rate_case(name, extra, messages, work) for name, extra, _ in RATE_CASES]
+    limit = RATE[0]
+    print(f"Part 1: rate precision, {messages} messages, server allows {limit} per sliding {RATE[1]:g} s")
+    print(
+        f"{'case':<24}{'delivered':>11}{'dups':>6}{'rejects':>9}{'max/1s':>8}"
+        f"{'rate/s':>8}{'steady/s':>10}{'wall s':>8}{'exit':>6}  verdict"
+    )
+    notes = []
+    for (_, _, limited), r in zip(RATE_CASES, results, strict=True):
+        misses = []
+        if r.delivered != r.messages:
+            misses.append(f"{r.messages - r.delivered} lost")
+        if r.duplicates:
+            misses.append("duplicates")
+        if r.max_window > limit:
+            misses.append(f"max/1s > {limit}")
+        if limited and r.rejections:
+            misses.append("rejections")
+        if limited and min(r.rate, r.steady) < 2.9:
+            misses.append("rate < 2.9/s")
+        if r.code != 0:
+            misses.append(f"exit {r.code}")
+        verdict = "ok" if not misses else "MISS: " + ", ".join(misses)
+        print(
+            f"{r.name:<24}{f'{r.delivered}/{r.messages}':>11}{r.duplicates:>6}{r.rejections:>9}"
+            f"{r.max_window:>8}{r.rate:>8.2f}{r.steady:>10.2f}{r.wall:>8.1f}{r.code:>6}  {verdict}"
+        )
+        if r.note:
+            notes.append(r.note)
+    print(
+        f"rate/s = (accepted - 1) / (last - first accepted), steady/s = (accepted - {limit}) / (same);"
+        f" the first overstates bursts of {limit}, the second smooth pacing"
+    )
+    print(
+        f"targets: a-c: 0 rejects, max/1s <= {limit}, rate/s and steady/s >= 2.9;"
+        f" d: all delivered, none lost or duplicated, max/1s <= {limit}; all: exit 0"
+    )
+    return notes
+
+
+# --------------------------------------------------------------------------- part 2
+
+
+@dataclass
+class ThroughputResult:
+    name: str
+    messages: int
+    accepted: int
+    wall: float
+    to_first: float  # process start -> first accepted message (startup + the check pass)
+    sending: float  # first -> last accepted message
+    peak_mib: float
+    code: int
+
+
+def throughput_case(
+    name: str, args: list[str], server: SmtpServer, messages: int, work: Path
+) -> tuple[ThroughputResult, str]:
+    before = len(server.received)
+    run = measure(args, work)
+    received = server.received[before:]
+    if received:
+        to_first = received[0].at - run.started
+        sending = received[-1].at - received[0].at
+    else:
+        to_first = sending = float("nan")
+    result = ThroughputResult(
+        name, messages, len(received), run.wall, to_first, sending, run.peak_mib, run.code
+    )
+    return result, check_failed(name, run)
+
+
+RAW_CLIENT_CONNECTIONS = 5
+
+
+async def raw_client(url: str, eml: Path, messages: int, connections: int) -> None:
+    """The least a client can do: pre-built bytes, `connections` sessions, one sendmail each."""
+    import aiosmtplib
+
+    host, port = url.removeprefix("smtp://").rsplit(":", 1)
+    data = eml.read_bytes()
+    per_connection = [messages // connections + (i < messages % connections) for i in range(connections)]
+
+    async def one(index: int, count: int) -> None:
+        async with aiosmtplib.SMTP(hostname=host, port=int(port), timeout=30) as smtp:
+            for i in range(count):
+                await smtp.sendmail("news@example.com", [f"raw{index}-{i}@example.com"], data)
+
+    await asyncio.gather(*(one(i, n) for i, n in enumerate(per_connection)))
+
+
+def one_message(work: Path) -> Path:
+    """A message as mailblast renders it (send --dry-run --out), to use as the raw client's bytes."""
+    csv_path = work / "one.csv"
+    make_csv(csv_path, 1)
+    out = work / "one-out"
+    exe = [sys.executable, "-m", "mailblast", "send", str(csv_path), "--template", "news.md"]
+    subprocess.run(
+        [*exe, "--dry-run", "--out", str(out)], cwd=work, check=True, capture_output=True, timeout=60
+    )
+    (eml,) = out.glob("*.eml")
+    return eml
+
+
+def part2(messages: int, work: Path) -> list[str]:
+    csv_path = work / f"sink{messages}.csv"
+    make_csv(csv_path, messages)
+    eml = one_message(work)
+    raw_args = [
+        sys.executable, str(Path(__file__).resolve()), "--raw-client", "URL", "--raw-eml", str(eml),
+        "--raw-messages", str(messages), "--raw-connections", str(RAW_CLIENT_CONNECTIONS),
+    ]  # fmt: skip
+    cases = (
+        ("mailblast, 1 conn", ["--connections", "1"]),
+        ("mailblast, 5 conns", ["--connections", "5"]),
+        ("mailblast, 5 conns, max-msg 1000", ["--connections", "5", "--max-messages", "1000"]),
+    )
+    results: list[ThroughputResult] = []
+    notes = []
+    with start_server() as server:
+        for name, extra in cases:
+            result, note = throughput_case(name, send_args(csv_path, server, extra), server, messages, work)
+            results.append(result)
+            notes.extend([note] if note else [])
+        args = [server.url if a == "URL" else a for a in raw_args]
+        raw, note = throughput_case(
+            f"raw aiosmtplib, {RAW_CLIENT_CONNECTIONS} conns", args, server, messages, work
+        )
+        notes.extend([note] if note else [])
+    check = measure(
+        [sys.executable, "-m", "mailblast", "check", str(csv_path), "--template", "news.md"], work
+    )
+    notes.extend([n] if (n := check_failed("check", check)) else [])
+
+    size = eml.stat().st_size
+    print(f"Part 2: throughput to a plain sink (in this process), {messages:,} messages of {size:,} bytes")
+    print(
+        f"{'client':<34}{'accepted':>9}{'wall s':>8}{'msg/s':>8}{'start->1st s':>13}"
+        f"{'sending msg/s':>14}{'peak MiB':>10}{'exit':>6}"
+    )
+    for r in [*results, raw]:
+        sending_rate = (r.accepted - 1) / r.sending if r.sending > 0 else float("nan")
+        print(
+            f"{r.name:<34}{r.accepted:>9,}{r.wall:>8.2f}{r.messages / r.wall:>8,.0f}{r.to_first:>13.2f}"
+            f"{sending_rate:>14,.0f}{r.peak_mib:>10.1f}{r.code:>6}"
+        )
+    print(
+        f"`mailblast check` alone on the same file: {check.wall:.2f} s ({messages / check.wall:,.0f} rows/s)"
+    )
+    raw_rate = raw.messages / raw.wall
+    for r in results:
+        rate = r.messages / r.wall
+        print(f"{r.name}: {rate:,.0f} msg/s = {rate / raw_rate:.2f}x the raw client ({raw_rate:,.0f} msg/s)")
+    five = results[1]
+    verdict = "ok" if five.messages / five.wall >= 1500 and five.accepted == messages else "MISS"
+    print(f"target: >= 1,500 msg/s with 5 connections (wall time), all accepted: {verdict}")
+    return notes
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="30 and 1,000 messages instead of 60 and 5,000")
+    parser.add_argument("--part", type=int, choices=(1, 2), help="run only this part")
+    # internal: the raw client of part 2, run as a child process so it does not share the sink's GIL
+    parser.add_argument("--raw-client", metavar="URL", help=argparse.SUPPRESS)
+    parser.add_argument("--raw-eml", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--raw-messages", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--raw-connections", type=int, default=RAW_CLIENT_CONNECTIONS, help=argparse.SUPPRESS)
+    options = parser.parse_args()
+    if options.raw_client:
+        asyncio.run(
+            raw_client(options.raw_client, options.raw_eml, options.raw_messages, options.raw_connections)
+        )
+        return
+    rate_messages, sink_messages = (30, 1_000) if options.quick else (60, 5_000)
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="mailblast-bench-") as tmp:
+        work = Path(tmp)
+        (work / "news.md").write_text(TEMPLATE, encoding="utf-8")
+        if options.part in (None, 1):
+            notes.extend(part1(rate_messages, work))
+        if options.part is None:
+            print()
+        if options.part in (None, 2):
+            notes.extend(part2(sink_messages, work))
+    for note in notes:
+        print(note)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""One SMTP connection (aiosmtplib), and the one place where its errors become verdicts.
+
+Everything that can go wrong on the wire leaves this module as a ``TransactionError``
+carrying a classified ``Verdict``; nothing above it knows aiosmtplib's exceptions.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from dataclasses import dataclass
+
+import aiosmtplib
+
+from mailblast.compose import ComposedMessage
+from mailblast.replies import Kind, Verdict, classify, connection_lost
+from mailblast.urls import SmtpTarget
+
+LOCAL_HOSTNAME = socket.gethostname() or "localhost"
+
+
+class TransactionError(Exception):
+    """A connection or message failed; ``uncertain`` when the reply to the final "." was lost."""
+
+    def __init__(self, verdict: Verdict, *, uncertain: bool = False) -> None:
+        super().__init__(verdict.describe())
+        self.verdict = verdict
+        self.uncertain = uncertain
+
+
+def _fatal(text: str) -> TransactionError:
+    return TransactionError(Verdict(Kind.FATAL, None, None, None, text))
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The server took the message: its reply, and any recipients it refused for good."""
+
+    reply: Verdict
+    refused: tuple[tuple[str, Verdict], ...] = ()
+
+
+class Connection:
+    """A lazily opened, reusable SMTP session with one server."""
+
+    def __init__(
+        self,
+        target: SmtpTarget,
+        password: str | None,
+        *,
+        timeout: float,
+        tls_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.target = target
+        self._password = password
+        self._tls_context = tls_context or ssl.create_default_context()
+        self._smtp = aiosmtplib.SMTP(
+            hostname=target.host,
+            port=target.port,
+            timeout=timeout,
+            use_tls=target.security == "tls",
+            start_tls=True if target.security == "starttls" else None,
+            tls_context=self._tls_context,
+            local_hostname=LOCAL_HOSTNAME,
+        )
+        self.messages = 0
+
+    def __repr__(self) -> str:
+        return f"Connection({self.target.display()})"
+
+    @property
+    def is_open(self) -> bool:
+        return self._smtp.is_connected
+
+    async def open(self) -> None:
+        """Connect, secure and log in; raises TransactionError."""
+        where = self.target.display()
+        try:
+            await self._smtp.connect()
+            if self._smtp.is_ehlo_or_helo_needed:  # after STARTTLS the extensions are asked again
+                await self._smtp.ehlo()
+        except (aiosmtplib.SMTPException, OSError) as e:  # ssl.SSLError is an OSError
+            if (tls_error := _tls_error(e)) is not None:
+                self._smtp.close()
+                raise _fatal(f"TLS with {where} failed: {tls_error}") from None
+            raise self._connect_error(e) from None
+        if self.target.username is not None:
+            await self._login()
+
+    def _connect_error(self, error: Exception) -> TransactionError:
+        self._smtp.close()
+        where = self.target.display()
+        if isinstance(error, aiosmtplib.SMTPResponseException):  # e.g. 421 or 554 as greeting
+            return TransactionError(classify(error.code, error.message))
+        if isinstance(error, aiosmtplib.SMTPConnectError | OSError):
+            return TransactionError(connection_lost(f"cannot connect to {where}: {_reason(error)}"))
+        if isinstance(error, aiosmtplib.SMTPException) and "STARTTLS" in str(error):
+            return _fatal(f"{where} does not offer STARTTLS, which smtp+starttls:// requires")
+        if isinstance(error, aiosmtplib.SMTPException):
+            return TransactionError(connection_lost(f"{where}: {_reason(error)}"))
+        raise error
+
+    async def _login(self) -> None:
+        encrypted = self._smtp.get_transport_info("sslcontext") is not None
+        if not encrypted and not self.target.is_loopback:
+            self._smtp.close()
+            raise _fatal(
+                f"{self.target.host} offered no STARTTLS, and mailblast will not send a password "
+                "unencrypted; use smtp+starttls:// or smtps://"
+            )
+        if not self._smtp.supports_extension("auth"):
+            self._smtp.close()
+            raise _fatal(f"{self.target.host} does not offer AUTH, but the URL names a user")
+        try:
+            await self._smtp.login(self.target.username or "", self._password or "")
+        except aiosmtplib.SMTPResponseException as e:
+            self._smtp.close()
+            verdict = classify(e.code, e.message)
+            if e.code in (535, 534, 530, 538):  # any auth refusal ends the run
+                verdict = Verdict(Kind.FATAL, e.code, verdict.enhanced_code, None, e.message)
+            raise TransactionError(verdict) from None
+        except aiosmtplib.SMTPException as e:
+            self._smtp.close()
+            raise TransactionError(connection_lost(f"login failed: {_reason(e)}")) from None
+
+    async def send(self, message: ComposedMessage) -> Accepted:
+        """One MAIL/RCPT/DATA transaction; RSET and raise TransactionError on any refusal."""
+        options, encoding = [], "ascii"
+        if message.needs_smtputf8:
+            if not self._smtp.supports_extension("smtputf8"):
+                raise TransactionError(
+                    Verdict(
+                        Kind.PERMANENT,
+                        None,
+                        None,
+                        None,
+                        f"{message.recipient.address} needs SMTPUTF8, which the server does not offer",
+                    )
+                )
+            options, encoding = ["SMTPUTF8"], "utf-8"
+        stage = "MAIL"
+        try:
+            await self._smtp.mail(message.envelope_from, options=options, encoding=encoding)
+            stage = "RCPT"
+            accepted, refused = 0, []
+            for address in message.envelope_to:
+                try:
+                    await self._smtp.rcpt(address, encoding=encoding)
+                    accepted += 1
+                except aiosmtplib.SMTPRecipientRefused as e:
+                    verdict = classify(e.code, e.message)
+                    if verdict.kind is not Kind.PERMANENT:
+                        raise
+                    refused.append((address, verdict))
+            if not accepted:
+                raise TransactionError(refused[0][1])
+            stage = "DATA"
+            response = await self._smtp.data(message.data)
+        except aiosmtplib.SMTPResponseException as e:
+            await self._reset()
+            raise TransactionError(classify(e.code, e.message)) from None
+        except TransactionError:
+            await self._reset()
+            raise
+        except (aiosmtplib.SMTPException, OSError) as e:
+            self._smtp.close()
+            lost = connection_lost(f"connection lost at {stage}: {_reason(e)}")
+            raise TransactionError(lost, uncertain=stage == "DATA") from None
+        self.messages += 1
+        return Accepted(classify(response.code, response.message), tuple(refused))
+
+    async def _reset(self) -> None:
+        # After a refusal the session must be reset before the next MAIL, as aiosmtplib's sendmail does.
+        if not self._smtp.is_connected:
+            return
+        try:
+            await self._smtp.rset()
+        except (aiosmtplib.SMTPException, OSError):
+            self._smtp.close()
+
+    async def close(self) -> None:
+        """QUIT politely; a connection that is already gone is simply dropped."""
+        if not self._smtp.is_connected:
+            return
+        try:
+            await self._smtp.quit()
+        except (aiosmtplib.SMTPException, OSError):
+            self._smtp.close()
+
+
+def _tls_error(error: BaseException | None) -> str | None:
+    """The TLS failure behind an error, if any (aiosmtplib wraps some in SMTPConnectError)."""
+    while error is not None:
+        if isinstance(error, ssl.SSLCertVerificationError):
+            return f"certificate verify failed: {error.verify_message}"
+        if isinstance(error, ssl.SSLError):
+            return error.reason or str(error)
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error) or type(error).__name__
+    return " ".join(text.split())

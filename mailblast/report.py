@@ -1,0 +1,40 @@
+"""The failure report: the original columns plus what happened, a valid recipients file itself."""
+
+from __future__ import annotations
+
+import csv
+from typing import TextIO
+
+from mailblast.outcomes import Outcome, Status
+
+REPORT_COLUMNS = ("status", "smtp_code", "enhanced_code", "error", "attempts")
+REPORTED = {Status.FAILED, Status.UNCERTAIN, Status.NOT_ATTEMPTED}
+
+
+class ReportWriter:
+    """Writes one CSV row per recipient that was not plainly sent, as outcomes arrive."""
+
+    def __init__(self, stream: TextIO, header: tuple[str, ...]) -> None:
+        self._header = header
+        # A recipients file that already has a "status" column keeps it; ours get a prefix.
+        extra = [f"mailblast_{c}" if c in header else c for c in REPORT_COLUMNS]
+        self._writer = csv.writer(stream)
+        self._writer.writerow([*header, *extra])
+        self._stream = stream
+        self.rows = 0
+
+    def write(self, outcome: Outcome) -> None:
+        if outcome.status not in REPORTED:
+            return
+        fields = outcome.recipient.fields
+        self._writer.writerow(
+            [
+                *(fields.get(c, "") for c in self._header),
+                outcome.status.value,
+                outcome.smtp_code,
+                outcome.enhanced_code,
+                outcome.error,
+                outcome.attempts,
+            ]
+        )
+        self.rows += 1

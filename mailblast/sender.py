@@ -1,0 +1,260 @@
+"""Send: a pool of SMTP connections behind one shared rate limiter.
+
+Recipients are composed just ahead of sending into a bounded buffer, so memory stays
+flat however long the file. Each reply is classified:
+
+- throttled: the message goes back in the queue and the whole run slows down;
+- transient: retried with exponential backoff, up to ``retries`` times;
+- permanent: that recipient fails and the rest go on;
+- fatal: no new message starts, the ones in flight finish, the rest are "not attempted";
+- reply lost after the final ".": sent once more, and reported as uncertain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from mailblast.compose import ComposedMessage, RowError
+from mailblast.connection import Accepted, Connection, TransactionError
+from mailblast.outcomes import Counts, Outcome, Status
+from mailblast.ratelimit import SlidingWindowLimiter, backoff_delay
+from mailblast.recipients import Recipient
+from mailblast.replies import Kind, Verdict
+
+MAX_THROTTLED = 50  # throttle replies one message may get before it counts as failed
+
+
+@dataclass
+class _Job:
+    message: ComposedMessage
+    attempts: int = 0
+    failures: int = 0  # transient failures, counted against the retries
+    throttled: int = 0
+    lost_reply: bool = False
+
+
+@dataclass
+class SenderOptions:
+    connections: int = 2
+    max_messages: int = 100
+    retries: int = 5
+    backoff_base: float = 1.0
+    backoff_cap: float = 60.0
+    buffer: int = 0  # composed messages held ahead of sending; 0: a few per connection
+
+
+class Sender:
+    """Deliver every recipient through up to ``connections`` connections."""
+
+    def __init__(
+        self,
+        connect: Callable[[], Connection],
+        limiter: SlidingWindowLimiter,
+        options: SenderOptions,
+        on_outcome: Callable[[Outcome], None],
+        rng: random.Random | None = None,
+    ) -> None:
+        self._connect = connect
+        self._limiter = limiter
+        self._options = options
+        self._on_outcome = on_outcome
+        self._rng = rng or random.Random()
+        self.counts = Counts()
+        self.stopped_by: Verdict | None = None
+        self._ever_connected = False
+        self._connect_failures = 0
+
+    @property
+    def stopping(self) -> bool:
+        return self.stopped_by is not None
+
+    def stop(self, reason: Verdict) -> None:
+        """Start no new message; the ones in flight finish."""
+        if self.stopped_by is None:
+            self.stopped_by = reason
+            for handle, job in list(self._waiting.items()):
+                handle.cancel()
+                self._waiting.pop(handle)
+                self.counts.retrying -= 1
+                self._finish(job, Status.NOT_ATTEMPTED, reason, "the run stopped before a retry")
+
+    async def run(
+        self, recipients: Iterator[Recipient], compose: Callable[[Recipient], ComposedMessage]
+    ) -> Counts:
+        """Send to every recipient; returns the final counts."""
+        self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
+        self._room = asyncio.Semaphore(self._options.buffer or 4 * self._options.connections + 8)
+        self._waiting: dict[asyncio.TimerHandle, _Job] = {}
+        self._outstanding = 0
+        self._producing = True
+        workers = [asyncio.create_task(self._worker()) for _ in range(self._options.connections)]
+        try:
+            await self._produce(recipients, compose)
+            self._producing = False
+            self._maybe_done()
+            await asyncio.gather(*workers)
+        finally:
+            for task in workers:
+                task.cancel()
+        return self.counts
+
+    async def _produce(
+        self, recipients: Iterator[Recipient], compose: Callable[[Recipient], ComposedMessage]
+    ) -> None:
+        for recipient in recipients:
+            if self.stopping:
+                self._not_attempted(recipient)
+                continue
+            await self._room.acquire()
+            if self.stopping:
+                self._room.release()
+                self._not_attempted(recipient)
+                continue
+            try:
+                message = compose(recipient)
+            except RowError as e:
+                self._room.release()
+                self._report(Outcome(recipient, Status.FAILED, "", 0, None, f"cannot render: {e.message}"))
+                continue
+            self._outstanding += 1
+            self._queue.put_nowait(_Job(message))
+            await asyncio.sleep(0)  # let the workers run between compositions
+
+    def _not_attempted(self, recipient: Recipient) -> None:
+        reason = self.stopped_by
+        self._report(Outcome(recipient, Status.NOT_ATTEMPTED, "", 0, reason, "the run stopped first"))
+
+    def _report(self, outcome: Outcome) -> None:
+        self.counts.add(outcome)
+        self._on_outcome(outcome)
+
+    def _finish(self, job: _Job, status: Status, reply: Verdict | None, error: str = "") -> None:
+        if job.lost_reply and status is Status.FAILED:
+            status = Status.UNCERTAIN  # the first try may have been delivered
+            error = f"the reply to an earlier try was lost after the message was sent; then: {error}"
+        message = job.message
+        self._report(Outcome(message.recipient, status, message.message_id, job.attempts, reply, error))
+        self._outstanding -= 1
+        self._room.release()
+        self._maybe_done()
+
+    def _maybe_done(self) -> None:
+        if not self._producing and self._outstanding == 0:
+            for _ in range(self._options.connections):
+                self._queue.put_nowait(None)
+
+    def _retry_later(self, job: _Job, delay: float) -> None:
+        if delay <= 0:
+            self._queue.put_nowait(job)
+            return
+        self.counts.retrying += 1
+
+        def due() -> None:
+            self._waiting.pop(handle, None)
+            self.counts.retrying -= 1
+            self._queue.put_nowait(job)
+
+        handle = asyncio.get_running_loop().call_later(delay, due)
+        self._waiting[handle] = job
+
+    async def _worker(self) -> None:
+        connection: Connection | None = None
+        try:
+            while (job := await self._queue.get()) is not None:
+                if self.stopping:
+                    self._finish(job, Status.NOT_ATTEMPTED, self.stopped_by, "the run stopped first")
+                    continue
+                if connection is None or not connection.is_open:
+                    connection = await self._open(job)
+                    if connection is None:
+                        continue
+                slot = await self._limiter.acquire()
+                if self.stopping:
+                    self._limiter.release(slot)
+                    self._queue.put_nowait(job)
+                    continue
+                job.attempts += 1
+                try:
+                    accepted = await connection.send(job.message)
+                except TransactionError as e:
+                    self._failed(job, e)
+                else:
+                    self._delivered(job, accepted)
+                finally:
+                    self._limiter.release(slot)
+                if connection.messages >= self._options.max_messages:
+                    await connection.close()
+        finally:
+            if connection is not None:
+                await connection.close()
+
+    async def _open(self, job: _Job) -> Connection | None:
+        connection = self._connect()
+        try:
+            await connection.open()
+        except TransactionError as e:
+            verdict = e.verdict
+            self._connect_failures += 1
+            if verdict.kind is Kind.THROTTLED:  # e.g. 421 in the greeting
+                self._limiter.throttled(verdict.retry_after)
+                self._retry_later(job, max(self._limiter.period, verdict.retry_after or 0))
+            elif verdict.kind is Kind.FATAL or not self._ever_connected:
+                self.stop(verdict)  # nothing listening, TLS or login refused: no use going on
+                self._finish(job, Status.NOT_ATTEMPTED, verdict, verdict.describe())
+            elif self._connect_failures > self._options.retries:
+                self.stop(verdict)
+                self._finish(job, Status.NOT_ATTEMPTED, verdict, verdict.describe())
+            else:
+                self._retry_later(job, self._backoff(self._connect_failures))
+            return None
+        self._ever_connected = True
+        self._connect_failures = 0
+        return connection
+
+    def _backoff(self, attempt: int) -> float:
+        o = self._options
+        return backoff_delay(attempt, base=o.backoff_base, cap=o.backoff_cap, rng=self._rng)
+
+    def _delivered(self, job: _Job, accepted: Accepted) -> None:
+        refused = "; ".join(f"{address}: {v.describe()}" for address, v in accepted.refused)
+        if job.lost_reply:
+            note = "the reply was lost after the message was sent, so it was sent again: may be a duplicate"
+            self._finish(job, Status.UNCERTAIN, accepted.reply, f"{note}{'; ' + refused if refused else ''}")
+        else:
+            self._finish(job, Status.SENT, accepted.reply, refused and f"refused: {refused}")
+
+    def _failed(self, job: _Job, error: TransactionError) -> None:
+        verdict = error.verdict
+        if error.uncertain:
+            if not job.lost_reply:
+                job.lost_reply = True  # it may have been delivered: send it once more, as MTAs do
+                self._retry_later(job, 0)
+                return
+            self._finish(
+                job, Status.UNCERTAIN, verdict, "the reply was lost twice after the message was sent"
+            )
+            return
+        match verdict.kind:
+            case Kind.THROTTLED:
+                self._limiter.throttled(verdict.retry_after)
+                job.throttled += 1
+                if job.throttled > MAX_THROTTLED:
+                    self._finish(
+                        job, Status.FAILED, verdict, f"still throttled after {job.attempts} attempts"
+                    )
+                else:
+                    self._retry_later(job, 0)
+            case Kind.TRANSIENT:
+                job.failures += 1
+                if job.failures > self._options.retries:
+                    self._finish(job, Status.FAILED, verdict, f"gave up after {job.attempts} attempts")
+                else:
+                    self._retry_later(job, self._backoff(job.failures))
+            case Kind.FATAL:
+                self.stop(verdict)
+                self._finish(job, Status.NOT_ATTEMPTED, verdict, verdict.describe())
+            case _:
+                self._finish(job, Status.FAILED, verdict, verdict.describe())

@@ -1,0 +1,285 @@
+"""The sender against real in-process SMTP servers: assert on what the server received."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import ssl
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from mailblast.compose import Template
+from mailblast.connection import Connection
+from mailblast.outcomes import Counts, Outcome, Status
+from mailblast.progress import SendProgress
+from mailblast.ratelimit import SlidingWindowLimiter
+from mailblast.recipients import RecipientsFile
+from mailblast.sender import Sender, SenderOptions
+from mailblast.urls import parse_smtp_url
+from tests.servers import SmtpServer
+
+TEMPLATE = "From: Sender <sender@example.com>\nSubject: Hello {{ name }}\n\nHi {{ name }}!\n"
+
+
+def addresses(n: int) -> list[str]:
+    return [f"user{i}@example.com" for i in range(n)]
+
+
+def send(
+    tmp_path: Path,
+    url: str,
+    n: int = 10,
+    *,
+    rate: tuple[int, float] | None = None,
+    password: str | None = None,
+    user: str | None = None,
+    tls_context: ssl.SSLContext | None = None,
+    extra_rows: list[str] = (),  # type: ignore[assignment]
+    **options: object,
+) -> tuple[Sender, list[Outcome]]:
+    csv_path = tmp_path / "r.csv"
+    rows = [f"{a},User {i}" for i, a in enumerate(addresses(n))] + list(extra_rows)
+    csv_path.write_text("email,name\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    template_path = tmp_path / "t.txt"
+    template_path.write_text(TEMPLATE)
+    recipients = RecipientsFile(csv_path)
+    template = Template(template_path)
+    target = parse_smtp_url(url.replace("://", f"://{user}@") if user else url)
+    limiter = SlidingWindowLimiter(*(rate or (None, 1.0)))
+    opts = SenderOptions(**{"backoff_base": 0.01, "backoff_cap": 0.05, **options})  # type: ignore[arg-type]
+    outcomes: list[Outcome] = []
+    sender = Sender(
+        lambda: Connection(target, password, timeout=5, tls_context=tls_context),
+        limiter,
+        opts,
+        outcomes.append,
+    )
+    people = (r.recipient for r in recipients.rows() if r.recipient is not None)
+    asyncio.run(asyncio.wait_for(sender.run(people, template.compose), 60))
+    return sender, outcomes
+
+
+def statuses(outcomes: list[Outcome]) -> Counter[Status]:
+    return Counter(o.status for o in outcomes)
+
+
+def test_every_recipient_exactly_once(tmp_path: Path, smtp_server: Callable[..., SmtpServer]) -> None:
+    server = smtp_server()
+    sender, outcomes = send(tmp_path, server.url, 50, connections=3)
+    assert sorted(server.recipients()) == sorted(addresses(50))
+    assert statuses(outcomes) == {Status.SENT: 50}
+    assert sender.counts.sent == 50 and sender.counts.done == 50
+    assert server.connections <= 3
+    first = server.received[0]
+    assert first.mail_from == "sender@example.com"
+    assert first.message["Subject"].startswith("Hello User")
+    sent = {o.recipient.address: o for o in outcomes}
+    for received in server.received:
+        assert received.message["Message-ID"] == sent[received.rcpt_tos[0]].message_id
+
+
+def test_connections_are_recycled_after_max_messages(
+    tmp_path: Path, smtp_server: Callable[..., SmtpServer]
+) -> None:
+    server = smtp_server()
+    send(tmp_path, server.url, 10, connections=1, max_messages=3)
+    assert len(server.received) == 10
+    assert server.connections == 4  # 3 + 3 + 3 + 1
+
+
+def test_rate_limit_is_never_exceeded(tmp_path: Path, smtp_server: Callable[..., SmtpServer]) -> None:
+    server = smtp_server(rate=(3, 1.0))
+    send(tmp_path, server.url, 10, rate=(3, 1.0), connections=4)
+    assert server.rejected == []
+    assert server.max_in_window(1.0) <= 3
+    assert sorted(server.recipients()) == sorted(addresses(10))
+    times = sorted(r.at for r in server.received)
+    # 10 messages at 3/s need a bit over 3 s; far slower would mean the limiter wastes capacity
+    assert 2.9 < times[-1] - times[0] < 6
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "550 5.7.0 Requested action not taken: too many emails per second",
+        "421 4.4.2 Message submission rate for this client has exceeded the configured limit",
+        "454 Throttling failure: Maximum sending rate exceeded.",
+    ],
+)
+def test_without_rate_throttling_slows_down_and_loses_nothing(
+    tmp_path: Path, smtp_server: Callable[..., SmtpServer], reply: str
+) -> None:
+    server = smtp_server(rate=(3, 1.0), throttle_reply=reply)
+    _, outcomes = send(tmp_path, server.url, 12, connections=3)
+    assert server.rejected, "the server should have throttled an unlimited sender"
+    assert sorted(server.recipients()) == sorted(addresses(12))  # every one, exactly once
+    assert statuses(outcomes) == {Status.SENT: 12}
+
+
+def test_random_temporary_failures_are_retried(
+    tmp_path: Path, smtp_server: Callable[..., SmtpServer]
+) -> None:
+    server = smtp_server(fail_random=(0.3, "451 4.3.0 Temporary failure"), seed=7)
+    _, outcomes = send(tmp_path, server.url, 30, retries=10)
+    assert len(server.rejected) > 3
+    assert sorted(server.recipients()) == sorted(addresses(30))
+    assert statuses(outcomes) == {Status.SENT: 30}
+    assert max(o.attempts for o in outcomes) > 1
+
+
+def test_retries_run_out(tmp_path: Path, smtp_server: Callable[..., SmtpServer]) -> None:
+    server = smtp_server(fail_random=(1.0, "451 4.3.0 Temporary failure"))
+    _, outcomes = send(tmp_path, server.url, 3, retries=2)
+    assert statuses(outcomes) == {Status.FAILED: 3}
+    assert all(o.attempts == 3 and o.smtp_code == "451" and o.enhanced_code == "4.3.0" for o in outcomes)
+    assert "gave up after 3 attempts" in outcomes[0].error
+
+
+def test_connection_dropped_at_mail_is_retried_on_a_new_connection(
+    tmp_path: Path, smtp_server: Callable[..., SmtpServer]
+) -> None:
+    server = smtp_server(drop_at_mail_every=4)
+    _, outcomes = send(tmp_path, server.url, 20)
+    assert sorted(server.recipients()) == sorted(addresses(20))
+    assert statuses(outcomes) == {Status.SENT: 20}
+    assert server.connections > 2
+
+
+def test_reply_lost_after_data_is_sent_once_more_and_marked_uncertain(
+    tmp_path: Path, smtp_server: Callable[..., SmtpServer]
+) -> None:
+    server = smtp_server(drop_after_data_every=5)
+    _, outcomes = send(tmp_path, server.url, 20, connections=1)
+    uncertain = [o for o in outcomes if o.status is Status.UNCERTAIN]
+    assert len(server.dropped) == len(uncertain) > 0
+    # every recipient reached the server; the dropped ones were retried exactly once
+    assert sorted(server.recipients()) == sorted(addresses(20))
+    assert {d.rcpt_tos[0] for d in server.dropped} == {o.recipient.address for o in uncertain}
+    assert all("may be a duplicate" in o.error for o in uncertain)
+    assert statuses(outcomes)[Status.SENT] == 20 - len(uncertain)
+
+
+def test_permanent_rejections_fail_only_those_recipients(
+    tmp_path: Path, smtp_server: Callable[..., SmtpServer]
+) -> None:
+    bad = {"user3@example.com", "user7@example.com"}
+    server = smtp_server(reject_recipients=bad)
+    _, outcomes = send(tmp_path, server.url, 10)
+    failed = {o.recipient.address: o for o in outcomes if o.status is Status.FAILED}
+    assert set(failed) == bad
+    assert all(
+        o.attempts == 1 and o.smtp_code == "550" and o.enhanced_code == "5.1.1" for o in failed.values()
+    )
+    assert sorted(server.recipients()) == sorted(set(addresses(10)) - bad)
+    assert server.rejected and all(r.code == 550 for r in server.rejected)
+
+
+def test_starttls_and_auth(tmp_path: Path, smtp_server: Callable[..., SmtpServer]) -> None:
+    server = smtp_server(require_starttls=True, auth={"mailer": "s3cret"})
+    _, outcomes = send(
+        tmp_path, server.url, 5, user="mailer", password="s3cret", tls_context=server.client_context()
+    )
+    assert statuses(outcomes) == {Status.SENT: 5}
+    assert all(r.tls and r.user == "mailer" for r in server.received)
+
+
+def test_implicit_tls(tmp_path: Path, smtp_server: Callable[..., SmtpServer]) -> None:
+    server = smtp_server(implicit_tls=True)
+    assert server.url.startswith("smtps://")
+    _, outcomes = send(tmp_path, server.url, 3, tls_context=server.client_context())
+    assert statuses(outcomes) == {Status.SENT: 3} and all(r.tls for r in server.received)
+
+
+def test_unverified_certificate_is_fatal(tmp_path: Path, smtp_server: Callable[..., SmtpServer]) -> None:
+    server = smtp_server(implicit_tls=True)
+    sender, outcomes = send(tmp_path, server.url, 3, tls_context=ssl.create_default_context())
+    assert sender.stopped_by is not None and "TLS" in sender.stopped_by.describe()
+    assert statuses(outcomes) == {Status.NOT_ATTEMPTED: 3}
+    assert server.received == []
+
+
+def test_wrong_password_stops_the_run(tmp_path: Path, smtp_server: Callable[..., SmtpServer]) -> None:
+    server = smtp_server(require_starttls=True, auth={"mailer": "s3cret"})
+    sender, outcomes = send(
+        tmp_path, server.url, 6, user="mailer", password="wrong-horse", tls_context=server.client_context()
+    )
+    assert sender.stopped_by is not None and sender.stopped_by.code == 535
+    assert statuses(outcomes) == {Status.NOT_ATTEMPTED: 6}
+    assert server.received == []
+    assert all("wrong-horse" not in f"{o.error} {o.reply}" for o in outcomes)
+
+
+def test_starttls_required_but_not_offered_is_fatal(
+    tmp_path: Path, smtp_server: Callable[..., SmtpServer]
+) -> None:
+    server = smtp_server()  # offers no STARTTLS
+    sender, _ = send(tmp_path, server.url.replace("smtp://", "smtp+starttls://"), 2)
+    assert sender.stopped_by is not None and "STARTTLS" in sender.stopped_by.describe()
+    assert server.received == []
+
+
+def test_nothing_listening_is_fatal(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    sender, outcomes = send(tmp_path, f"smtp://127.0.0.1:{port}", 4)
+    assert sender.stopped_by is not None and "cannot connect" in sender.stopped_by.describe()
+    assert statuses(outcomes) == {Status.NOT_ATTEMPTED: 4}
+
+
+def test_fatal_reply_mid_campaign_finishes_in_flight_and_marks_the_rest(
+    tmp_path: Path, smtp_server: Callable[..., SmtpServer]
+) -> None:
+    server = smtp_server(reply_after=(5, "550 5.4.5 Daily user sending quota exceeded"))
+    sender, outcomes = send(tmp_path, server.url, 20, connections=2)
+    assert sender.stopped_by is not None and sender.stopped_by.enhanced_code == "5.4.5"
+    counts = statuses(outcomes)
+    # the message on the other connection may already have been past MAIL FROM: it finishes
+    assert counts[Status.SENT] == len(server.received) in (5, 6)
+    assert counts[Status.NOT_ATTEMPTED] == 20 - counts[Status.SENT]
+    assert len(outcomes) == 20
+
+
+def test_smtputf8_address(tmp_path: Path, smtp_server: Callable[..., SmtpServer]) -> None:
+    server = smtp_server(smtputf8=True)
+    _, outcomes = send(tmp_path, server.url, 1, extra_rows=["jösé@exämple.com,José"])
+    assert statuses(outcomes) == {Status.SENT: 2}
+    assert "jösé@exämple.com" in server.recipients()
+    plain = smtp_server()
+    _, outcomes = send(tmp_path, plain.url, 1, extra_rows=["jösé@exämple.com,José"])
+    failed = [o for o in outcomes if o.status is Status.FAILED]
+    assert len(failed) == 1 and "SMTPUTF8" in failed[0].error
+
+
+def test_progress_plain_lines_when_not_a_terminal() -> None:
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=False, width=200)
+    counts = Counts(total=10)
+
+    async def work() -> None:
+        async with SendProgress(console, counts, plain_every=0.05):
+            for _ in range(4):
+                counts.sent += 2
+                await asyncio.sleep(0.06)
+
+    asyncio.run(work())
+    lines = out.getvalue().splitlines()
+    assert lines and all("/10 done:" in line for line in lines)
+    assert "8/10 done: 8 sent, 0 failed, 0 retrying" in lines[-1] or len(lines) >= 2
+
+
+def test_quiet_progress_prints_nothing() -> None:
+    out = io.StringIO()
+
+    async def work() -> None:
+        async with SendProgress(Console(file=out), Counts(total=1), quiet=True, plain_every=0.01):
+            await asyncio.sleep(0.05)
+
+    asyncio.run(work())
+    assert out.getvalue() == ""
