@@ -12,13 +12,15 @@ capacity is measured too, with a minimal aiosmtplib client, and mailblast's spee
 shown as a fraction of it.
 
 Each `mailblast send` runs in its own process (cwd: a temp dir, so no mailblast.toml
-is picked up); peak memory is that process's max RSS.
+is picked up) on its own fresh copy of the recipients file, so the campaign journal
+that mailblast keeps beside it starts empty; peak memory is that process's max RSS.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import signal
 import subprocess
@@ -51,6 +53,18 @@ Your plan **{{ plan }}** renews on {{ renews }}.
 
 RATE = (3, 1.0)  # what the throttling server allows: 3 per sliding second
 TIMEOUT = 600.0  # seconds any one child process may run before it is killed
+
+
+_runs = itertools.count(1)
+
+
+def fresh_csv(work: Path, rows: int) -> Path:
+    """A new recipients file in a folder of its own: no journal of an earlier run applies to it."""
+    folder = work / f"run{next(_runs):02d}"
+    folder.mkdir()
+    path = folder / "recipients.csv"
+    make_csv(path, rows)
+    return path
 
 
 def make_csv(path: Path, rows: int) -> None:
@@ -104,7 +118,7 @@ def measure(args: Sequence[str], cwd: Path, timeout: float = TIMEOUT) -> Run:
 def send_args(csv_path: Path, server: SmtpServer, extra: Sequence[str]) -> list[str]:
     return [
         sys.executable, "-m", "mailblast", "send", str(csv_path),
-        "--smtp", server.url, "--template", "news.md", "--quiet", *extra,
+        "--smtp", server.url, "--template", str(csv_path.parent.parent / "news.md"), "--quiet", *extra,
     ]  # fmt: skip
 
 
@@ -143,9 +157,7 @@ RATE_CASES: tuple[tuple[str, list[str], bool], ...] = (
 
 
 def rate_case(name: str, extra: list[str], messages: int, work: Path) -> RateResult:
-    csv_path = work / f"rate{messages}.csv"
-    if not csv_path.exists():
-        make_csv(csv_path, messages)
+    csv_path = fresh_csv(work, messages)
     with start_server(rate=RATE) as server:
         run = measure(send_args(csv_path, server, extra), work)
         received = server.received
@@ -219,6 +231,20 @@ class ThroughputResult:
     peak_mib: float
     code: int
 
+    @property
+    def per_second(self) -> float:
+        """Accepted messages per second of the whole process (startup and check pass included)."""
+        return self.accepted / self.wall
+
+
+def has_option(option: str) -> bool:
+    """Whether this checkout's `mailblast send` knows ``option`` (it is being developed)."""
+    help_text = subprocess.run(
+        [sys.executable, "-m", "mailblast", "send", "--help"],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"},
+    ).stdout  # fmt: skip
+    return option in help_text
+
 
 def throughput_case(
     name: str, args: list[str], server: SmtpServer, messages: int, work: Path
@@ -270,23 +296,24 @@ def one_message(work: Path) -> Path:
 
 
 def part2(messages: int, work: Path) -> list[str]:
-    csv_path = work / f"sink{messages}.csv"
-    make_csv(csv_path, messages)
     eml = one_message(work)
     raw_args = [
         sys.executable, str(Path(__file__).resolve()), "--raw-client", "URL", "--raw-eml", str(eml),
         "--raw-messages", str(messages), "--raw-connections", str(RAW_CLIENT_CONNECTIONS),
     ]  # fmt: skip
-    cases = (
+    cases = [
         ("mailblast, 1 conn", ["--connections", "1"]),
         ("mailblast, 5 conns", ["--connections", "5"]),
         ("mailblast, 5 conns, max-msg 1000", ["--connections", "5", "--max-messages", "1000"]),
-    )
+    ]
+    if has_option("--no-journal"):
+        cases.append(("mailblast, 5 conns, --no-journal", ["--connections", "5", "--no-journal"]))
     results: list[ThroughputResult] = []
     notes = []
     with start_server() as server:
         for name, extra in cases:
-            result, note = throughput_case(name, send_args(csv_path, server, extra), server, messages, work)
+            args = send_args(fresh_csv(work, messages), server, extra)
+            result, note = throughput_case(name, args, server, messages, work)
             results.append(result)
             notes.extend([note] if note else [])
         args = [server.url if a == "URL" else a for a in raw_args]
@@ -295,7 +322,8 @@ def part2(messages: int, work: Path) -> list[str]:
         )
         notes.extend([note] if note else [])
     check = measure(
-        [sys.executable, "-m", "mailblast", "check", str(csv_path), "--template", "news.md"], work
+        [sys.executable, "-m", "mailblast", "check", str(fresh_csv(work, messages)), "--template", "news.md"],
+        work,
     )
     notes.extend([n] if (n := check_failed("check", check)) else [])
 
@@ -308,18 +336,18 @@ def part2(messages: int, work: Path) -> list[str]:
     for r in [*results, raw]:
         sending_rate = (r.accepted - 1) / r.sending if r.sending > 0 else float("nan")
         print(
-            f"{r.name:<34}{r.accepted:>9,}{r.wall:>8.2f}{r.messages / r.wall:>8,.0f}{r.to_first:>13.2f}"
+            f"{r.name:<34}{r.accepted:>9,}{r.wall:>8.2f}{r.per_second:>8,.0f}{r.to_first:>13.2f}"
             f"{sending_rate:>14,.0f}{r.peak_mib:>10.1f}{r.code:>6}"
         )
     print(
         f"`mailblast check` alone on the same file: {check.wall:.2f} s ({messages / check.wall:,.0f} rows/s)"
     )
-    raw_rate = raw.messages / raw.wall
+    raw_rate = raw.per_second
     for r in results:
-        rate = r.messages / r.wall
+        rate = r.per_second
         print(f"{r.name}: {rate:,.0f} msg/s = {rate / raw_rate:.2f}x the raw client ({raw_rate:,.0f} msg/s)")
     five = results[1]
-    verdict = "ok" if five.messages / five.wall >= 1500 and five.accepted == messages else "MISS"
+    verdict = "ok" if five.per_second >= 1500 and five.accepted == messages else "MISS"
     print(f"target: >= 1,500 msg/s with 5 connections (wall time), all accepted: {verdict}")
     return notes
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from mailblast import __version__, runner
+from mailblast import __version__, campaign, runner
 from mailblast.config import Settings, load_settings
 from mailblast.errors import ConfigError, InputError, MailblastError, StoppedError
 
@@ -42,6 +43,12 @@ DelimiterOpt = Annotated[
 ]
 EmailColumnOpt = Annotated[
     str | None, typer.Option("--email-column", help="The column with addresses [default: one named email].")
+]
+JournalOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--journal", help="The campaign journal [default: RECIPIENTS.csv.mailblast.sqlite beside it]."
+    ),
 ]
 DuplicatesOpt = Annotated[
     bool | None,
@@ -161,6 +168,20 @@ def send(
     out: Annotated[
         Path | None, typer.Option("--out", help="With --dry-run: write each message to this folder as .eml.")
     ] = None,
+    journal: JournalOpt = None,
+    no_journal: Annotated[
+        bool | None, typer.Option("--no-journal", help="Keep no journal: a re-run sends everything again.")
+    ] = None,
+    restart: Annotated[
+        bool | None, typer.Option("--restart", help="Forget the journal's campaign and start over.")
+    ] = None,
+    retry_failed: Annotated[
+        bool | None, typer.Option("--retry-failed", help="Send again to recipients that failed for good.")
+    ] = None,
+    skip_uncertain: Annotated[
+        bool | None,
+        typer.Option("--skip-uncertain", help="Leave out messages in flight when an earlier run died."),
+    ] = None,
     from_: FromOpt = None,
     config: ConfigOpt = None,
     encoding: EncodingOpt = None,
@@ -177,17 +198,47 @@ def send(
         _run(lambda console: runner.run_dry_run(_settings(options), recipients, out, console))
     if out is not None:
         _run(lambda console: _usage("--out goes with --dry-run", "add --dry-run to write .eml files"))
+    again = shlex.join(["mailblast", *(a for a in sys.argv[1:] if a != "--restart")])
     _run(
-        lambda console: runner.run_send(_settings(options), recipients, console, _ask_password, sys.stdout),
+        lambda console: campaign.run_send(
+            _settings(options), recipients, console, _ask_password, sys.stdout, again
+        ),
         stderr=True,
     )
+
+
+@app.command()
+def status(
+    recipients: Recipients,
+    template: TemplateOpt = None,
+    journal: JournalOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Show a campaign's progress from its journal: counts, start, rate, failures by reason."""
+    options = dict(locals())
+    _run(lambda console: campaign.run_status(_settings(options), recipients, console))
+
+
+@app.command()
+def report(
+    recipients: Recipients,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write the CSV here [default: standard output].")
+    ] = None,
+    template: TemplateOpt = None,
+    journal: JournalOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Write the report of recipients not sent, from the journal, as a resendable CSV."""
+    options = {k: v for k, v in locals().items() if k != "out"}
+    _run(lambda console: campaign.run_report(_settings(options), recipients, out, console), stderr=True)
 
 
 def _ask_password(prompt: str) -> str:
     if not sys.stdin.isatty():
         raise ConfigError(
             "the SMTP URL names a user but no password was given",
-            f"set {runner.PASSWORD_ENV} in the environment",
+            f"set {campaign.PASSWORD_ENV} in the environment",
         )
     return typer.prompt(prompt, hide_input=True)
 

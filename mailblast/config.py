@@ -65,6 +65,11 @@ class Settings:
     retries: int = 5
     timeout: float = 30.0
     config_file: Path | None = None
+    # per run only, never from the file
+    no_journal: bool = False
+    restart: bool = False
+    retry_failed: bool = False
+    skip_uncertain: bool = False
 
 
 # names in the file -> names in Settings

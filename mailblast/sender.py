@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 
 from mailblast.compose import ComposedMessage, RowError
@@ -33,7 +33,7 @@ class _Job:
     attempts: int = 0
     failures: int = 0  # transient failures, counted against the retries
     throttled: int = 0
-    lost_reply: bool = False
+    maybe_delivered: str = ""  # why an earlier try may have reached the recipient already
 
 
 @dataclass
@@ -55,12 +55,15 @@ class Sender:
         limiter: SlidingWindowLimiter,
         options: SenderOptions,
         on_outcome: Callable[[Outcome], None],
+        *,
+        on_sending: Callable[[ComposedMessage], None] | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self._connect = connect
         self._limiter = limiter
         self._options = options
         self._on_outcome = on_outcome
+        self._on_sending = on_sending
         self._rng = rng or random.Random()
         self.counts = Counts()
         self.stopped_by: Verdict | None = None
@@ -82,9 +85,12 @@ class Sender:
                 self._finish(job, Status.NOT_ATTEMPTED, reason, "the run stopped before a retry")
 
     async def run(
-        self, recipients: Iterator[Recipient], compose: Callable[[Recipient], ComposedMessage]
+        self,
+        recipients: Iterator[Recipient],
+        compose: Callable[[Recipient], ComposedMessage],
+        maybe_sent: Collection[int] = (),
     ) -> Counts:
-        """Send to every recipient; returns the final counts."""
+        """Send to every recipient; ``maybe_sent`` rows were in flight when an earlier run died."""
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
         self._room = asyncio.Semaphore(self._options.buffer or 4 * self._options.connections + 8)
         self._waiting: dict[asyncio.TimerHandle, _Job] = {}
@@ -92,7 +98,7 @@ class Sender:
         self._producing = True
         workers = [asyncio.create_task(self._worker()) for _ in range(self._options.connections)]
         try:
-            await self._produce(recipients, compose)
+            await self._produce(recipients, compose, maybe_sent)
             self._producing = False
             self._maybe_done()
             await asyncio.gather(*workers)
@@ -102,7 +108,10 @@ class Sender:
         return self.counts
 
     async def _produce(
-        self, recipients: Iterator[Recipient], compose: Callable[[Recipient], ComposedMessage]
+        self,
+        recipients: Iterator[Recipient],
+        compose: Callable[[Recipient], ComposedMessage],
+        maybe_sent: Collection[int],
     ) -> None:
         for recipient in recipients:
             if self.stopping:
@@ -120,7 +129,10 @@ class Sender:
                 self._report(Outcome(recipient, Status.FAILED, "", 0, None, f"cannot render: {e.message}"))
                 continue
             self._outstanding += 1
-            self._queue.put_nowait(_Job(message))
+            job = _Job(message)
+            if recipient.row in maybe_sent:
+                job.maybe_delivered = "it was in flight when an earlier run stopped"
+            self._queue.put_nowait(job)
             await asyncio.sleep(0)  # let the workers run between compositions
 
     def _not_attempted(self, recipient: Recipient) -> None:
@@ -128,13 +140,13 @@ class Sender:
         self._report(Outcome(recipient, Status.NOT_ATTEMPTED, "", 0, reason, "the run stopped first"))
 
     def _report(self, outcome: Outcome) -> None:
+        self._on_outcome(outcome)  # recorded (journal) before it is counted anywhere
         self.counts.add(outcome)
-        self._on_outcome(outcome)
 
     def _finish(self, job: _Job, status: Status, reply: Verdict | None, error: str = "") -> None:
-        if job.lost_reply and status is Status.FAILED:
-            status = Status.UNCERTAIN  # the first try may have been delivered
-            error = f"the reply to an earlier try was lost after the message was sent; then: {error}"
+        if job.maybe_delivered and status is Status.FAILED:
+            status = Status.UNCERTAIN  # an earlier try may have been delivered
+            error = f"{job.maybe_delivered}; then: {error}"
         message = job.message
         self._report(Outcome(message.recipient, status, message.message_id, job.attempts, reply, error))
         self._outstanding -= 1
@@ -177,6 +189,8 @@ class Sender:
                     self._queue.put_nowait(job)
                     continue
                 job.attempts += 1
+                if self._on_sending is not None:
+                    self._on_sending(job.message)
                 try:
                     accepted = await connection.send(job.message)
                 except TransactionError as e:
@@ -220,8 +234,8 @@ class Sender:
 
     def _delivered(self, job: _Job, accepted: Accepted) -> None:
         refused = "; ".join(f"{address}: {v.describe()}" for address, v in accepted.refused)
-        if job.lost_reply:
-            note = "the reply was lost after the message was sent, so it was sent again: may be a duplicate"
+        if job.maybe_delivered:
+            note = f"{job.maybe_delivered}, so it was sent again: may be a duplicate"
             self._finish(job, Status.UNCERTAIN, accepted.reply, f"{note}{'; ' + refused if refused else ''}")
         else:
             self._finish(job, Status.SENT, accepted.reply, refused and f"refused: {refused}")
@@ -229,13 +243,12 @@ class Sender:
     def _failed(self, job: _Job, error: TransactionError) -> None:
         verdict = error.verdict
         if error.uncertain:
-            if not job.lost_reply:
-                job.lost_reply = True  # it may have been delivered: send it once more, as MTAs do
+            if not job.maybe_delivered:
+                # It may have been delivered: send it once more, as MTAs do (RFC 1047).
+                job.maybe_delivered = "the reply to the final '.' was lost"
                 self._retry_later(job, 0)
                 return
-            self._finish(
-                job, Status.UNCERTAIN, verdict, "the reply was lost twice after the message was sent"
-            )
+            self._finish(job, Status.UNCERTAIN, verdict, f"{job.maybe_delivered}, and again on the resend")
             return
         match verdict.kind:
             case Kind.THROTTLED:

@@ -1,0 +1,358 @@
+"""Campaign runners: `send` with its journal, and `status` / `report` from the journal alone."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TextIO
+
+from rich.console import Console
+
+from mailblast import display
+from mailblast.config import Settings
+from mailblast.connection import Connection
+from mailblast.errors import ConfigError, InputError, StoppedError
+from mailblast.journal import Journal, default_path
+from mailblast.outcomes import Counts, Outcome, Status
+from mailblast.progress import SendProgress
+from mailblast.ratelimit import SlidingWindowLimiter
+from mailblast.recipients import Recipient
+from mailblast.replies import Kind, Verdict
+from mailblast.report import ReportWriter
+from mailblast.runner import Inputs, ScanTally, load_inputs, scan, verdict_of_scan
+from mailblast.sender import Sender, SenderOptions
+from mailblast.urls import SmtpTarget, parse_rate, parse_smtp_url
+
+PASSWORD_ENV = "MAILBLAST_SMTP_PASSWORD"
+INTERRUPTED = Verdict(Kind.FATAL, None, None, None, "interrupted")
+
+
+def smtp_target(settings: Settings) -> SmtpTarget:
+    if not settings.smtp_url:
+        raise ConfigError(
+            "no SMTP server given",
+            "pass --smtp smtp://HOST:PORT, set MAILBLAST_SMTP_URL, or set url in the [smtp] table of "
+            "mailblast.toml (--dry-run checks everything without a server)",
+        )
+    return parse_smtp_url(settings.smtp_url)
+
+
+@dataclass
+class Plan:
+    """What this run will send: the recipients, how many, and which may already have arrived."""
+
+    recipients: Iterator[Recipient]
+    total: int
+    maybe_sent: frozenset[int] = frozenset()
+
+
+def run_send(
+    settings: Settings,
+    recipients_path: Path,
+    console: Console,
+    ask_password: Callable[[str], str],
+    stdout: TextIO,
+    resume_command: str,
+) -> int:
+    """Check every row, then send those not sent yet; journal, report and summarise."""
+    target = smtp_target(settings)
+    rate = parse_rate(settings.rate) if settings.rate else None
+    password = None
+    if target.username is not None:
+        password = os.environ.get(PASSWORD_ENV) or ask_password(
+            f"Password for {target.username} at {target.host}"
+        )
+    inputs = load_inputs(settings, recipients_path)
+    tally = scan(inputs, settings, console)
+    if tally.invalid:
+        return verdict_of_scan(console, tally)
+    journal = None if settings.no_journal else _open_journal(settings, recipients_path)
+    try:
+        plan = _plan(journal, inputs, settings, tally, console)
+        if plan.total == 0:
+            console.print("nothing to send: every recipient was sent already", highlight=False)
+            return 0
+        pace = f"at most {rate}" if rate else "no --rate given, so at the pace the server allows"
+        console.print(
+            f"sending {plan.total:,} message(s) to {target.display()}, {pace}, "
+            f"over {settings.connections} connection(s)",
+            highlight=False,
+        )
+        limiter = SlidingWindowLimiter(rate.count if rate else None, rate.period if rate else 1.0)
+        options = SenderOptions(settings.connections, settings.max_messages, settings.retries)
+
+        def connect() -> Connection:
+            return Connection(target, password, timeout=settings.timeout)
+
+        with _report_file(settings.report) as report_stream:
+            report = ReportWriter(report_stream, inputs.recipients.format.header)
+            reasons: Counter[str] = Counter()
+            unconfirmed: list[int] = []  # uncertain and never accepted on a resend either
+
+            def on_outcome(outcome: Outcome) -> None:
+                if journal is not None:
+                    journal.record(outcome)
+                report.write(outcome)
+                if outcome.status is Status.FAILED:
+                    reasons[outcome.reply.describe() if outcome.reply else outcome.error] += 1
+                elif outcome.status is Status.UNCERTAIN:
+                    reasons[f"uncertain: {outcome.error}"] += 1
+                    if outcome.reply is None or outcome.reply.kind is not Kind.OK:
+                        unconfirmed.append(outcome.recipient.row)
+
+            on_sending = None
+            if journal is not None:
+                on_sending = lambda message: journal.mark_sending(message.recipient, message.message_id)  # noqa: E731
+            sender = Sender(connect, limiter, options, on_outcome, on_sending=on_sending)
+            sender.counts.total = plan.total
+            elapsed, cut_short = asyncio.run(_send(sender, plan, inputs, settings, console))
+            if settings.report is None and report.rows:
+                report_stream.seek(0)
+                shutil.copyfileobj(report_stream, stdout)
+        _summarise(console, sender.counts, tally, elapsed, reasons)
+        if report.rows:
+            where = settings.report or "standard output"
+            console.print(
+                f"report of {report.rows:,} recipient(s) not plainly sent: {where}", highlight=False
+            )
+    finally:
+        if journal is not None:
+            console.print(f"journal: {journal.path}", highlight=False)
+            journal.close()
+    resume = f"run the same command again to resume: {resume_command}" if journal is not None else None
+    if cut_short:
+        raise StoppedError(
+            "stopped at once: messages in flight have an unknown outcome",
+            resume or "send the recipients not in the report again",
+        )
+    if sender.stopped_by is INTERRUPTED:
+        raise StoppedError(f"interrupted: {sender.counts.not_attempted:,} recipient(s) not attempted", resume)
+    if sender.stopped_by is not None:
+        raise StoppedError(f"stopped: {sender.stopped_by.describe()}", _stop_hint(sender.stopped_by, resume))
+    # an uncertain message accepted on its resend was delivered (maybe twice): not a failure
+    return 1 if sender.counts.failed or unconfirmed else 0
+
+
+def _open_journal(settings: Settings, recipients_path: Path) -> Journal:
+    return Journal(settings.journal or default_path(recipients_path))
+
+
+def _plan(
+    journal: Journal | None, inputs: Inputs, settings: Settings, tally: ScanTally, console: Console
+) -> Plan:
+    recipients = inputs.recipients
+    if journal is None:
+        rows = (
+            r.recipient for r in recipients.rows(allow_duplicates=settings.allow_duplicates) if r.recipient
+        )
+        return Plan(rows, tally.valid)
+    is_new, edited = journal.start(
+        recipients.path,
+        inputs.template.path,
+        inputs.template.source_sha,
+        recipients.format.header,
+        restart=settings.restart,
+        allow_duplicates=settings.allow_duplicates,
+    )
+    console.print(f"journal: {journal.path}{' (new campaign)' if is_new else ''}", highlight=False)
+    good = (r.recipient for r in recipients.rows(allow_duplicates=settings.allow_duplicates) if r.recipient)
+    added, removed = journal.sync(good)
+    counts = journal.counts()
+    in_flight = journal.in_flight()
+    todo = counts["pending"]
+    todo += 0 if settings.skip_uncertain else counts["sending"]
+    todo += counts["failed"] if settings.retry_failed else 0
+    if not is_new:
+        console.print(
+            f"resuming: {counts['sent']:,} sent, {todo:,} to go "
+            f"({counts['failed']:,} failed, {counts['uncertain']:,} uncertain before)",
+            highlight=False,
+        )
+        if added:
+            console.print(f"the recipients file has {added:,} row(s) new since the last run", highlight=False)
+        if removed:
+            display.print_warning(
+                console,
+                f"{len(removed) if removed[-1][:3] != '...' else 'many'} recipient(s) of the last "
+                f"run are no longer in the file and will not be sent: {', '.join(removed)}",
+            )
+        if edited:
+            display.print_warning(
+                console,
+                "the template was edited since the last run: recipients not yet sent get the new version",
+            )
+        if counts["failed"] and not settings.retry_failed:
+            console.print(f"{counts['failed']:,} failed recipient(s) are not retried (--retry-failed does)")
+    if in_flight:
+        names = ", ".join(f"row {row} {address}" for row, address in in_flight[:10])
+        action = (
+            "left out (--skip-uncertain)" if settings.skip_uncertain else "sent again, possible duplicates"
+        )
+        display.print_warning(console, f"in flight when the last run stopped, {action}: {names}")
+    todo_rows = journal.todo(retry_failed=settings.retry_failed, skip_uncertain=settings.skip_uncertain)
+    return Plan(todo_rows, todo, frozenset(row for row, _ in in_flight))
+
+
+async def _send(
+    sender: Sender, plan: Plan, inputs: Inputs, settings: Settings, console: Console
+) -> tuple[float, bool]:
+    """Run the sender; Ctrl-C (or SIGTERM) once stops gracefully, twice stops at once."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    signals = 0
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            console.print(
+                "\nstopping: messages in flight finish; Ctrl-C again to stop at once", highlight=False
+            )
+            sender.stop(INTERRUPTED)
+            loop.call_later(settings.timeout, task.cancel)  # in flight for too long: stop anyway
+        else:
+            task.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    cut_short = False
+    try:
+        async with SendProgress(console, sender.counts, quiet=settings.quiet) as progress:
+            await sender.run(plan.recipients, inputs.template.compose, plan.maybe_sent)
+    except asyncio.CancelledError:
+        cut_short = True
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    return progress.elapsed, cut_short
+
+
+def _summarise(
+    console: Console, counts: Counts, tally: ScanTally, elapsed: float, reasons: Counter[str]
+) -> None:
+    delivered = counts.sent + counts.uncertain
+    display.print_counts(
+        console,
+        "summary",
+        {
+            "sent": f"{counts.sent:,}",
+            "failed": f"{counts.failed:,}",
+            "uncertain": f"{counts.uncertain:,}",
+            "skipped": f"{tally.duplicates + tally.empty:,}",
+            "not attempted": f"{counts.not_attempted:,}",
+            "elapsed": f"{elapsed:.1f}s",
+            "average rate": f"{delivered / elapsed if elapsed else 0:.2f} msg/s",
+        },
+    )
+    for reason, n in reasons.most_common(5):
+        console.print(f"  {n:,} × {reason}", highlight=False, soft_wrap=True)
+
+
+def _stop_hint(reason: Verdict, resume: str | None) -> str:
+    text = reason.describe()
+    if "TLS" in text:
+        cause = "the server's certificate must be valid for its name; for a private CA, set SSL_CERT_FILE"
+    elif reason.code in (530, 534, 535, 538):
+        cause = f"check the user name in the SMTP URL and {PASSWORD_ENV}"
+    elif "cannot connect" in text:
+        cause = "check the host and port of the SMTP URL, and that the server is running"
+    else:
+        cause = "fix the cause"
+    return f"{cause}; then {resume or 'send the report rows again: mailblast send REPORT.csv (see --report)'}"
+
+
+@contextmanager
+def _report_file(path: Path | None) -> Iterator[TextIO]:
+    if path is None:
+        with tempfile.TemporaryFile("w+", encoding="utf-8", newline="") as f:
+            yield f
+        return
+    try:
+        f = path.open("w", encoding="utf-8", newline="")
+    except OSError as e:
+        raise ConfigError(f"--report {path}: cannot write: {e.strerror}") from None
+    with f:
+        yield f
+
+
+# -- status and report, from the journal alone ---------------------------------------------
+
+
+def _existing_journal(settings: Settings, recipients_path: Path) -> Journal:
+    path = settings.journal or default_path(recipients_path)
+    if not path.is_file():
+        raise InputError(
+            f"no journal at {path}",
+            "run mailblast send first, or pass --journal with the journal it used",
+        )
+    return Journal(path)
+
+
+def run_status(settings: Settings, recipients_path: Path, console: Console) -> int:
+    journal = _existing_journal(settings, recipients_path)
+    try:
+        campaign = journal.find(recipients_path, settings.template)
+        counts = journal.counts(campaign.id)
+        seconds = journal.active_seconds(campaign.id)
+        last = journal.last_activity(campaign.id)
+        delivered = counts["sent"] + counts["uncertain"]
+        display.print_counts(
+            console,
+            f"campaign {campaign.recipients} with {campaign.template}",
+            {
+                "journal": str(journal.path),
+                "started": _when(campaign.created_at),
+                "last activity": _when(last) if last else "never",
+                "sent": f"{counts['sent']:,}",
+                "failed": f"{counts['failed']:,}",
+                "uncertain": f"{counts['uncertain'] + counts['sending']:,}",
+                "pending": f"{counts['pending']:,}",
+                "average rate": f"{delivered / seconds if seconds else 0:.2f} msg/s",
+            },
+        )
+        if counts["sending"]:
+            console.print(
+                f"{counts['sending']:,} message(s) were in flight when a run stopped: the next send "
+                "sends them again (or leaves them out with --skip-uncertain)",
+                highlight=False,
+            )
+        reasons = journal.failure_reasons(campaign.id)
+        if reasons:
+            display.print_counts(console, "failures by reason", {reason: f"{n:,}" for reason, n in reasons})
+    finally:
+        journal.close()
+    return 0
+
+
+def run_report(settings: Settings, recipients_path: Path, out: Path | None, console: Console) -> int:
+    journal = _existing_journal(settings, recipients_path)
+    try:
+        campaign = journal.find(recipients_path, settings.template)
+        target = out if out is not None else None
+        with _report_file(target) as stream:
+            report = ReportWriter(stream, campaign.header)
+            for outcome in journal.not_sent(campaign.id):
+                report.write(outcome)
+            if out is None:
+                stream.seek(0)
+                shutil.copyfileobj(stream, sys.stdout)
+    finally:
+        journal.close()
+    if out is not None:
+        console.print(f"wrote {report.rows:,} recipient(s) not sent to {out}", highlight=False)
+    return 0
+
+
+def _when(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")

@@ -1,0 +1,372 @@
+"""The journal: every recipient's state in SQLite, so that re-running a send is always safe.
+
+A campaign is one recipients file with one template. Each recipient moves
+pending -> sending -> sent | failed | uncertain. "sending" is committed before the
+message's MAIL FROM, and every outcome is committed before it is counted, so a
+process killed at any instant leaves at most one "sending" row per connection:
+those have an unknown outcome and are sent again on resume (or skipped with
+--skip-uncertain).
+
+WAL with synchronous=NORMAL: a commit survives the process being killed; after a
+power loss the last commits may roll back, which can resend a recipient but never
+lose one.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from mailblast.errors import InputError
+from mailblast.outcomes import Outcome, Status
+from mailblast.recipients import Recipient
+from mailblast.replies import classify
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS campaigns (
+    id INTEGER PRIMARY KEY,
+    recipients TEXT NOT NULL,
+    template TEXT NOT NULL,
+    template_sha TEXT NOT NULL,
+    header TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    UNIQUE (recipients, template)
+);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    campaign INTEGER NOT NULL REFERENCES campaigns (id),
+    started_at REAL NOT NULL,
+    last_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS recipients (
+    campaign INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    row INTEGER NOT NULL,
+    line INTEGER NOT NULL,
+    address TEXT NOT NULL,
+    smtputf8 INTEGER NOT NULL,
+    fields TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    seen_run INTEGER NOT NULL,
+    message_id TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    smtp_code TEXT,
+    enhanced_code TEXT,
+    error TEXT,
+    updated_at REAL,
+    PRIMARY KEY (campaign, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS recipients_by_row ON recipients (campaign, seen_run, row);
+"""
+PENDING, SENDING = "pending", "sending"
+BATCH = 5000
+
+
+def default_path(recipients: Path) -> Path:
+    return recipients.with_name(recipients.name + ".mailblast.sqlite")
+
+
+def recipient_key(recipient: Recipient, allow_duplicates: bool) -> str:
+    """Who a row is across edits of the file: its address, or with duplicates allowed its row."""
+    address = recipient.address.casefold()
+    return f"{address}#{recipient.row}" if allow_duplicates else address
+
+
+@dataclass
+class Sync:
+    """What the recipients file holds now, compared with the journal."""
+
+    added: int
+    removed: list[str]
+    template_edited: bool
+
+
+@dataclass
+class CampaignInfo:
+    id: int
+    recipients: str
+    template: str
+    created_at: float
+    header: tuple[str, ...]
+
+
+class Journal:
+    """One SQLite file; it may hold several campaigns (one per template)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, timeout=10)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
+        except sqlite3.Error as e:
+            raise InputError(
+                f"{path}: cannot open the journal: {e}",
+                "pass --journal PATH to keep it somewhere writable",
+            ) from None
+        self._campaign: CampaignInfo | None = None
+        self._run: int | None = None
+        self._allow_duplicates = False
+
+    def close(self) -> None:
+        self._db.close()
+
+    def campaigns(self, recipients: Path | None = None) -> list[CampaignInfo]:
+        sql = "SELECT id, recipients, template, created_at, header FROM campaigns"
+        args: tuple = ()
+        if recipients is not None:
+            sql, args = sql + " WHERE recipients = ?", (str(recipients.resolve()),)
+        return [
+            CampaignInfo(i, r, t, c, tuple(json.loads(h))) for i, r, t, c, h in self._db.execute(sql, args)
+        ]
+
+    def find(self, recipients: Path, template: Path | None) -> CampaignInfo:
+        """The campaign of this recipients file (and template, when several use the file)."""
+        found = self.campaigns(recipients)
+        if template is not None:
+            found = [c for c in found if c.template == str(template.resolve())]
+        if not found:
+            raise InputError(
+                f"{self.path} has no campaign for {recipients}"
+                + (f" with template {template}" if template else ""),
+                "run mailblast send first, or pass --journal with the journal it used",
+            )
+        if len(found) > 1:
+            names = ", ".join(c.template for c in found)
+            raise InputError(
+                f"{recipients} was sent with several templates ({names})", "pass --template to pick one"
+            )
+        return found[0]
+
+    # -- a run of `send` -----------------------------------------------------------------
+
+    def start(
+        self,
+        recipients: Path,
+        template: Path,
+        template_sha: str,
+        header: tuple[str, ...],
+        *,
+        restart: bool = False,
+        allow_duplicates: bool = False,
+    ) -> tuple[bool, bool]:
+        """Open (or create) the campaign and a new run; returns (is new, template edited)."""
+        now = time.time()
+        key = (str(recipients.resolve()), str(template.resolve()))
+        db = self._db
+        with self._transaction():
+            row = db.execute(
+                "SELECT id, template_sha FROM campaigns WHERE recipients = ? AND template = ?", key
+            ).fetchone()
+            if row is not None and restart:
+                db.execute("DELETE FROM recipients WHERE campaign = ?", (row[0],))
+                db.execute("DELETE FROM runs WHERE campaign = ?", (row[0],))
+                db.execute("DELETE FROM campaigns WHERE id = ?", (row[0],))
+                row = None
+            if row is None:
+                cursor = db.execute(
+                    "INSERT INTO campaigns (recipients, template, template_sha, header, created_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (*key, template_sha, json.dumps(header), now),
+                )
+                campaign, is_new, edited = cursor.lastrowid, True, False
+            else:
+                campaign, is_new, edited = row[0], False, row[1] != template_sha
+                db.execute(
+                    "UPDATE campaigns SET template_sha = ?, header = ? WHERE id = ?",
+                    (template_sha, json.dumps(header), campaign),
+                )
+            self._run = db.execute(
+                "INSERT INTO runs (campaign, started_at, last_at) VALUES (?, ?, ?)", (campaign, now, now)
+            ).lastrowid
+        assert campaign is not None
+        self._campaign = CampaignInfo(campaign, *key, now, header)
+        self._allow_duplicates = allow_duplicates
+        return is_new, edited
+
+    def sync(self, recipients: Iterator[Recipient]) -> tuple[int, list[str]]:
+        """Record the file's rows; returns (rows new to the journal, addresses no longer in the file)."""
+        campaign, run = self._ids()
+        before = self._count("seen_run < ?", run)
+        added = 0
+        db = self._db
+        batch: list[tuple] = []
+
+        def flush() -> None:
+            nonlocal added
+            with self._transaction():
+                total = db.total_changes
+                db.executemany(
+                    "INSERT INTO recipients (campaign, key, row, line, address, smtputf8, fields, seen_run) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (campaign, key) DO UPDATE SET "
+                    "row = excluded.row, line = excluded.line, fields = excluded.fields, "
+                    "seen_run = excluded.seen_run",
+                    batch,
+                )
+                added += db.total_changes - total
+            batch.clear()
+
+        for r in recipients:
+            key = recipient_key(r, self._allow_duplicates)
+            batch.append(
+                (campaign, key, r.row, r.line, r.address, r.needs_smtputf8, json.dumps(r.fields), run)
+            )
+            if len(batch) >= BATCH:
+                flush()
+        flush()
+        still_old = self._count("seen_run < ?", run)
+        added -= before - still_old  # upserts of known rows count as changes too
+        removed = [
+            a
+            for (a,) in db.execute(
+                "SELECT address FROM recipients WHERE campaign = ? AND seen_run < ? ORDER BY row LIMIT 20",
+                (campaign, run),
+            )
+        ]
+        return added, removed if still_old <= 20 else [*removed, f"... {still_old - 20:,} more"]
+
+    def todo(self, *, retry_failed: bool, skip_uncertain: bool) -> Iterator[Recipient]:
+        """The recipients still to send, in file order, read in pages so memory stays flat."""
+        campaign, run = self._ids()
+        states = (
+            [PENDING]
+            + ([] if skip_uncertain else [SENDING])
+            + ([Status.FAILED.value] if retry_failed else [])
+        )
+        marks = ",".join("?" * len(states))
+        last = 0
+        while True:
+            page = self._db.execute(
+                "SELECT row, line, fields, address, smtputf8 FROM recipients WHERE campaign = ? "
+                f"AND seen_run = ? AND row > ? AND state IN ({marks}) ORDER BY row LIMIT 1000",
+                (campaign, run, last, *states),
+            ).fetchall()
+            if not page:
+                return
+            for row, line, fields, address, smtputf8 in page:
+                yield Recipient(row, line, json.loads(fields), address, bool(smtputf8))
+            last = page[-1][0]
+
+    def in_flight(self) -> list[tuple[int, str]]:
+        """(row, address) of the messages a killed run left with an unknown outcome."""
+        campaign, run = self._ids()
+        return self._db.execute(
+            "SELECT row, address FROM recipients "
+            "WHERE campaign = ? AND seen_run = ? AND state = ? ORDER BY row",
+            (campaign, run, SENDING),
+        ).fetchall()
+
+    def mark_sending(self, recipient: Recipient, message_id: str) -> None:
+        """Committed before MAIL FROM: a crash from here on leaves an unknown outcome."""
+        self._update(recipient, "state = ?, message_id = ?", SENDING, message_id)
+
+    def record(self, outcome: Outcome) -> None:
+        """Committed before the outcome is counted anywhere."""
+        # "not attempted" stays pending: the next run sends it
+        state = PENDING if outcome.status is Status.NOT_ATTEMPTED else outcome.status.value
+        self._update(
+            outcome.recipient,
+            "state = ?, message_id = COALESCE(NULLIF(?, ''), message_id), attempts = attempts + ?, "
+            "smtp_code = ?, enhanced_code = ?, error = ?",
+            state,
+            outcome.message_id,
+            outcome.attempts,
+            outcome.smtp_code,
+            outcome.enhanced_code,
+            outcome.error,
+        )
+
+    def _update(self, recipient: Recipient, assignments: str, *values: object) -> None:
+        campaign, run = self._ids()
+        now = time.time()
+        key = recipient_key(recipient, self._allow_duplicates)
+        self._db.execute(
+            f"UPDATE recipients SET {assignments}, updated_at = ? WHERE campaign = ? AND key = ?",
+            (*values, now, campaign, key),
+        )
+        self._db.execute("UPDATE runs SET last_at = ? WHERE id = ?", (now, run))
+
+    # -- reading, for status and report --------------------------------------------------
+
+    def counts(self, campaign: int | None = None) -> dict[str, int]:
+        campaign = campaign or self._ids()[0]
+        run = self._latest_run(campaign)
+        rows = self._db.execute(
+            "SELECT state, COUNT(*) FROM recipients WHERE campaign = ? AND seen_run = ? GROUP BY state",
+            (campaign, run),
+        )
+        counts = {PENDING: 0, SENDING: 0, **{s.value: 0 for s in Status if s is not Status.NOT_ATTEMPTED}}
+        counts.update(dict(rows))
+        return counts
+
+    def active_seconds(self, campaign: int) -> float:
+        """Time spent sending, over every run."""
+        (total,) = self._db.execute(
+            "SELECT COALESCE(SUM(last_at - started_at), 0) FROM runs WHERE campaign = ?", (campaign,)
+        ).fetchone()
+        return float(total)
+
+    def last_activity(self, campaign: int) -> float | None:
+        (last,) = self._db.execute("SELECT MAX(last_at) FROM runs WHERE campaign = ?", (campaign,)).fetchone()
+        return last
+
+    def failure_reasons(self, campaign: int) -> list[tuple[str, int]]:
+        return self._db.execute(
+            "SELECT state || ': ' || COALESCE(NULLIF(error, ''), 'no reason recorded'), COUNT(*) AS n "
+            "FROM recipients WHERE campaign = ? AND seen_run = ? AND state IN ('failed', 'uncertain') "
+            "GROUP BY 1 ORDER BY n DESC LIMIT 20",
+            (campaign, self._latest_run(campaign)),
+        ).fetchall()
+
+    def not_sent(self, campaign: int) -> Iterator[Outcome]:
+        """Every recipient of the latest run not plainly sent, as outcomes, in file order."""
+        run = self._latest_run(campaign)
+        status_of = {PENDING: Status.NOT_ATTEMPTED, SENDING: Status.UNCERTAIN}
+        cursor = self._db.execute(
+            "SELECT row, line, fields, address, smtputf8, state, message_id, attempts, smtp_code, "
+            "enhanced_code, error FROM recipients WHERE campaign = ? AND seen_run = ? AND state != 'sent' "
+            "ORDER BY row",
+            (campaign, run),
+        )
+        for row, line, fields, address, utf8, state, message_id, attempts, code, enhanced, error in cursor:
+            recipient = Recipient(row, line, json.loads(fields), address, bool(utf8))
+            status = status_of.get(state) or Status(state)
+            if state == SENDING:
+                error = "in flight when the run was interrupted: may or may not have been delivered"
+            reply = classify(int(code), f"{enhanced or ''} {error or ''}") if code else None
+            yield Outcome(recipient, status, message_id or "", attempts, reply, error or "")
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _ids(self) -> tuple[int, int]:
+        assert self._campaign is not None and self._run is not None, "start() first"
+        return self._campaign.id, self._run
+
+    def _latest_run(self, campaign: int) -> int:
+        (run,) = self._db.execute(
+            "SELECT MAX(seen_run) FROM recipients WHERE campaign = ?", (campaign,)
+        ).fetchone()
+        return run or 0
+
+    def _count(self, where: str, *args: object) -> int:
+        campaign = self._ids()[0]
+        (n,) = self._db.execute(
+            f"SELECT COUNT(*) FROM recipients WHERE campaign = ? AND {where}", (campaign, *args)
+        ).fetchone()
+        return n
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
