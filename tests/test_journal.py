@@ -1,0 +1,114 @@
+"""The journal on its own: states, resume order, file edits, and reading it back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mailblast.journal import Journal, default_path, recipient_key
+from mailblast.outcomes import Outcome, Status
+from mailblast.recipients import Recipient
+from mailblast.replies import classify
+
+
+def person(row: int, address: str | None = None) -> Recipient:
+    address = address or f"user{row}@example.com"
+    return Recipient(row, row + 1, {"email": address, "name": f"User {row}"}, address)
+
+
+def started(tmp_path: Path, **kwargs: bool) -> Journal:
+    journal = Journal(tmp_path / "j.sqlite")
+    journal.start(tmp_path / "r.csv", tmp_path / "t.txt", "sha1", ("email", "name"), **kwargs)
+    return journal
+
+
+def test_default_path_sits_beside_the_recipients(tmp_path: Path) -> None:
+    assert default_path(tmp_path / "people.csv") == tmp_path / "people.csv.mailblast.sqlite"
+
+
+def test_keys_fold_case_and_allow_duplicates_by_row() -> None:
+    assert recipient_key(person(1, "Ann@Example.com"), False) == "ann@example.com"
+    assert recipient_key(person(7, "ann@example.com"), True) == "ann@example.com#7"
+
+
+def test_states_move_and_todo_follows_them(tmp_path: Path) -> None:
+    journal = started(tmp_path)
+    added, removed = journal.sync(iter([person(i) for i in range(1, 2501)]))
+    assert (added, removed) == (2500, [])
+    todo = list(journal.todo(retry_failed=False, skip_uncertain=False))
+    assert [r.row for r in todo] == list(range(1, 2501))  # file order, across pages
+    assert todo[0].fields == {"email": "user1@example.com", "name": "User 1"}
+    journal.mark_sending(person(1), "<id1@x>")
+    journal.record(Outcome(person(2), Status.SENT, "<id2@x>", 1, classify(250, "ok")))
+    journal.record(
+        Outcome(person(3), Status.FAILED, "<id3@x>", 1, classify(550, "5.1.1 unknown"), "550 5.1.1")
+    )
+    journal.record(Outcome(person(4), Status.NOT_ATTEMPTED, "", 0))
+    assert journal.counts() == {"pending": 2497, "sending": 1, "sent": 1, "failed": 1, "uncertain": 0}
+    assert journal.in_flight() == [(1, "user1@example.com")]
+    rows = [r.row for r in journal.todo(retry_failed=False, skip_uncertain=True)]
+    assert rows[:2] == [4, 5] and 1 not in rows and 3 not in rows
+    rows = [r.row for r in journal.todo(retry_failed=True, skip_uncertain=False)]
+    assert rows[:4] == [1, 3, 4, 5]
+    journal.close()
+
+
+def test_a_new_run_sees_edits_and_keeps_sent_rows(tmp_path: Path) -> None:
+    journal = started(tmp_path)
+    journal.sync(iter([person(1), person(2), person(3)]))
+    journal.record(Outcome(person(1), Status.SENT, "<a@x>", 1, classify(250, "ok")))
+    journal.close()
+    journal = Journal(tmp_path / "j.sqlite")
+    is_new, edited = journal.start(tmp_path / "r.csv", tmp_path / "t.txt", "sha2", ("email", "name"))
+    assert (is_new, edited) == (False, True)
+    # user1 moved to row 2 and stays sent; user2 removed; user4 and user5 new
+    added, removed = journal.sync(
+        iter(
+            [
+                person(1, "user3@example.com"),
+                person(2, "user1@example.com"),
+                person(3, "user4@example.com"),
+                person(4, "user5@example.com"),
+            ]
+        )
+    )
+    assert added == 2 and removed == ["user2@example.com"]
+    assert journal.counts()["sent"] == 1
+    todo = [r.address for r in journal.todo(retry_failed=False, skip_uncertain=False)]
+    assert todo == ["user3@example.com", "user4@example.com", "user5@example.com"]
+    journal.close()
+
+
+def test_restart_forgets_the_campaign(tmp_path: Path) -> None:
+    journal = started(tmp_path)
+    journal.sync(iter([person(1)]))
+    journal.record(Outcome(person(1), Status.SENT, "<a@x>", 1))
+    journal.close()
+    journal = started(tmp_path, restart=True)
+    journal.sync(iter([person(1)]))
+    assert journal.counts()["pending"] == 1 and journal.counts()["sent"] == 0
+    journal.close()
+
+
+def test_reading_back_for_status_and_report(tmp_path: Path) -> None:
+    journal = started(tmp_path)
+    journal.sync(iter([person(1), person(2), person(3), person(4)]))
+    journal.record(Outcome(person(1), Status.SENT, "<a@x>", 1, classify(250, "ok")))
+    journal.record(
+        Outcome(person(2), Status.FAILED, "<b@x>", 2, classify(550, "5.1.1 no such user"), "550 no")
+    )
+    journal.mark_sending(person(3), "<c@x>")
+    campaign = journal.find(tmp_path / "r.csv", None)
+    assert campaign.header == ("email", "name")
+    outcomes = {o.recipient.row: o for o in journal.not_sent(campaign.id)}
+    assert set(outcomes) == {2, 3, 4}
+    assert (outcomes[2].status, outcomes[2].smtp_code, outcomes[2].enhanced_code, outcomes[2].attempts) == (
+        Status.FAILED,
+        "550",
+        "5.1.1",
+        2,
+    )
+    assert outcomes[3].status is Status.UNCERTAIN and "in flight" in outcomes[3].error
+    assert outcomes[4].status is Status.NOT_ATTEMPTED
+    assert journal.failure_reasons(campaign.id) == [("failed: 550 no", 1)]
+    assert journal.active_seconds(campaign.id) >= 0
+    journal.close()
