@@ -1,3 +1,4 @@
 from mailblast.cli import main
 
-main()
+if __name__ == "__main__":  # guarded: the compose worker process imports this module too
+    main()

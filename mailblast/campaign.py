@@ -6,6 +6,7 @@ import asyncio
 import os
 import shutil
 import signal
+import ssl
 import sys
 import tempfile
 from collections import Counter
@@ -19,6 +20,8 @@ from typing import TextIO
 from rich.console import Console
 
 from mailblast import display
+from mailblast.compose import ComposedMessage
+from mailblast.composer import Composer
 from mailblast.config import Settings
 from mailblast.connection import Connection
 from mailblast.errors import ConfigError, InputError, StoppedError
@@ -34,6 +37,9 @@ from mailblast.sender import Sender, SenderOptions
 from mailblast.urls import SmtpTarget, parse_rate, parse_smtp_url
 
 PASSWORD_ENV = "MAILBLAST_SMTP_PASSWORD"
+# A recipients file this large is composed in a worker process, started before the check pass so
+# that its start-up overlaps it; for smaller ones the start-up would cost more than it saves.
+COMPOSE_IN_WORKER_FROM = 64 * 1024  # bytes, about a thousand rows
 INTERRUPTED = Verdict(Kind.FATAL, None, None, None, "interrupted")
 
 
@@ -73,12 +79,14 @@ def run_send(
             f"Password for {target.username} at {target.host}"
         )
     inputs = load_inputs(settings, recipients_path)
-    tally = scan(inputs, settings, console)
-    if tally.invalid:
-        return verdict_of_scan(console, tally)
-    journal = None if settings.no_journal else _open_journal(settings, recipients_path)
+    # Started before the check pass, so that a worker process's start-up overlaps it.
+    composer = Composer(inputs.template, in_worker=inputs.recipients.size >= COMPOSE_IN_WORKER_FROM)
+    journal = None
     try:
-        plan = _plan(journal, inputs, settings, tally, console)
+        journal = None if settings.no_journal else _open_journal(settings, recipients_path)
+        tally, plan = _check_and_plan(journal, inputs, settings, console)
+        if tally.invalid:
+            return verdict_of_scan(console, tally)
         if plan.total == 0:
             console.print("nothing to send: every recipient was sent already", highlight=False)
             return 0
@@ -88,46 +96,28 @@ def run_send(
             f"over {settings.connections} connection(s)",
             highlight=False,
         )
-        limiter = SlidingWindowLimiter(rate.count if rate else None, rate.period if rate else 1.0)
-        options = SenderOptions(settings.connections, settings.max_messages, settings.retries)
+        tls_context = ssl.create_default_context()  # once: loading the CA store takes milliseconds
 
         def connect() -> Connection:
-            return Connection(target, password, timeout=settings.timeout)
+            return Connection(target, password, timeout=settings.timeout, tls_context=tls_context)
 
+        limiter = SlidingWindowLimiter(rate.count if rate else None, rate.period if rate else 1.0)
+        options = SenderOptions(settings.connections, settings.max_messages, settings.retries)
         with _report_file(settings.report) as report_stream:
-            report = ReportWriter(report_stream, inputs.recipients.format.header)
-            reasons: Counter[str] = Counter()
-            unconfirmed: list[int] = []  # uncertain and never accepted on a resend either
-
-            def on_outcome(outcome: Outcome) -> None:
-                if journal is not None:
-                    journal.record(outcome)
-                report.write(outcome)
-                if outcome.status is Status.FAILED:
-                    reasons[outcome.reply.describe() if outcome.reply else outcome.error] += 1
-                elif outcome.status is Status.UNCERTAIN:
-                    reasons[f"uncertain: {outcome.error}"] += 1
-                    if outcome.reply is None or outcome.reply.kind is not Kind.OK:
-                        unconfirmed.append(outcome.recipient.row)
-
-            on_sending = None
-            if journal is not None:
-                on_sending = lambda message: journal.mark_sending(message.recipient, message.message_id)  # noqa: E731
-            sender = Sender(connect, limiter, options, on_outcome, on_sending=on_sending)
+            recorder = Recorder(journal, ReportWriter(report_stream, inputs.recipients.format.header))
+            on_sending = recorder.sending if journal is not None else None
+            sender = Sender(connect, limiter, options, recorder.outcome, on_sending=on_sending)
             sender.counts.total = plan.total
-            elapsed, cut_short = asyncio.run(_send(sender, plan, inputs, settings, console))
-            if settings.report is None and report.rows:
+            elapsed, cut_short = asyncio.run(_send(sender, plan, composer, settings, console))
+            if settings.report is None and recorder.report.rows:
                 report_stream.seek(0)
                 shutil.copyfileobj(report_stream, stdout)
-        _summarise(console, sender.counts, tally, elapsed, reasons)
-        if report.rows:
-            where = settings.report or "standard output"
-            console.print(
-                f"report of {report.rows:,} recipient(s) not plainly sent: {where}", highlight=False
-            )
-    finally:
+        _summarise(console, sender.counts, tally, elapsed, recorder, settings.report)
         if journal is not None:
             console.print(f"journal: {journal.path}", highlight=False)
+    finally:
+        composer.close()
+        if journal is not None:
             journal.close()
     resume = f"run the same command again to resume: {resume_command}" if journal is not None else None
     if cut_short:
@@ -140,23 +130,51 @@ def run_send(
     if sender.stopped_by is not None:
         raise StoppedError(f"stopped: {sender.stopped_by.describe()}", _stop_hint(sender.stopped_by, resume))
     # an uncertain message accepted on its resend was delivered (maybe twice): not a failure
-    return 1 if sender.counts.failed or unconfirmed else 0
+    return 1 if sender.counts.failed or recorder.unconfirmed else 0
+
+
+class Recorder:
+    """Outcomes -> journal and report: each outcome is recorded before the sender counts it."""
+
+    def __init__(self, journal: Journal | None, report: ReportWriter) -> None:
+        self.journal = journal
+        self.report = report
+        self.reasons: Counter[str] = Counter()
+        self.unconfirmed = 0  # uncertain, and not accepted on a resend either
+
+    def sending(self, message: ComposedMessage) -> None:
+        assert self.journal is not None
+        self.journal.mark_sending(message.recipient, message.message_id)
+
+    def outcome(self, outcome: Outcome) -> None:
+        if self.journal is not None:
+            self.journal.record(outcome)
+        self.report.write(outcome)
+        if outcome.status is Status.FAILED:
+            self.reasons[outcome.reply.describe() if outcome.reply else outcome.error] += 1
+        elif outcome.status is Status.UNCERTAIN:
+            self.reasons[f"uncertain: {outcome.error}"] += 1
+            self.unconfirmed += outcome.reply is None or outcome.reply.kind is not Kind.OK
 
 
 def _open_journal(settings: Settings, recipients_path: Path) -> Journal:
-    return Journal(settings.journal or default_path(recipients_path))
+    journal = Journal(settings.journal or default_path(recipients_path))
+    journal.lock()
+    return journal
 
 
-def _plan(
-    journal: Journal | None, inputs: Inputs, settings: Settings, tally: ScanTally, console: Console
-) -> Plan:
+def _check_and_plan(
+    journal: Journal | None, inputs: Inputs, settings: Settings, console: Console
+) -> tuple[ScanTally, Plan]:
+    """The check pass, which also records the file's rows in the journal if every row is good."""
     recipients = inputs.recipients
     if journal is None:
+        tally = scan(inputs, settings, console)
         rows = (
             r.recipient for r in recipients.rows(allow_duplicates=settings.allow_duplicates) if r.recipient
         )
-        return Plan(rows, tally.valid)
-    is_new, edited = journal.start(
+        return tally, Plan(rows, tally.valid)
+    is_new, edited = journal.begin_run(
         recipients.path,
         inputs.template.path,
         inputs.template.source_sha,
@@ -164,9 +182,16 @@ def _plan(
         restart=settings.restart,
         allow_duplicates=settings.allow_duplicates,
     )
+    try:
+        tally = scan(inputs, settings, console, on_valid=journal.add)
+    except BaseException:
+        journal.abandon_run()
+        raise
+    if tally.invalid:
+        journal.abandon_run()  # nothing is sent, and the journal stays as it was
+        return tally, Plan(iter(()), 0)
+    added, removed = journal.end_run()
     console.print(f"journal: {journal.path}{' (new campaign)' if is_new else ''}", highlight=False)
-    good = (r.recipient for r in recipients.rows(allow_duplicates=settings.allow_duplicates) if r.recipient)
-    added, removed = journal.sync(good)
     counts = journal.counts()
     in_flight = journal.in_flight()
     todo = counts["pending"]
@@ -200,11 +225,11 @@ def _plan(
         )
         display.print_warning(console, f"in flight when the last run stopped, {action}: {names}")
     todo_rows = journal.todo(retry_failed=settings.retry_failed, skip_uncertain=settings.skip_uncertain)
-    return Plan(todo_rows, todo, frozenset(row for row, _ in in_flight))
+    return tally, Plan(todo_rows, todo, frozenset(row for row, _ in in_flight))
 
 
 async def _send(
-    sender: Sender, plan: Plan, inputs: Inputs, settings: Settings, console: Console
+    sender: Sender, plan: Plan, composer: Composer, settings: Settings, console: Console
 ) -> tuple[float, bool]:
     """Run the sender; Ctrl-C (or SIGTERM) once stops gracefully, twice stops at once."""
     loop = asyncio.get_running_loop()
@@ -229,7 +254,7 @@ async def _send(
     cut_short = False
     try:
         async with SendProgress(console, sender.counts, quiet=settings.quiet) as progress:
-            await sender.run(plan.recipients, inputs.template.compose, plan.maybe_sent)
+            await sender.run(plan.recipients, composer.compose, plan.maybe_sent)
     except asyncio.CancelledError:
         cut_short = True
     finally:
@@ -239,7 +264,12 @@ async def _send(
 
 
 def _summarise(
-    console: Console, counts: Counts, tally: ScanTally, elapsed: float, reasons: Counter[str]
+    console: Console,
+    counts: Counts,
+    tally: ScanTally,
+    elapsed: float,
+    recorder: Recorder,
+    report: Path | None,
 ) -> None:
     delivered = counts.sent + counts.uncertain
     display.print_counts(
@@ -255,8 +285,13 @@ def _summarise(
             "average rate": f"{delivered / elapsed if elapsed else 0:.2f} msg/s",
         },
     )
-    for reason, n in reasons.most_common(5):
+    for reason, n in recorder.reasons.most_common(5):
         console.print(f"  {n:,} × {reason}", highlight=False, soft_wrap=True)
+    if recorder.report.rows:
+        where = report or "standard output"
+        console.print(
+            f"report of {recorder.report.rows:,} recipient(s) not plainly sent: {where}", highlight=False
+        )
 
 
 def _stop_hint(reason: Verdict, resume: str | None) -> str:

@@ -81,9 +81,12 @@ class RowError(Exception):
     """This row cannot become a message; ``column`` names the CSV column when one is to blame."""
 
     def __init__(self, message: str, column: str | None = None) -> None:
-        super().__init__(message)
+        super().__init__(message, column)  # both in args, so it survives pickling
         self.message = message
         self.column = column
+
+    def __str__(self) -> str:
+        return self.message
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,20 @@ class Attachment:
     filename: str
     content_type: str
     size: int
+
+
+@dataclass
+class Rendered:
+    """A row's message before MIME: its checked headers, body text and attachment paths."""
+
+    recipient: Recipient
+    envelope_from: str
+    envelope_to: list[str]
+    headers: list[tuple[str, str]]
+    body: str
+    attachments: list[tuple[str, Path]]
+    needs_smtputf8: bool
+    digest: str  # of everything that makes the message: its Message-ID and MIME boundaries
 
 
 @dataclass
@@ -197,7 +214,11 @@ class Template:
             raise TemplateError(f"{where}: {e.message}", SYNTAX_HINT) from None
 
     def compose(self, recipient: Recipient, *, date: datetime | None = None) -> ComposedMessage:
-        """Render one recipient's message; raises RowError when the row cannot become one."""
+        """Render and build one recipient's message; raises RowError when the row cannot become one."""
+        return self.build(self.render(recipient), date=date)
+
+    def render(self, recipient: Recipient) -> Rendered:
+        """Everything about a row that can be wrong, checked without building the MIME message."""
         context = {"email": recipient.address, **recipient.fields, "row": recipient.fields}
         header_text = self._render(self._headers, context)
         body = self._render(self._body, context)
@@ -222,13 +243,13 @@ class Template:
             if key in RESERVED_HEADERS:
                 raise RowError(f"the template sets {name}, but {RESERVED_HEADERS[key]}")
             if key == "attachment":
-                attachments.append((value, self.path.parent / value))
+                attachments.append((value, _attachment_path(self.path.parent, value)))
                 continue
             if key in SINGLE_HEADERS and key in seen:
                 raise RowError(f"the template sets {name} twice")
             seen.add(key)
             if key in ADDRESS_HEADERS:
-                addresses, utf8 = _addresses(name, value)
+                addresses, utf8 = _addresses(name, value, checked=recipient.address)
                 needs_utf8 |= utf8
                 if key == "from":
                     envelope_from = addresses[0][1]
@@ -241,21 +262,34 @@ class Template:
         digest = hashlib.sha256(
             "\0".join([*envelope_to, header_text, body, *(str(p) for _, p in attachments)]).encode()
         ).hexdigest()[:32]
+        return Rendered(recipient, envelope_from, envelope_to, out, body, attachments, needs_utf8, digest)
+
+    def build(self, rendered: Rendered, *, date: datetime | None = None) -> ComposedMessage:
+        """The message's bytes, as they go on the wire."""
+        digest = rendered.digest
         # A boundary with "=_" can never occur in quoted-printable or base64 content.
-        msg = self._body_part(body, f"=_{digest}_a")
+        msg = self._body_part(rendered.body, f"=_{digest}_a")
         parts = []
-        if attachments:
-            files = [_attachment(written, path) for written, path in attachments]
+        if rendered.attachments:
+            files = [_attachment(written, path) for written, path in rendered.attachments]
             msg = MIMEMultipart("mixed", f"=_{digest}_m", [msg, *(part for part, _ in files)])
             parts = [info for _, info in files]
-        for name, value in out:
+        for name, value in rendered.headers:
             msg[name] = value
-        domain = envelope_from.rpartition("@")[2] or "mailblast.invalid"
+        domain = rendered.envelope_from.rpartition("@")[2] or "mailblast.invalid"
         message_id = f"<{digest}@{domain}>"
         msg["Date"] = format_datetime(date or datetime.now(UTC).astimezone())
         msg["Message-ID"] = message_id
-        data = msg.as_bytes(policy=policy.SMTPUTF8 if needs_utf8 else WIRE)
-        return ComposedMessage(recipient, envelope_from, envelope_to, data, message_id, needs_utf8, parts)
+        data = msg.as_bytes(policy=policy.SMTPUTF8 if rendered.needs_smtputf8 else WIRE)
+        return ComposedMessage(
+            rendered.recipient,
+            rendered.envelope_from,
+            rendered.envelope_to,
+            data,
+            message_id,
+            rendered.needs_smtputf8,
+            parts,
+        )
 
     def _body_part(self, body: str, boundary: str) -> Message:
         if self.kind == "text":
@@ -302,13 +336,22 @@ class Template:
         return headers
 
 
-def _addresses(name: str, value: str) -> tuple[list[tuple[str, str]], bool]:
-    """(display name, address) pairs of an address header, each validated."""
-    parsed = [(n, a) for n, a in getaddresses([value]) if a]
+@lru_cache(maxsize=1024)
+def _parse_addresses(value: str) -> list[tuple[str, str]]:
+    # Cached: From and Cc are usually the same on every row, and parsing them is not cheap.
+    return [(n, a) for n, a in getaddresses([value]) if a]
+
+
+def _addresses(name: str, value: str, checked: str) -> tuple[list[tuple[str, str]], bool]:
+    """(display name, address) pairs of an address header, each validated (``checked`` already was)."""
+    parsed = _parse_addresses(value)
     if not parsed:
         raise RowError(f"{name}: {value!r} is not an address or a list of addresses")
     result, needs_utf8 = [], False
     for display_name, addr_spec in parsed:
+        if addr_spec == checked and addr_spec.isascii():
+            result.append((display_name, addr_spec))
+            continue
         try:
             wire, utf8 = _check_address(addr_spec)
         except EmailNotValidError as e:
@@ -333,6 +376,13 @@ def _format_address(display_name: str, address: str) -> str:
     return f'"{quote(display_name)}" <{address}>' if display_name else address
 
 
+def _attachment_path(folder: Path, written: str) -> Path:
+    path = folder / written
+    if not path.is_file():
+        raise RowError(f"attachment {written!r} not found (looked for {path})")
+    return path
+
+
 def _attachment(written: str, path: Path) -> tuple[Message, Attachment]:
     try:
         content = path.read_bytes()
@@ -349,25 +399,33 @@ def _attachment(written: str, path: Path) -> tuple[Message, Attachment]:
     return part, Attachment(path.name, content_type, len(content))
 
 
+Composed = ComposedMessage | RowError  # a message, or why a row cannot become one
+
+
 @dataclass
 class Prepared:
     """A row after reading and rendering: a message, or the problems that stopped it."""
 
     row: RowResult
-    message: ComposedMessage | None
+    message: ComposedMessage | None  # None when only checked
+    ok: bool  # the row can become a message
 
 
 def compose_rows(
-    recipients: RecipientsFile, template: Template, *, allow_duplicates: bool = False
+    recipients: RecipientsFile, template: Template, *, allow_duplicates: bool = False, build: bool = True
 ) -> Iterator[Prepared]:
-    """Read and render every row in file order; a row that cannot be rendered gets its problem."""
+    """Read and render every row in file order; ``build=False`` only checks (no MIME, much faster)."""
     for result in recipients.rows(allow_duplicates=allow_duplicates):
-        message = None
+        message, ok = None, False
         if result.recipient is not None:
             try:
-                message = template.compose(result.recipient)
+                if build:
+                    message = template.compose(result.recipient)
+                else:
+                    template.render(result.recipient)
+                ok = True
             except RowError as e:
                 result.problems.append(
                     RowProblem(recipients.name, result.row, result.line, e.column, e.message)
                 )
-        yield Prepared(result, message)
+        yield Prepared(result, message, ok)

@@ -18,11 +18,16 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 from mailblast.errors import InputError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no lock, as before
+    fcntl = None  # type: ignore[assignment]
 from mailblast.outcomes import Outcome, Status
 from mailblast.recipients import Recipient
 from mailblast.replies import classify
@@ -113,9 +118,13 @@ class Journal:
         self._campaign: CampaignInfo | None = None
         self._run: int | None = None
         self._allow_duplicates = False
+        self._run_marked = 0.0
+        self._lock_file: TextIO | None = None
 
     def close(self) -> None:
         self._db.close()
+        if self._lock_file is not None:
+            self._lock_file.close()
 
     def campaigns(self, recipients: Path | None = None) -> list[CampaignInfo]:
         sql = "SELECT id, recipients, template, created_at, header FROM campaigns"
@@ -146,7 +155,20 @@ class Journal:
 
     # -- a run of `send` -----------------------------------------------------------------
 
-    def start(
+    def lock(self) -> None:
+        """Hold the journal for this process: two sends of one campaign at once would both send."""
+        if fcntl is None:
+            return
+        self._lock_file = open(f"{self.path}.lock", "w")  # noqa: SIM115 - held until close()
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise InputError(
+                f"another mailblast send is using {self.path}",
+                "wait for it to finish (mailblast status shows its progress), or pass another --journal",
+            ) from None
+
+    def begin_run(
         self,
         recipients: Path,
         template: Path,
@@ -156,80 +178,87 @@ class Journal:
         restart: bool = False,
         allow_duplicates: bool = False,
     ) -> tuple[bool, bool]:
-        """Open (or create) the campaign and a new run; returns (is new, template edited)."""
+        """Open (or create) the campaign and a new run, in a transaction that end_run() commits.
+
+        Rows are given with add(); abandon_run() forgets the run (the file had bad rows).
+        Returns (the campaign is new, the template was edited since the last run).
+        """
         now = time.time()
         key = (str(recipients.resolve()), str(template.resolve()))
         db = self._db
-        with self._transaction():
-            row = db.execute(
-                "SELECT id, template_sha FROM campaigns WHERE recipients = ? AND template = ?", key
-            ).fetchone()
-            if row is not None and restart:
-                db.execute("DELETE FROM recipients WHERE campaign = ?", (row[0],))
-                db.execute("DELETE FROM runs WHERE campaign = ?", (row[0],))
-                db.execute("DELETE FROM campaigns WHERE id = ?", (row[0],))
-                row = None
-            if row is None:
-                cursor = db.execute(
-                    "INSERT INTO campaigns (recipients, template, template_sha, header, created_at) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (*key, template_sha, json.dumps(header), now),
-                )
-                campaign, is_new, edited = cursor.lastrowid, True, False
-            else:
-                campaign, is_new, edited = row[0], False, row[1] != template_sha
-                db.execute(
-                    "UPDATE campaigns SET template_sha = ?, header = ? WHERE id = ?",
-                    (template_sha, json.dumps(header), campaign),
-                )
-            self._run = db.execute(
-                "INSERT INTO runs (campaign, started_at, last_at) VALUES (?, ?, ?)", (campaign, now, now)
-            ).lastrowid
+        db.execute("BEGIN IMMEDIATE")
+        row = db.execute(
+            "SELECT id, template_sha FROM campaigns WHERE recipients = ? AND template = ?", key
+        ).fetchone()
+        if row is not None and restart:
+            db.execute("DELETE FROM recipients WHERE campaign = ?", (row[0],))
+            db.execute("DELETE FROM runs WHERE campaign = ?", (row[0],))
+            db.execute("DELETE FROM campaigns WHERE id = ?", (row[0],))
+            row = None
+        if row is None:
+            cursor = db.execute(
+                "INSERT INTO campaigns (recipients, template, template_sha, header, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (*key, template_sha, json.dumps(header), now),
+            )
+            campaign, is_new, edited = cursor.lastrowid, True, False
+        else:
+            campaign, is_new, edited = row[0], False, row[1] != template_sha
+            db.execute(
+                "UPDATE campaigns SET template_sha = ?, header = ? WHERE id = ?",
+                (template_sha, json.dumps(header), campaign),
+            )
+        self._run = db.execute(
+            "INSERT INTO runs (campaign, started_at, last_at) VALUES (?, ?, ?)", (campaign, now, now)
+        ).lastrowid
         assert campaign is not None
         self._campaign = CampaignInfo(campaign, *key, now, header)
         self._allow_duplicates = allow_duplicates
+        self._known_before = self._count("seen_run < ?", self._run)
+        self._changes_before = db.total_changes
+        self._batch: list[tuple] = []
         return is_new, edited
 
-    def sync(self, recipients: Iterator[Recipient]) -> tuple[int, list[str]]:
-        """Record the file's rows; returns (rows new to the journal, addresses no longer in the file)."""
+    def add(self, r: Recipient) -> None:
+        """A good row of the file, as it is now (new, moved or edited)."""
         campaign, run = self._ids()
-        before = self._count("seen_run < ?", run)
-        added = 0
-        db = self._db
-        batch: list[tuple] = []
+        key = recipient_key(r, self._allow_duplicates)
+        self._batch.append(
+            (campaign, key, r.row, r.line, r.address, r.needs_smtputf8, json.dumps(r.fields), run)
+        )
+        if len(self._batch) >= BATCH:
+            self._flush()
 
-        def flush() -> None:
-            nonlocal added
-            with self._transaction():
-                total = db.total_changes
-                db.executemany(
-                    "INSERT INTO recipients (campaign, key, row, line, address, smtputf8, fields, seen_run) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (campaign, key) DO UPDATE SET "
-                    "row = excluded.row, line = excluded.line, fields = excluded.fields, "
-                    "seen_run = excluded.seen_run",
-                    batch,
-                )
-                added += db.total_changes - total
-            batch.clear()
+    def _flush(self) -> None:
+        self._db.executemany(
+            "INSERT INTO recipients (campaign, key, row, line, address, smtputf8, fields, seen_run) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (campaign, key) DO UPDATE SET "
+            "row = excluded.row, line = excluded.line, fields = excluded.fields, "
+            "seen_run = excluded.seen_run",
+            self._batch,
+        )
+        self._batch.clear()
 
-        for r in recipients:
-            key = recipient_key(r, self._allow_duplicates)
-            batch.append(
-                (campaign, key, r.row, r.line, r.address, r.needs_smtputf8, json.dumps(r.fields), run)
-            )
-            if len(batch) >= BATCH:
-                flush()
-        flush()
+    def end_run(self) -> tuple[int, list[str]]:
+        """Commit the run; returns (rows new to the journal, addresses no longer in the file)."""
+        campaign, run = self._ids()
+        self._flush()
         still_old = self._count("seen_run < ?", run)
-        added -= before - still_old  # upserts of known rows count as changes too
+        # every add() was one change: an insert, or an update of a row known before
+        added = self._db.total_changes - self._changes_before - (self._known_before - still_old)
         removed = [
             a
-            for (a,) in db.execute(
+            for (a,) in self._db.execute(
                 "SELECT address FROM recipients WHERE campaign = ? AND seen_run < ? ORDER BY row LIMIT 20",
                 (campaign, run),
             )
         ]
+        self._db.execute("COMMIT")
         return added, removed if still_old <= 20 else [*removed, f"... {still_old - 20:,} more"]
+
+    def abandon_run(self) -> None:
+        self._db.execute("ROLLBACK")
+        self._campaign = self._run = None
 
     def todo(self, *, retry_failed: bool, skip_uncertain: bool) -> Iterator[Recipient]:
         """The recipients still to send, in file order, read in pages so memory stays flat."""
@@ -290,7 +319,9 @@ class Journal:
             f"UPDATE recipients SET {assignments}, updated_at = ? WHERE campaign = ? AND key = ?",
             (*values, now, campaign, key),
         )
-        self._db.execute("UPDATE runs SET last_at = ? WHERE id = ?", (now, run))
+        if now - self._run_marked >= 1.0:  # the run's end, for status: a second's precision is plenty
+            self._db.execute("UPDATE runs SET last_at = ? WHERE id = ?", (now, run))
+            self._run_marked = now
 
     # -- reading, for status and report --------------------------------------------------
 
@@ -360,13 +391,3 @@ class Journal:
             f"SELECT COUNT(*) FROM recipients WHERE campaign = ? AND {where}", (campaign, *args)
         ).fetchone()
         return n
-
-    @contextmanager
-    def _transaction(self) -> Iterator[None]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")

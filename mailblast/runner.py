@@ -16,7 +16,7 @@ from mailblast import display
 from mailblast.compose import ComposedMessage, Template, compose_rows
 from mailblast.config import Settings
 from mailblast.errors import ConfigError, InputError
-from mailblast.recipients import RecipientsFile
+from mailblast.recipients import Recipient, RecipientsFile
 
 FIX_HINT = "fix the rows above (or the template), then run the command again; nothing was sent"
 
@@ -63,12 +63,18 @@ def scan(
     settings: Settings,
     console: Console,
     on_message: Callable[[ComposedMessage], None] | None = None,
+    on_valid: Callable[[Recipient], None] | None = None,
 ) -> ScanTally:
-    """Read and render every row, print every problem, count the outcome."""
+    """Check every row (and build its message for ``on_message``), print every problem, count."""
     for warning in inputs.recipients.format.warnings:
         display.print_warning(console, warning)
     tally = ScanTally()
-    rows = compose_rows(inputs.recipients, inputs.template, allow_duplicates=settings.allow_duplicates)
+    rows = compose_rows(
+        inputs.recipients,
+        inputs.template,
+        allow_duplicates=settings.allow_duplicates,
+        build=on_message is not None,
+    )
     size = inputs.recipients.size
     with display.file_progress(console, "checking rows", size) as progress:
         for prepared in rows:
@@ -76,9 +82,11 @@ def scan(
             tally.rows += 1
             for problem in result.problems:
                 display.print_problem(console, problem)
-            if prepared.message is not None:
+            if prepared.ok:
                 tally.valid += 1
-                if on_message is not None:
+                if on_valid is not None and result.recipient is not None:
+                    on_valid(result.recipient)
+                if on_message is not None and prepared.message is not None:
                     on_message(prepared.message)
             elif result.duplicate_of is not None:
                 tally.duplicates += 1
@@ -135,18 +143,19 @@ def eml_name(message: ComposedMessage) -> str:
 
 
 def run_dry_run(settings: Settings, recipients_path: Path, out: Path | None, console: Console) -> int:
+    """Build every message exactly as `send` would, and send nothing."""
     inputs = load_inputs(settings, recipients_path)
-    write: Callable[[ComposedMessage], None] | None = None
     if out is not None:
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ConfigError(f"--out {out}: cannot create the folder: {e.strerror}") from None
 
-        def write(message: ComposedMessage) -> None:
+    def keep(message: ComposedMessage) -> None:
+        if out is not None:
             (out / eml_name(message)).write_bytes(message.data)
 
-    tally = scan(inputs, settings, console, write)
+    tally = scan(inputs, settings, console, keep)
     display.print_counts(console, f"dry run of {inputs.recipients.name}: nothing sent", tally.as_dict())
     if out is not None:
         console.print(f"wrote {tally.valid} message(s) to {out}/ as .eml files", highlight=False)

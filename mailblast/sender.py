@@ -13,18 +13,24 @@ flat however long the file. Each reply is classified:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Awaitable, Callable, Collection, Iterator
 from dataclasses import dataclass
 
-from mailblast.compose import ComposedMessage, RowError
+from mailblast.compose import Composed, ComposedMessage, RowError
 from mailblast.connection import Accepted, Connection, TransactionError
 from mailblast.outcomes import Counts, Outcome, Status
 from mailblast.ratelimit import SlidingWindowLimiter, backoff_delay
 from mailblast.recipients import Recipient
 from mailblast.replies import Kind, Verdict
 
-MAX_THROTTLED = 50  # throttle replies one message may get before it counts as failed
+MAX_THROTTLED = 50
+COMPOSE_BATCH = 64  # recipients composed at a time
+
+ComposeBatch = Callable[
+    [list[Recipient]], Awaitable[list[Composed]]
+]  # throttle replies one message may get before it counts as failed
 
 
 @dataclass
@@ -87,13 +93,14 @@ class Sender:
     async def run(
         self,
         recipients: Iterator[Recipient],
-        compose: Callable[[Recipient], ComposedMessage],
+        compose: ComposeBatch,
         maybe_sent: Collection[int] = (),
     ) -> Counts:
         """Send to every recipient; ``maybe_sent`` rows were in flight when an earlier run died."""
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
-        self._room = asyncio.Semaphore(self._options.buffer or 4 * self._options.connections + 8)
+        self._room = asyncio.Semaphore(self._options.buffer or 4 * self._options.connections + COMPOSE_BATCH)
         self._waiting: dict[asyncio.TimerHandle, _Job] = {}
+        self._closing: set[asyncio.Task[None]] = set()
         self._outstanding = 0
         self._producing = True
         workers = [asyncio.create_task(self._worker()) for _ in range(self._options.connections)]
@@ -102,38 +109,50 @@ class Sender:
             self._producing = False
             self._maybe_done()
             await asyncio.gather(*workers)
+            await asyncio.gather(*self._closing)
         finally:
             for task in workers:
                 task.cancel()
         return self.counts
 
     async def _produce(
-        self,
-        recipients: Iterator[Recipient],
-        compose: Callable[[Recipient], ComposedMessage],
-        maybe_sent: Collection[int],
+        self, recipients: Iterator[Recipient], compose: ComposeBatch, maybe_sent: Collection[int]
     ) -> None:
-        for recipient in recipients:
-            if self.stopping:
-                self._not_attempted(recipient)
-                continue
+        # The next batch is composed (perhaps in another process) while this one is sent.
+        ready: asyncio.Queue[tuple[list[Recipient], list[Composed]] | None] = asyncio.Queue(maxsize=1)
+
+        async def compose_ahead() -> None:
+            for batch in _batches(recipients, COMPOSE_BATCH):
+                await ready.put((batch, [] if self.stopping else await compose(batch)))
+            await ready.put(None)
+
+        composing = asyncio.create_task(compose_ahead())
+        try:
+            while (item := await ready.get()) is not None:
+                for recipient, composed in itertools.zip_longest(*item):
+                    await self._enqueue(recipient, composed, maybe_sent)
+            await composing
+        finally:
+            composing.cancel()
+
+    async def _enqueue(
+        self, recipient: Recipient, composed: Composed | None, maybe_sent: Collection[int]
+    ) -> None:
+        if not self.stopping:
             await self._room.acquire()
             if self.stopping:
                 self._room.release()
-                self._not_attempted(recipient)
-                continue
-            try:
-                message = compose(recipient)
-            except RowError as e:
-                self._room.release()
-                self._report(Outcome(recipient, Status.FAILED, "", 0, None, f"cannot render: {e.message}"))
-                continue
+        if self.stopping or composed is None:
+            self._not_attempted(recipient)
+        elif isinstance(composed, RowError):
+            self._room.release()
+            self._report(Outcome(recipient, Status.FAILED, "", 0, None, f"cannot render: {composed.message}"))
+        else:
             self._outstanding += 1
-            job = _Job(message)
+            job = _Job(composed)
             if recipient.row in maybe_sent:
                 job.maybe_delivered = "it was in flight when an earlier run stopped"
             self._queue.put_nowait(job)
-            await asyncio.sleep(0)  # let the workers run between compositions
 
     def _not_attempted(self, recipient: Recipient) -> None:
         reason = self.stopped_by
@@ -200,7 +219,9 @@ class Sender:
                 finally:
                     self._limiter.release(slot)
                 if connection.messages >= self._options.max_messages:
-                    await connection.close()
+                    # QUIT in the background: this worker opens its next connection meanwhile.
+                    self._closing.add(asyncio.create_task(connection.close()))
+                    connection = None
         finally:
             if connection is not None:
                 await connection.close()
@@ -271,3 +292,8 @@ class Sender:
                 self._finish(job, Status.NOT_ATTEMPTED, verdict, verdict.describe())
             case _:
                 self._finish(job, Status.FAILED, verdict, verdict.describe())
+
+
+def _batches(items: Iterator[Recipient], size: int) -> Iterator[list[Recipient]]:
+    while batch := list(itertools.islice(items, size)):
+        yield batch

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from mailblast.errors import InputError
 from mailblast.journal import Journal, default_path, recipient_key
 from mailblast.outcomes import Outcome, Status
 from mailblast.recipients import Recipient
@@ -15,10 +18,15 @@ def person(row: int, address: str | None = None) -> Recipient:
     return Recipient(row, row + 1, {"email": address, "name": f"User {row}"}, address)
 
 
-def started(tmp_path: Path, **kwargs: bool) -> Journal:
+def run_with(
+    tmp_path: Path, rows: list[Recipient], sha: str = "sha1", **kwargs: bool
+) -> tuple[Journal, tuple[bool, bool], tuple[int, list[str]]]:
+    """A journal with a new run over ``rows``: (journal, (is new, edited), (added, removed))."""
     journal = Journal(tmp_path / "j.sqlite")
-    journal.start(tmp_path / "r.csv", tmp_path / "t.txt", "sha1", ("email", "name"), **kwargs)
-    return journal
+    started = journal.begin_run(tmp_path / "r.csv", tmp_path / "t.txt", sha, ("email", "name"), **kwargs)
+    for row in rows:
+        journal.add(row)
+    return journal, started, journal.end_run()
 
 
 def test_default_path_sits_beside_the_recipients(tmp_path: Path) -> None:
@@ -31,8 +39,7 @@ def test_keys_fold_case_and_allow_duplicates_by_row() -> None:
 
 
 def test_states_move_and_todo_follows_them(tmp_path: Path) -> None:
-    journal = started(tmp_path)
-    added, removed = journal.sync(iter([person(i) for i in range(1, 2501)]))
+    journal, _, (added, removed) = run_with(tmp_path, [person(i) for i in range(1, 2501)])
     assert (added, removed) == (2500, [])
     todo = list(journal.todo(retry_failed=False, skip_uncertain=False))
     assert [r.row for r in todo] == list(range(1, 2501))  # file order, across pages
@@ -53,24 +60,19 @@ def test_states_move_and_todo_follows_them(tmp_path: Path) -> None:
 
 
 def test_a_new_run_sees_edits_and_keeps_sent_rows(tmp_path: Path) -> None:
-    journal = started(tmp_path)
-    journal.sync(iter([person(1), person(2), person(3)]))
+    journal, started, _ = run_with(tmp_path, [person(1), person(2), person(3)])
+    assert started == (True, False)
     journal.record(Outcome(person(1), Status.SENT, "<a@x>", 1, classify(250, "ok")))
     journal.close()
-    journal = Journal(tmp_path / "j.sqlite")
-    is_new, edited = journal.start(tmp_path / "r.csv", tmp_path / "t.txt", "sha2", ("email", "name"))
-    assert (is_new, edited) == (False, True)
     # user1 moved to row 2 and stays sent; user2 removed; user4 and user5 new
-    added, removed = journal.sync(
-        iter(
-            [
-                person(1, "user3@example.com"),
-                person(2, "user1@example.com"),
-                person(3, "user4@example.com"),
-                person(4, "user5@example.com"),
-            ]
-        )
-    )
+    rows = [
+        person(1, "user3@example.com"),
+        person(2, "user1@example.com"),
+        person(3, "user4@example.com"),
+        person(4, "user5@example.com"),
+    ]
+    journal, started, (added, removed) = run_with(tmp_path, rows, sha="sha2")
+    assert started == (False, True)
     assert added == 2 and removed == ["user2@example.com"]
     assert journal.counts()["sent"] == 1
     todo = [r.address for r in journal.todo(retry_failed=False, skip_uncertain=False)]
@@ -78,20 +80,42 @@ def test_a_new_run_sees_edits_and_keeps_sent_rows(tmp_path: Path) -> None:
     journal.close()
 
 
+def test_an_abandoned_run_leaves_the_journal_as_it_was(tmp_path: Path) -> None:
+    journal, _, _ = run_with(tmp_path, [person(1)])
+    journal.close()
+    journal = Journal(tmp_path / "j.sqlite")
+    journal.begin_run(tmp_path / "r.csv", tmp_path / "t.txt", "sha1", ("email", "name"))
+    journal.add(person(2))
+    journal.abandon_run()
+    journal.close()
+    journal, started, (added, removed) = run_with(tmp_path, [person(1)])
+    assert started == (False, False) and (added, removed) == (0, [])
+    journal.close()
+
+
 def test_restart_forgets_the_campaign(tmp_path: Path) -> None:
-    journal = started(tmp_path)
-    journal.sync(iter([person(1)]))
+    journal, _, _ = run_with(tmp_path, [person(1)])
     journal.record(Outcome(person(1), Status.SENT, "<a@x>", 1))
     journal.close()
-    journal = started(tmp_path, restart=True)
-    journal.sync(iter([person(1)]))
+    journal, started, _ = run_with(tmp_path, [person(1)], restart=True)
+    assert started == (True, False)
     assert journal.counts()["pending"] == 1 and journal.counts()["sent"] == 0
     journal.close()
 
 
+def test_one_send_at_a_time(tmp_path: Path) -> None:
+    first = Journal(tmp_path / "j.sqlite")
+    first.lock()
+    second = Journal(tmp_path / "j.sqlite")
+    with pytest.raises(InputError, match="another mailblast send is using"):
+        second.lock()
+    first.close()
+    second.lock()  # free again
+    second.close()
+
+
 def test_reading_back_for_status_and_report(tmp_path: Path) -> None:
-    journal = started(tmp_path)
-    journal.sync(iter([person(1), person(2), person(3), person(4)]))
+    journal, _, _ = run_with(tmp_path, [person(1), person(2), person(3), person(4)])
     journal.record(Outcome(person(1), Status.SENT, "<a@x>", 1, classify(250, "ok")))
     journal.record(
         Outcome(person(2), Status.FAILED, "<b@x>", 2, classify(550, "5.1.1 no such user"), "550 no")

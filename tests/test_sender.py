@@ -13,6 +13,7 @@ import pytest
 from rich.console import Console
 
 from mailblast.compose import Template
+from mailblast.composer import Composer
 from mailblast.connection import Connection
 from mailblast.outcomes import Counts, Outcome, Status
 from mailblast.progress import SendProgress
@@ -59,7 +60,7 @@ def send(
         outcomes.append,
     )
     people = (r.recipient for r in recipients.rows() if r.recipient is not None)
-    asyncio.run(asyncio.wait_for(sender.run(people, template.compose), 60))
+    asyncio.run(asyncio.wait_for(sender.run(people, Composer(template, in_worker=False).compose), 60))
     return sender, outcomes
 
 
