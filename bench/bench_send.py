@@ -3,13 +3,16 @@
     python bench/bench_send.py              # both parts: 60 messages per rate case, 5,000 for throughput
     python bench/bench_send.py --quick      # 30 and 1,000 messages: a smoke run
     python bench/bench_send.py --part 1     # only the rate precision cases
-    python bench/bench_send.py --part 2     # only the throughput cases
+    python bench/bench_send.py --part 2     # only the throughput cases (in-process aiosmtpd sink)
+    python bench/bench_send.py --part 3     # throughput to Postfix's smtp-sink, and the journal's cost
 
 Part 1 sends through an in-process server that allows 3 messages per sliding second and
 answers like Mailtrap above that ("550 5.7.0 ... too many emails per second").
 Part 2 sends to a plain sink; the sink runs in this process (one thread), so its own
 capacity is measured too, with a minimal aiosmtplib client, and mailblast's speed is
-shown as a fraction of it.
+shown as a fraction of it. That sink is slow Python sharing the 2 cores with mailblast's two
+processes; part 3 sends to Postfix's smtp-sink (C) instead, which takes as little CPU as a
+remote server would, and measures the journal's cost (apt-get install postfix brings it).
 
 Each `mailblast send` runs in its own process (cwd: a temp dir, so no mailblast.toml
 is picked up) on its own fresh copy of the recipients file, so the campaign journal
@@ -22,7 +25,10 @@ import argparse
 import asyncio
 import itertools
 import os
+import shutil
 import signal
+import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -352,6 +358,71 @@ def part2(messages: int, work: Path) -> list[str]:
     return notes
 
 
+def smtp_sink_path() -> str | None:
+    return shutil.which("smtp-sink") or next(
+        (p for p in ("/usr/sbin/smtp-sink", "/usr/lib/postfix/sbin/smtp-sink") if Path(p).exists()), None
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def part3(messages: int, work: Path, repeat: int = 3) -> list[str]:
+    """Throughput to Postfix's smtp-sink (C, a separate process): the server takes little CPU,
+    as a real remote server would. Cases alternate, `repeat` times each; the median is shown."""
+    sink = smtp_sink_path()
+    if sink is None:
+        print("Part 3 skipped: Postfix's smtp-sink is not installed (apt-get install postfix)")
+        return []
+    port = free_port()
+    url = f"smtp://127.0.0.1:{port}"
+    server = subprocess.Popen([sink, "-u", "root", f"127.0.0.1:{port}", "1000"], stdout=subprocess.DEVNULL)
+    notes: list[str] = []
+    cases = {
+        "mailblast, 1 conn": ["--connections", "1"],
+        "mailblast, 5 conns": ["--connections", "5"],
+        "mailblast, 5 conns, --no-journal": ["--connections", "5", "--no-journal"],
+    }
+    eml = one_message(work)
+    raw_args = [
+        sys.executable, str(Path(__file__).resolve()), "--raw-client", url, "--raw-eml", str(eml),
+        "--raw-messages", str(messages), "--raw-connections", str(RAW_CLIENT_CONNECTIONS),
+    ]  # fmt: skip
+    walls: dict[str, list[float]] = {name: [] for name in [*cases, "raw aiosmtplib, 5 conns"]}
+    try:
+        time.sleep(0.3)  # let smtp-sink listen
+        for _ in range(repeat):
+            for name, extra in cases.items():
+                args = [sys.executable, "-m", "mailblast", "send", str(fresh_csv(work, messages)),
+                        "--template", "news.md", "--smtp", url, "--quiet", *extra]  # fmt: skip
+                run = measure(args, work)
+                notes.extend([n] if (n := check_failed(name, run)) else [])
+                walls[name].append(run.wall)
+            run = measure(raw_args, work)
+            walls["raw aiosmtplib, 5 conns"].append(run.wall)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    median = {name: statistics.median(w) for name, w in walls.items()}
+    print(
+        f"Part 3: throughput to Postfix smtp-sink, {messages:,} messages, median of {repeat} alternating runs"
+    )
+    print(f"{'client':<34}{'wall s (each run)':>30}{'median msg/s':>14}")
+    for name, w in walls.items():
+        each = " ".join(f"{x:.2f}" for x in w)
+        print(f"{name:<34}{each:>30}{messages / median[name]:>14,.0f}")
+    five, bare = median["mailblast, 5 conns"], median["mailblast, 5 conns, --no-journal"]
+    print(f"journal cost: {five / bare - 1:+.1%} wall time (5 conns, with vs --no-journal; target <= 10%)")
+    verdict = "ok" if messages / five >= 1500 else "MISS"
+    print(
+        f"target: >= 1,500 msg/s with 5 connections (wall time, startup and check pass included): {verdict}"
+    )
+    return notes
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -360,7 +431,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="30 and 1,000 messages instead of 60 and 5,000")
-    parser.add_argument("--part", type=int, choices=(1, 2), help="run only this part")
+    parser.add_argument("--part", type=int, choices=(1, 2, 3), help="run only this part")
     # internal: the raw client of part 2, run as a child process so it does not share the sink's GIL
     parser.add_argument("--raw-client", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--raw-eml", type=Path, help=argparse.SUPPRESS)
@@ -383,6 +454,10 @@ def main() -> None:
             print()
         if options.part in (None, 2):
             notes.extend(part2(sink_messages, work))
+        if options.part is None:
+            print()
+        if options.part in (None, 3):
+            notes.extend(part3(sink_messages, work))
     for note in notes:
         print(note)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from mailblast.compose import Composed, RowError, Template
@@ -56,9 +57,14 @@ class Composer:
             self._pool.submit(int)  # start it now, while the caller does other work
 
     async def compose(self, recipients: list[Recipient]) -> list[Composed]:
-        if self._pool is None:
-            return _compose_all(self._template, recipients)
-        return await asyncio.wrap_future(self._pool.submit(_compose_in_worker, recipients))
+        if self._pool is not None:
+            try:
+                return await asyncio.wrap_future(self._pool.submit(_compose_in_worker, recipients))
+            except BrokenProcessPool:
+                # The worker died (killed, out of memory): go on in this process, slower but sure.
+                self._pool.shutdown(wait=False)
+                self._pool = None
+        return _compose_all(self._template, recipients)
 
     def close(self) -> None:
         if self._pool is not None:

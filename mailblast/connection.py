@@ -6,6 +6,7 @@ carrying a classified ``Verdict``; nothing above it knows aiosmtplib's exception
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import ssl
 from dataclasses import dataclass
@@ -178,6 +179,10 @@ class Connection:
         except (aiosmtplib.SMTPException, OSError):
             self._smtp.close()
 
+    def abort(self) -> None:
+        """Drop the connection without QUIT."""
+        self._smtp.close()
+
     async def close(self) -> None:
         """QUIT politely; a connection that is already gone is simply dropped."""
         if not self._smtp.is_connected:
@@ -186,6 +191,9 @@ class Connection:
             await self._smtp.quit()
         except (aiosmtplib.SMTPException, OSError):
             self._smtp.close()
+        except asyncio.CancelledError:
+            self._smtp.close()
+            raise
 
 
 def _tls_error(error: BaseException | None) -> str | None:

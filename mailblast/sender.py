@@ -111,7 +111,7 @@ class Sender:
             await asyncio.gather(*workers)
             await asyncio.gather(*self._closing)
         finally:
-            for task in workers:
+            for task in [*workers, *self._closing]:
                 task.cancel()
         return self.counts
 
@@ -222,9 +222,12 @@ class Sender:
                     # QUIT in the background: this worker opens its next connection meanwhile.
                     self._closing.add(asyncio.create_task(connection.close()))
                     connection = None
-        finally:
+        except asyncio.CancelledError:
             if connection is not None:
-                await connection.close()
+                connection.abort()  # stopping at once: no QUIT, no waiting for a reply
+            raise
+        if connection is not None:
+            await connection.close()
 
     async def _open(self, job: _Job) -> Connection | None:
         connection = self._connect()

@@ -54,8 +54,13 @@ def wait_until(condition: Callable[[], bool], timeout: float = 30) -> None:
 
 
 def journal_states(folder: Path) -> Counter[str]:
+    """Recipients per state, as the journal has them (empty while it is being created)."""
     with sqlite3.connect(folder / "people.csv.mailblast.sqlite") as db:
-        return Counter(dict(db.execute("SELECT state, COUNT(*) FROM recipients GROUP BY state").fetchall()))
+        try:
+            rows = db.execute("SELECT state, COUNT(*) FROM recipients GROUP BY state").fetchall()
+        except sqlite3.OperationalError:
+            return Counter()
+        return Counter(dict(rows))
 
 
 @pytest.mark.parametrize("kill_after", [2, 9, 17])
@@ -230,3 +235,27 @@ def test_status_without_a_journal(tmp_path: Path) -> None:
     write_campaign(tmp_path, people(1))
     status = run(tmp_path, [sys.executable, "-m", "mailblast", "status", "people.csv"])
     assert status.returncode == 2 and "no journal at" in status.stderr and "Traceback" not in status.stderr
+
+
+def test_second_sigint_stops_at_once_and_the_journal_stays_consistent(
+    tmp_path: Path, smtp_server: Callable[..., SmtpServer]
+) -> None:
+    slow = smtp_server(data_latency=20)  # replies come far too late: messages stay in flight
+    write_campaign(tmp_path, people(6))
+    proc = start(tmp_path, command(slow.url, "--connections", "2"))
+    journal = tmp_path / "people.csv.mailblast.sqlite"
+    wait_until(lambda: journal.exists() and journal_states(tmp_path)["sending"] == 2)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 3, err
+    assert "stopped at once" in err and "run the same command again to resume" in err
+    assert "Traceback" not in err
+    assert journal_states(tmp_path) == {"sending": 2, "pending": 4}
+    slow.stop()
+    healthy = smtp_server()
+    again = run(tmp_path, command(healthy.url))
+    assert again.returncode == 0, again.stderr
+    assert sorted(healthy.recipients()) == sorted(a for a, _ in people(6))
+    assert journal_states(tmp_path) == {"sent": 4, "uncertain": 2}

@@ -7,12 +7,13 @@ import io
 import ssl
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 
-from mailblast.compose import Template
+from mailblast.compose import RowError, Template
 from mailblast.composer import Composer
 from mailblast.connection import Connection
 from mailblast.outcomes import Counts, Outcome, Status
@@ -284,3 +285,27 @@ def test_quiet_progress_prints_nothing() -> None:
 
     asyncio.run(work())
     assert out.getvalue() == ""
+
+
+def test_composing_in_a_worker_process_gives_the_same_messages(tmp_path: Path) -> None:
+    (tmp_path / "t.md").write_text("From: a@example.com\nSubject: Hi {{ name }}\n\n# Hello {{ name }}\n")
+    (tmp_path / "r.csv").write_text("email,name\n" + "".join(f"u{i}@example.com,U{i}\n" for i in range(5)))
+    template = Template(tmp_path / "t.md")
+    people = [r.recipient for r in RecipientsFile(tmp_path / "r.csv").rows() if r.recipient is not None]
+    people.append(replace(people[0], fields={"email": "x@example.com"}, address="x@example.com"))  # no name
+    here = asyncio.run(Composer(template, in_worker=False).compose(people))
+    worker = Composer(template, in_worker=True)
+    try:
+        there = asyncio.run(worker.compose(people))
+        # a worker that dies is replaced by composing in this process
+        for process in list(worker._pool._processes.values()):  # type: ignore[union-attr]
+            process.kill()
+            process.join()
+        after_death = asyncio.run(worker.compose(people))
+    finally:
+        worker.close()
+    for results in (there, after_death):
+        assert [getattr(r, "message_id", None) for r in results] == [
+            getattr(r, "message_id", None) for r in here
+        ]
+        assert isinstance(results[-1], RowError) and "'name' is undefined" in results[-1].message
