@@ -5,6 +5,7 @@
     python bench/bench_send.py --part 1     # only the rate precision cases
     python bench/bench_send.py --part 2     # only the throughput cases (in-process aiosmtpd sink)
     python bench/bench_send.py --part 3     # throughput to Postfix's smtp-sink, and the journal's cost
+    python bench/bench_send.py --flat 20000 # peak memory sending 20,000 vs 200,000 messages
 
 Part 1 sends through an in-process server that allows 3 messages per sliding second and
 answers like Mailtrap above that ("550 5.7.0 ... too many emails per second").
@@ -42,20 +43,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench_render import TEMPLATE, make_csv  # noqa: E402 - the same message as the render benchmark
+
 from tests.servers import SmtpServer, start_server  # noqa: E402
-
-TEMPLATE = """\
-From: Newsletter <news@example.com>
-To: {{ name }} <{{ email }}>
-Subject: Hello {{ name }}, your {{ plan }} plan 🎉
-
-# Hi {{ name }}
-
-Your plan **{{ plan }}** renews on {{ renews }}.
-
-- City: {{ city }}
-- Thanks for being with us.
-"""
 
 RATE = (3, 1.0)  # what the throttling server allows: 3 per sliding second
 TIMEOUT = 600.0  # seconds any one child process may run before it is killed
@@ -71,14 +61,6 @@ def fresh_csv(work: Path, rows: int) -> Path:
     path = folder / "recipients.csv"
     make_csv(path, rows)
     return path
-
-
-def make_csv(path: Path, rows: int) -> None:
-    plans = ("Free", "Pro", "Team")
-    with path.open("w", encoding="utf-8", newline="") as f:
-        f.write("email,name,plan,renews,city\n")
-        for i in range(rows):
-            f.write(f"user{i}@example.com,Zoë User {i},{plans[i % 3]},2027-01-{i % 28 + 1:02d},Zürich\n")
 
 
 @dataclass
@@ -423,6 +405,34 @@ def part3(messages: int, work: Path, repeat: int = 3) -> list[str]:
     return notes
 
 
+def flat_memory(messages: int, work: Path) -> list[str]:
+    """Peak memory of a send of N and of 10 N messages to smtp-sink: it must not grow with N."""
+    sink = smtp_sink_path()
+    if sink is None:
+        print("--flat skipped: Postfix's smtp-sink is not installed (apt-get install postfix)")
+        return []
+    port = free_port()
+    server = subprocess.Popen([sink, "-u", "root", f"127.0.0.1:{port}", "1000"], stdout=subprocess.DEVNULL)
+    notes: list[str] = []
+    peaks = []
+    try:
+        time.sleep(0.3)
+        print(f"{'messages':>10}{'wall s':>8}{'msg/s':>8}{'peak MiB':>10}")
+        for count in (messages, messages * 10):
+            csv_path = str(fresh_csv(work, count))
+            args = [sys.executable, "-m", "mailblast", "send", csv_path, "--template", "news.md",
+                    "--smtp", f"smtp://127.0.0.1:{port}", "--connections", "5", "--quiet"]  # fmt: skip
+            run = measure(args, work)
+            notes.extend([note] if (note := check_failed(f"send of {count:,}", run)) else [])
+            peaks.append(run.peak_mib)
+            print(f"{count:>10,}{run.wall:>8.1f}{count / run.wall:>8,.0f}{run.peak_mib:>10.1f}")
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    print(f"peak memory at {messages * 10:,} messages is {peaks[1] / peaks[0]:.2f}x that at {messages:,}")
+    return notes
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -432,6 +442,9 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="30 and 1,000 messages instead of 60 and 5,000")
     parser.add_argument("--part", type=int, choices=(1, 2, 3), help="run only this part")
+    parser.add_argument(
+        "--flat", type=int, metavar="N", help="only: peak memory of sending N vs 10 N messages (smtp-sink)"
+    )
     # internal: the raw client of part 2, run as a child process so it does not share the sink's GIL
     parser.add_argument("--raw-client", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--raw-eml", type=Path, help=argparse.SUPPRESS)
@@ -448,6 +461,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mailblast-bench-") as tmp:
         work = Path(tmp)
         (work / "news.md").write_text(TEMPLATE, encoding="utf-8")
+        if options.flat:
+            for note in flat_memory(options.flat, work):
+                print(note)
+            return
         if options.part in (None, 1):
             notes.extend(part1(rate_messages, work))
         if options.part is None:

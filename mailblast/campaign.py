@@ -190,7 +190,7 @@ def _check_and_plan(
     if tally.invalid:
         journal.abandon_run()  # nothing is sent, and the journal stays as it was
         return tally, Plan(iter(()), 0)
-    added, removed = journal.end_run()
+    changes = journal.end_run()
     console.print(f"journal: {journal.path}{' (new campaign)' if is_new else ''}", highlight=False)
     counts = journal.counts()
     in_flight = journal.in_flight()
@@ -203,13 +203,14 @@ def _check_and_plan(
             f"({counts['failed']:,} failed, {counts['uncertain']:,} uncertain before)",
             highlight=False,
         )
-        if added:
-            console.print(f"the recipients file has {added:,} row(s) new since the last run", highlight=False)
-        if removed:
+        if changes.added:
+            console.print(f"the recipients file has {changes.added:,} row(s) new since the last run")
+        if changes.removed:
+            more = changes.removed - len(changes.removed_sample)
             display.print_warning(
                 console,
-                f"{len(removed) if removed[-1][:3] != '...' else 'many'} recipient(s) of the last "
-                f"run are no longer in the file and will not be sent: {', '.join(removed)}",
+                f"{changes.removed:,} recipient(s) of the last run are no longer in the file and will not "
+                f"be sent: {', '.join(changes.removed_sample)}{f' and {more:,} more' if more else ''}",
             )
         if edited:
             display.print_warning(

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from mailblast.errors import InputError
+from mailblast.errors import InputError, StoppedError
 
 try:
     import fcntl
@@ -83,12 +83,12 @@ def recipient_key(recipient: Recipient, allow_duplicates: bool) -> str:
 
 
 @dataclass
-class Sync:
-    """What the recipients file holds now, compared with the journal."""
+class RunChanges:
+    """How the recipients file changed since the journal's last run."""
 
-    added: int
-    removed: list[str]
-    template_edited: bool
+    added: int  # rows new to the journal
+    removed: int  # recipients of earlier runs no longer in the file
+    removed_sample: list[str]  # the first few of those addresses
 
 
 @dataclass
@@ -239,22 +239,22 @@ class Journal:
         )
         self._batch.clear()
 
-    def end_run(self) -> tuple[int, list[str]]:
-        """Commit the run; returns (rows new to the journal, addresses no longer in the file)."""
+    def end_run(self) -> RunChanges:
+        """Commit the run, and say how the file changed since the last one."""
         campaign, run = self._ids()
         self._flush()
         still_old = self._count("seen_run < ?", run)
         # every add() was one change: an insert, or an update of a row known before
         added = self._db.total_changes - self._changes_before - (self._known_before - still_old)
-        removed = [
+        sample = [
             a
             for (a,) in self._db.execute(
-                "SELECT address FROM recipients WHERE campaign = ? AND seen_run < ? ORDER BY row LIMIT 20",
+                "SELECT address FROM recipients WHERE campaign = ? AND seen_run < ? ORDER BY row LIMIT 10",
                 (campaign, run),
             )
         ]
         self._db.execute("COMMIT")
-        return added, removed if still_old <= 20 else [*removed, f"... {still_old - 20:,} more"]
+        return RunChanges(added, still_old, sample)
 
     def abandon_run(self) -> None:
         self._db.execute("ROLLBACK")
@@ -315,10 +315,16 @@ class Journal:
         campaign, run = self._ids()
         now = time.time()
         key = recipient_key(recipient, self._allow_duplicates)
-        self._db.execute(
-            f"UPDATE recipients SET {assignments}, updated_at = ? WHERE campaign = ? AND key = ?",
-            (*values, now, campaign, key),
-        )
+        try:
+            self._db.execute(
+                f"UPDATE recipients SET {assignments}, updated_at = ? WHERE campaign = ? AND key = ?",
+                (*values, now, campaign, key),
+            )
+        except sqlite3.Error as e:  # a full disk, a deleted file: sending on unrecorded would be unsafe
+            raise StoppedError(
+                f"{self.path}: the journal cannot be written: {e}",
+                "free some disk space (or fix the cause), then run the same command again to resume",
+            ) from None
         if now - self._run_marked >= 1.0:  # the run's end, for status: a second's precision is plenty
             self._db.execute("UPDATE runs SET last_at = ? WHERE id = ?", (now, run))
             self._run_marked = now

@@ -25,12 +25,9 @@ from mailblast.ratelimit import SlidingWindowLimiter, backoff_delay
 from mailblast.recipients import Recipient
 from mailblast.replies import Kind, Verdict
 
-MAX_THROTTLED = 50
+MAX_THROTTLED = 50  # throttle replies one message may get before it counts as failed
 COMPOSE_BATCH = 64  # recipients composed at a time
-
-ComposeBatch = Callable[
-    [list[Recipient]], Awaitable[list[Composed]]
-]  # throttle replies one message may get before it counts as failed
+ComposeBatch = Callable[[list[Recipient]], Awaitable[list[Composed]]]
 
 
 @dataclass
@@ -239,10 +236,11 @@ class Sender:
             if verdict.kind is Kind.THROTTLED:  # e.g. 421 in the greeting
                 self._limiter.throttled(verdict.retry_after)
                 self._retry_later(job, max(self._limiter.period, verdict.retry_after or 0))
-            elif verdict.kind is Kind.FATAL or not self._ever_connected:
-                self.stop(verdict)  # nothing listening, TLS or login refused: no use going on
-                self._finish(job, Status.NOT_ATTEMPTED, verdict, verdict.describe())
-            elif self._connect_failures > self._options.retries:
+            elif (
+                verdict.kind is Kind.FATAL  # TLS or login refused
+                or not self._ever_connected  # nothing listening: no use going on
+                or self._connect_failures > self._options.retries  # the server went away
+            ):
                 self.stop(verdict)
                 self._finish(job, Status.NOT_ATTEMPTED, verdict, verdict.describe())
             else:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mailblast.errors import InputError
-from mailblast.journal import Journal, default_path, recipient_key
+from mailblast.journal import Journal, RunChanges, default_path, recipient_key
 from mailblast.outcomes import Outcome, Status
 from mailblast.recipients import Recipient
 from mailblast.replies import classify
@@ -20,8 +20,8 @@ def person(row: int, address: str | None = None) -> Recipient:
 
 def run_with(
     tmp_path: Path, rows: list[Recipient], sha: str = "sha1", **kwargs: bool
-) -> tuple[Journal, tuple[bool, bool], tuple[int, list[str]]]:
-    """A journal with a new run over ``rows``: (journal, (is new, edited), (added, removed))."""
+) -> tuple[Journal, tuple[bool, bool], RunChanges]:
+    """A journal with a new run over ``rows``: (journal, (is new, edited), changes)."""
     journal = Journal(tmp_path / "j.sqlite")
     started = journal.begin_run(tmp_path / "r.csv", tmp_path / "t.txt", sha, ("email", "name"), **kwargs)
     for row in rows:
@@ -39,8 +39,8 @@ def test_keys_fold_case_and_allow_duplicates_by_row() -> None:
 
 
 def test_states_move_and_todo_follows_them(tmp_path: Path) -> None:
-    journal, _, (added, removed) = run_with(tmp_path, [person(i) for i in range(1, 2501)])
-    assert (added, removed) == (2500, [])
+    journal, _, changes = run_with(tmp_path, [person(i) for i in range(1, 2501)])
+    assert (changes.added, changes.removed) == (2500, 0)
     todo = list(journal.todo(retry_failed=False, skip_uncertain=False))
     assert [r.row for r in todo] == list(range(1, 2501))  # file order, across pages
     assert todo[0].fields == {"email": "user1@example.com", "name": "User 1"}
@@ -71,9 +71,9 @@ def test_a_new_run_sees_edits_and_keeps_sent_rows(tmp_path: Path) -> None:
         person(3, "user4@example.com"),
         person(4, "user5@example.com"),
     ]
-    journal, started, (added, removed) = run_with(tmp_path, rows, sha="sha2")
+    journal, started, changes = run_with(tmp_path, rows, sha="sha2")
     assert started == (False, True)
-    assert added == 2 and removed == ["user2@example.com"]
+    assert changes == RunChanges(added=2, removed=1, removed_sample=["user2@example.com"])
     assert journal.counts()["sent"] == 1
     todo = [r.address for r in journal.todo(retry_failed=False, skip_uncertain=False)]
     assert todo == ["user3@example.com", "user4@example.com", "user5@example.com"]
@@ -88,8 +88,8 @@ def test_an_abandoned_run_leaves_the_journal_as_it_was(tmp_path: Path) -> None:
     journal.add(person(2))
     journal.abandon_run()
     journal.close()
-    journal, started, (added, removed) = run_with(tmp_path, [person(1)])
-    assert started == (False, False) and (added, removed) == (0, [])
+    journal, started, changes = run_with(tmp_path, [person(1)])
+    assert started == (False, False) and changes == RunChanges(0, 0, [])
     journal.close()
 
 
