@@ -5,6 +5,11 @@ after its final reply. Granting a slot only while fewer than ``limit`` slots are
 still held that way means the server can never count more than ``limit`` messages
 in any window of ``period`` seconds, whichever moment between MAIL FROM and reply
 it counts.
+
+When the server still says "too fast" (or no limit was given), every grant pauses
+for at least a period and the limit halves; it then recovers by one per quiet
+period up to just below the level the server refused, and only probes above that
+level slowly. Without --rate, that is how the server's limit is found.
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ class Slot:
 
     acquired_at: float
     released_at: float | None = None
+
+
+PROBE_PERIODS = 10  # above the learned ceiling, the limit rises by one every this many periods
 
 
 class SlidingWindowLimiter:
@@ -55,6 +63,7 @@ class SlidingWindowLimiter:
         self._released: deque[float] = deque()  # release times, oldest first
         self._paused_until = -math.inf
         self._recover_from: float | None = None  # start of the current quiet period
+        self._ceiling = limit  # just below the lowest limit the server has refused (None: none yet)
         self._lock = asyncio.Lock()  # asyncio.Lock wakes waiters in FIFO order
         self._release_event = asyncio.Event()
 
@@ -93,7 +102,7 @@ class SlidingWindowLimiter:
         ready = expiries[excess - 1] if excess <= len(expiries) else math.inf
         if self._recover_from is not None:
             # The next recovery step raises the limit, which may free a slot sooner.
-            ready = min(ready, self._recover_from + self._period)
+            ready = min(ready, self._recover_from + self._step())
         return max(start, ready) - now
 
     def try_acquire(self) -> Slot | None:
@@ -134,7 +143,7 @@ class SlidingWindowLimiter:
             self.release(slot)
 
     def throttled(self, pause: float | None = None) -> None:
-        """The server said we are too fast: pause all grants and halve the limit."""
+        """The server said we are too fast: pause all grants, halve the limit, learn the ceiling."""
         now = self._clock()
         self._refresh(now)
         # Concurrent connections report the same overload; halve once per pause.
@@ -143,10 +152,10 @@ class SlidingWindowLimiter:
         self._recover_from = self._paused_until
         if already_paused:
             return
-        if self._limit is None:
-            self._limit = max(1, self._counted(now) // 2)
-        else:
-            self._limit = max(1, self._limit // 2)
+        refused = self._counted(now) if self._limit is None else self._limit
+        # Remember where the server drew the line, so recovery stops short of it.
+        self._ceiling = max(1, min(refused - 1, self._ceiling or refused))
+        self._limit = max(1, refused // 2)
 
     def _grant(self) -> Slot | None:
         now = self._clock()
@@ -162,22 +171,28 @@ class SlidingWindowLimiter:
     def _counted(self, now: float) -> int:
         return len(self._held) + sum(1 for t in self._released if t + self._period > now)
 
+    def _step(self) -> float:
+        """Quiet time before the limit rises by one: a period below the ceiling, a probe above it."""
+        below = self._ceiling is None or self._limit is None or self._limit < self._ceiling
+        return self._period * (1 if below else PROBE_PERIODS)
+
     def _refresh(self, now: float) -> None:
         while self._released and self._released[0] + self._period <= now:
             self._released.popleft()
         if self._recover_from is None or self._limit is None:
             return
-        steps = math.floor((now - self._recover_from) / self._period)
-        # Division can round down; delay() promises a step at exactly recover_from + period.
-        if self._recover_from + (steps + 1) * self._period <= now:
-            steps += 1
-        if steps <= 0:
-            return
-        self._limit += steps
-        self._recover_from += steps * self._period
-        if self._configured is not None and self._limit >= self._configured:
-            self._limit = self._configured
-            self._recover_from = None
+        while now >= self._recover_from + (step := self._step()):
+            if self._ceiling is not None and self._limit >= self._ceiling:
+                # Probing above the ceiling: the remaining steps all have this length.
+                steps = max(1, math.floor((now - self._recover_from) / step))
+            else:
+                steps = 1
+            self._limit += steps
+            self._recover_from += steps * step
+            if self._configured is not None and self._limit >= self._configured:
+                self._limit = self._configured
+                self._recover_from = None
+                return
 
 
 def backoff_delay(

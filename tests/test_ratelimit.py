@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailblast.ratelimit import SlidingWindowLimiter, Slot, backoff_delay
+from mailblast.ratelimit import PROBE_PERIODS, SlidingWindowLimiter, Slot, backoff_delay
 
 
 class FakeClock:
@@ -319,10 +319,10 @@ def test_throttled_pauses_and_halves() -> None:
     assert limiter.try_acquire() is not None
 
     clock.now = 20.0
-    assert limiter.current_limit == 8  # recovered meanwhile
+    assert limiter.current_limit == 7  # recovered meanwhile, up to just below the refused 8
     limiter.throttled(pause=30.0)
     assert limiter.paused_until == 50.0
-    assert limiter.current_limit == 4
+    assert limiter.current_limit == 3
     assert limiter.delay() == 30.0
 
 
@@ -359,6 +359,25 @@ def test_recovery_adds_one_per_quiet_period_up_to_the_ceiling() -> None:
     assert limiter.configured_limit == 8
 
 
+def test_recovery_stops_below_the_refused_level_then_probes_slowly() -> None:
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(None, 1.0, clock=clock)
+    for _ in range(4):  # the server refuses at 4 in a window, like Mailtrap at 3/s
+        limiter.try_acquire()
+    limiter.throttled()
+    assert limiter.current_limit == 2
+    clock.now = 2.0
+    assert limiter.current_limit == 3  # one below the refused 4: the server's real limit
+    clock.now = 2.0 + PROBE_PERIODS - 0.01
+    assert limiter.current_limit == 3  # it stays there for a while
+    clock.now = 2.0 + PROBE_PERIODS
+    assert limiter.current_limit == 4  # then tries the refused level again
+    limiter.throttled()
+    assert limiter.current_limit == 2
+    clock.now += 1.0 + 1.0 + PROBE_PERIODS * 5
+    assert limiter.current_limit == 3 + 5  # the ceiling stays at 3; probing goes on above it
+
+
 def test_delay_counts_on_the_next_recovery_step() -> None:
     clock = FakeClock()
     limiter = SlidingWindowLimiter(4, 1.0, clock=clock)
@@ -387,9 +406,12 @@ def test_unknown_limit_becomes_half_of_what_was_observed() -> None:
     assert limiter.paused_until == 1.5
     clock.now = 1.5
     assert sum(1 for _ in range(10) if limiter.try_acquire()) == 5
-    # No ceiling: recovery goes on past anything seen.
-    clock.now = 1.5 + 100.0
-    assert limiter.current_limit == 105
+    # Back to just below the refused 11 at one per period (10 at t=6.5), then probing:
+    # one more every PROBE_PERIODS periods, with no configured ceiling to stop it.
+    clock.now = 6.5
+    assert limiter.current_limit == 10
+    clock.now = 6.5 + 95.0
+    assert limiter.current_limit == 10 + 95 // PROBE_PERIODS
 
 
 def test_unknown_limit_throttled_when_idle_becomes_one() -> None:
