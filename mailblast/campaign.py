@@ -7,7 +7,6 @@ import os
 import shutil
 import signal
 import ssl
-import sys
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -371,22 +370,27 @@ def run_status(settings: Settings, recipients_path: Path, console: Console) -> i
     return 0
 
 
-def run_report(settings: Settings, recipients_path: Path, out: Path | None, console: Console) -> int:
+def run_report(
+    settings: Settings, recipients_path: Path, out: Path | None, console: Console, stdout: TextIO
+) -> int:
     journal = _existing_journal(settings, recipients_path)
     try:
         campaign = journal.find(recipients_path, settings.template)
-        target = out if out is not None else None
-        with _report_file(target) as stream:
+
+        def write(stream: TextIO) -> int:
             report = ReportWriter(stream, campaign.header)
             for outcome in journal.not_sent(campaign.id):
                 report.write(outcome)
-            if out is None:
-                stream.seek(0)
-                shutil.copyfileobj(stream, sys.stdout)
+            return report.rows
+
+        if out is None:
+            write(stdout)
+            return 0
+        with _report_file(out) as stream:
+            rows = write(stream)
     finally:
         journal.close()
-    if out is not None:
-        console.print(f"wrote {report.rows:,} recipient(s) not sent to {out}", highlight=False)
+    console.print(f"wrote {rows:,} recipient(s) not sent to {out}", highlight=False)
     return 0
 
 

@@ -231,7 +231,10 @@ def report(
 ) -> None:
     """Write the report of recipients not sent, from the journal, as a resendable CSV."""
     options = {k: v for k, v in locals().items() if k != "out"}
-    _run(lambda console: campaign.run_report(_settings(options), recipients, out, console), stderr=True)
+    _run(
+        lambda console: campaign.run_report(_settings(options), recipients, out, console, sys.stdout),
+        stderr=True,
+    )
 
 
 def _ask_password(prompt: str) -> str:

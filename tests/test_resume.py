@@ -259,3 +259,12 @@ def test_second_sigint_stops_at_once_and_the_journal_stays_consistent(
     assert again.returncode == 0, again.stderr
     assert sorted(healthy.recipients()) == sorted(a for a, _ in people(6))
     assert journal_states(tmp_path) == {"sent": 4, "uncertain": 2}
+
+
+def test_report_to_standard_output(tmp_path: Path, smtp_server: Callable[..., SmtpServer]) -> None:
+    server = smtp_server(reject_recipients={"user0@example.com"})
+    write_campaign(tmp_path, people(2))
+    assert run(tmp_path, command(server.url)).returncode == 1
+    report = run(tmp_path, [sys.executable, "-m", "mailblast", "report", "people.csv"])
+    assert report.returncode == 0
+    assert report.stdout.splitlines()[1].startswith("user0@example.com,User 0,failed,550,5.1.1,")
