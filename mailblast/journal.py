@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS campaigns (
     template TEXT NOT NULL,
     template_sha TEXT NOT NULL,
     header TEXT NOT NULL,
+    allow_duplicates INTEGER NOT NULL,
     created_at REAL NOT NULL,
     UNIQUE (recipients, template)
 );
@@ -188,8 +189,16 @@ class Journal:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         row = db.execute(
-            "SELECT id, template_sha FROM campaigns WHERE recipients = ? AND template = ?", key
+            "SELECT id, template_sha, allow_duplicates FROM campaigns WHERE recipients = ? AND template = ?",
+            key,
         ).fetchone()
+        if row is not None and not restart and bool(row[2]) != allow_duplicates:
+            db.execute("ROLLBACK")
+            # Recipients are told apart differently with and without duplicates: mixing would resend.
+            raise InputError(
+                f"this campaign was started {'with' if row[2] else 'without'} --allow-duplicates",
+                "run it the same way, or pass --restart to start it over",
+            )
         if row is not None and restart:
             db.execute("DELETE FROM recipients WHERE campaign = ?", (row[0],))
             db.execute("DELETE FROM runs WHERE campaign = ?", (row[0],))
@@ -197,9 +206,9 @@ class Journal:
             row = None
         if row is None:
             cursor = db.execute(
-                "INSERT INTO campaigns (recipients, template, template_sha, header, created_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (*key, template_sha, json.dumps(header), now),
+                "INSERT INTO campaigns (recipients, template, template_sha, header, allow_duplicates, "
+                "created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (*key, template_sha, json.dumps(header), allow_duplicates, now),
             )
             campaign, is_new, edited = cursor.lastrowid, True, False
         else:

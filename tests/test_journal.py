@@ -136,3 +136,15 @@ def test_reading_back_for_status_and_report(tmp_path: Path) -> None:
     assert journal.failure_reasons(campaign.id) == [("failed: 550 no", 1)]
     assert journal.active_seconds(campaign.id) >= 0
     journal.close()
+
+
+def test_allow_duplicates_cannot_change_mid_campaign(tmp_path: Path) -> None:
+    journal, _, _ = run_with(tmp_path, [person(1)])
+    journal.close()
+    journal = Journal(tmp_path / "j.sqlite")
+    with pytest.raises(InputError, match="started without --allow-duplicates"):
+        journal.begin_run(tmp_path / "r.csv", tmp_path / "t.txt", "sha1", ("email",), allow_duplicates=True)
+    journal.close()
+    journal, started, _ = run_with(tmp_path, [person(1)], allow_duplicates=True, restart=True)
+    assert started == (True, False)
+    journal.close()
