@@ -416,16 +416,19 @@ def compose_rows(
 ) -> Iterator[Prepared]:
     """Read and render every row in file order; ``build=False`` only checks (no MIME, much faster)."""
     for result in recipients.rows(allow_duplicates=allow_duplicates):
-        message, ok = None, False
-        if result.recipient is not None:
-            try:
-                if build:
-                    message = template.compose(result.recipient)
-                else:
-                    template.render(result.recipient)
-                ok = True
-            except RowError as e:
-                result.problems.append(
-                    RowProblem(recipients.name, result.row, result.line, e.column, e.message)
-                )
-        yield Prepared(result, message, ok)
+        yield prepare(recipients.name, result, template, build=build)
+
+
+def prepare(file: str, result: RowResult, template: Template, *, build: bool = True) -> Prepared:
+    """Render one row read from ``file``; a row that cannot become a message gets its problem."""
+    message, ok = None, False
+    if result.recipient is not None:
+        try:
+            if build:
+                message = template.compose(result.recipient)
+            else:
+                template.render(result.recipient)
+            ok = True
+        except RowError as e:
+            result.problems.append(RowProblem(file, result.row, result.line, e.column, e.message))
+    return Prepared(result, message, ok)

@@ -128,4 +128,6 @@ def load_settings(config: Path | None, flags: dict[str, Any]) -> Settings:
             raise ConfigError(f"{name.replace('_', '-')} must be at least 1, not {getattr(settings, name)}")
     if settings.retries < 0:
         raise ConfigError(f"retries must be 0 or more, not {settings.retries}")
+    if not settings.timeout > 0:
+        raise ConfigError(f"timeout must be more than 0 seconds, not {settings.timeout}")
     return settings

@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.console import Console
 
 from mailblast import display
-from mailblast.compose import ComposedMessage, Template, compose_rows
+from mailblast.compose import ComposedMessage, Template, compose_rows, prepare
 from mailblast.config import Settings
 from mailblast.errors import ConfigError, InputError
 from mailblast.recipients import Recipient, RecipientsFile
@@ -122,9 +122,10 @@ def run_preview(settings: Settings, recipients_path: Path, row: int, console: Co
     if row < 1:
         raise ConfigError(f"--row must be 1 or more, not {row}", "row 1 is the first row after the header")
     inputs = load_inputs(settings, recipients_path)
-    for prepared in compose_rows(inputs.recipients, inputs.template, allow_duplicates=True):
-        if prepared.row.row != row:
-            continue
+    for result in inputs.recipients.rows(allow_duplicates=True):
+        if result.row != row:
+            continue  # read, not rendered: previewing row 900,000 need not build the ones before it
+        prepared = prepare(inputs.recipients.name, result, inputs.template)
         for problem in prepared.row.problems:
             display.print_problem(console, problem)
         if prepared.message is None:

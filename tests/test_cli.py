@@ -145,6 +145,8 @@ def test_config_given_explicitly_and_relative_paths(example: Path, tmp_path: Pat
         ("template = 3\n", "template should be a str"),
         ("template = \n", "not valid TOML"),
         ("[smtp]\nconnections = 0\n", "connections must be at least 1"),
+        ("[smtp]\ntimeout = 0\n", "timeout must be more than 0 seconds"),
+        ("[smtp]\nretries = -1\n", "retries must be 0 or more"),
     ],
 )
 def test_bad_config_files(tmp_path: Path, toml: str, message: str) -> None:
