@@ -313,3 +313,28 @@ def test_composing_in_a_worker_process_gives_the_same_messages(tmp_path: Path) -
             getattr(r, "message_id", None) for r in here
         ]
         assert isinstance(results[-1], RowError) and "'name' is undefined" in results[-1].message
+
+
+def test_no_password_over_plaintext_to_a_host_not_named_loopback(
+    tmp_path: Path, smtp_server: Callable[..., SmtpServer]
+) -> None:
+    """The check is by name: a host name that is not localhost gets no password in the clear."""
+    import socket
+
+    name = socket.gethostname()
+    try:
+        if not socket.gethostbyname(name).startswith("127."):
+            pytest.skip(f"{name} does not resolve to a loopback address on this machine")
+    except OSError:
+        pytest.skip(f"{name} does not resolve")
+    server = smtp_server(auth={"mailer": "s3cret"})  # no STARTTLS offered
+    url = server.url.replace("127.0.0.1", name)
+    sender, outcomes = send(tmp_path, url, 2, user="mailer", password="s3cret")
+    assert (
+        sender.stopped_by is not None
+        and "will not send a password unencrypted" in sender.stopped_by.describe()
+    )
+    assert server.auth_attempts == [] and server.received == []
+    # to 127.0.0.1 itself (loopback by address), the same server is fine
+    _, outcomes = send(tmp_path, server.url, 2, user="mailer", password="s3cret")
+    assert statuses(outcomes) == {Status.SENT: 2}
