@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from mailblast import __version__, campaign, runner
 from mailblast.config import Settings, load_settings
@@ -66,17 +67,18 @@ def _settings(options: dict[str, Any]) -> Settings:
 
 def _run(work: Callable[[Console], int], *, stderr: bool = False) -> None:
     """The one place where errors become a message and an exit code."""
-    console = Console(highlight=False, stderr=stderr)
-    errors = Console(stderr=True, highlight=False)
+    # No markup: paths, addresses and server replies may hold [brackets] of their own.
+    console = Console(highlight=False, markup=False, emoji=False, stderr=stderr)
+    errors = Console(highlight=False, markup=False, emoji=False, stderr=True)
     try:
         code = work(console)
     except MailblastError as e:
-        errors.print(f"[bold red]error:[/] {e.message}", soft_wrap=True, markup=True, emoji=False)
+        errors.print(Text.assemble(("error: ", "bold red"), e.message), soft_wrap=True)
         if e.hint:
-            errors.print(f"[bold]hint:[/] {e.hint}", soft_wrap=True, emoji=False)
+            errors.print(Text.assemble(("hint: ", "bold"), e.hint), soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
-        errors.print("[bold red]interrupted[/]")
+        errors.print(Text("interrupted", style="bold red"))
         raise typer.Exit(StoppedError.exit_code) from None
     raise typer.Exit(code)
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
+from rich.text import Text
 
 from mailblast import display
 from mailblast.compose import ComposedMessage, Template, compose_rows, prepare
@@ -113,7 +114,10 @@ def run_check(settings: Settings, recipients_path: Path, console: Console) -> in
 
 def verdict_of_scan(console: Console, tally: ScanTally) -> int:
     if tally.invalid:
-        console.print(f"[bold red]{tally.invalid} invalid row(s).[/] Hint: {FIX_HINT}")
+        console.print(
+            Text.assemble((f"{tally.invalid} invalid row(s). ", "bold red"), f"Hint: {FIX_HINT}"),
+            soft_wrap=True,
+        )
         return InputError.exit_code
     return 0
 

@@ -196,3 +196,9 @@ def test_url_and_rate_from_config_and_environment(
     other = smtp_server()
     proc = mailblast(tmp_path, "send", "people.csv", "--no-journal", env={"MAILBLAST_SMTP_URL": other.url})
     assert proc.returncode == 0 and len(other.received) == 5
+
+
+def test_brackets_in_messages_are_printed_as_they_are(tmp_path: Path) -> None:
+    campaign(tmp_path, 1)
+    proc = mailblast(tmp_path, "send", "people.csv", "-t", "t.txt")
+    assert "[smtp] table of mailblast.toml" in proc.stderr
