@@ -69,7 +69,12 @@ def show_message(console: Console, composed: ComposedMessage) -> None:
     headers = Table(show_header=False, box=None, padding=(0, 1))
     headers.add_column(style="bold cyan", no_wrap=True)
     headers.add_column(overflow="fold")
-    for name, value in msg.items():
+    # The ones a reader looks for first, then the rest as they stand in the message.
+    first = ("from", "to", "cc", "reply-to", "subject")
+    items = sorted(
+        msg.items(), key=lambda item: first.index(k) if (k := item[0].lower()) in first else len(first)
+    )
+    for name, value in items:
         headers.add_row(f"{name}:", str(value))
     bcc = sorted(set(composed.envelope_to) - {a.addr_spec for h in ("To", "Cc") for a in _addrs(msg, h)})
     if bcc:
