@@ -64,7 +64,6 @@ class Settings:
     max_messages: int = 100
     retries: int = 5
     timeout: float = 30.0
-    config_file: Path | None = None
     # per run only, never from the file
     no_journal: bool = False
     restart: bool = False
@@ -117,7 +116,6 @@ def load_settings(config: Path | None, flags: dict[str, Any]) -> Settings:
             raise ConfigError(f"{path}: smtp should be a table ([smtp])")
         values.update(_take(path, data, TOP_KEYS, ""))
         values.update(_take(path, smtp, SMTP_KEYS, "smtp."))
-        values["config_file"] = path
     values.update({k: v for k, v in flags.items() if v is not None})
     names = {f.name for f in fields(Settings)}
     unknown = set(values) - names

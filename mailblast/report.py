@@ -20,7 +20,6 @@ class ReportWriter:
         extra = [f"mailblast_{c}" if c in header else c for c in REPORT_COLUMNS]
         self._writer = csv.writer(stream)
         self._writer.writerow([*header, *extra])
-        self._stream = stream
         self.rows = 0
 
     def write(self, outcome: Outcome) -> None:
