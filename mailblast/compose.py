@@ -233,7 +233,8 @@ class Template:
                     "or set from in mailblast.toml (or pass --from)"
                 )
             headers.insert(0, ("From", self.default_from))
-        envelope_from, envelope_to = "", []
+        envelope_from = ""
+        envelope_to: list[str] = []
         attachments: list[tuple[str, Path]] = []
         needs_utf8 = recipient.needs_smtputf8
         seen: set[str] = set()

@@ -5,9 +5,9 @@ Nothing here decides anything; it only shows what the other stages produced.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from email.message import EmailMessage
+from email.message import EmailMessage, MIMEPart
 
 from rich.console import Console, Group
 from rich.panel import Panel
@@ -29,7 +29,7 @@ def print_warning(console: Console, text: str) -> None:
     console.print(Text.assemble(("warning: ", "bold yellow"), text), soft_wrap=True)
 
 
-def print_counts(console: Console, title: str, counts: dict[str, object]) -> None:
+def print_counts(console: Console, title: str, counts: Mapping[str, object]) -> None:
     console.print(Text(title, style="bold"))
     table = Table(show_header=False, box=None, padding=(0, 2))
     table.add_column(style="bold")
@@ -58,7 +58,7 @@ def file_progress(console: Console, description: str, total: int) -> Iterator[Pr
         yield progress
 
 
-def _part_text(part: EmailMessage) -> str:
+def _part_text(part: MIMEPart) -> str:
     content = part.get_content()
     return content if isinstance(content, str) else f"<{len(content)} bytes>"
 
