@@ -78,7 +78,7 @@ class CsvFormat:
 
 def detect_encoding(path: Path) -> str:
     """UTF-8 (with or without BOM) when the sample decodes as such, else charset-normalizer's guess."""
-    with path.open("rb") as f:
+    with _open_binary(path) as f:
         sample = f.read(SAMPLE_BYTES)
     if sample.startswith(codecs.BOM_UTF8):
         return "utf-8-sig"
@@ -127,18 +127,23 @@ class _CountingReader(io.RawIOBase):
         super().close()
 
 
-def _open_text(path: Path, encoding: str, counter: list[_CountingReader] | None = None) -> io.TextIOWrapper:
+def _open_binary(path: Path) -> io.FileIO:
+    """The one place where opening the recipients file can fail, with a line for the user."""
     try:
-        raw = _CountingReader(io.FileIO(path, "r"))
-        if counter is not None:
-            counter.append(raw)
-        return io.TextIOWrapper(io.BufferedReader(raw), encoding=encoding, newline="")
+        return io.FileIO(path, "r")
     except FileNotFoundError:
         raise RecipientsError(f"{path}: no such file", "check the path to the recipients CSV") from None
     except IsADirectoryError:
         raise RecipientsError(f"{path}: is a folder, not a CSV file") from None
     except PermissionError:
-        raise RecipientsError(f"{path}: permission denied") from None
+        raise RecipientsError(f"{path}: permission denied", "check the file's permissions") from None
+
+
+def _open_text(path: Path, encoding: str) -> io.TextIOWrapper:
+    """Text over a byte-counting reader: ``f.buffer.raw.count`` says how far it has read."""
+    return io.TextIOWrapper(
+        io.BufferedReader(_CountingReader(_open_binary(path))), encoding=encoding, newline=""
+    )
 
 
 def _pick_delimiter(header_line: str) -> str:
@@ -180,21 +185,17 @@ class RecipientsFile:
     ) -> None:
         self.path = Path(path)
         self.name = str(path)
-        if not self.path.exists():
-            raise RecipientsError(f"{self.path}: no such file", "check the path to the recipients CSV")
-        if self.path.is_dir():
-            raise RecipientsError(f"{self.path}: is a folder, not a CSV file")
         enc = _check_encoding(encoding) if encoding else detect_encoding(self.path)
         if delimiter is not None and len(delimiter) != 1:
             raise RecipientsError(f"--delimiter must be one character, not {delimiter!r}")
         self.format = self._read_format(enc, delimiter, email_column)
         self.size = self.path.stat().st_size
-        self._readers: list[_CountingReader] = []
+        self._reading: _CountingReader | None = None
 
     @property
     def bytes_read(self) -> int:
         """How far the current pass over the rows has read, for progress bars."""
-        return self._readers[-1].count if self._readers else 0
+        return self._reading.count if self._reading else 0
 
     def _read_format(self, encoding: str, delimiter: str | None, email_column: str | None) -> CsvFormat:
         with _open_text(self.path, encoding) as f:
@@ -233,7 +234,7 @@ class RecipientsFile:
         # The text layer decodes ahead in chunks, so find the line again byte by byte.
         decoder = codecs.getincrementaldecoder(encoding)()
         line = 0
-        with self.path.open("rb") as f:
+        with _open_binary(self.path) as f:
             for line, raw in enumerate(f, start=1):  # noqa: B007 - line is used after the loop
                 try:
                     decoder.decode(raw)
@@ -249,9 +250,9 @@ class RecipientsFile:
         fmt = self.format
         seen = None if allow_duplicates else SeenAddresses()
         try:
-            with _open_text(self.path, fmt.encoding, self._readers) as f:
+            with _open_text(self.path, fmt.encoding) as f:
+                self._reading = f.buffer.raw  # type: ignore[attr-defined]
                 reader = csv.reader(f, delimiter=fmt.delimiter)
-                line = 1
                 try:
                     next(reader)  # the header, already read
                     row = 0
