@@ -19,8 +19,8 @@ from typing import TextIO
 from rich.console import Console
 
 from mailblast import display
+from mailblast.check import Inputs, ScanTally, load_inputs, scan, verdict_of_scan
 from mailblast.compose import ComposedMessage
-from mailblast.composer import Composer
 from mailblast.config import Settings
 from mailblast.connection import Connection
 from mailblast.errors import ConfigError, InputError, StoppedError
@@ -31,9 +31,9 @@ from mailblast.ratelimit import SlidingWindowLimiter
 from mailblast.recipients import Recipient
 from mailblast.replies import Kind, Verdict
 from mailblast.report import ReportWriter
-from mailblast.runner import Inputs, ScanTally, load_inputs, scan, verdict_of_scan
 from mailblast.sender import Sender, SenderOptions
 from mailblast.urls import SmtpTarget, parse_rate, parse_smtp_url
+from mailblast.worker import ComposeWorker
 
 PASSWORD_ENV = "MAILBLAST_SMTP_PASSWORD"
 # A recipients file this large is composed in a worker process, started before the check pass so
@@ -79,7 +79,7 @@ def run_send(
         )
     inputs = load_inputs(settings, recipients_path)
     # Started before the check pass, so that a worker process's start-up overlaps it.
-    composer = Composer(inputs.template, in_worker=inputs.recipients.size >= COMPOSE_IN_WORKER_FROM)
+    composer = ComposeWorker(inputs.template, in_worker=inputs.recipients.size >= COMPOSE_IN_WORKER_FROM)
     journal = None
     try:
         journal = None if settings.no_journal else _open_journal(settings, recipients_path)
@@ -229,7 +229,7 @@ def _check_and_plan(
 
 
 async def _send(
-    sender: Sender, plan: Plan, composer: Composer, settings: Settings, console: Console
+    sender: Sender, plan: Plan, composer: ComposeWorker, settings: Settings, console: Console
 ) -> tuple[float, bool]:
     """Run the sender; Ctrl-C (or SIGTERM) once stops gracefully, twice stops at once."""
     loop = asyncio.get_running_loop()

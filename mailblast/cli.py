@@ -1,4 +1,4 @@
-"""The command line: parse options, call a runner, turn errors into one line and an exit code."""
+"""The command line: parse options, call a command runner, turn errors into one line and an exit code."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from mailblast import __version__, campaign, runner
+from mailblast import __version__, campaign
+from mailblast.check import run_check, run_dry_run, run_preview
 from mailblast.config import Settings, load_settings
 from mailblast.errors import ConfigError, InputError, MailblastError, StoppedError
 
@@ -99,7 +100,7 @@ def check(
     Exit 0 when every row is good, 2 otherwise.
     """
     settings = dict(locals())
-    _run(lambda console: runner.run_check(_settings(settings), recipients, console))
+    _run(lambda console: run_check(_settings(settings), recipients, console))
 
 
 @app.command()
@@ -117,7 +118,7 @@ def preview(
 ) -> None:
     """Show the fully rendered message for one row: headers, bodies, attachments."""
     settings = {k: v for k, v in locals().items() if k != "row"}
-    _run(lambda console: runner.run_preview(_settings(settings), recipients, row, console))
+    _run(lambda console: run_preview(_settings(settings), recipients, row, console))
 
 
 @app.command()
@@ -197,7 +198,7 @@ def send(
     """
     options = {k: v for k, v in locals().items() if k not in ("dry_run", "out")}
     if dry_run:
-        _run(lambda console: runner.run_dry_run(_settings(options), recipients, out, console))
+        _run(lambda console: run_dry_run(_settings(options), recipients, out, console))
     if out is not None:
         _run(lambda console: _usage("--out goes with --dry-run", "add --dry-run to write .eml files"))
     again = shlex.join(["mailblast", *(a for a in sys.argv[1:] if a != "--restart")])

@@ -15,7 +15,6 @@ import pytest
 from rich.console import Console
 
 from mailblast.compose import RowError, Template
-from mailblast.composer import Composer
 from mailblast.connection import Connection
 from mailblast.outcomes import Counts, Outcome, Status
 from mailblast.progress import SendProgress
@@ -23,6 +22,7 @@ from mailblast.ratelimit import SlidingWindowLimiter
 from mailblast.recipients import RecipientsFile
 from mailblast.sender import Sender, SenderOptions
 from mailblast.urls import parse_smtp_url
+from mailblast.worker import ComposeWorker
 from tests.servers import SmtpServer
 
 TEMPLATE = "From: Sender <sender@example.com>\nSubject: Hello {{ name }}\n\nHi {{ name }}!\n"
@@ -62,7 +62,7 @@ def send(
         outcomes.append,
     )
     people = (r.recipient for r in recipients.rows() if r.recipient is not None)
-    asyncio.run(asyncio.wait_for(sender.run(people, Composer(template, in_worker=False).compose), 60))
+    asyncio.run(asyncio.wait_for(sender.run(people, ComposeWorker(template, in_worker=False).compose), 60))
     return sender, outcomes
 
 
@@ -297,8 +297,8 @@ def test_composing_in_a_worker_process_gives_the_same_messages(tmp_path: Path) -
     template = Template(tmp_path / "t.md")
     people = [r.recipient for r in RecipientsFile(tmp_path / "r.csv").rows() if r.recipient is not None]
     people.append(replace(people[0], fields={"email": "x@example.com"}, address="x@example.com"))  # no name
-    here = asyncio.run(Composer(template, in_worker=False).compose(people))
-    worker = Composer(template, in_worker=True)
+    here = asyncio.run(ComposeWorker(template, in_worker=False).compose(people))
+    worker = ComposeWorker(template, in_worker=True)
     try:
         there = asyncio.run(worker.compose(people))
         # a worker that dies is replaced by composing in this process

@@ -1,4 +1,4 @@
-"""Runners for check, preview and the dry run, and the check pass that `send` shares.
+"""The commands that send nothing: check, preview and the dry run, and the check pass that `send` shares.
 
 recipients (CSV rows) -> compose (message bytes); sending itself is in campaign.py.
 """

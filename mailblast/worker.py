@@ -40,7 +40,7 @@ def _compose_in_worker(recipients: list[Recipient]) -> list[Composed]:
     return _compose_all(_worker_template, recipients)
 
 
-class Composer:
+class ComposeWorker:
     """Turns batches of recipients into messages (or the RowError that stops each one)."""
 
     def __init__(self, template: Template, *, in_worker: bool) -> None:
