@@ -9,7 +9,6 @@ refused for that row.
 from __future__ import annotations
 
 import binascii
-import difflib
 import email
 import hashlib
 import mimetypes
@@ -36,7 +35,7 @@ import jinja2
 from email_validator import EmailNotValidError, validate_email
 from markdown_it import MarkdownIt
 
-from mailblast.errors import TemplateError
+from mailblast.errors import TemplateError, did_you_mean
 from mailblast.recipients import Recipient, RecipientsFile, RowProblem, RowResult
 
 ADDRESS_HEADERS = ("from", "to", "cc", "bcc", "reply-to")
@@ -76,6 +75,14 @@ class _WirePolicy(Compat32):
 
 WIRE = _WirePolicy(linesep="\r\n")
 T = TypeVar("T")
+# Small and safe for mail clients: readable line length and spacing, nothing that needs a network.
+MARKDOWN_STYLE = (
+    "<style>body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;font-size:16px;"
+    "line-height:1.5;color:#222;max-width:40em;margin:0 auto;padding:1em}"
+    "a{color:#0b57d0}img{max-width:100%}table{border-collapse:collapse}"
+    "th,td{border:1px solid #ccc;padding:.3em .6em}blockquote{color:#555;border-left:3px solid #ccc;"
+    "margin-left:0;padding-left:1em}</style>"
+)
 JINJA_SUFFIXES = (".j2", ".jinja", ".jinja2")
 SYNTAX_HINT = "fix the template; Jinja's syntax is described at https://jinja.palletsprojects.com/templates/"
 
@@ -202,13 +209,6 @@ def _literal_headers(source: str) -> frozenset[str]:
     return frozenset(literal - dynamic)
 
 
-def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str | None:
-    """The choice closest to ``word`` (ignoring case), if one is close enough to be a typo."""
-    folded = {c.casefold(): c for c in choices}
-    match = difflib.get_close_matches(word.casefold(), list(folded), n=1, cutoff=0.7)
-    return folded[match[0]] if match else None
-
-
 def check_address_header(name: str, value: str) -> None:
     """Raise RowError unless ``value`` is a valid address list for header ``name``."""
     _addresses(name, value, checked="")
@@ -251,10 +251,14 @@ class Template:
             autoescape=self.kind == "html",
             keep_trailing_newline=True,
         )
-        self._literal = _literal_headers("".join(lines[:blank]))
-        self._headers = self._compile(header_env, "".join(lines[:blank]), 0)
-        self._body = self._compile(body_env, "".join(lines[blank + 1 :]), blank + 1)
-        self._markdown = MarkdownIt("commonmark", {"html": False}).enable("table")
+        self.header_source = "".join(lines[:blank])  # as written, for check's warnings
+        self.body_source = "".join(lines[blank + 1 :])
+        self.body_line = blank + 2  # the body's first line in the file
+        self._literal = _literal_headers(self.header_source)
+        self._headers = self._compile(header_env, self.header_source, 0)
+        self._body = self._compile(body_env, self.body_source, blank + 1)
+        # breaks: a single line break stays one ("See you soon,\nThe team"), as the author sees it
+        self._markdown = MarkdownIt("commonmark", {"html": False, "breaks": True}).enable("table")
 
     def _read(self) -> str:
         try:
@@ -374,7 +378,7 @@ class Template:
         else:
             plain = body
             html = (
-                '<!DOCTYPE html>\n<html><head><meta charset="utf-8"></head><body>\n'
+                f'<!DOCTYPE html>\n<html><head><meta charset="utf-8">{MARKDOWN_STYLE}</head><body>\n'
                 f"{self._markdown.render(body)}</body></html>\n"
             )
         return MIMEMultipart("alternative", boundary, [_text_part(plain, "plain"), _text_part(html, "html")])
