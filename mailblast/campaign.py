@@ -104,8 +104,15 @@ def run_send(
         options = SenderOptions(settings.connections, settings.max_messages, settings.retries)
         with _report_file(settings.report) as report_stream:
             recorder = Recorder(journal, ReportWriter(report_stream, inputs.recipients.format.header))
-            on_sending = recorder.sending if journal is not None else None
-            sender = Sender(connect, limiter, options, recorder.outcome, on_sending=on_sending)
+            sender = Sender(
+                connect,
+                limiter,
+                options,
+                recorder.outcome,
+                on_sending=recorder.sending if journal is not None else None,
+                on_not_delivered=recorder.not_delivered if journal is not None else None,
+                on_notice=lambda text: console.print(text, highlight=False),
+            )
             sender.counts.total = plan.total
             elapsed, cut_short = asyncio.run(_send(sender, plan, composer, settings, console))
             if settings.report is None and recorder.report.rows:
@@ -144,6 +151,10 @@ class Recorder:
     def sending(self, message: ComposedMessage) -> None:
         assert self.journal is not None
         self.journal.mark_sending(message.recipient, message.message_id)
+
+    def not_delivered(self, message: ComposedMessage) -> None:
+        assert self.journal is not None
+        self.journal.mark_pending(message.recipient)
 
     def outcome(self, outcome: Outcome) -> None:
         if self.journal is not None:
