@@ -70,8 +70,10 @@ class Settings:
     restart: bool = False
     retry_failed: bool = False
     skip_uncertain: bool = False
+    config_file: Path | None = None  # the file the settings came from, to name in hints
 
 
+_KIND_NAMES = {str: "text in quotes", int: "a whole number", float: "a number", bool: "true or false"}
 # names in the file -> names in Settings
 _RENAMES = {"from": "sender", "url": "smtp_url"}
 
@@ -99,7 +101,7 @@ def _take(path: Path, table: dict[str, Any], known: dict[str, tuple[type, bool]]
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             ok = True
         if not ok:
-            raise ConfigError(f"{path}: {prefix}{key} should be a {kind.__name__}, not {value!r}")
+            raise ConfigError(f"{path}: {prefix}{key} should be {_KIND_NAMES[kind]}, not {value!r}")
         if is_path:
             value = path.parent / value
         values[_RENAMES.get(key, key)] = value
@@ -117,6 +119,7 @@ def load_settings(config: Path | None, flags: dict[str, Any]) -> Settings:
             raise ConfigError(f"{path}: smtp should be a table ([smtp])")
         values.update(_take(path, data, TOP_KEYS, ""))
         values.update(_take(path, smtp, SMTP_KEYS, "smtp."))
+        values["config_file"] = path
     values.update({k: v for k, v in flags.items() if v is not None})
     names = {f.name for f in fields(Settings)}
     unknown = set(values) - names
