@@ -13,7 +13,8 @@ When the server still says "too fast" with a --rate given, the limit drops just 
 what the window held, and climbs back to the user's rate within a few quiet windows.
 Without --rate, the first burst goes out unlimited; when the server refuses, one probe
 at a time finds when it accepts again, and the run goes on at what the burst got
-through per that time (plus the margin). Later refusals lower that limit the same way.
+through per that time (plus the margin). A later refusal of a full window widens it
+(servers count whole seconds); of a window not full, lowers the limit below what it held.
 """
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ MARGIN_CAP = 1.0  # seconds
 RECOVERY_WINDOWS = 3  # a throttled --rate is back to the user's within this many quiet windows
 PROBE_PERIODS = 10  # above a learned limit, it rises by one every this many quiet windows
 MAX_PAUSE = 600.0  # no "try again in ..." holds the run longer than this
-PROBE_GAP = (0.05, 1.0)
-LEARN_HISTORY = 100_000  # release times kept while no limit is known  # a quarter of the burst's age between probes, within these bounds
+PROBE_GAP = (0.05, 1.0)  # a quarter of the burst's age between probes, within these bounds
+LEARN_HISTORY = 100_000  # release times kept while no limit is known
 
 
 class SlidingWindowLimiter:
@@ -209,13 +210,18 @@ class SlidingWindowLimiter:
             self._paused_until = now + max(asked, self._probe_gap(now))
             return
         counted = self._counted(now)
-        self._limit = max(1, min(self._limit, counted) - 1)
+        if self._configured is not None:
+            self._limit = max(1, min(self._limit, counted) - 1)
+            self._step_size = max(1, math.ceil((self._configured - self._limit) / RECOVERY_WINDOWS))
+        elif self._ceiling is not None and self._limit > self._ceiling:
+            self._limit = self._ceiling  # the probe above the learned limit was refused
+        elif counted >= self._limit:
+            # A full learned window was refused: the server's window is longer (whole seconds).
+            self._window += min(MARGIN_CAP, self._period / 2)
+        else:
+            self._limit = self._ceiling = max(1, counted - 1)
         self._paused_until = max(self._paused_until, now + max(asked, self._window / self._limit))
         self._recover_from = self._paused_until
-        if self._configured is not None:
-            self._step_size = max(1, math.ceil((self._configured - self._limit) / RECOVERY_WINDOWS))
-        else:
-            self._ceiling = self._limit
 
     def _probe_gap(self, now: float) -> float:
         age = now - (self._burst_start if self._burst_start is not None else now)

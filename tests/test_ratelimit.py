@@ -415,6 +415,43 @@ def test_without_a_rate_a_throttle_starts_probing_one_message_at_a_time() -> Non
     assert limiter.window == pytest.approx(10.5 * 1.1)
 
 
+def learned(limit: int, period: float, clock: FakeClock) -> SlidingWindowLimiter:
+    """A limiter without --rate that learned ``limit`` per ``period`` from a first burst."""
+    limiter = SlidingWindowLimiter(None, clock=clock)
+    start = clock.now
+    burst = granted(limiter, limit + 1)
+    for slot in burst[:limit]:
+        limiter.release(slot)
+    limiter.throttled(slot=burst[limit])
+    limiter.release(burst[limit], accepted=False)
+    clock.now = start + period
+    probe = limiter.try_acquire()
+    assert probe is not None
+    limiter.release(probe)
+    assert limiter.current_limit == limit
+    return limiter
+
+
+def test_a_refused_full_learned_window_widens_it() -> None:
+    clock = FakeClock()
+    limiter = learned(5, 1.0, clock)
+    clock.now = 10.0
+    window = limiter.window
+    slots = granted(limiter, 5)
+    limiter.throttled(slot=slots[-1])
+    assert limiter.current_limit == 5
+    assert limiter.window == pytest.approx(window + 0.5)  # half the period, at most a second
+
+
+def test_a_refused_learned_window_not_full_lowers_the_limit() -> None:
+    clock = FakeClock()
+    limiter = learned(5, 1.0, clock)
+    clock.now = 10.0
+    slots = granted(limiter, 3)
+    limiter.throttled(slot=slots[-1])
+    assert limiter.current_limit == 2
+
+
 class PostfixAnvil:
     """Postfix's smtpd_client_message_rate_limit as anvil counts it: whole seconds, and a new
     window only at an event more than ``period`` after the window's start; refused MAILs count."""

@@ -396,7 +396,7 @@ def test_a_full_mailbox_is_that_recipients_trouble_alone(
 
     server = smtp_server(reply_hook=mailbox_full)
     limiter = SlidingWindowLimiter(None)
-    sender, outcomes = send(tmp_path, server.url, 20, retries=2, limiter=limiter)
+    _, outcomes = send(tmp_path, server.url, 20, retries=2, limiter=limiter)
     by_address = {o.recipient.address: o for o in outcomes}
     assert len(tries) == 3  # one try and two retries, as --retries 2 says
     assert by_address[full].status is Status.FAILED and by_address[full].attempts == 3
@@ -426,8 +426,8 @@ def test_postfixs_message_limit_is_learned_without_a_rate(
     _, outcomes = send(tmp_path, server.url, 15, connections=2, limiter=limiter)
     assert sorted(server.recipients()) == sorted(addresses(15))
     assert statuses(outcomes) == {Status.SENT: 15}
-    # 5 per learned period; a whole second of rounding may cost one or two later refusals
-    assert limiter.current_limit in (3, 4, 5)
+    # 5 per learned period; a whole second of rounding may widen that period once or twice
+    assert limiter.current_limit == 5
     assert all(r.code == 450 and "too much mail" in r.text for r in server.rejected)
     times = sorted(r.at for r in server.received)
     # three windows of up to 2 s each: ideally about 4 s from the first to the last
