@@ -9,10 +9,12 @@ refused for that row.
 from __future__ import annotations
 
 import binascii
+import difflib
 import email
 import hashlib
 import mimetypes
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email import policy
@@ -25,9 +27,9 @@ from email.mime.multipart import MIMEMultipart
 from email.mime.nonmultipart import MIMENonMultipart
 from email.policy import Compat32
 from email.utils import format_datetime, formataddr, getaddresses, quote
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import html2text
 import jinja2
@@ -73,17 +75,23 @@ class _WirePolicy(Compat32):
 
 
 WIRE = _WirePolicy(linesep="\r\n")
+T = TypeVar("T")
 JINJA_SUFFIXES = (".j2", ".jinja", ".jinja2")
 SYNTAX_HINT = "fix the template; Jinja's syntax is described at https://jinja.palletsprojects.com/templates/"
 
 
 class RowError(Exception):
-    """This row cannot become a message; ``column`` names the CSV column when one is to blame."""
+    """This row cannot become a message; ``column`` names the CSV column when one is to blame.
 
-    def __init__(self, message: str, column: str | None = None) -> None:
-        super().__init__(message, column)  # both in args, so it survives pickling
+    ``template`` names the template file when the text at fault is written there (or in the
+    config), not taken from the row: every row fails the same way, so it is reported once.
+    """
+
+    def __init__(self, message: str, column: str | None = None, template: str | None = None) -> None:
+        super().__init__(message, column, template)  # all in args, so it survives pickling
         self.message = message
         self.column = column
+        self.template = template
 
     def __str__(self) -> str:
         return self.message
@@ -152,6 +160,60 @@ def _check_address(addr_spec: str) -> tuple[str, bool]:
     return checked.ascii_email or checked.normalized, bool(checked.smtputf8)
 
 
+class _UnknownName(jinja2.UndefinedError):
+    def __init__(self, name: str, message: str | None = None) -> None:
+        super().__init__(message)
+        self.name = name
+
+
+class _Missing(jinja2.StrictUndefined):
+    """StrictUndefined that names a missing variable, so the error can be said in the user's terms."""
+
+    __slots__ = ()
+
+    def __init__(
+        self,
+        hint: str | None = None,
+        obj: Any = jinja2.utils.missing,
+        name: str | None = None,
+        exc: type[jinja2.UndefinedError] = jinja2.UndefinedError,
+    ) -> None:
+        super().__init__(hint, obj, name, exc)
+        if hint is None and name is not None and (obj is jinja2.utils.missing or isinstance(obj, dict)):
+            self._undefined_exception = partial(_UnknownName, str(name))
+
+
+_JINJA = re.compile(r"\{[{%#]")
+
+
+def _literal_headers(source: str) -> frozenset[str]:
+    """Names of the headers written as plain text: their values are the template's on every row."""
+    literal, dynamic = set(), set()
+    name = None
+    for line in source.splitlines():
+        if line[:1] in (" ", "\t") and name is not None:  # a continuation line
+            if _JINJA.search(line):
+                dynamic.add(name)
+            continue
+        head, sep, _ = line.partition(":")
+        name = head.strip().lower() if sep and not _JINJA.search(head) else None
+        if name is not None:
+            (dynamic if _JINJA.search(line) else literal).add(name)
+    return frozenset(literal - dynamic)
+
+
+def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str | None:
+    """The choice closest to ``word`` (ignoring case), if one is close enough to be a typo."""
+    folded = {c.casefold(): c for c in choices}
+    match = difflib.get_close_matches(word.casefold(), list(folded), n=1, cutoff=0.7)
+    return folded[match[0]] if match else None
+
+
+def check_address_header(name: str, value: str) -> None:
+    """Raise RowError unless ``value`` is a valid address list for header ``name``."""
+    _addresses(name, value, checked="")
+
+
 def _html_to_text(html: str) -> str:
     converter = html2text.HTML2Text()
     converter.body_width = 78
@@ -163,6 +225,7 @@ class Template:
 
     def __init__(self, path: Path | str, *, default_from: str | None = None) -> None:
         self.path = Path(path)
+        self.name = str(path)
         self.kind = body_kind(self.path)
         self.default_from = default_from
         source = self._read()
@@ -177,17 +240,18 @@ class Template:
         loader = jinja2.FileSystemLoader(self.path.parent)
         header_env = jinja2.Environment(
             loader=loader,
-            undefined=jinja2.StrictUndefined,
+            undefined=_Missing,
             finalize=_no_line_breaks,
             autoescape=False,
             keep_trailing_newline=True,
         )
         body_env = jinja2.Environment(
             loader=loader,
-            undefined=jinja2.StrictUndefined,
+            undefined=_Missing,
             autoescape=self.kind == "html",
             keep_trailing_newline=True,
         )
+        self._literal = _literal_headers("".join(lines[:blank]))
         self._headers = self._compile(header_env, "".join(lines[:blank]), 0)
         self._body = self._compile(body_env, "".join(lines[blank + 1 :]), blank + 1)
         self._markdown = MarkdownIt("commonmark", {"html": False}).enable("table")
@@ -230,7 +294,8 @@ class Template:
             if not self.default_from:
                 raise RowError(
                     "the message has no sender: add a From: header to the template, "
-                    "or set from in mailblast.toml (or pass --from)"
+                    "or set from in mailblast.toml (or pass --from)",
+                    template=self.name,
                 )
             headers.insert(0, ("From", self.default_from))
         envelope_from = ""
@@ -242,15 +307,15 @@ class Template:
         for name, value in headers:
             key = name.lower()
             if key in RESERVED_HEADERS:
-                raise RowError(f"the template sets {name}, but {RESERVED_HEADERS[key]}")
+                raise RowError(f"the template sets {name}, but {RESERVED_HEADERS[key]}", template=self.name)
             if key == "attachment":
-                attachments.append((value, _attachment_path(self.path.parent, value)))
+                attachments.append((value, self._checked(key, _attachment_path, self.path.parent, value)))
                 continue
             if key in SINGLE_HEADERS and key in seen:
-                raise RowError(f"the template sets {name} twice")
+                raise RowError(f"the template sets {name} twice", template=self.name)
             seen.add(key)
             if key in ADDRESS_HEADERS:
-                addresses, utf8 = _addresses(name, value, checked=recipient.address)
+                addresses, utf8 = self._checked(key, _addresses, name, value, checked=recipient.address)
                 needs_utf8 |= utf8
                 if key == "from":
                     envelope_from = addresses[0][1]
@@ -264,6 +329,15 @@ class Template:
             "\0".join([*envelope_to, header_text, body, *(str(p) for _, p in attachments)]).encode()
         ).hexdigest()[:32]
         return Rendered(recipient, envelope_from, envelope_to, out, body, attachments, needs_utf8, digest)
+
+    def _checked(self, key: str, check: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``check(...)``; its RowError is the template's fault when the header is written out in it."""
+        try:
+            return check(*args, **kwargs)
+        except RowError as e:
+            if key in self._literal:
+                raise RowError(e.message, e.column, self.name) from None
+            raise
 
     def build(self, rendered: Rendered, *, date: datetime | None = None) -> ComposedMessage:
         """The message's bytes, as they go on the wire."""
@@ -308,6 +382,15 @@ class Template:
     def _render(self, template: jinja2.Template, context: dict[str, Any]) -> str:
         try:
             return template.render(context)
+        except _UnknownName as e:
+            columns = list(context["row"])
+            guess = did_you_mean(e.name, [*columns, "email"])
+            hint = f'; did you mean "{guess}"?' if guess else ""
+            raise RowError(
+                f'the template uses "{e.name}", which is not a column of the recipients file{hint} '
+                f"(the columns are: {', '.join(columns)})",
+                template=self.name,
+            ) from None
         except jinja2.UndefinedError as e:
             raise RowError(
                 f"the template uses a variable this row does not have: {e.message} "
@@ -431,5 +514,6 @@ def prepare(file: str, result: RowResult, template: Template, *, build: bool = T
                 template.render(result.recipient)
             ok = True
         except RowError as e:
-            result.problems.append(RowProblem(file, result.row, result.line, e.column, e.message))
+            problem = RowProblem(file, result.row, result.line, e.column, e.message, template=e.template)
+            result.problems.append(problem)
     return Prepared(result, message, ok)
