@@ -9,12 +9,14 @@ for the header block, and the attachment checks below).
 from __future__ import annotations
 
 import binascii
+import difflib
 import email
 import hashlib
 import mimetypes
 import os
+import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email import policy
@@ -27,9 +29,9 @@ from email.mime.multipart import MIMEMultipart
 from email.mime.nonmultipart import MIMENonMultipart
 from email.policy import Compat32
 from email.utils import format_datetime, formataddr, quote
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import html2text
 import jinja2
@@ -77,6 +79,7 @@ class _WirePolicy(Compat32):
 
 
 WIRE = _WirePolicy(linesep="\r\n")
+T = TypeVar("T")
 JINJA_SUFFIXES = (".j2", ".jinja", ".jinja2")
 DEFAULT_MAX_ATTACHMENTS_MB = 10.0  # all of one message's attachments together
 MAX_HEADER_CHARS = 100_000  # one row's rendered header block
@@ -85,12 +88,17 @@ SYNTAX_HINT = "fix the template; Jinja's syntax is described at https://jinja.pa
 
 
 class RowError(Exception):
-    """This row cannot become a message; ``column`` names the CSV column when one is to blame."""
+    """This row cannot become a message; ``column`` names the CSV column when one is to blame.
 
-    def __init__(self, message: str, column: str | None = None) -> None:
-        super().__init__(message, column)  # both in args, so it survives pickling
+    ``template`` names the template file when the text at fault is written there (or in the
+    config), not taken from the row: every row fails the same way, so it is reported once.
+    """
+
+    def __init__(self, message: str, column: str | None = None, template: str | None = None) -> None:
+        super().__init__(message, column, template)  # all in args, so it survives pickling
         self.message = message
         self.column = column
+        self.template = template
 
     def __str__(self) -> str:
         return self.message
@@ -157,6 +165,63 @@ def _check_address(addr_spec: str) -> tuple[str, bool]:
     return checked.ascii_email or checked.normalized, bool(checked.smtputf8)
 
 
+class _UnknownName(jinja2.UndefinedError):
+    def __init__(self, name: str, message: str | None = None) -> None:
+        super().__init__(message)
+        self.name = name
+
+
+class _Missing(jinja2.StrictUndefined):
+    """StrictUndefined that names a missing variable, so the error can be said in the user's terms."""
+
+    __slots__ = ()
+
+    def __init__(
+        self,
+        hint: str | None = None,
+        obj: Any = jinja2.utils.missing,
+        name: str | None = None,
+        exc: type[jinja2.UndefinedError] = jinja2.UndefinedError,
+    ) -> None:
+        super().__init__(hint, obj, name, exc)
+        if hint is None and name is not None and (obj is jinja2.utils.missing or isinstance(obj, dict)):
+            self._undefined_exception = partial(_UnknownName, str(name))
+
+
+_JINJA = re.compile(r"\{[{%#]")
+
+
+def _literal_headers(source: str) -> frozenset[str]:
+    """Names of the headers written as plain text: their values are the template's on every row."""
+    literal, dynamic = set(), set()
+    name = None
+    for line in hdr.HEADER_LINES.split(source):
+        if line[:1] in (" ", "\t") and name is not None:  # a continuation line
+            if _JINJA.search(line):
+                dynamic.add(name)
+            continue
+        head, sep, _ = line.partition(":")
+        name = head.strip().lower() if sep and not _JINJA.search(head) else None
+        if name is not None:
+            (dynamic if _JINJA.search(line) else literal).add(name)
+    return frozenset(literal - dynamic)
+
+
+def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str | None:
+    """The choice closest to ``word`` (ignoring case), if one is close enough to be a typo."""
+    folded = {c.casefold(): c for c in choices}
+    match = difflib.get_close_matches(word.casefold(), list(folded), n=1, cutoff=0.7)
+    return folded[match[0]] if match else None
+
+
+def check_address_header(name: str, value: str) -> None:
+    """Raise RowError unless ``value`` is a valid address list for header ``name``."""
+    try:
+        _addresses(name, value, checked="")
+    except hdr.BadValue as e:
+        raise RowError(e.message) from None
+
+
 def _html_to_text(html: str) -> str:
     converter = html2text.HTML2Text()
     converter.body_width = 78
@@ -176,6 +241,7 @@ class Template:
         sandbox: bool = True,
     ) -> None:
         self.path = Path(path)
+        self.name = str(path)
         self.kind = body_kind(self.path)
         self.default_from = default_from
         # what a worker process needs to compile the same template again
@@ -204,12 +270,17 @@ class Template:
                 )
         header_source = "\n".join(lines[:blank])
         self.source_sha = hashlib.sha256(source.encode()).hexdigest()
-        header_env = make_environment(self.path.parent, sandbox=sandbox, finalize=hdr.mark, autoescape=False)
-        body_env = make_environment(self.path.parent, sandbox=sandbox, autoescape=self.kind == "html")
+        header_env = make_environment(
+            self.path.parent, sandbox=sandbox, undefined=_Missing, finalize=hdr.mark, autoescape=False
+        )
+        body_env = make_environment(
+            self.path.parent, sandbox=sandbox, undefined=_Missing, autoescape=self.kind == "html"
+        )
         for env in (header_env, body_env):
             env.globals["mailbox"] = hdr.mailbox
         # a column with one of these names is reached as row["name"]
         self.builtin_names = frozenset({"email", "row", *header_env.globals})
+        self._literal = _literal_headers(header_source)
         self._headers = self._compile(header_env, header_source, 0)
         self._body = self._compile(body_env, "\n".join(lines[blank + 1 :]), blank + 1)
         self._markdown = MarkdownIt("commonmark", {"html": False}).enable("table")
@@ -267,7 +338,8 @@ class Template:
             if not self.default_from:
                 raise RowError(
                     "the message has no sender: add a From: header to the template, "
-                    "or set from in mailblast.toml (or pass --from)"
+                    "or set from in mailblast.toml (or pass --from)",
+                    template=self.name,
                 )
             headers.insert(0, ("From", self.default_from))
         envelope_from = ""
@@ -280,12 +352,12 @@ class Template:
         for name, marked in headers:
             key = name.lower()
             if key in RESERVED_HEADERS:
-                raise RowError(f"the template sets {name}, but {RESERVED_HEADERS[key]}")
+                raise RowError(f"the template sets {name}, but {RESERVED_HEADERS[key]}", template=self.name)
             if key in SINGLE_HEADERS and key in seen:
-                raise RowError(f"the template sets {name} twice")
+                raise RowError(f"the template sets {name} twice", template=self.name)
             seen.add(key)
             if key in ADDRESS_HEADERS:
-                addresses, utf8 = _addresses(name, marked, checked=recipient.address)
+                addresses, utf8 = self._checked(key, _addresses, name, marked, checked=recipient.address)
                 needs_utf8 |= utf8
                 if key == "from":
                     envelope_from = addresses[0][1]
@@ -299,7 +371,7 @@ class Template:
             if not value:
                 continue
             if key == "attachment":
-                path, size = self._attachment_path(value)
+                path, size = self._checked(key, self._attachment_path, value)
                 attached_bytes += size
                 if attached_bytes > self.max_attachment_bytes:
                     raise RowError(
@@ -345,6 +417,15 @@ class Template:
         if not stat.S_ISREG(info.st_mode):
             raise hdr.BadValue(f"attachment {written!r} is not a regular file (a device or a pipe?)", written)
         return path, info.st_size
+
+    def _checked(self, key: str, check: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``check(...)``; its error is the template's fault when the header is written out in it."""
+        try:
+            return check(*args, **kwargs)
+        except (RowError, hdr.BadValue) as e:
+            if key in self._literal:
+                raise RowError(e.message, None, self.name) from None
+            raise
 
     def build(self, rendered: Rendered, *, date: datetime | None = None) -> ComposedMessage:
         """The message's bytes, as they go on the wire."""
@@ -392,6 +473,15 @@ class Template:
     def _render(self, template: jinja2.Template, context: dict[str, Any], max_chars: int) -> str:
         try:
             return render_bounded(template, context, max_chars)
+        except _UnknownName as e:
+            columns = list(context["row"])
+            guess = did_you_mean(e.name, [*columns, "email"])
+            hint = f'; did you mean "{guess}"?' if guess else ""
+            raise RowError(
+                f'the template uses "{e.name}", which is not a column of the recipients file{hint} '
+                f"(the columns are: {', '.join(columns)})",
+                template=self.name,
+            ) from None
         except jinja2.UndefinedError as e:
             raise RowError(
                 f"the template uses a variable this row does not have: {e.message} "
@@ -539,5 +629,6 @@ def prepare(file: str, result: RowResult, template: Template, *, build: bool = T
                 template.render(result.recipient)
             ok = True
         except RowError as e:
-            result.problems.append(RowProblem(file, result.row, result.line, e.column, e.message))
+            problem = RowProblem(file, result.row, result.line, e.column, e.message, template=e.template)
+            result.problems.append(problem)
     return Prepared(result, message, ok)

@@ -75,6 +75,7 @@ class Settings:
     restart: bool = False
     retry_failed: bool = False
     skip_uncertain: bool = False
+    config_file: Path | None = None  # the file the settings came from, to name in hints
 
 
 # names in the file -> names in Settings
@@ -122,6 +123,7 @@ def load_settings(config: Path | None, flags: dict[str, Any]) -> Settings:
             raise ConfigError(f"{path}: smtp should be a table ([smtp])")
         values.update(_take(path, data, TOP_KEYS, ""))
         values.update(_take(path, smtp, SMTP_KEYS, "smtp."))
+        values["config_file"] = path
     values.update({k: v for k, v in flags.items() if v is not None})
     names = {f.name for f in fields(Settings)}
     unknown = set(values) - names

@@ -25,6 +25,17 @@ def print_problem(console: Console, problem: RowProblem) -> None:
     console.print(Text.assemble((f"{label}: ", f"bold {style}"), str(problem)), soft_wrap=True)
 
 
+def print_template_fault(console: Console, problem: RowProblem, count: int, rows: int) -> None:
+    """A problem written in the template, once, with how many rows it stopped."""
+    if count == 1:
+        where = f"row {problem.row}"
+    elif count == rows:
+        where = f"all {rows:,} rows"
+    else:
+        where = f"{count:,} rows, the first is row {problem.row}"
+    console.print(Text.assemble(("error: ", "bold red"), f"{problem} ({where})"), soft_wrap=True)
+
+
 def print_warning(console: Console, text: str) -> None:
     console.print(Text.assemble(("warning: ", "bold yellow"), text), soft_wrap=True)
 

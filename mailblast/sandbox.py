@@ -151,9 +151,8 @@ class Unsandboxed(jinja2.Environment):
 
 def make_environment(folder: Path, *, sandbox: bool, **options: Any) -> jinja2.Environment:
     kind = Sandbox if sandbox else Unsandboxed
-    return kind(
-        loader=FolderLoader(folder), undefined=jinja2.StrictUndefined, keep_trailing_newline=True, **options
-    )
+    options.setdefault("undefined", jinja2.StrictUndefined)
+    return kind(loader=FolderLoader(folder), keep_trailing_newline=True, **options)
 
 
 def render_bounded(template: jinja2.Template, context: dict[str, Any], max_chars: int) -> str:

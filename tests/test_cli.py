@@ -176,7 +176,7 @@ BAD_INPUTS = {
     "undecodable": (["check", "binary.csv", "-t", "t.txt", "--encoding", "utf-8"], "not valid utf-8"),
     "missing template": (["check", "r.csv", "-t", "nope.txt"], "no such template"),
     "syntax error": (["check", "r.csv", "-t", "broken.txt"], "broken.txt, line 2"),
-    "undefined": (["check", "r.csv", "-t", "undefined.txt"], "'nmae' is undefined"),
+    "undefined": (["check", "r.csv", "-t", "undefined.txt"], 'uses "nmae", which is not a column'),
     "no column": (["check", "r.csv", "-t", "t.txt", "--email-column", "mail"], 'no column "mail"'),
     "missing attachment": (["check", "r.csv", "-t", "attach.txt"], "attachment 'gone.pdf' not found"),
     "bad row": (["preview", "r.csv", "-t", "t.txt", "--row", "0"], "--row must be 1 or more"),
