@@ -8,7 +8,6 @@ import shutil
 import signal
 import ssl
 import tempfile
-from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from mailblast.config import Settings
 from mailblast.connection import Connection
 from mailblast.errors import ConfigError, InputError, StoppedError
 from mailblast.journal import Journal, default_path
-from mailblast.outcomes import Counts, Outcome, Status
+from mailblast.outcomes import Counts, Outcome, Reasons, Status, average_rate, rate_seconds
 from mailblast.progress import SendProgress
 from mailblast.ratelimit import SlidingWindowLimiter
 from mailblast.recipients import Recipient
@@ -72,11 +71,6 @@ def run_send(
     """Check every row, then send those not sent yet; journal, report and summarise."""
     target = smtp_target(settings)
     rate = parse_rate(settings.rate) if settings.rate else None
-    password = None
-    if target.username is not None:
-        password = os.environ.get(PASSWORD_ENV) or ask_password(
-            f"Password for {target.username} at {target.host}"
-        )
     inputs = load_inputs(settings, recipients_path)
     # Started before the check pass, so that a worker process's start-up overlaps it.
     composer = ComposeWorker(inputs.template, in_worker=inputs.recipients.size >= COMPOSE_IN_WORKER_FROM)
@@ -87,8 +81,13 @@ def run_send(
         if tally.invalid:
             return verdict_of_scan(console, tally)
         if plan.total == 0:
-            console.print("nothing to send: every recipient was sent already", highlight=False)
+            console.print(_nothing_to_send(journal, settings), highlight=False)
             return 0
+        password = None
+        if target.username is not None:  # asked only now: a bad row should not cost typing it
+            password = os.environ.get(PASSWORD_ENV) or ask_password(
+                f"Password for {target.username} at {target.host}"
+            )
         pace = f"at most {rate}" if rate else "no --rate given, so at the pace the server allows"
         console.print(
             f"sending {plan.total:,} message(s) to {target.display()}, {pace}, "
@@ -102,28 +101,42 @@ def run_send(
 
         limiter = SlidingWindowLimiter(rate.count if rate else None, rate.period if rate else 1.0)
         options = SenderOptions(settings.connections, settings.max_messages, settings.retries)
+        # On a terminal, a long report goes to a file rather than over the screen.
+        report_path = settings.report or (default_report_path(recipients_path) if stdout.isatty() else None)
         with _report_file(settings.report) as report_stream:
             recorder = Recorder(journal, ReportWriter(report_stream, inputs.recipients.format.header))
             on_sending = recorder.sending if journal is not None else None
             sender = Sender(connect, limiter, options, recorder.outcome, on_sending=on_sending)
             sender.counts.total = plan.total
+            window = rate.period if rate else 1.0
+            if journal is not None:
+                journal.start_sending(window)
             elapsed, cut_short = asyncio.run(_send(sender, plan, composer, settings, console))
+            if journal is not None:
+                journal.end_sending()
             if settings.report is None and recorder.report.rows:
                 report_stream.seek(0)
-                shutil.copyfileobj(report_stream, stdout)
-        _summarise(console, sender.counts, tally, elapsed, recorder, settings.report)
+                if report_path is None:
+                    shutil.copyfileobj(report_stream, stdout)
+                else:
+                    _copy_report(report_stream, report_path)
+        if not recorder.report.rows:
+            report_path = None  # nothing was written: no hint may name it
+        _summarise(console, sender.counts, tally, elapsed, window, recorder, report_path)
         if journal is not None:
             console.print(f"journal: {journal.path}", highlight=False)
     finally:
         composer.close()
         if journal is not None:
             journal.close()
-    resume = f"run the same command again to resume: {resume_command}" if journal is not None else None
+    if journal is not None:
+        resume = f"run the same command again to resume: {resume_command}"
+    elif report_path is not None:
+        resume = f"send the report's rows again: mailblast send {report_path} with the same options"
+    else:
+        resume = "send the rows of the report printed above again (--report FILE keeps it in a file)"
     if cut_short:
-        raise StoppedError(
-            "stopped at once: messages in flight have an unknown outcome",
-            resume or "send the recipients not in the report again",
-        )
+        raise StoppedError("stopped at once: messages in flight have an unknown outcome", resume)
     if sender.stopped_by is INTERRUPTED:
         raise StoppedError(f"interrupted: {sender.counts.not_attempted:,} recipient(s) not attempted", resume)
     if sender.stopped_by is not None:
@@ -138,7 +151,7 @@ class Recorder:
     def __init__(self, journal: Journal | None, report: ReportWriter) -> None:
         self.journal = journal
         self.report = report
-        self.reasons: Counter[str] = Counter()
+        self.reasons = Reasons()
         self.unconfirmed = 0  # uncertain, and not accepted on a resend either
 
     def sending(self, message: ComposedMessage) -> None:
@@ -150,9 +163,10 @@ class Recorder:
             self.journal.record(outcome)
         self.report.write(outcome)
         if outcome.status is Status.FAILED:
-            self.reasons[outcome.reply.describe() if outcome.reply else outcome.error] += 1
+            text = outcome.reply.describe() if outcome.reply else outcome.error
+            self.reasons.add("failed", outcome.smtp_code, outcome.enhanced_code, text)
         elif outcome.status is Status.UNCERTAIN:
-            self.reasons[f"uncertain: {outcome.error}"] += 1
+            self.reasons.add("uncertain", "", "", outcome.error)
             self.unconfirmed += outcome.reply is None or outcome.reply.kind is not Kind.OK
 
 
@@ -216,7 +230,7 @@ def _check_and_plan(
                 console,
                 "the template was edited since the last run: recipients not yet sent get the new version",
             )
-        if counts["failed"] and not settings.retry_failed:
+        if counts["failed"] and not settings.retry_failed and todo:
             console.print(f"{counts['failed']:,} failed recipient(s) are not retried (--retry-failed does)")
     if in_flight:
         names = ", ".join(f"row {row} {address}" for row, address in in_flight[:10])
@@ -268,6 +282,7 @@ def _summarise(
     counts: Counts,
     tally: ScanTally,
     elapsed: float,
+    window: float,
     recorder: Recorder,
     report: Path | None,
 ) -> None:
@@ -282,19 +297,19 @@ def _summarise(
             "skipped": f"{tally.duplicates + tally.empty:,}",
             "not attempted": f"{counts.not_attempted:,}",
             "elapsed": f"{elapsed:.1f}s",
-            "average rate": f"{delivered / elapsed if elapsed else 0:.2f} msg/s",
+            "average rate": f"{average_rate(delivered, rate_seconds(elapsed, window)):.2f} msg/s",
         },
     )
-    for reason, n in recorder.reasons.most_common(5):
-        console.print(f"  {n:,} × {reason}", highlight=False, soft_wrap=True)
+    if recorder.reasons:
+        display.print_reasons(console, "failures by reason", recorder.reasons.lines())
     if recorder.report.rows:
         where = report or "standard output"
         console.print(
-            f"report of {recorder.report.rows:,} recipient(s) not plainly sent: {where}", highlight=False
+            f"report of the {recorder.report.rows:,} recipient(s) not sent: {where}", highlight=False
         )
 
 
-def _stop_hint(reason: Verdict, resume: str | None) -> str:
+def _stop_hint(reason: Verdict, resume: str) -> str:
     text = reason.describe()
     if "TLS" in text:
         cause = "the server's certificate must be valid for its name; for a private CA, set SSL_CERT_FILE"
@@ -304,7 +319,32 @@ def _stop_hint(reason: Verdict, resume: str | None) -> str:
         cause = "check the host and port of the SMTP URL, and that the server is running"
     else:
         cause = "fix the cause"
-    return f"{cause}; then {resume or 'send the report rows again: mailblast send REPORT.csv (see --report)'}"
+    return f"{cause}; then {resume}"
+
+
+def default_report_path(recipients_path: Path) -> Path:
+    """Where the report goes when it should not flood a terminal: beside the recipients file."""
+    return recipients_path.with_name(f"{recipients_path.stem}.not-sent.csv")
+
+
+def _copy_report(stream: TextIO, path: Path) -> None:
+    try:
+        with path.open("w", encoding="utf-8", newline="") as f:
+            shutil.copyfileobj(stream, f)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot write the report: {e.strerror}", "pass --report PATH") from None
+
+
+def _nothing_to_send(journal: Journal | None, settings: Settings) -> str:
+    if journal is None:
+        return "nothing to send"
+    counts = journal.counts()
+    text = f"nothing to send: {counts['sent']:,} sent"
+    if counts["failed"]:
+        text += f", {counts['failed']:,} failed earlier (--retry-failed sends them again)"
+    if counts["sending"] and settings.skip_uncertain:
+        text += f", {counts['sending']:,} left out as uncertain (--skip-uncertain)"
+    return text
 
 
 @contextmanager
@@ -339,7 +379,7 @@ def run_status(settings: Settings, recipients_path: Path, console: Console) -> i
     try:
         campaign = journal.find(recipients_path, settings.template)
         counts = journal.counts(campaign.id)
-        seconds = journal.active_seconds(campaign.id)
+        seconds = journal.active_seconds(campaign.id)  # rate_seconds of every run, as in send's summary
         last = journal.last_activity(campaign.id)
         delivered = counts["sent"] + counts["uncertain"]
         display.print_counts(
@@ -353,7 +393,7 @@ def run_status(settings: Settings, recipients_path: Path, console: Console) -> i
                 "failed": f"{counts['failed']:,}",
                 "uncertain": f"{counts['uncertain'] + counts['sending']:,}",
                 "pending": f"{counts['pending']:,}",
-                "average rate": f"{delivered / seconds if seconds else 0:.2f} msg/s",
+                "average rate": f"{average_rate(delivered, seconds):.2f} msg/s",
             },
         )
         if counts["sending"]:
@@ -362,9 +402,11 @@ def run_status(settings: Settings, recipients_path: Path, console: Console) -> i
                 "sends them again (or leaves them out with --skip-uncertain)",
                 highlight=False,
             )
-        reasons = journal.failure_reasons(campaign.id)
+        reasons = Reasons()
+        for row in journal.failure_reasons(campaign.id):
+            reasons.add(*row)
         if reasons:
-            display.print_counts(console, "failures by reason", {reason: f"{n:,}" for reason, n in reasons})
+            display.print_reasons(console, "failures by reason", reasons.lines())
     finally:
         journal.close()
     return 0

@@ -78,6 +78,7 @@ class Settings:
     config_file: Path | None = None  # the file the settings came from, to name in hints
 
 
+_KIND_NAMES = {str: "text in quotes", int: "a whole number", float: "a number", bool: "true or false"}
 # names in the file -> names in Settings
 _RENAMES = {"from": "sender", "url": "smtp_url"}
 
@@ -105,7 +106,7 @@ def _take(path: Path, table: dict[str, Any], known: dict[str, tuple[type, bool]]
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             ok = True
         if not ok:
-            raise ConfigError(f"{path}: {prefix}{key} should be a {kind.__name__}, not {value!r}")
+            raise ConfigError(f"{path}: {prefix}{key} should be {_KIND_NAMES[kind]}, not {value!r}")
         if is_path:
             value = path.parent / value
         values[_RENAMES.get(key, key)] = value

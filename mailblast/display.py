@@ -50,6 +50,19 @@ def print_counts(console: Console, title: str, counts: Mapping[str, object]) -> 
     console.print(table)
 
 
+def print_reasons(console: Console, title: str, lines: list[tuple[str, int]], limit: int = 5) -> None:
+    """Failures by reason (outcomes.Reasons.lines), the first ``limit`` of them."""
+    console.print(Text(title, style="bold"))
+    for text, n in lines[:limit]:
+        console.print(f"  {n:,} × {text}", highlight=False, soft_wrap=True)
+    if len(lines) > limit:
+        more = sum(n for _, n in lines[limit:])
+        console.print(
+            f"  and {len(lines) - limit:,} more reason(s), {more:,} recipient(s): the report lists each",
+            highlight=False,
+        )
+
+
 @contextmanager
 def file_progress(console: Console, description: str, total: int) -> Iterator[Progress | None]:
     """A progress bar over a file's bytes, only on a terminal (plain output stays plain)."""

@@ -143,7 +143,7 @@ def test_config_given_explicitly_and_relative_paths(example: Path, tmp_path: Pat
     [
         ("templat = 'x'\n", "unknown setting templat"),
         ("[smtp]\nconections = 3\n", "unknown setting smtp.conections"),
-        ("template = 3\n", "template should be a str"),
+        ("template = 3\n", "template should be text in quotes, not 3"),
         ("template = \n", "not valid TOML"),
         ("[smtp]\nconnections = 0\n", "connections must be at least 1"),
         ("[smtp]\ntimeout = 0\n", "timeout must be more than 0 seconds"),
