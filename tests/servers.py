@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import bisect
 import contextlib
 import email
 import email.message
@@ -74,6 +73,8 @@ from typing import Any, Literal, NamedTuple, Self, cast
 import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+from mailblast.capture import MAILTRAP_THROTTLE_REPLY, WindowCount
 
 __all__ = [
     "AUTH_INVALID_REPLY",
@@ -101,7 +102,6 @@ __all__ = [
 HOST = "127.0.0.1"
 SERVER_NAME = "mx.mailblast.test"
 
-MAILTRAP_THROTTLE_REPLY = "550 5.7.0 Requested action not taken: too many emails per second"
 SES_THROTTLE_REPLY = "454 Throttling failure: Maximum sending rate exceeded."
 TEMP_FAILURE_REPLY = "451 4.3.0 Temporary failure"
 AUTH_INVALID_REPLY = "535 5.7.8 Authentication credentials invalid"
@@ -535,6 +535,7 @@ class SmtpServer:
         self._cond = threading.Condition()
         self._received: list[Received] = []
         self._accepted_at: list[float] = []  # sorted, same order as _received
+        self._window = WindowCount(rate[1]) if rate is not None else None  # the rule `serve --rate` applies
         self._rejected: list[Rejection] = []
         self._dropped: list[Dropped] = []
         self._auth_attempts: list[AuthAttempt] = []
@@ -753,11 +754,8 @@ class SmtpServer:
         return False
 
     def _window_full(self, now: float) -> bool:
-        assert self.rate is not None
-        limit, period = self.rate
-        # accepted messages with at > now - period
-        in_window = len(self._accepted_at) - bisect.bisect_right(self._accepted_at, now - period)
-        return in_window >= limit
+        assert self.rate is not None and self._window is not None
+        return self._window.count(now) >= self.rate[0]
 
     def _policy(self, stage: Stage, server: SMTP, session: Session, envelope: Envelope) -> str | None:
         """The configured answer for this stage, or None to carry on."""
@@ -819,6 +817,8 @@ class SmtpServer:
         with self._cond:
             self._received.append(message)
             self._accepted_at.append(now)  # monotonic clock: stays sorted
+            if self._window is not None:
+                self._window.add(now)
             self._cond.notify_all()
 
     def _authenticate(
