@@ -97,7 +97,13 @@ def run_send(
         tls_context = ssl.create_default_context()  # once: loading the CA store takes milliseconds
 
         def connect() -> Connection:
-            return Connection(target, password, timeout=settings.timeout, tls_context=tls_context)
+            return Connection(
+                target,
+                password,
+                timeout=settings.timeout,
+                tls_context=tls_context,
+                pipelining=settings.pipelining,
+            )
 
         limiter = SlidingWindowLimiter(rate.count if rate else None, rate.period if rate else 1.0)
         options = SenderOptions(settings.connections, settings.max_messages, settings.retries)
