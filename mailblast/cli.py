@@ -200,6 +200,14 @@ def send(
         bool | None,
         typer.Option("--skip-uncertain", help="Leave out messages in flight when an earlier run died."),
     ] = None,
+    outbox: Annotated[
+        Path | None,
+        typer.Option(
+            "--outbox",
+            help="Deliver into this Maildir through a local capture server; nothing leaves the machine "
+            "[default: ./outbox when no SMTP server is configured].",
+        ),
+    ] = None,
     from_: FromOpt = None,
     config: ConfigOpt = None,
     encoding: EncodingOpt = None,
