@@ -19,18 +19,26 @@ from mailblast.compose import (
     RowError,
     Template,
     check_address_header,
-    compose_rows,
     prepare,
 )
 from mailblast.config import Settings
 from mailblast.errors import ConfigError, InputError
 from mailblast.recipients import Recipient, RecipientsFile, RowProblem
+from mailblast.suppress import SuppressionList, load_suppression
 
 
 @dataclass
 class Inputs:
     recipients: RecipientsFile
     template: Template
+    suppressed: SuppressionList | None = None  # addresses never to mail
+
+    def is_suppressed(self, recipient: Recipient) -> bool:
+        return self.suppressed is not None and recipient.address in self.suppressed
+
+    def close(self) -> None:
+        if self.suppressed is not None:
+            self.suppressed.close()
 
 
 @dataclass
@@ -40,6 +48,7 @@ class ScanTally:
     invalid: int = 0
     duplicates: int = 0
     empty: int = 0
+    suppressed: int = 0
     bad_rows: int = 0  # invalid because of their own values, not the template's
     faulty_templates: tuple[str, ...] = ()
 
@@ -47,14 +56,19 @@ class ScanTally:
         to_fix = [*self.faulty_templates, *(["the rows above"] if self.bad_rows else [])]
         return f"fix {' and '.join(to_fix)}, then run the command again; nothing was sent"
 
-    def as_dict(self) -> dict[str, int]:
-        return {
+    def as_dict(self, *, suppression: bool = False) -> dict[str, int]:
+        """The counts to show; ``suppressed`` only when a suppression list was given."""
+        counts = {
             "rows": self.rows,
             "valid": self.valid,
             "invalid": self.invalid,
             "duplicates": self.duplicates,
             "empty": self.empty,
+            "suppressed": self.suppressed,
         }
+        if not suppression:
+            del counts["suppressed"]
+        return counts
 
 
 def load_inputs(settings: Settings, recipients_path: Path) -> Inputs:
@@ -69,7 +83,7 @@ def load_inputs(settings: Settings, recipients_path: Path) -> Inputs:
     if settings.sender is not None:
         _check_sender(settings)
     template = Template(settings.template, default_from=settings.sender)
-    return Inputs(recipients, template)
+    return Inputs(recipients, template, load_suppression(settings.suppress))
 
 
 def _check_sender(settings: Settings) -> None:
@@ -88,23 +102,31 @@ def scan(
     console: Console,
     on_message: Callable[[ComposedMessage], None] | None = None,
     on_valid: Callable[[Recipient], None] | None = None,
+    on_suppressed: Callable[[Recipient], None] | None = None,
 ) -> ScanTally:
-    """Check every row (and build its message for ``on_message``), print every problem, count."""
+    """Check every row (and build its message for ``on_message``), print every problem, count.
+
+    A suppressed row is counted and given to ``on_suppressed``, never rendered.
+    """
     for warning in inputs.recipients.format.warnings:
         display.print_warning(console, warning)
+    if inputs.suppressed is not None:
+        for warning in inputs.suppressed.warnings:
+            display.print_warning(console, warning)
+        console.print(inputs.suppressed.describe(), highlight=False)
     tally = ScanTally()
     faults = TemplateFaults()
-    rows = compose_rows(
-        inputs.recipients,
-        inputs.template,
-        allow_duplicates=settings.allow_duplicates,
-        build=on_message is not None,
-    )
+    name, build = inputs.recipients.name, on_message is not None
     size = inputs.recipients.size
     with display.file_progress(console, "checking rows", size) as progress:
-        for prepared in rows:
-            result = prepared.row
+        for result in inputs.recipients.rows(allow_duplicates=settings.allow_duplicates):
             tally.rows += 1
+            if result.recipient is not None and inputs.is_suppressed(result.recipient):
+                tally.suppressed += 1
+                if on_suppressed is not None:
+                    on_suppressed(result.recipient)
+                continue
+            prepared = prepare(name, result, inputs.template, build=build)
             for problem in result.problems:
                 if problem.template is not None:
                     faults.add(problem)
@@ -151,7 +173,8 @@ class TemplateFaults:
 def run_check(settings: Settings, recipients_path: Path, console: Console) -> int:
     inputs = load_inputs(settings, recipients_path)
     tally = scan(inputs, settings, console)
-    display.print_counts(console, f"check {inputs.recipients.name}", tally.as_dict())
+    counts = tally.as_dict(suppression=inputs.suppressed is not None)
+    display.print_counts(console, f"check {inputs.recipients.name}", counts)
     return verdict_of_scan(console, tally)
 
 
@@ -172,6 +195,10 @@ def run_preview(settings: Settings, recipients_path: Path, row: int, console: Co
     for result in inputs.recipients.rows(allow_duplicates=True):
         if result.row != row:
             continue  # read, not rendered: previewing row 900,000 need not build the ones before it
+        if result.recipient is not None and inputs.is_suppressed(result.recipient):
+            display.print_warning(
+                console, f"row {row} ({result.recipient.address}) is suppressed: send leaves it out"
+            )
         prepared = prepare(inputs.recipients.name, result, inputs.template)
         for problem in prepared.row.problems:
             display.print_problem(console, problem)
@@ -204,7 +231,8 @@ def run_dry_run(settings: Settings, recipients_path: Path, out: Path | None, con
             (out / eml_name(message)).write_bytes(message.data)
 
     tally = scan(inputs, settings, console, keep)
-    display.print_counts(console, f"dry run of {inputs.recipients.name}: nothing sent", tally.as_dict())
+    counts = tally.as_dict(suppression=inputs.suppressed is not None)
+    display.print_counts(console, f"dry run of {inputs.recipients.name}: nothing sent", counts)
     if out is not None:
         console.print(f"wrote {tally.valid} message(s) to {out}/ as .eml files", highlight=False)
     return verdict_of_scan(console, tally)

@@ -52,6 +52,14 @@ JournalOpt = Annotated[
         "--journal", help="The campaign journal [default: RECIPIENTS.csv.mailblast.sqlite beside it]."
     ),
 ]
+SuppressOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--suppress",
+        help="Never mail the addresses in this file: a CSV with an email column, or one address a line. "
+        "Repeatable; adds to suppress in mailblast.toml.",
+    ),
+]
 DuplicatesOpt = Annotated[
     bool | None,
     typer.Option("--allow-duplicates", help="Send to an address as often as it appears.", show_default=False),
@@ -94,6 +102,7 @@ def check(
     delimiter: DelimiterOpt = None,
     email_column: EmailColumnOpt = None,
     allow_duplicates: DuplicatesOpt = None,
+    suppress: SuppressOpt = None,
 ) -> None:
     """Read and render every row, send nothing, and report every problem at once.
 
@@ -115,6 +124,7 @@ def preview(
     encoding: EncodingOpt = None,
     delimiter: DelimiterOpt = None,
     email_column: EmailColumnOpt = None,
+    suppress: SuppressOpt = None,
 ) -> None:
     """Show the fully rendered message for one row: headers, bodies, attachments."""
     settings = {k: v for k, v in locals().items() if k != "row"}
@@ -191,6 +201,7 @@ def send(
     delimiter: DelimiterOpt = None,
     email_column: EmailColumnOpt = None,
     allow_duplicates: DuplicatesOpt = None,
+    suppress: SuppressOpt = None,
 ) -> None:
     """Send one message per row, inside the rate limit, and report every recipient not sent.
 
@@ -216,10 +227,17 @@ def status(
     template: TemplateOpt = None,
     journal: JournalOpt = None,
     config: ConfigOpt = None,
+    suppressed: Annotated[
+        bool, typer.Option("--suppressed", help="List the suppressed addresses, one a line.")
+    ] = False,
 ) -> None:
     """Show a campaign's progress from its journal: counts, start, rate, failures by reason."""
-    options = dict(locals())
-    _run(lambda console: campaign.run_status(_settings(options), recipients, console))
+    options = {k: v for k, v in locals().items() if k != "suppressed"}
+    _run(
+        lambda console: campaign.run_status(
+            _settings(options), recipients, console, list_suppressed=suppressed
+        )
+    )
 
 
 @app.command()
