@@ -82,7 +82,13 @@ def load_inputs(settings: Settings, recipients_path: Path) -> Inputs:
     )
     if settings.sender is not None:
         _check_sender(settings)
-    template = Template(settings.template, default_from=settings.sender)
+    template = Template(
+        settings.template,
+        default_from=settings.sender,
+        attachments_dir=settings.attachments_dir,
+        max_attachments_mb=settings.attachments_max_mb,
+        sandbox=settings.sandbox,
+    )
     return Inputs(recipients, template, load_suppression(settings.suppress))
 
 
@@ -114,6 +120,13 @@ def scan(
         for warning in inputs.suppressed.warnings:
             display.print_warning(console, warning)
         console.print(inputs.suppressed.describe(), highlight=False)
+    fmt = inputs.recipients.format
+    for column in inputs.template.shadowed_columns(fmt.header, fmt.address_column):
+        display.print_warning(
+            console,
+            f'{inputs.recipients.name}: column "{column}" has the name of a built-in template variable; '
+            f'the template reaches it as row["{column}"]',
+        )
     tally = ScanTally()
     faults = TemplateFaults()
     name, build = inputs.recipients.name, on_message is not None
