@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import TextIO
 
@@ -27,7 +28,7 @@ from mailblast.journal import Journal, default_path
 from mailblast.outcomes import Counts, Outcome, Reasons, Status, average_rate, rate_seconds
 from mailblast.progress import SendProgress
 from mailblast.ratelimit import SlidingWindowLimiter
-from mailblast.recipients import Recipient
+from mailblast.recipients import CsvFormat, Recipient, RecipientsFile
 from mailblast.replies import Kind, Verdict
 from mailblast.report import ReportWriter
 from mailblast.sender import Sender, SenderOptions
@@ -104,7 +105,14 @@ def run_send(
         # On a terminal, a long report goes to a file rather than over the screen.
         report_path = settings.report or (default_report_path(recipients_path) if stdout.isatty() else None)
         with _report_file(settings.report) as report_stream:
-            recorder = Recorder(journal, ReportWriter(report_stream, inputs.recipients.format.header))
+            fmt = inputs.recipients.format
+            report = ReportWriter(
+                report_stream,
+                fmt.header,
+                delimiter=fmt.delimiter,
+                bom=report_path is not None and wants_bom(fmt),
+            )
+            recorder = Recorder(journal, report)
             sender = Sender(
                 connect,
                 limiter,
@@ -134,6 +142,7 @@ def run_send(
             console.print(f"journal: {journal.path}", highlight=False)
     finally:
         composer.close()
+        inputs.close()
         if journal is not None:
             journal.close()
     if journal is not None:
@@ -195,7 +204,9 @@ def _check_and_plan(
     if journal is None:
         tally = scan(inputs, settings, console)
         rows = (
-            r.recipient for r in recipients.rows(allow_duplicates=settings.allow_duplicates) if r.recipient
+            r.recipient
+            for r in recipients.rows(allow_duplicates=settings.allow_duplicates)
+            if r.recipient and not inputs.is_suppressed(r.recipient)
         )
         return tally, Plan(rows, tally.valid)
     is_new, edited = journal.begin_run(
@@ -207,7 +218,13 @@ def _check_and_plan(
         allow_duplicates=settings.allow_duplicates,
     )
     try:
-        tally = scan(inputs, settings, console, on_valid=journal.add)
+        tally = scan(
+            inputs,
+            settings,
+            console,
+            on_valid=journal.add,
+            on_suppressed=partial(journal.add, suppressed=True),
+        )
     except BaseException:
         journal.abandon_run()
         raise
@@ -306,6 +323,7 @@ def _summarise(
             "failed": f"{counts.failed:,}",
             "uncertain": f"{counts.uncertain:,}",
             "skipped": f"{tally.duplicates + tally.empty:,}",
+            **({"suppressed": f"{tally.suppressed:,}"} if tally.suppressed else {}),
             "not attempted": f"{counts.not_attempted:,}",
             "elapsed": f"{elapsed:.1f}s",
             "average rate": f"{average_rate(delivered, rate_seconds(elapsed, window)):.2f} msg/s",
@@ -333,6 +351,11 @@ def _stop_hint(reason: Verdict, resume: str) -> str:
     return f"{cause}; then {resume}"
 
 
+def wants_bom(fmt: CsvFormat) -> bool:
+    """A report file gets a BOM when its recipients file had one, or was not UTF-8 (a spreadsheet's)."""
+    return fmt.encoding.replace("_", "-").lower() != "utf-8"
+
+
 def default_report_path(recipients_path: Path) -> Path:
     """Where the report goes when it should not flood a terminal: beside the recipients file."""
     return recipients_path.with_name(f"{recipients_path.stem}.not-sent.csv")
@@ -353,6 +376,8 @@ def _nothing_to_send(journal: Journal | None, settings: Settings) -> str:
     text = f"nothing to send: {counts['sent']:,} sent"
     if counts["failed"]:
         text += f", {counts['failed']:,} failed earlier (--retry-failed sends them again)"
+    if counts["suppressed"]:
+        text += f", {counts['suppressed']:,} suppressed"
     if counts["sending"] and settings.skip_uncertain:
         text += f", {counts['sending']:,} left out as uncertain (--skip-uncertain)"
     return text
@@ -385,10 +410,16 @@ def _existing_journal(settings: Settings, recipients_path: Path) -> Journal:
     return Journal(path)
 
 
-def run_status(settings: Settings, recipients_path: Path, console: Console) -> int:
+def run_status(
+    settings: Settings, recipients_path: Path, console: Console, *, list_suppressed: bool = False
+) -> int:
     journal = _existing_journal(settings, recipients_path)
     try:
         campaign = journal.find(recipients_path, settings.template)
+        if list_suppressed:  # one address a line: itself a suppression file
+            for _, address in journal.suppressed(campaign.id):
+                console.print(address, highlight=False, soft_wrap=True)
+            return 0
         counts = journal.counts(campaign.id)
         seconds = journal.active_seconds(campaign.id)  # rate_seconds of every run, as in send's summary
         last = journal.last_activity(campaign.id)
@@ -404,6 +435,7 @@ def run_status(settings: Settings, recipients_path: Path, console: Console) -> i
                 "failed": f"{counts['failed']:,}",
                 "uncertain": f"{counts['uncertain'] + counts['sending']:,}",
                 "pending": f"{counts['pending']:,}",
+                **({"suppressed": f"{counts['suppressed']:,}"} if counts["suppressed"] else {}),
                 "average rate": f"{average_rate(delivered, seconds):.2f} msg/s",
             },
         )
@@ -430,21 +462,34 @@ def run_report(
     try:
         campaign = journal.find(recipients_path, settings.template)
 
-        def write(stream: TextIO) -> int:
-            report = ReportWriter(stream, campaign.header)
+        fmt = _format_if_readable(recipients_path, settings)
+
+        def write(stream: TextIO, bom: bool) -> int:
+            delimiter = fmt.delimiter if fmt else ","
+            report = ReportWriter(stream, campaign.header, delimiter=delimiter, bom=bom)
             for outcome in journal.not_sent(campaign.id):
                 report.write(outcome)
             return report.rows
 
         if out is None:
-            write(stdout)
+            write(stdout, bom=False)
             return 0
         with _report_file(out) as stream:
-            rows = write(stream)
+            rows = write(stream, bom=fmt is not None and wants_bom(fmt))
     finally:
         journal.close()
     console.print(f"wrote {rows:,} recipient(s) not sent to {out}", highlight=False)
     return 0
+
+
+def _format_if_readable(recipients_path: Path, settings: Settings) -> CsvFormat | None:
+    """The recipients file's format, to write the report like it; None when it is gone or changed."""
+    try:
+        return RecipientsFile(
+            recipients_path, encoding=settings.encoding, delimiter=settings.delimiter
+        ).format
+    except InputError:
+        return None
 
 
 def _when(timestamp: float) -> str:

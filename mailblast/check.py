@@ -15,22 +15,33 @@ from rich.text import Text
 
 from mailblast import display
 from mailblast.compose import (
+    ADDRESS_HEADERS,
+    RESERVED_HEADERS,
     ComposedMessage,
     RowError,
     Template,
     check_address_header,
-    compose_rows,
     prepare,
 )
 from mailblast.config import Settings
-from mailblast.errors import ConfigError, InputError
+from mailblast.errors import ConfigError, InputError, did_you_mean
 from mailblast.recipients import Recipient, RecipientsFile, RowProblem
+from mailblast.suppress import SuppressionList, load_suppression
+from mailblast.urls import parse_rate, parse_smtp_url
 
 
 @dataclass
 class Inputs:
     recipients: RecipientsFile
     template: Template
+    suppressed: SuppressionList | None = None  # addresses never to mail
+
+    def is_suppressed(self, recipient: Recipient) -> bool:
+        return self.suppressed is not None and recipient.address in self.suppressed
+
+    def close(self) -> None:
+        if self.suppressed is not None:
+            self.suppressed.close()
 
 
 @dataclass
@@ -40,6 +51,7 @@ class ScanTally:
     invalid: int = 0
     duplicates: int = 0
     empty: int = 0
+    suppressed: int = 0
     bad_rows: int = 0  # invalid because of their own values, not the template's
     faulty_templates: tuple[str, ...] = ()
 
@@ -47,14 +59,19 @@ class ScanTally:
         to_fix = [*self.faulty_templates, *(["the rows above"] if self.bad_rows else [])]
         return f"fix {' and '.join(to_fix)}, then run the command again; nothing was sent"
 
-    def as_dict(self) -> dict[str, int]:
-        return {
+    def as_dict(self, *, suppression: bool = False) -> dict[str, int]:
+        """The counts to show; ``suppressed`` only when a suppression list was given."""
+        counts = {
             "rows": self.rows,
             "valid": self.valid,
             "invalid": self.invalid,
             "duplicates": self.duplicates,
             "empty": self.empty,
+            "suppressed": self.suppressed,
         }
+        if not suppression:
+            del counts["suppressed"]
+        return counts
 
 
 def load_inputs(settings: Settings, recipients_path: Path) -> Inputs:
@@ -75,7 +92,67 @@ def load_inputs(settings: Settings, recipients_path: Path) -> Inputs:
         max_attachments_mb=settings.attachments_max_mb,
         sandbox=settings.sandbox,
     )
-    return Inputs(recipients, template)
+    return Inputs(recipients, template, load_suppression(settings.suppress))
+
+
+KNOWN_HEADERS = (
+    *ADDRESS_HEADERS, "subject", "attachment", "sender", "list-unsubscribe", "list-unsubscribe-post",
+    "list-id", "precedence", "importance", "priority", "in-reply-to", "references", "keywords",
+    "comments", "organization", "auto-submitted", "content-language", *RESERVED_HEADERS,
+)  # fmt: skip
+_HEADER_NAME = re.compile(r"^([!-9;-~]+)[ \t]*:", re.MULTILINE)  # a name written out, before its colon
+_IMAGE = re.compile(r"!\[[^\]]*\]\(\s*<?([^)\s>]+)|<img\b[^>]*?\bsrc\s*=\s*[\"']?([^\"'\s>]+)", re.IGNORECASE)
+_SHOWN_ANYWHERE = re.compile(r"^(?:https?:|cid:|data:)|\{[{%]", re.IGNORECASE)
+_RESERVED_SUFFIXES = ("test", "local", "internal", "localhost", "invalid", "example", "home.arpa")
+
+
+def template_warnings(template: Template) -> list[str]:
+    """What in the template is probably a mistake but not an error: a missing Subject, a header
+    name that is a typo of a known one, an image the reader's mail client cannot load."""
+    warnings = []
+    names = [(m.group(1), m.start()) for m in _HEADER_NAME.finditer(template.header_source)]
+    if "subject" not in {name.lower() for name, _ in names}:
+        warnings.append(f"{template.name}: no Subject: header, so every message goes out without a subject")
+    for name, at in names:
+        if name.lower() in KNOWN_HEADERS or name.lower().startswith("x-"):
+            continue
+        guess = did_you_mean(name, KNOWN_HEADERS)
+        if guess is not None:
+            line = template.header_source.count("\n", 0, at) + 1
+            proper = "-".join(part.capitalize() for part in guess.split("-"))
+            warnings.append(f"{template.name}, line {line}: unknown header {name}:, did you mean {proper}:?")
+    if template.kind != "text":
+        for m in _IMAGE.finditer(template.body_source):
+            src = m.group(1) or m.group(2)
+            if not _SHOWN_ANYWHERE.search(src):
+                line = template.body_line + template.body_source.count("\n", 0, m.start())
+                warnings.append(
+                    f"{template.name}, line {line}: the image {src} is a path on this computer, which the "
+                    "message cannot show; use an https:// address (or attach the file)"
+                )
+    return warnings
+
+
+def reserved_domain(domain: str) -> bool:
+    """A name reserved for tests or private networks (RFC 2606, 6761, 6762): only a private relay
+    delivers there."""
+    labels = domain.lower().rstrip(".").split(".")
+    name = ".".join(labels)
+    return (
+        name.endswith(tuple(f".{s}" for s in _RESERVED_SUFFIXES))
+        or name in _RESERVED_SUFFIXES
+        or (len(labels) >= 2 and labels[-2] == "example")
+    )
+
+
+def check_smtp_settings(settings: Settings) -> str | None:
+    """The [smtp] settings checked as send would (numbers are checked when loading); a line for check."""
+    target = parse_smtp_url(settings.smtp_url) if settings.smtp_url else None
+    rate = parse_rate(settings.rate) if settings.rate else None
+    if target is None:
+        return None
+    pace = f"at most {rate}" if rate else "no rate limit"
+    return f"server: {target.display()}, {pace}, {settings.connections} connection(s)"
 
 
 def _check_sender(settings: Settings) -> None:
@@ -94,9 +171,13 @@ def scan(
     console: Console,
     on_message: Callable[[ComposedMessage], None] | None = None,
     on_valid: Callable[[Recipient], None] | None = None,
+    on_suppressed: Callable[[Recipient], None] | None = None,
 ) -> ScanTally:
-    """Check every row (and build its message for ``on_message``), print every problem, count."""
-    for warning in inputs.recipients.format.warnings:
+    """Check every row (and build its message for ``on_message``), print every problem, count.
+
+    A suppressed row is counted and given to ``on_suppressed``, never rendered.
+    """
+    for warning in [*inputs.recipients.format.warnings, *template_warnings(inputs.template)]:
         display.print_warning(console, warning)
     fmt = inputs.recipients.format
     for column in inputs.template.shadowed_columns(fmt.header, fmt.address_column):
@@ -105,19 +186,24 @@ def scan(
             f'{inputs.recipients.name}: column "{column}" has the name of a built-in template variable; '
             f'the template reaches it as row["{column}"]',
         )
+    if inputs.suppressed is not None:
+        for warning in inputs.suppressed.warnings:
+            display.print_warning(console, warning)
+        console.print(inputs.suppressed.describe(), highlight=False)
     tally = ScanTally()
     faults = TemplateFaults()
-    rows = compose_rows(
-        inputs.recipients,
-        inputs.template,
-        allow_duplicates=settings.allow_duplicates,
-        build=on_message is not None,
-    )
+    reserved: dict[str, list[int]] = {}  # domain -> [first row, count]
+    name, build = inputs.recipients.name, on_message is not None
     size = inputs.recipients.size
-    with display.file_progress(console, "checking rows", size) as progress:
-        for prepared in rows:
-            result = prepared.row
+    with display.file_progress(console, "checking rows", size, quiet=settings.quiet) as progress:
+        for result in inputs.recipients.rows(allow_duplicates=settings.allow_duplicates):
             tally.rows += 1
+            if result.recipient is not None and inputs.is_suppressed(result.recipient):
+                tally.suppressed += 1
+                if on_suppressed is not None:
+                    on_suppressed(result.recipient)
+                continue
+            prepared = prepare(name, result, inputs.template, build=build)
             for problem in result.problems:
                 if problem.template is not None:
                     faults.add(problem)
@@ -125,6 +211,9 @@ def scan(
                     display.print_problem(console, problem)
             if prepared.ok:
                 tally.valid += 1
+                recipient = result.recipient
+                if recipient is not None and reserved_domain(domain := recipient.address.rpartition("@")[2]):
+                    reserved.setdefault(domain.lower(), [recipient.row, 0])[1] += 1
                 if on_valid is not None and result.recipient is not None:
                     on_valid(result.recipient)
                 if on_message is not None and prepared.message is not None:
@@ -138,6 +227,14 @@ def scan(
                 tally.empty += 1
             if progress is not None and tally.rows % 512 == 0:
                 progress.update(progress.task_ids[0], completed=inputs.recipients.bytes_read)
+        if progress is not None:
+            progress.update(progress.task_ids[0], completed=size)  # the bar ends full
+    for domain, (first, count) in reserved.items():
+        display.print_warning(
+            console,
+            f"{count:,} address(es) at {domain} (the first in row {first}), a name reserved for tests and "
+            "private networks: sent only if your server relays it",
+        )
     for problem, count in faults.found.values():
         display.print_template_fault(console, problem, count, tally.rows)
     tally.faulty_templates = tuple(dict.fromkeys(p.template for p, _ in faults.found.values() if p.template))
@@ -162,10 +259,26 @@ class TemplateFaults:
 
 
 def run_check(settings: Settings, recipients_path: Path, console: Console) -> int:
+    server = check_smtp_settings(settings)
     inputs = load_inputs(settings, recipients_path)
+    console.print(describe_format(inputs.recipients), highlight=False, soft_wrap=True)
+    if server is not None:
+        console.print(server, highlight=False, soft_wrap=True)
     tally = scan(inputs, settings, console)
-    display.print_counts(console, f"check {inputs.recipients.name}", tally.as_dict())
+    counts = tally.as_dict(suppression=inputs.suppressed is not None)
+    display.print_counts(console, f"check {inputs.recipients.name}", counts)
     return verdict_of_scan(console, tally)
+
+
+def describe_format(recipients: RecipientsFile) -> str:
+    """What was found (or given) about the file: encoding, separator, address column."""
+    fmt = recipients.format
+    encoding = {"utf-8-sig": "UTF-8 with a byte order mark", "utf-8": "UTF-8"}.get(fmt.encoding, fmt.encoding)
+    separator = {",": "commas", ";": "semicolons", "\t": "tabs", "|": "bars"}.get(fmt.delimiter)
+    return (
+        f"{recipients.name}: {encoding}, separated by {separator or repr(fmt.delimiter)}, "
+        f'addresses in column "{fmt.address_column}"'
+    )
 
 
 def verdict_of_scan(console: Console, tally: ScanTally) -> int:
@@ -185,6 +298,10 @@ def run_preview(settings: Settings, recipients_path: Path, row: int, console: Co
     for result in inputs.recipients.rows(allow_duplicates=True):
         if result.row != row:
             continue  # read, not rendered: previewing row 900,000 need not build the ones before it
+        if result.recipient is not None and inputs.is_suppressed(result.recipient):
+            display.print_warning(
+                console, f"row {row} ({result.recipient.address}) is suppressed: send leaves it out"
+            )
         prepared = prepare(inputs.recipients.name, result, inputs.template)
         for problem in prepared.row.problems:
             display.print_problem(console, problem)
@@ -217,7 +334,8 @@ def run_dry_run(settings: Settings, recipients_path: Path, out: Path | None, con
             (out / eml_name(message)).write_bytes(message.data)
 
     tally = scan(inputs, settings, console, keep)
-    display.print_counts(console, f"dry run of {inputs.recipients.name}: nothing sent", tally.as_dict())
+    counts = tally.as_dict(suppression=inputs.suppressed is not None)
+    display.print_counts(console, f"dry run of {inputs.recipients.name}: nothing sent", counts)
     if out is not None:
         console.print(f"wrote {tally.valid} message(s) to {out}/ as .eml files", highlight=False)
     return verdict_of_scan(console, tally)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from mailblast.errors import ConfigError
+from mailblast.errors import ConfigError, did_you_mean
 
 DEFAULT_CONFIG = "mailblast.toml"
 MAX_CONNECTIONS = 100  # per run: servers allow a few per client, and each costs memory
@@ -35,6 +35,7 @@ TOP_KEYS: dict[str, tuple[type, bool]] = {
     "report": (str, True),
     "journal": (str, True),
     "quiet": (bool, False),
+    "suppress": (list, True),
     "attachments_dir": (str, True),
     "attachments_max_mb": (float, False),
     "sandbox": (bool, False),
@@ -62,6 +63,7 @@ class Settings:
     report: Path | None = None
     journal: Path | None = None
     quiet: bool = False
+    suppress: tuple[Path, ...] = ()  # the file's, then --suppress's: every list applies
     attachments_dir: Path | None = None
     attachments_max_mb: float = 10.0
     sandbox: bool = True  # render templates in Jinja's sandbox
@@ -79,7 +81,13 @@ class Settings:
     config_file: Path | None = None  # the file the settings came from, to name in hints
 
 
-_KIND_NAMES = {str: "text in quotes", int: "a whole number", float: "a number", bool: "true or false"}
+_KIND_NAMES = {
+    str: "text in quotes",
+    int: "a whole number",
+    float: "a number",
+    bool: "true or false",
+    list: "a list of paths in quotes",
+}
 # names in the file -> names in Settings
 _RENAMES = {"from": "sender", "url": "smtp_url"}
 
@@ -100,18 +108,38 @@ def _take(path: Path, table: dict[str, Any], known: dict[str, tuple[type, bool]]
     values = {}
     for key, value in table.items():
         if key not in known:
-            choices = ", ".join(prefix + k for k in known)
-            raise ConfigError(f"{path}: unknown setting {prefix}{key}", f"the settings are: {choices}")
+            raise _unknown_setting(path, prefix + key)
         kind, is_path = known[key]
         ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             ok = True
+        if kind is list:
+            ok = ok and all(isinstance(item, str) for item in value)
         if not ok:
             raise ConfigError(f"{path}: {prefix}{key} should be {_KIND_NAMES[kind]}, not {value!r}")
-        if is_path:
+        if kind is list:
+            value = tuple(path.parent / item for item in value)
+        elif is_path:
             value = path.parent / value
         values[_RENAMES.get(key, key)] = value
     return values
+
+
+def _unknown_setting(path: Path, name: str) -> ConfigError:
+    if name.rpartition(".")[2] in ("password", "pass", "passwd"):
+        return ConfigError(
+            f"{path}: {name}: a password is never kept in the config file",
+            "set MAILBLAST_SMTP_PASSWORD in the environment, or type it when asked",
+        )
+    every = [*TOP_KEYS, *(f"smtp.{k}" for k in SMTP_KEYS)]
+    guess = did_you_mean(name, every) or did_you_mean(name.replace("_", "."), every)
+    if guess is not None:
+        key = guess.removeprefix("smtp.")
+        where = "under [smtp]" if key != guess else "at the top, before [smtp]"
+        return ConfigError(
+            f"{path}: unknown setting {name}; did you mean {guess}?", f"write {key} = ... {where}"
+        )
+    return ConfigError(f"{path}: unknown setting {name}", f"the settings are: {', '.join(every)}")
 
 
 def load_settings(config: Path | None, flags: dict[str, Any]) -> Settings:
@@ -126,7 +154,8 @@ def load_settings(config: Path | None, flags: dict[str, Any]) -> Settings:
         values.update(_take(path, data, TOP_KEYS, ""))
         values.update(_take(path, smtp, SMTP_KEYS, "smtp."))
         values["config_file"] = path
-    values.update({k: v for k, v in flags.items() if v is not None})
+    values["suppress"] = (*values.get("suppress", ()), *(flags.get("suppress") or ()))
+    values.update({k: v for k, v in flags.items() if v is not None and k != "suppress"})
     names = {f.name for f in fields(Settings)}
     unknown = set(values) - names
     assert not unknown, f"flags not in Settings: {unknown}"
