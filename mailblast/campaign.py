@@ -32,7 +32,7 @@ from mailblast.recipients import CsvFormat, Recipient, RecipientsFile
 from mailblast.replies import Kind, Verdict
 from mailblast.report import ReportWriter
 from mailblast.sender import Sender, SenderOptions
-from mailblast.urls import parse_rate, parse_smtp_url
+from mailblast.urls import SmtpTarget, parse_rate, parse_smtp_url
 from mailblast.worker import ComposeWorker
 
 PASSWORD_ENV = "MAILBLAST_SMTP_PASSWORD"
