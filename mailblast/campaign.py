@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -23,7 +24,7 @@ from mailblast.check import Inputs, ScanTally, load_inputs, scan, verdict_of_sca
 from mailblast.compose import ComposedMessage
 from mailblast.config import Settings
 from mailblast.connection import Connection
-from mailblast.errors import ConfigError, InputError, StoppedError
+from mailblast.errors import ConfigError, MailblastError, StoppedError
 from mailblast.journal import Journal, default_path
 from mailblast.outcomes import Counts, Outcome, Status
 from mailblast.progress import SendProgress
@@ -40,6 +41,10 @@ PASSWORD_ENV = "MAILBLAST_SMTP_PASSWORD"
 # that its start-up overlaps it; for smaller ones the start-up would cost more than it saves.
 COMPOSE_IN_WORKER_FROM = 64 * 1024  # bytes, about a thousand rows
 INTERRUPTED = Verdict(Kind.FATAL, None, None, None, "interrupted")
+JOURNAL_FAILED = Verdict(Kind.FATAL, None, None, None, "the journal cannot be written")
+REPORT_FAILED = Verdict(Kind.FATAL, None, None, None, "the report cannot be written")
+STOP_POLL = 0.05  # seconds between looks at a stopping run
+STOP_GRACE = 1.0  # seconds a stopping run with nothing in flight gets to close its connections
 
 
 def smtp_target(settings: Settings) -> SmtpTarget:
@@ -72,6 +77,8 @@ def run_send(
     """Check every row, then send those not sent yet; journal, report and summarise."""
     target = smtp_target(settings)
     rate = parse_rate(settings.rate) if settings.rate else None
+    if settings.report is not None:
+        _check_writable(settings.report)  # before the check pass, which may take minutes
     password = None
     if target.username is not None:
         password = os.environ.get(PASSWORD_ENV) or ask_password(
@@ -82,12 +89,12 @@ def run_send(
     composer = ComposeWorker(inputs.template, in_worker=inputs.recipients.size >= COMPOSE_IN_WORKER_FROM)
     journal = None
     try:
-        journal = None if settings.no_journal else _open_journal(settings, recipients_path)
+        journal = None if settings.no_journal else _open_journal(settings, recipients_path, console)
         tally, plan = _check_and_plan(journal, inputs, settings, console)
         if tally.invalid:
             return verdict_of_scan(console, tally)
         if plan.total == 0:
-            console.print("nothing to send: every recipient was sent already", highlight=False)
+            console.print(f"nothing to send: {_nothing_left(journal, settings)}", highlight=False)
             return 0
         pace = f"at most {rate}" if rate else "no --rate given, so at the pace the server allows"
         console.print(
@@ -104,10 +111,12 @@ def run_send(
         options = SenderOptions(settings.connections, settings.max_messages, settings.retries)
         with _report_file(settings.report) as report_stream:
             recorder = Recorder(journal, ReportWriter(report_stream, inputs.recipients.format.header))
-            on_sending = recorder.sending if journal is not None else None
-            sender = Sender(connect, limiter, options, recorder.outcome, on_sending=on_sending)
+            sender = Sender(connect, limiter, options, recorder.outcome, on_sending=recorder.sending)
+            recorder.stop = sender.stop
             sender.counts.total = plan.total
-            elapsed, cut_short = asyncio.run(_send(sender, plan, composer, settings, console))
+            elapsed, cut_short = asyncio.run(_send(sender, plan, composer, settings, console, recorder))
+            # whatever ended the run, every recipient not sent is in the report
+            unknown = recorder.finish(plan.recipients, sender.counts)
             if settings.report is None and recorder.report.rows:
                 report_stream.seek(0)
                 shutil.copyfileobj(report_stream, stdout)
@@ -119,12 +128,22 @@ def run_send(
         if journal is not None:
             journal.close()
     resume = f"run the same command again to resume: {resume_command}" if journal is not None else None
-    if cut_short:
+    if recorder.journal_error is not None:
         raise StoppedError(
-            "stopped at once: messages in flight have an unknown outcome",
-            resume or "send the recipients not in the report again",
+            recorder.journal_error.message + _unrecorded(recorder), recorder.journal_error.hint
         )
-    if sender.stopped_by is INTERRUPTED:
+    if recorder.report_error is not None:
+        raise StoppedError(
+            f"{settings.report}: the report cannot be written: {recorder.report_error}",
+            f"free some disk space; then {resume or 'send the recipients again'}",
+        )
+    if cut_short and unknown:
+        raise StoppedError(
+            f"stopped at once: {unknown:,} message(s) in flight have an unknown outcome "
+            "(reported as uncertain)",
+            resume or "send the recipients in the report again",
+        )
+    if sender.stopped_by is INTERRUPTED or (cut_short and sender.stopped_by is None):
         raise StoppedError(f"interrupted: {sender.counts.not_attempted:,} recipient(s) not attempted", resume)
     if sender.stopped_by is not None:
         raise StoppedError(f"stopped: {sender.stopped_by.describe()}", _stop_hint(sender.stopped_by, resume))
@@ -132,33 +151,147 @@ def run_send(
     return 1 if sender.counts.failed or recorder.unconfirmed else 0
 
 
+@dataclass
+class _Open:
+    """A recipient handed to the sender, with no outcome yet."""
+
+    recipient: Recipient
+    tries: int = 0
+    in_flight: bool = False  # its MAIL FROM went out, and no outcome came back
+
+
 class Recorder:
-    """Outcomes -> journal and report: each outcome is recorded before the sender counts it."""
+    """Outcomes -> journal and report: each outcome is recorded before the sender counts it.
+
+    It also keeps the few recipients the sender holds without an outcome, so that however
+    the run ends, ``finish()`` reports every one of them.
+    """
 
     def __init__(self, journal: Journal | None, report: ReportWriter) -> None:
         self.journal = journal
         self.report = report
         self.reasons: Counter[str] = Counter()
         self.unconfirmed = 0  # uncertain, and not accepted on a resend either
+        self.stop: Callable[[Verdict], None] = lambda reason: None  # the sender's stop()
+        self.journal_error: MailblastError | None = None
+        self.report_error: str | None = None
+        self.unrecorded: list[Recipient] = []  # accepted by the server, but not in the journal
+        self._open: dict[int, _Open] = {}
+
+    @property
+    def in_flight(self) -> int:
+        return sum(o.in_flight for o in self._open.values())
+
+    def track(self, recipients: Iterator[Recipient]) -> Iterator[Recipient]:
+        """``recipients``, remembering each one until its outcome comes."""
+        for recipient in recipients:
+            self._open[recipient.row] = _Open(recipient)
+            yield recipient
 
     def sending(self, message: ComposedMessage) -> None:
-        assert self.journal is not None
-        self.journal.mark_sending(message.recipient, message.message_id)
+        if self.journal is not None:
+            try:
+                self.journal.mark_sending(message.recipient, message.message_id)
+            except MailblastError as e:
+                self._journal_failed(e)  # so the sender does not send it: it could not be recorded
+                return
+        entry = self._open.get(message.recipient.row)
+        if entry is not None:
+            entry.tries += 1
+            entry.in_flight = True
 
     def outcome(self, outcome: Outcome) -> None:
+        self._open.pop(outcome.recipient.row, None)
         if self.journal is not None:
-            self.journal.record(outcome)
-        self.report.write(outcome)
+            try:
+                self.journal.record(outcome)
+            except MailblastError as e:
+                self._journal_failed(e)
+                if outcome.status is not Status.NOT_ATTEMPTED:
+                    self.unrecorded.append(outcome.recipient)
+        self._write(outcome)
         if outcome.status is Status.FAILED:
             self.reasons[outcome.reply.describe() if outcome.reply else outcome.error] += 1
         elif outcome.status is Status.UNCERTAIN:
             self.reasons[f"uncertain: {outcome.error}"] += 1
             self.unconfirmed += outcome.reply is None or outcome.reply.kind is not Kind.OK
 
+    def finish(self, rest: Iterator[Recipient], counts: Counts) -> int:
+        """Report what the run left without an outcome; return how many were in flight.
 
-def _open_journal(settings: Settings, recipients_path: Path) -> Journal:
-    journal = Journal(settings.journal or default_path(recipients_path))
-    journal.lock()
+        The journal already has them right: in flight ones "sending", the others pending.
+        """
+        unknown = 0
+        for entry in sorted(self._open.values(), key=lambda o: o.recipient.row):
+            if entry.in_flight:
+                unknown += 1
+                error = "in flight when the run stopped at once: may or may not have been delivered"
+                outcome = Outcome(entry.recipient, Status.UNCERTAIN, "", entry.tries, None, error)
+            else:
+                outcome = Outcome(
+                    entry.recipient, Status.NOT_ATTEMPTED, "", entry.tries, None, "the run stopped first"
+                )
+            self._write(outcome)
+            counts.add(outcome)
+        self._open.clear()
+        self.unconfirmed += unknown
+        for recipient in rest:
+            outcome = Outcome(recipient, Status.NOT_ATTEMPTED, "", 0, None, "the run stopped first")
+            self._write(outcome)
+            counts.add(outcome)
+        return unknown
+
+    def _write(self, outcome: Outcome) -> None:
+        if self.report_error is not None:
+            return
+        try:
+            self.report.write(outcome)
+        except OSError as e:
+            self.report_error = e.strerror or str(e)
+            self.stop(REPORT_FAILED)
+
+    def _journal_failed(self, error: MailblastError) -> None:
+        if self.journal_error is None:
+            self.journal_error = error
+            self.journal = None  # nothing more is written to it; the report still gets everything
+            self.stop(JOURNAL_FAILED)
+
+
+def _unrecorded(recorder: Recorder) -> str:
+    if not recorder.unrecorded:
+        return ""
+    names = ", ".join(f"row {r.row} {r.address}" for r in recorder.unrecorded[:10])
+    return (
+        f"; {len(recorder.unrecorded):,} message(s) had their outcome but could not record it "
+        f"({names}): the next run counts them as in flight"
+    )
+
+
+def _nothing_left(journal: Journal | None, settings: Settings) -> str:
+    """Why nothing is to be sent, in counts: not always because everything was."""
+    if journal is None:
+        return "the file has no recipient to send"
+    counts = journal.counts()
+    left = []
+    if counts["sending"]:
+        left.append(
+            f"{counts['sending']:,} in flight when a run stopped, so perhaps never delivered, "
+            "left out (--skip-uncertain)"
+        )
+    if counts["failed"]:
+        left.append(f"{counts['failed']:,} failed, not retried (--retry-failed retries them)")
+    if counts["uncertain"]:
+        left.append(f"{counts['uncertain']:,} uncertain (mailblast report lists them)")
+    if not left:
+        return "every recipient was sent already"
+    return f"{counts['sent']:,} sent; " + "; ".join(left)
+
+
+def _open_journal(settings: Settings, recipients_path: Path, console: Console) -> Journal:
+    path = settings.journal or default_path(recipients_path)
+    journal, set_aside = Journal.for_send(path, restart=settings.restart)
+    if set_aside is not None:
+        display.print_warning(console, f"{path} was damaged: kept as {set_aside}, and a new journal started")
     return journal
 
 
@@ -229,9 +362,17 @@ def _check_and_plan(
 
 
 async def _send(
-    sender: Sender, plan: Plan, composer: ComposeWorker, settings: Settings, console: Console
+    sender: Sender,
+    plan: Plan,
+    composer: ComposeWorker,
+    settings: Settings,
+    console: Console,
+    recorder: Recorder,
 ) -> tuple[float, bool]:
-    """Run the sender; Ctrl-C (or SIGTERM) once stops gracefully, twice stops at once."""
+    """Run the sender; Ctrl-C (or SIGTERM) once stops gracefully, twice stops at once.
+
+    Returns (seconds, whether the run was cut short); Recorder.finish() reports what it left.
+    """
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
@@ -245,19 +386,38 @@ async def _send(
                 "\nstopping: messages in flight finish; Ctrl-C again to stop at once", highlight=False
             )
             sender.stop(INTERRUPTED)
-            loop.call_later(settings.timeout, task.cancel)  # in flight for too long: stop anyway
         else:
             task.cancel()
 
+    async def end_when_stopped() -> None:
+        """Once the run is stopping (a signal, a fatal reply, the journal), nothing new starts:
+        end it when nothing is in flight, or after --timeout anyway. What waits (a rate limit,
+        a retry) is reported, not waited for."""
+        while not sender.stopping:
+            await asyncio.sleep(STOP_POLL)
+        deadline = loop.time() + settings.timeout
+        idle_since = None
+        while loop.time() < deadline:
+            await asyncio.sleep(STOP_POLL)
+            if recorder.in_flight:
+                idle_since = None
+            elif idle_since is None:
+                idle_since = loop.time()
+            elif loop.time() - idle_since >= STOP_GRACE:
+                break
+        task.cancel()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
+    watch = asyncio.create_task(end_when_stopped())
     cut_short = False
     try:
         async with SendProgress(console, sender.counts, quiet=settings.quiet) as progress:
-            await sender.run(plan.recipients, composer.compose, plan.maybe_sent)
+            await sender.run(recorder.track(plan.recipients), composer.compose, plan.maybe_sent)
     except asyncio.CancelledError:
         cut_short = True
     finally:
+        watch.cancel()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     return progress.elapsed, cut_short
@@ -317,21 +477,38 @@ def _report_file(path: Path | None) -> Iterator[TextIO]:
         f = path.open("w", encoding="utf-8", newline="")
     except OSError as e:
         raise ConfigError(f"--report {path}: cannot write: {e.strerror}") from None
-    with f:
+    try:
         yield f
+    except BaseException:
+        with contextlib.suppress(OSError):
+            f.close()
+        raise
+    try:
+        f.close()  # flushes the last rows
+    except OSError as e:
+        raise StoppedError(
+            f"{path}: the report cannot be written: {e.strerror}", "free some disk space"
+        ) from None
+
+
+def _check_writable(path: Path) -> None:
+    """Fail now, not after the check pass, if the report cannot be written; leave the file as it is."""
+    existed = path.exists()
+    try:
+        path.open("a").close()
+    except OSError as e:
+        raise ConfigError(
+            f"--report {path}: cannot write: {e.strerror}", "pass --report with a path you can write"
+        ) from None
+    if not existed:
+        path.unlink()
 
 
 # -- status and report, from the journal alone ---------------------------------------------
 
 
 def _existing_journal(settings: Settings, recipients_path: Path) -> Journal:
-    path = settings.journal or default_path(recipients_path)
-    if not path.is_file():
-        raise InputError(
-            f"no journal at {path}",
-            "run mailblast send first, or pass --journal with the journal it used",
-        )
-    return Journal(path)
+    return Journal(settings.journal or default_path(recipients_path), read_only=True)
 
 
 def run_status(settings: Settings, recipients_path: Path, console: Console) -> int:

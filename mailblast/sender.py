@@ -204,9 +204,13 @@ class Sender:
                     self._limiter.release(slot)
                     self._queue.put_nowait(job)
                     continue
-                job.attempts += 1
                 if self._on_sending is not None:
                     self._on_sending(job.message)
+                    if self.stopping:  # it could not be recorded (the journal's disk is full): do not send
+                        self._limiter.release(slot)
+                        self._finish(job, Status.NOT_ATTEMPTED, self.stopped_by, "the run stopped first")
+                        continue
+                job.attempts += 1
                 try:
                     accepted = await connection.send(job.message)
                 except TransactionError as e:
