@@ -9,7 +9,6 @@ import shutil
 import signal
 import ssl
 import tempfile
-from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from mailblast.config import Settings
 from mailblast.connection import Connection
 from mailblast.errors import ConfigError, MailblastError, StoppedError
 from mailblast.journal import Journal, default_path
-from mailblast.outcomes import Counts, Outcome, Status
+from mailblast.outcomes import Counts, Outcome, Reasons, Status, average_rate, rate_seconds
 from mailblast.progress import SendProgress
 from mailblast.ratelimit import SlidingWindowLimiter
 from mailblast.recipients import Recipient
@@ -43,6 +42,7 @@ COMPOSE_IN_WORKER_FROM = 64 * 1024  # bytes, about a thousand rows
 INTERRUPTED = Verdict(Kind.FATAL, None, None, None, "interrupted")
 JOURNAL_FAILED = Verdict(Kind.FATAL, None, None, None, "the journal cannot be written")
 REPORT_FAILED = Verdict(Kind.FATAL, None, None, None, "the report cannot be written")
+STOPPED = "the run stopped first"
 STOP_POLL = 0.05  # seconds between looks at a stopping run
 STOP_GRACE = 1.0  # seconds a stopping run with nothing in flight gets to close its connections
 
@@ -79,11 +79,6 @@ def run_send(
     rate = parse_rate(settings.rate) if settings.rate else None
     if settings.report is not None:
         _check_writable(settings.report)  # before the check pass, which may take minutes
-    password = None
-    if target.username is not None:
-        password = os.environ.get(PASSWORD_ENV) or ask_password(
-            f"Password for {target.username} at {target.host}"
-        )
     inputs = load_inputs(settings, recipients_path)
     # Started before the check pass, so that a worker process's start-up overlaps it.
     composer = ComposeWorker(inputs.template, in_worker=inputs.recipients.size >= COMPOSE_IN_WORKER_FROM)
@@ -94,8 +89,13 @@ def run_send(
         if tally.invalid:
             return verdict_of_scan(console, tally)
         if plan.total == 0:
-            console.print(f"nothing to send: {_nothing_left(journal, settings)}", highlight=False)
+            console.print(_nothing_to_send(journal, settings), highlight=False)
             return 0
+        password = None
+        if target.username is not None:  # asked only now: a bad row should not cost typing it
+            password = os.environ.get(PASSWORD_ENV) or ask_password(
+                f"Password for {target.username} at {target.host}"
+            )
         pace = f"at most {rate}" if rate else "no --rate given, so at the pace the server allows"
         console.print(
             f"sending {plan.total:,} message(s) to {target.display()}, {pace}, "
@@ -109,25 +109,40 @@ def run_send(
 
         limiter = SlidingWindowLimiter(rate.count if rate else None, rate.period if rate else 1.0)
         options = SenderOptions(settings.connections, settings.max_messages, settings.retries)
+        # On a terminal, a long report goes to a file rather than over the screen.
+        report_path = settings.report or (default_report_path(recipients_path) if stdout.isatty() else None)
         with _report_file(settings.report) as report_stream:
             recorder = Recorder(journal, ReportWriter(report_stream, inputs.recipients.format.header))
             sender = Sender(connect, limiter, options, recorder.outcome, on_sending=recorder.sending)
             recorder.stop = sender.stop
             sender.counts.total = plan.total
+            window = rate.period if rate else 1.0
+            if journal is not None:
+                journal.start_sending(window)
             elapsed, cut_short = asyncio.run(_send(sender, plan, composer, settings, console, recorder))
             # whatever ended the run, every recipient not sent is in the report
             unknown = recorder.finish(plan.recipients, sender.counts)
             if settings.report is None and recorder.report.rows:
                 report_stream.seek(0)
-                shutil.copyfileobj(report_stream, stdout)
-        _summarise(console, sender.counts, tally, elapsed, recorder, settings.report)
+                if report_path is None:
+                    shutil.copyfileobj(report_stream, stdout)
+                else:
+                    _copy_report(report_stream, report_path)
+        if not recorder.report.rows:
+            report_path = None  # nothing was written: no hint may name it
+        _summarise(console, sender.counts, tally, elapsed, window, recorder, report_path)
         if journal is not None:
             console.print(f"journal: {journal.path}", highlight=False)
     finally:
         composer.close()
         if journal is not None:
             journal.close()
-    resume = f"run the same command again to resume: {resume_command}" if journal is not None else None
+    if journal is not None:
+        resume = f"run the same command again to resume: {resume_command}"
+    elif report_path is not None:
+        resume = f"send the report's rows again: mailblast send {report_path} with the same options"
+    else:
+        resume = "send the rows of the report printed above again (--report FILE keeps it in a file)"
     if recorder.journal_error is not None:
         raise StoppedError(
             recorder.journal_error.message + _unrecorded(recorder), recorder.journal_error.hint
@@ -135,13 +150,13 @@ def run_send(
     if recorder.report_error is not None:
         raise StoppedError(
             f"{settings.report}: the report cannot be written: {recorder.report_error}",
-            f"free some disk space; then {resume or 'send the recipients again'}",
+            f"free some disk space; then {resume}",
         )
     if cut_short and unknown:
         raise StoppedError(
             f"stopped at once: {unknown:,} message(s) in flight have an unknown outcome "
             "(reported as uncertain)",
-            resume or "send the recipients in the report again",
+            resume,
         )
     if sender.stopped_by is INTERRUPTED or (cut_short and sender.stopped_by is None):
         raise StoppedError(f"interrupted: {sender.counts.not_attempted:,} recipient(s) not attempted", resume)
@@ -170,7 +185,7 @@ class Recorder:
     def __init__(self, journal: Journal | None, report: ReportWriter) -> None:
         self.journal = journal
         self.report = report
-        self.reasons: Counter[str] = Counter()
+        self.reasons = Reasons()
         self.unconfirmed = 0  # uncertain, and not accepted on a resend either
         self.stop: Callable[[Verdict], None] = lambda reason: None  # the sender's stop()
         self.journal_error: MailblastError | None = None
@@ -211,9 +226,10 @@ class Recorder:
                     self.unrecorded.append(outcome.recipient)
         self._write(outcome)
         if outcome.status is Status.FAILED:
-            self.reasons[outcome.reply.describe() if outcome.reply else outcome.error] += 1
+            text = outcome.reply.describe() if outcome.reply else outcome.error
+            self.reasons.add("failed", outcome.smtp_code, outcome.enhanced_code, text)
         elif outcome.status is Status.UNCERTAIN:
-            self.reasons[f"uncertain: {outcome.error}"] += 1
+            self.reasons.add("uncertain", "", "", outcome.error)
             self.unconfirmed += outcome.reply is None or outcome.reply.kind is not Kind.OK
 
     def finish(self, rest: Iterator[Recipient], counts: Counts) -> int:
@@ -221,25 +237,33 @@ class Recorder:
 
         The journal already has them right: in flight ones "sending", the others pending.
         """
+        if self.journal is not None:  # None once it failed
+            try:
+                self.journal.end_sending()
+            except MailblastError as e:
+                self._journal_failed(e)
         unknown = 0
         for entry in sorted(self._open.values(), key=lambda o: o.recipient.row):
             if entry.in_flight:
                 unknown += 1
                 error = "in flight when the run stopped at once: may or may not have been delivered"
-                outcome = Outcome(entry.recipient, Status.UNCERTAIN, "", entry.tries, None, error)
+                self._left(Outcome(entry.recipient, Status.UNCERTAIN, "", entry.tries, None, error), counts)
             else:
-                outcome = Outcome(
-                    entry.recipient, Status.NOT_ATTEMPTED, "", entry.tries, None, "the run stopped first"
+                self._left(
+                    Outcome(entry.recipient, Status.NOT_ATTEMPTED, "", entry.tries, None, STOPPED), counts
                 )
-            self._write(outcome)
-            counts.add(outcome)
         self._open.clear()
-        self.unconfirmed += unknown
         for recipient in rest:
-            outcome = Outcome(recipient, Status.NOT_ATTEMPTED, "", 0, None, "the run stopped first")
-            self._write(outcome)
-            counts.add(outcome)
+            self._left(Outcome(recipient, Status.NOT_ATTEMPTED, "", 0, None, STOPPED), counts)
         return unknown
+
+    def _left(self, outcome: Outcome, counts: Counts) -> None:
+        """An outcome the sender never gave: reported and counted, not journaled (the journal has it)."""
+        if outcome.status is Status.UNCERTAIN:
+            self.reasons.add("uncertain", "", "", outcome.error)
+            self.unconfirmed += 1
+        self._write(outcome)
+        counts.add(outcome)
 
     def _write(self, outcome: Outcome) -> None:
         if self.report_error is not None:
@@ -265,26 +289,6 @@ def _unrecorded(recorder: Recorder) -> str:
         f"; {len(recorder.unrecorded):,} message(s) had their outcome but could not record it "
         f"({names}): the next run counts them as in flight"
     )
-
-
-def _nothing_left(journal: Journal | None, settings: Settings) -> str:
-    """Why nothing is to be sent, in counts: not always because everything was."""
-    if journal is None:
-        return "the file has no recipient to send"
-    counts = journal.counts()
-    left = []
-    if counts["sending"]:
-        left.append(
-            f"{counts['sending']:,} in flight when a run stopped, so perhaps never delivered, "
-            "left out (--skip-uncertain)"
-        )
-    if counts["failed"]:
-        left.append(f"{counts['failed']:,} failed, not retried (--retry-failed retries them)")
-    if counts["uncertain"]:
-        left.append(f"{counts['uncertain']:,} uncertain (mailblast report lists them)")
-    if not left:
-        return "every recipient was sent already"
-    return f"{counts['sent']:,} sent; " + "; ".join(left)
 
 
 def _open_journal(settings: Settings, recipients_path: Path, console: Console) -> Journal:
@@ -349,7 +353,7 @@ def _check_and_plan(
                 console,
                 "the template was edited since the last run: recipients not yet sent get the new version",
             )
-        if counts["failed"] and not settings.retry_failed:
+        if counts["failed"] and not settings.retry_failed and todo:
             console.print(f"{counts['failed']:,} failed recipient(s) are not retried (--retry-failed does)")
     if in_flight:
         names = ", ".join(f"row {row} {address}" for row, address in in_flight[:10])
@@ -428,6 +432,7 @@ def _summarise(
     counts: Counts,
     tally: ScanTally,
     elapsed: float,
+    window: float,
     recorder: Recorder,
     report: Path | None,
 ) -> None:
@@ -442,19 +447,19 @@ def _summarise(
             "skipped": f"{tally.duplicates + tally.empty:,}",
             "not attempted": f"{counts.not_attempted:,}",
             "elapsed": f"{elapsed:.1f}s",
-            "average rate": f"{delivered / elapsed if elapsed else 0:.2f} msg/s",
+            "average rate": f"{average_rate(delivered, rate_seconds(elapsed, window)):.2f} msg/s",
         },
     )
-    for reason, n in recorder.reasons.most_common(5):
-        console.print(f"  {n:,} × {reason}", highlight=False, soft_wrap=True)
+    if recorder.reasons:
+        display.print_reasons(console, "failures by reason", recorder.reasons.lines())
     if recorder.report.rows:
         where = report or "standard output"
         console.print(
-            f"report of {recorder.report.rows:,} recipient(s) not plainly sent: {where}", highlight=False
+            f"report of the {recorder.report.rows:,} recipient(s) not sent: {where}", highlight=False
         )
 
 
-def _stop_hint(reason: Verdict, resume: str | None) -> str:
+def _stop_hint(reason: Verdict, resume: str) -> str:
     text = reason.describe()
     if "TLS" in text:
         cause = "the server's certificate must be valid for its name; for a private CA, set SSL_CERT_FILE"
@@ -464,7 +469,32 @@ def _stop_hint(reason: Verdict, resume: str | None) -> str:
         cause = "check the host and port of the SMTP URL, and that the server is running"
     else:
         cause = "fix the cause"
-    return f"{cause}; then {resume or 'send the report rows again: mailblast send REPORT.csv (see --report)'}"
+    return f"{cause}; then {resume}"
+
+
+def default_report_path(recipients_path: Path) -> Path:
+    """Where the report goes when it should not flood a terminal: beside the recipients file."""
+    return recipients_path.with_name(f"{recipients_path.stem}.not-sent.csv")
+
+
+def _copy_report(stream: TextIO, path: Path) -> None:
+    try:
+        with path.open("w", encoding="utf-8", newline="") as f:
+            shutil.copyfileobj(stream, f)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot write the report: {e.strerror}", "pass --report PATH") from None
+
+
+def _nothing_to_send(journal: Journal | None, settings: Settings) -> str:
+    if journal is None:
+        return "nothing to send"
+    counts = journal.counts()
+    text = f"nothing to send: {counts['sent']:,} sent"
+    if counts["failed"]:
+        text += f", {counts['failed']:,} failed earlier (--retry-failed sends them again)"
+    if counts["sending"] and settings.skip_uncertain:
+        text += f", {counts['sending']:,} left out as uncertain (--skip-uncertain)"
+    return text
 
 
 @contextmanager
@@ -516,7 +546,7 @@ def run_status(settings: Settings, recipients_path: Path, console: Console) -> i
     try:
         campaign = journal.find(recipients_path, settings.template)
         counts = journal.counts(campaign.id)
-        seconds = journal.active_seconds(campaign.id)
+        seconds = journal.active_seconds(campaign.id)  # rate_seconds of every run, as in send's summary
         last = journal.last_activity(campaign.id)
         delivered = counts["sent"] + counts["uncertain"]
         display.print_counts(
@@ -530,7 +560,7 @@ def run_status(settings: Settings, recipients_path: Path, console: Console) -> i
                 "failed": f"{counts['failed']:,}",
                 "uncertain": f"{counts['uncertain'] + counts['sending']:,}",
                 "pending": f"{counts['pending']:,}",
-                "average rate": f"{delivered / seconds if seconds else 0:.2f} msg/s",
+                "average rate": f"{average_rate(delivered, seconds):.2f} msg/s",
             },
         )
         if counts["sending"]:
@@ -539,9 +569,11 @@ def run_status(settings: Settings, recipients_path: Path, console: Console) -> i
                 "sends them again (or leaves them out with --skip-uncertain)",
                 highlight=False,
             )
-        reasons = journal.failure_reasons(campaign.id)
+        reasons = Reasons()
+        for row in journal.failure_reasons(campaign.id):
+            reasons.add(*row)
         if reasons:
-            display.print_counts(console, "failures by reason", {reason: f"{n:,}" for reason, n in reasons})
+            display.print_reasons(console, "failures by reason", reasons.lines())
     finally:
         journal.close()
     return 0

@@ -14,12 +14,17 @@ from rich.console import Console
 from rich.text import Text
 
 from mailblast import display
-from mailblast.compose import ComposedMessage, Template, compose_rows, prepare
+from mailblast.compose import (
+    ComposedMessage,
+    RowError,
+    Template,
+    check_address_header,
+    compose_rows,
+    prepare,
+)
 from mailblast.config import Settings
 from mailblast.errors import ConfigError, InputError
-from mailblast.recipients import Recipient, RecipientsFile
-
-FIX_HINT = "fix the rows above (or the template), then run the command again; nothing was sent"
+from mailblast.recipients import Recipient, RecipientsFile, RowProblem
 
 
 @dataclass
@@ -35,6 +40,12 @@ class ScanTally:
     invalid: int = 0
     duplicates: int = 0
     empty: int = 0
+    bad_rows: int = 0  # invalid because of their own values, not the template's
+    faulty_templates: tuple[str, ...] = ()
+
+    def fix_hint(self) -> str:
+        to_fix = [*self.faulty_templates, *(["the rows above"] if self.bad_rows else [])]
+        return f"fix {' and '.join(to_fix)}, then run the command again; nothing was sent"
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -55,8 +66,26 @@ def load_inputs(settings: Settings, recipients_path: Path) -> Inputs:
         delimiter=settings.delimiter,
         email_column=settings.email_column,
     )
-    template = Template(settings.template, default_from=settings.sender)
+    if settings.sender is not None:
+        _check_sender(settings)
+    template = Template(
+        settings.template,
+        default_from=settings.sender,
+        attachments_dir=settings.attachments_dir,
+        max_attachments_mb=settings.attachments_max_mb,
+        sandbox=settings.sandbox,
+    )
     return Inputs(recipients, template)
+
+
+def _check_sender(settings: Settings) -> None:
+    """A bad sender from the config is one error up front, not one per row."""
+    assert settings.sender is not None
+    try:
+        check_address_header("From", settings.sender)
+    except RowError as e:
+        where = f"from in {settings.config_file} (or --from)" if settings.config_file else "--from"
+        raise ConfigError(f"the sender is not valid: {e.message}", f"fix {where}") from None
 
 
 def scan(
@@ -69,7 +98,15 @@ def scan(
     """Check every row (and build its message for ``on_message``), print every problem, count."""
     for warning in inputs.recipients.format.warnings:
         display.print_warning(console, warning)
+    fmt = inputs.recipients.format
+    for column in inputs.template.shadowed_columns(fmt.header, fmt.address_column):
+        display.print_warning(
+            console,
+            f'{inputs.recipients.name}: column "{column}" has the name of a built-in template variable; '
+            f'the template reaches it as row["{column}"]',
+        )
     tally = ScanTally()
+    faults = TemplateFaults()
     rows = compose_rows(
         inputs.recipients,
         inputs.template,
@@ -82,7 +119,10 @@ def scan(
             result = prepared.row
             tally.rows += 1
             for problem in result.problems:
-                display.print_problem(console, problem)
+                if problem.template is not None:
+                    faults.add(problem)
+                else:
+                    display.print_problem(console, problem)
             if prepared.ok:
                 tally.valid += 1
                 if on_valid is not None and result.recipient is not None:
@@ -93,16 +133,32 @@ def scan(
                 tally.duplicates += 1
             elif any(p.is_error for p in result.problems):
                 tally.invalid += 1
+                tally.bad_rows += any(p.is_error and p.template is None for p in result.problems)
             else:
                 tally.empty += 1
             if progress is not None and tally.rows % 512 == 0:
                 progress.update(progress.task_ids[0], completed=inputs.recipients.bytes_read)
+    for problem, count in faults.found.values():
+        display.print_template_fault(console, problem, count, tally.rows)
+    tally.faulty_templates = tuple(dict.fromkeys(p.template for p, _ in faults.found.values() if p.template))
     if tally.rows == 0:
         raise InputError(
             f"{inputs.recipients.name}: the file has a header but no rows",
             "add one row per recipient below the header line",
         )
     return tally
+
+
+class TemplateFaults:
+    """Problems whose cause is written in the template: the same on every row, so kept to show once."""
+
+    def __init__(self) -> None:
+        self.found: dict[tuple[str | None, str], tuple[RowProblem, int]] = {}
+
+    def add(self, problem: RowProblem) -> None:
+        key = (problem.template, problem.message)
+        first, count = self.found.get(key, (problem, 0))
+        self.found[key] = (first, count + 1)
 
 
 def run_check(settings: Settings, recipients_path: Path, console: Console) -> int:
@@ -115,7 +171,7 @@ def run_check(settings: Settings, recipients_path: Path, console: Console) -> in
 def verdict_of_scan(console: Console, tally: ScanTally) -> int:
     if tally.invalid:
         console.print(
-            Text.assemble((f"{tally.invalid} invalid row(s). ", "bold red"), f"Hint: {FIX_HINT}"),
+            Text.assemble((f"{tally.invalid:,} invalid row(s). ", "bold red"), f"Hint: {tally.fix_hint()}"),
             soft_wrap=True,
         )
         return InputError.exit_code

@@ -52,6 +52,16 @@ JournalOpt = Annotated[
         "--journal", help="The campaign journal [default: RECIPIENTS.csv.mailblast.sqlite beside it]."
     ),
 ]
+AttachmentsDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--attachments-dir", help="Attachment paths are taken from here [default: the template's folder]."
+    ),
+]
+AttachmentsMaxOpt = Annotated[
+    float | None,
+    typer.Option("--attachments-max-mb", help="Most MB of attachments in one message [default: 10]."),
+]
 DuplicatesOpt = Annotated[
     bool | None,
     typer.Option("--allow-duplicates", help="Send to an address as often as it appears.", show_default=False),
@@ -94,6 +104,8 @@ def check(
     delimiter: DelimiterOpt = None,
     email_column: EmailColumnOpt = None,
     allow_duplicates: DuplicatesOpt = None,
+    attachments_dir: AttachmentsDirOpt = None,
+    attachments_max_mb: AttachmentsMaxOpt = None,
 ) -> None:
     """Read and render every row, send nothing, and report every problem at once.
 
@@ -115,6 +127,8 @@ def preview(
     encoding: EncodingOpt = None,
     delimiter: DelimiterOpt = None,
     email_column: EmailColumnOpt = None,
+    attachments_dir: AttachmentsDirOpt = None,
+    attachments_max_mb: AttachmentsMaxOpt = None,
 ) -> None:
     """Show the fully rendered message for one row: headers, bodies, attachments."""
     settings = {k: v for k, v in locals().items() if k != "row"}
@@ -191,6 +205,8 @@ def send(
     delimiter: DelimiterOpt = None,
     email_column: EmailColumnOpt = None,
     allow_duplicates: DuplicatesOpt = None,
+    attachments_dir: AttachmentsDirOpt = None,
+    attachments_max_mb: AttachmentsMaxOpt = None,
 ) -> None:
     """Send one message per row, inside the rate limit, and report every recipient not sent.
 

@@ -34,6 +34,9 @@ TOP_KEYS: dict[str, tuple[type, bool]] = {
     "report": (str, True),
     "journal": (str, True),
     "quiet": (bool, False),
+    "attachments_dir": (str, True),
+    "attachments_max_mb": (float, False),
+    "sandbox": (bool, False),
 }
 SMTP_KEYS: dict[str, tuple[type, bool]] = {
     "url": (str, False),
@@ -58,6 +61,9 @@ class Settings:
     report: Path | None = None
     journal: Path | None = None
     quiet: bool = False
+    attachments_dir: Path | None = None
+    attachments_max_mb: float = 10.0
+    sandbox: bool = True  # render templates in Jinja's sandbox
     smtp_url: str | None = None
     rate: str | None = None
     connections: int = 2
@@ -69,8 +75,10 @@ class Settings:
     restart: bool = False
     retry_failed: bool = False
     skip_uncertain: bool = False
+    config_file: Path | None = None  # the file the settings came from, to name in hints
 
 
+_KIND_NAMES = {str: "text in quotes", int: "a whole number", float: "a number", bool: "true or false"}
 # names in the file -> names in Settings
 _RENAMES = {"from": "sender", "url": "smtp_url"}
 
@@ -103,7 +111,7 @@ def _take(path: Path, table: dict[str, Any], known: dict[str, tuple[type, bool]]
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             ok = True
         if not ok:
-            raise ConfigError(f"{path}: {prefix}{key} should be a {kind.__name__}, not {value!r}")
+            raise ConfigError(f"{path}: {prefix}{key} should be {_KIND_NAMES[kind]}, not {value!r}")
         if is_path:
             value = path.parent / value
         values[_RENAMES.get(key, key)] = value
@@ -121,6 +129,7 @@ def load_settings(config: Path | None, flags: dict[str, Any]) -> Settings:
             raise ConfigError(f"{path}: smtp should be a table ([smtp])")
         values.update(_take(path, data, TOP_KEYS, ""))
         values.update(_take(path, smtp, SMTP_KEYS, "smtp."))
+        values["config_file"] = path
     values.update({k: v for k, v in flags.items() if v is not None})
     names = {f.name for f in fields(Settings)}
     unknown = set(values) - names
@@ -131,6 +140,8 @@ def load_settings(config: Path | None, flags: dict[str, Any]) -> Settings:
             raise ConfigError(f"{name.replace('_', '-')} must be at least 1, not {getattr(settings, name)}")
     if settings.retries < 0:
         raise ConfigError(f"retries must be 0 or more, not {settings.retries}")
+    if not settings.attachments_max_mb > 0:
+        raise ConfigError(f"attachments_max_mb must be more than 0, not {settings.attachments_max_mb}")
     if not settings.timeout > 0:
         raise ConfigError(f"timeout must be more than 0 seconds, not {settings.timeout}")
     return settings

@@ -21,12 +21,22 @@ LOCAL_HOSTNAME = socket.gethostname() or "localhost"
 
 
 class TransactionError(Exception):
-    """A connection or message failed; ``uncertain`` when the reply to the final "." was lost."""
+    """A connection or message failed; ``uncertain`` when the reply to the final "." was lost.
 
-    def __init__(self, verdict: Verdict, *, uncertain: bool = False) -> None:
+    ``refused`` lists the other recipients (Cc, Bcc) refused for good in the same transaction.
+    """
+
+    def __init__(
+        self,
+        verdict: Verdict,
+        *,
+        uncertain: bool = False,
+        refused: tuple[tuple[str, Verdict], ...] = (),
+    ) -> None:
         super().__init__(verdict.describe())
         self.verdict = verdict
         self.uncertain = uncertain
+        self.refused = refused
 
 
 def _fatal(text: str) -> TransactionError:
@@ -143,6 +153,7 @@ class Connection:
         try:
             await self._smtp.mail(message.envelope_from, options=options, encoding=encoding)
             stage = "RCPT"
+            own = message.own_address.casefold()
             accepted, refused = 0, []
             for address in message.envelope_to:
                 try:
@@ -153,8 +164,11 @@ class Connection:
                     if verdict.kind is not Kind.PERMANENT:
                         raise
                     refused.append((address, verdict))
-            if not accepted:
-                raise TransactionError(refused[0][1])
+            # Delivery to the row's own address is what counts: refused, no copy goes out either.
+            own_refused = [v for a, v in refused if a.casefold() == own]
+            if own_refused or not accepted:
+                copies = tuple((a, v) for a, v in refused if a.casefold() != own)
+                raise TransactionError((own_refused or [refused[0][1]])[0], refused=copies)
             stage = "DATA"
             response = await self._smtp.data(message.data)
         except aiosmtplib.SMTPResponseException as e:

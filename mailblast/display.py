@@ -25,6 +25,17 @@ def print_problem(console: Console, problem: RowProblem) -> None:
     console.print(Text.assemble((f"{label}: ", f"bold {style}"), str(problem)), soft_wrap=True)
 
 
+def print_template_fault(console: Console, problem: RowProblem, count: int, rows: int) -> None:
+    """A problem written in the template, once, with how many rows it stopped."""
+    if count == 1:
+        where = f"row {problem.row}"
+    elif count == rows:
+        where = f"all {rows:,} rows"
+    else:
+        where = f"{count:,} rows, the first is row {problem.row}"
+    console.print(Text.assemble(("error: ", "bold red"), f"{problem} ({where})"), soft_wrap=True)
+
+
 def print_warning(console: Console, text: str) -> None:
     console.print(Text.assemble(("warning: ", "bold yellow"), text), soft_wrap=True)
 
@@ -37,6 +48,19 @@ def print_counts(console: Console, title: str, counts: Mapping[str, object]) -> 
     for name, value in counts.items():
         table.add_row(name, str(value))
     console.print(table)
+
+
+def print_reasons(console: Console, title: str, lines: list[tuple[str, int]], limit: int = 5) -> None:
+    """Failures by reason (outcomes.Reasons.lines), the first ``limit`` of them."""
+    console.print(Text(title, style="bold"))
+    for text, n in lines[:limit]:
+        console.print(f"  {n:,} × {text}", highlight=False, soft_wrap=True)
+    if len(lines) > limit:
+        more = sum(n for _, n in lines[limit:])
+        console.print(
+            f"  and {len(lines) - limit:,} more reason(s), {more:,} recipient(s): the report lists each",
+            highlight=False,
+        )
 
 
 @contextmanager

@@ -50,7 +50,9 @@ CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY,
     campaign INTEGER NOT NULL REFERENCES campaigns (id),
     started_at REAL NOT NULL,
-    last_at REAL NOT NULL
+    last_at REAL NOT NULL,
+    sending_from REAL,
+    rate_window REAL NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS recipients (
     campaign INTEGER NOT NULL,
@@ -431,10 +433,25 @@ class Journal:
         return counts
 
     @_sql_errors
+    def start_sending(self, rate_window: float) -> None:
+        """This run starts sending now; ``rate_window`` is what outcomes.rate_seconds adds."""
+        now = time.time()
+        self._db.execute(
+            "UPDATE runs SET sending_from = ?, last_at = ?, rate_window = ? WHERE id = ?",
+            (now, now, rate_window, self._ids()[1]),
+        )
+
+    @_sql_errors
+    def end_sending(self) -> None:
+        self._db.execute("UPDATE runs SET last_at = ? WHERE id = ?", (time.time(), self._ids()[1]))
+
+    @_sql_errors
     def active_seconds(self, campaign: int) -> float:
-        """Time spent sending, over every run."""
+        """The time the average rate is taken over, every run's (see outcomes.rate_seconds)."""
         (total,) = self._db.execute(
-            "SELECT COALESCE(SUM(last_at - started_at), 0) FROM runs WHERE campaign = ?", (campaign,)
+            "SELECT COALESCE(SUM(last_at - sending_from + rate_window), 0) FROM runs "
+            "WHERE campaign = ? AND sending_from IS NOT NULL",
+            (campaign,),
         ).fetchone()
         return float(total)
 
@@ -444,11 +461,13 @@ class Journal:
         return last
 
     @_sql_errors
-    def failure_reasons(self, campaign: int) -> list[tuple[str, int]]:
+    def failure_reasons(self, campaign: int) -> list[tuple[str, str, str, str, int]]:
+        """(state, smtp_code, enhanced_code, first error, count) of the latest run's failures."""
         return self._db.execute(
-            "SELECT state || ': ' || COALESCE(NULLIF(error, ''), 'no reason recorded'), COUNT(*) AS n "
-            "FROM recipients WHERE campaign = ? AND seen_run = ? AND state IN ('failed', 'uncertain') "
-            "GROUP BY 1 ORDER BY n DESC LIMIT 20",
+            "SELECT state, COALESCE(smtp_code, ''), COALESCE(enhanced_code, ''), "
+            "MIN(COALESCE(NULLIF(error, ''), 'no reason recorded')), COUNT(*) FROM recipients "
+            "WHERE campaign = ? AND seen_run = ? AND state IN ('failed', 'uncertain') "
+            "GROUP BY 1, 2, 3, CASE WHEN COALESCE(smtp_code, '') = '' THEN error END",
             (campaign, self._latest_run(campaign)),
         ).fetchall()
 
@@ -503,6 +522,11 @@ def _connect(path: Path) -> sqlite3.Connection:
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
     db.executescript(SCHEMA)
+    if "rate_window" not in {row[1] for row in db.execute("PRAGMA table_info(runs)")}:
+        db.executescript(  # a journal from before the average rate was measured this way
+            "ALTER TABLE runs ADD COLUMN sending_from REAL;"
+            "ALTER TABLE runs ADD COLUMN rate_window REAL NOT NULL DEFAULT 0;"
+        )
     return db
 
 

@@ -61,3 +61,45 @@ class Counts:
                 self.uncertain += 1
             case Status.NOT_ATTEMPTED:
                 self.not_attempted += 1
+
+
+def rate_seconds(sending: float, rate_window: float) -> float:
+    """The time an average rate is taken over: the sending time plus one rate window.
+
+    A limit of N per window lets the first N go at once, so N / sending time can exceed the
+    limit; over one window more, the average never does. ``rate_window`` is 1 s without --rate.
+    """
+    return sending + rate_window
+
+
+def average_rate(delivered: int, seconds: float) -> float:
+    return delivered / seconds if seconds > 0 else 0.0
+
+
+class Reasons:
+    """Failures grouped by reply code and enhanced status code, not by the text: eight 550 5.1.1
+    bounces that each name their own address are one reason, shown with the first one's text."""
+
+    def __init__(self) -> None:
+        self._groups: dict[tuple[str, str, str, str], list] = {}
+
+    def add(self, status: str, code: str, enhanced: str, text: str, n: int = 1) -> None:
+        key = (status, code, enhanced, "" if code else text)  # no code: the text is all there is
+        self._groups.setdefault(key, [text, 0])[1] += n
+
+    def __bool__(self) -> bool:
+        return bool(self._groups)
+
+    def lines(self) -> list[tuple[str, int]]:
+        """(what happened, how many), the most frequent first."""
+        out = []
+        for (status, code, enhanced, _), (text, n) in self._groups.items():
+            head = f"{code} {enhanced}".strip()
+            rest = text.removeprefix(code).strip().removeprefix(enhanced).strip() if code else text
+            if not head:
+                out.append((f"{status}: {rest}", n))
+            elif not rest:
+                out.append((f"{status} {head}", n))
+            else:
+                out.append((f"{status} {head}{', for example' if n > 1 else ''}: {rest}", n))
+        return sorted(out, key=lambda line: -line[1])

@@ -37,8 +37,11 @@ class RowProblem:
     column: str | None
     message: str
     is_error: bool = True
+    template: str | None = None  # the template at fault, when the cause is written there, not in the row
 
     def __str__(self) -> str:
+        if self.template is not None:
+            return f"{self.template}: {self.message}"
         where = f"{self.file}, row {self.row} (line {self.line})"
         if self.column:
             where += f', column "{self.column}"'

@@ -259,7 +259,7 @@ class Sender:
         return backoff_delay(attempt, base=o.backoff_base, cap=o.backoff_cap, rng=self._rng)
 
     def _delivered(self, job: _Job, accepted: Accepted) -> None:
-        refused = "; ".join(f"{address}: {v.describe()}" for address, v in accepted.refused)
+        refused = _listed(accepted.refused)
         if job.maybe_delivered:
             note = f"{job.maybe_delivered}, so it was sent again: may be a duplicate"
             self._finish(job, Status.UNCERTAIN, accepted.reply, f"{note}{'; ' + refused if refused else ''}")
@@ -296,7 +296,12 @@ class Sender:
                 self.stop(verdict)
                 self._finish(job, Status.NOT_ATTEMPTED, verdict, verdict.describe())
             case _:
-                self._finish(job, Status.FAILED, verdict, verdict.describe())
+                also = f"; also refused: {_listed(error.refused)}" if error.refused else ""
+                self._finish(job, Status.FAILED, verdict, verdict.describe() + also)
+
+
+def _listed(refused: tuple[tuple[str, Verdict], ...]) -> str:
+    return "; ".join(f"{address}: {v.describe()}" for address, v in refused)
 
 
 def _batches(items: Iterator[Recipient], size: int) -> Iterator[list[Recipient]]:

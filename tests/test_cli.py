@@ -78,9 +78,10 @@ def test_check_reports_every_problem_and_exits_2(tmp_path: Path) -> None:
 def test_preview_shows_headers_bodies_and_attachments(example: Path) -> None:
     (example / "terms.pdf").write_bytes(b"%PDF" + b"x" * 2048)
     (example / "recipients.csv").write_text(
-        "email,name,team,attachment\nann@example.com,Ann,Crew,../examples/terms.pdf\n"
+        "email,name,team,attachment\nann@example.com,Ann,Crew,terms.pdf\n"
     )
-    code, out = run("preview", "recipients.csv", "--template", "../templates/invitation.html.j2", cwd=example)
+    template = "../templates/invitation.html.j2"
+    code, out = run("preview", "recipients.csv", "-t", template, "--attachments-dir", ".", cwd=example)
     assert code == 0, out
     for expected in (
         "Subject:",
@@ -142,7 +143,7 @@ def test_config_given_explicitly_and_relative_paths(example: Path, tmp_path: Pat
     [
         ("templat = 'x'\n", "unknown setting templat"),
         ("[smtp]\nconections = 3\n", "unknown setting smtp.conections"),
-        ("template = 3\n", "template should be a str"),
+        ("template = 3\n", "template should be text in quotes, not 3"),
         ("template = \n", "not valid TOML"),
         ("[smtp]\nconnections = 0\n", "connections must be at least 1"),
         ("[smtp]\ntimeout = 0\n", "timeout must be more than 0 seconds"),
@@ -175,7 +176,7 @@ BAD_INPUTS = {
     "undecodable": (["check", "binary.csv", "-t", "t.txt", "--encoding", "utf-8"], "not valid utf-8"),
     "missing template": (["check", "r.csv", "-t", "nope.txt"], "no such template"),
     "syntax error": (["check", "r.csv", "-t", "broken.txt"], "broken.txt, line 2"),
-    "undefined": (["check", "r.csv", "-t", "undefined.txt"], "'nmae' is undefined"),
+    "undefined": (["check", "r.csv", "-t", "undefined.txt"], 'uses "nmae", which is not a column'),
     "no column": (["check", "r.csv", "-t", "t.txt", "--email-column", "mail"], 'no column "mail"'),
     "missing attachment": (["check", "r.csv", "-t", "attach.txt"], "attachment 'gone.pdf' not found"),
     "bad row": (["preview", "r.csv", "-t", "t.txt", "--row", "0"], "--row must be 1 or more"),

@@ -183,7 +183,9 @@ def test_newline_from_a_row_cannot_add_a_header(tmp_path: Path) -> None:
 
 def test_undefined_variable_names_the_variable(tmp_path: Path) -> None:
     template = make_template(tmp_path, "From: t@example.com\nSubject: {{ nmae }}\n\nx\n")
-    with pytest.raises(RowError, match="'nmae' is undefined.*columns are: email, name"):
+    with pytest.raises(
+        RowError, match='uses "nmae", which is not a column.*did you mean "name".*columns are: email, name'
+    ):
         template.compose(person(name="Ann"))
 
 

@@ -194,7 +194,7 @@ def test_reading_back_for_status_and_report(tmp_path: Path) -> None:
     )
     assert outcomes[3].status is Status.UNCERTAIN and "in flight" in outcomes[3].error
     assert outcomes[4].status is Status.NOT_ATTEMPTED
-    assert journal.failure_reasons(campaign.id) == [("failed: 550 no", 1)]
+    assert journal.failure_reasons(campaign.id) == [("failed", "550", "5.1.1", "550 no", 1)]
     assert journal.active_seconds(campaign.id) >= 0
     journal.close()
 

@@ -312,7 +312,9 @@ def test_composing_in_a_worker_process_gives_the_same_messages(tmp_path: Path) -
         assert [getattr(r, "message_id", None) for r in results] == [
             getattr(r, "message_id", None) for r in here
         ]
-        assert isinstance(results[-1], RowError) and "'name' is undefined" in results[-1].message
+        assert (
+            isinstance(results[-1], RowError) and 'uses "name", which is not a column' in results[-1].message
+        )
 
 
 def test_no_password_over_plaintext_to_a_host_not_named_loopback(
