@@ -144,7 +144,6 @@ class Journal:
 
     def __init__(self, path: Path, *, read_only: bool = False) -> None:
         self.path = path
-        self.read_only = read_only
         if path.is_file() and path.stat().st_size == 0 and not _wal_of(path).exists():
             # SQLite would take it for a new, empty journal, and a send would send everything again
             raise DamagedJournal(f"{path}: the journal is empty (0 bytes)", _way_out(path))
