@@ -22,7 +22,7 @@ from mailblast import display
 from mailblast.check import Inputs, ScanTally, load_inputs, scan, verdict_of_scan
 from mailblast.compose import ComposedMessage
 from mailblast.config import Settings
-from mailblast.connection import Connection
+from mailblast.connection import Connection, TransactionError
 from mailblast.errors import ConfigError, MailblastError, StoppedError
 from mailblast.journal import Journal, default_path
 from mailblast.outcomes import Counts, Outcome, Reasons, Status, average_rate, rate_seconds
@@ -113,7 +113,15 @@ def run_send(
         report_path = settings.report or (default_report_path(recipients_path) if stdout.isatty() else None)
         with _report_file(settings.report) as report_stream:
             recorder = Recorder(journal, ReportWriter(report_stream, inputs.recipients.format.header))
-            sender = Sender(connect, limiter, options, recorder.outcome, on_sending=recorder.sending)
+            sender = Sender(
+                connect,
+                limiter,
+                options,
+                recorder.outcome,
+                on_sending=recorder.sending,
+                on_not_delivered=recorder.not_delivered,
+                on_notice=lambda text: console.print(text, highlight=False),
+            )
             recorder.stop = sender.stop
             sender.counts.total = plan.total
             window = rate.period if rate else 1.0
@@ -208,12 +216,24 @@ class Recorder:
             try:
                 self.journal.mark_sending(message.recipient, message.message_id)
             except MailblastError as e:
-                self._journal_failed(e)  # so the sender does not send it: it could not be recorded
-                return
+                self._journal_failed(e)
+                raise TransactionError(JOURNAL_FAILED) from None  # not sent: it could not be recorded
         entry = self._open.get(message.recipient.row)
         if entry is not None:
             entry.tries += 1
             entry.in_flight = True
+
+    def not_delivered(self, message: ComposedMessage) -> None:
+        """A reply proved the try was not delivered: it is to be sent again, not in flight."""
+        entry = self._open.get(message.recipient.row)
+        if entry is not None:
+            entry.tries += not entry.in_flight  # refused before DATA: sending() did not count it
+            entry.in_flight = False
+        if self.journal is not None:
+            try:
+                self.journal.mark_pending(message.recipient)
+            except MailblastError as e:
+                self._journal_failed(e)
 
     def outcome(self, outcome: Outcome) -> None:
         self._open.pop(outcome.recipient.row, None)

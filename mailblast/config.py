@@ -22,6 +22,7 @@ from typing import Any
 from mailblast.errors import ConfigError
 
 DEFAULT_CONFIG = "mailblast.toml"
+MAX_CONNECTIONS = 100  # per run: servers allow a few per client, and each costs memory
 
 # key in the file -> (type, is a path)
 TOP_KEYS: dict[str, tuple[type, bool]] = {
@@ -138,6 +139,11 @@ def load_settings(config: Path | None, flags: dict[str, Any]) -> Settings:
     for name in ("connections", "max_messages"):
         if getattr(settings, name) < 1:
             raise ConfigError(f"{name.replace('_', '-')} must be at least 1, not {getattr(settings, name)}")
+    if settings.connections > MAX_CONNECTIONS:
+        raise ConfigError(
+            f"connections must be at most {MAX_CONNECTIONS}, not {settings.connections:,}",
+            "a mail server allows a few connections per client; more only get refused",
+        )
     if settings.retries < 0:
         raise ConfigError(f"retries must be 0 or more, not {settings.retries}")
     if not settings.attachments_max_mb > 0:
