@@ -23,7 +23,7 @@ from mailblast.check import Inputs, ScanTally, load_inputs, scan, verdict_of_sca
 from mailblast.compose import ComposedMessage
 from mailblast.config import Settings
 from mailblast.connection import Connection, TransactionError
-from mailblast.errors import ConfigError, MailblastError, StoppedError
+from mailblast.errors import ConfigError, InputError, MailblastError, StoppedError
 from mailblast.journal import Journal, default_path
 from mailblast.outcomes import Counts, Outcome, Reasons, Status, average_rate, rate_seconds
 from mailblast.progress import SendProgress
