@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import TextIO
 
@@ -150,6 +151,7 @@ def run_send(
             console.print(f"journal: {journal.path}", highlight=False)
     finally:
         composer.close()
+        inputs.close()
         if journal is not None:
             journal.close()
     if journal is not None:
@@ -334,7 +336,9 @@ def _check_and_plan(
     if journal is None:
         tally = scan(inputs, settings, console)
         rows = (
-            r.recipient for r in recipients.rows(allow_duplicates=settings.allow_duplicates) if r.recipient
+            r.recipient
+            for r in recipients.rows(allow_duplicates=settings.allow_duplicates)
+            if r.recipient and not inputs.is_suppressed(r.recipient)
         )
         return tally, Plan(rows, tally.valid)
     is_new, edited = journal.begin_run(
@@ -346,7 +350,13 @@ def _check_and_plan(
         allow_duplicates=settings.allow_duplicates,
     )
     try:
-        tally = scan(inputs, settings, console, on_valid=journal.add)
+        tally = scan(
+            inputs,
+            settings,
+            console,
+            on_valid=journal.add,
+            on_suppressed=partial(journal.add, suppressed=True),
+        )
     except BaseException:
         journal.abandon_run()
         raise
@@ -472,6 +482,7 @@ def _summarise(
             "failed": f"{counts.failed:,}",
             "uncertain": f"{counts.uncertain:,}",
             "skipped": f"{tally.duplicates + tally.empty:,}",
+            **({"suppressed": f"{tally.suppressed:,}"} if tally.suppressed else {}),
             "not attempted": f"{counts.not_attempted:,}",
             "elapsed": f"{elapsed:.1f}s",
             "average rate": f"{average_rate(delivered, rate_seconds(elapsed, window)):.2f} msg/s",
@@ -524,6 +535,8 @@ def _nothing_to_send(journal: Journal | None, settings: Settings) -> str:
     text = f"nothing to send: {counts['sent']:,} sent"
     if counts["failed"]:
         text += f", {counts['failed']:,} failed earlier (--retry-failed sends them again)"
+    if counts["suppressed"]:
+        text += f", {counts['suppressed']:,} suppressed"
     if counts["sending"] and settings.skip_uncertain:
         text += f", {counts['sending']:,} left out as uncertain (--skip-uncertain)"
     return text
@@ -573,10 +586,16 @@ def _existing_journal(settings: Settings, recipients_path: Path) -> Journal:
     return Journal(settings.journal or default_path(recipients_path), read_only=True)
 
 
-def run_status(settings: Settings, recipients_path: Path, console: Console) -> int:
+def run_status(
+    settings: Settings, recipients_path: Path, console: Console, *, list_suppressed: bool = False
+) -> int:
     journal = _existing_journal(settings, recipients_path)
     try:
         campaign = journal.find(recipients_path, settings.template)
+        if list_suppressed:  # one address a line: itself a suppression file
+            for _, address in journal.suppressed(campaign.id):
+                console.print(address, highlight=False, soft_wrap=True)
+            return 0
         counts = journal.counts(campaign.id)
         seconds = journal.active_seconds(campaign.id)  # rate_seconds of every run, as in send's summary
         last = journal.last_activity(campaign.id)
@@ -592,6 +611,7 @@ def run_status(settings: Settings, recipients_path: Path, console: Console) -> i
                 "failed": f"{counts['failed']:,}",
                 "uncertain": f"{counts['uncertain'] + counts['sending']:,}",
                 "pending": f"{counts['pending']:,}",
+                **({"suppressed": f"{counts['suppressed']:,}"} if counts["suppressed"] else {}),
                 "average rate": f"{average_rate(delivered, seconds):.2f} msg/s",
             },
         )

@@ -1,20 +1,25 @@
 """One SMTP connection (aiosmtplib), and the one place where its errors become verdicts.
 
 Everything that can go wrong on the wire leaves this module as a ``TransactionError``
-carrying a classified ``Verdict``; nothing above it knows aiosmtplib's exceptions.
+carrying a classified ``Verdict``; nothing above it knows aiosmtplib's exceptions. Every
+verdict leaves without the password or token, however the server echoed it (redact.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import aiosmtplib
 
 from mailblast.compose import ComposedMessage
+from mailblast.redact import Redactor
 from mailblast.replies import Kind, Verdict, classify, connection_lost
 from mailblast.urls import SmtpTarget
 
@@ -52,6 +57,27 @@ class Accepted:
     refused: tuple[tuple[str, Verdict], ...] = ()
 
 
+R = TypeVar("R")
+
+
+def _redacting(method: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
+    """Every verdict leaving ``method`` (raised or returned) without the secrets a server echoed."""
+
+    @functools.wraps(method)
+    async def redacted(self: Connection, *args: Any, **kwargs: Any) -> R:
+        clean = self._clean
+        try:
+            result = await method(self, *args, **kwargs)
+        except TransactionError as e:
+            refused = tuple((a, clean(v)) for a, v in e.refused)
+            raise TransactionError(clean(e.verdict), uncertain=e.uncertain, refused=refused) from None
+        if isinstance(result, Accepted):
+            return Accepted(clean(result.reply), tuple((a, clean(v)) for a, v in result.refused))  # type: ignore[return-value]
+        return result
+
+    return redacted
+
+
 class Connection:
     """A lazily opened, reusable SMTP session with one server."""
 
@@ -65,6 +91,7 @@ class Connection:
     ) -> None:
         self.target = target
         self._password = password
+        self._redactor = Redactor([password], target.username)
         self._tls_context = tls_context or ssl.create_default_context()
         self._smtp = aiosmtplib.SMTP(
             hostname=target.host,
@@ -80,10 +107,14 @@ class Connection:
     def __repr__(self) -> str:
         return f"Connection({self.target.display()})"
 
+    def _clean(self, verdict: Verdict) -> Verdict:
+        return dataclasses.replace(verdict, text=self._redactor(verdict.text))
+
     @property
     def is_open(self) -> bool:
         return self._smtp.is_connected
 
+    @_redacting
     async def open(self) -> None:
         """Connect, secure and log in; raises TransactionError."""
         where = self.target.display()
@@ -135,6 +166,7 @@ class Connection:
             self._smtp.close()
             raise TransactionError(connection_lost(f"login failed: {_reason(e)}")) from None
 
+    @_redacting
     async def send(self, message: ComposedMessage, *, on_data: Callable[[], None] | None = None) -> Accepted:
         """One MAIL/RCPT/DATA transaction; RSET and raise TransactionError on any refusal.
 

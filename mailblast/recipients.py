@@ -11,7 +11,7 @@ import csv
 import io
 import sqlite3
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ import email_validator
 from email_validator import EmailNotValidError, validate_email
 
 from mailblast.errors import RecipientsError
+from mailblast.spreadsheet import is_report, restore
 
 # Internal relays deliver to .local and .test: accept them (check warns), as email-validator's docs
 # allow by editing this list. Still refused: .invalid, .onion, .arpa, localhost.
@@ -83,6 +84,7 @@ class CsvFormat:
     header: tuple[str, ...]
     address_column: str
     warnings: tuple[str, ...] = ()
+    is_report: bool = False  # a mailblast report: its cells lose the mark that kept formulas off
 
 
 def detect_encoding(path: Path) -> str:
@@ -155,7 +157,7 @@ def _open_text(path: Path, encoding: str) -> io.TextIOWrapper:
     )
 
 
-def _pick_delimiter(header_line: str) -> str:
+def pick_delimiter(header_line: str) -> str:
     counts = {d: header_line.count(d) for d in DELIMITERS}
     best = max(DELIMITERS, key=lambda d: counts[d])
     return best if counts[best] else ","
@@ -217,7 +219,7 @@ class RecipientsFile:
                 f"{self.name}: the file is empty" if not first else f"{self.name}: the first line is empty",
                 "the first line must be a header naming the columns, such as: email,name",
             )
-        delim = delimiter or _pick_delimiter(first)
+        delim = delimiter or pick_delimiter(first)
         try:
             raw = next(csv.reader([first], delimiter=delim, strict=True))
         except csv.Error as e:
@@ -225,6 +227,10 @@ class RecipientsFile:
                 f"{self.name}, line 1 (the header): {_csv_problem(e)}", DELIMITER_HINT
             ) from None
         header = tuple(name.strip() for name in raw)
+        report = is_report(header)
+        if report:
+            raw = [restore(name) for name in raw]
+            header = tuple(name.strip() for name in raw)
         warnings = []
         trimmed = [name for name in raw if name != name.strip()]
         if trimmed:
@@ -242,7 +248,7 @@ class RecipientsFile:
                 "give every column a distinct name",
             )
         address_column = find_address_column(header, email_column)
-        return CsvFormat(encoding, delim, header, address_column, tuple(warnings))
+        return CsvFormat(encoding, delim, header, address_column, tuple(warnings), report)
 
     def _decode_error(self, encoding: str, err: UnicodeError) -> RecipientsError:
         # The text layer decodes ahead in chunks, so find the line again byte by byte.
@@ -314,6 +320,8 @@ class RecipientsFile:
                 f"(a stray {fmt.delimiter!r} or an unquoted value?)",
             )
             return result
+        if fmt.is_report:
+            values = [restore(v) for v in values]
         fields = dict(zip(fmt.header, values, strict=True))
         raw_address = fields[fmt.address_column].strip()
         if not raw_address:
@@ -375,6 +383,16 @@ class SeenAddresses:
         if cur.rowcount:
             return None
         return self._db.execute("SELECT row FROM seen WHERE address = ?", (key,)).fetchone()[0]
+
+    def add_all(self, addresses: Iterable[str]) -> int:
+        """Remember many addresses at once (the row is 0); return how many were new."""
+        before = self._db.total_changes
+        self._db.executemany("INSERT OR IGNORE INTO seen VALUES (?, 0)", ((a.casefold(),) for a in addresses))
+        return self._db.total_changes - before
+
+    def __contains__(self, address: str) -> bool:
+        key = address.casefold()
+        return self._db.execute("SELECT 1 FROM seen WHERE address = ?", (key,)).fetchone() is not None
 
     def close(self) -> None:
         self._db.close()
