@@ -178,7 +178,9 @@ def run_send(
     if sender.stopped_by is INTERRUPTED or (cut_short and sender.stopped_by is None):
         raise StoppedError(f"interrupted: {sender.counts.not_attempted:,} recipient(s) not attempted", resume)
     if sender.stopped_by is not None:
-        raise StoppedError(f"stopped: {sender.stopped_by.describe()}", _stop_hint(sender.stopped_by, resume))
+        raise StoppedError(
+            f"stopped: {sender.stopped_by.describe()}", _stop_hint(sender.stopped_by, resume, target)
+        )
     # an uncertain message accepted on its resend was delivered (maybe twice): not a failure
     return 1 if sender.counts.failed or recorder.unconfirmed else 0
 
@@ -497,12 +499,30 @@ def _summarise(
         )
 
 
-def _stop_hint(reason: Verdict, resume: str) -> str:
+def _stop_hint(reason: Verdict, resume: str, target: SmtpTarget) -> str:
+    """What to do about a stop; the mix-up of ports 465 and 587 is the commonest setup mistake."""
     text = reason.describe()
-    if "TLS" in text:
-        cause = "the server's certificate must be valid for its name; for a private CA, set SSL_CERT_FILE"
+    if "WRONG_VERSION_NUMBER" in text:
+        cause = (
+            f"port {target.port} does not start with TLS: port 587 usually wants smtp+starttls://, "
+            "and smtps:// is for port 465"
+        )
+    elif "does not offer STARTTLS" in text:
+        cause = (
+            "the server offers no STARTTLS: port 465 wants smtps://; a relay without TLS is "
+            "smtp:// (then without a password, unless it is on this machine)"
+        )
+    elif "certificate verify failed" in text:
+        cause = (
+            "the server's certificate is not trusted: if it is signed by a private CA, set SSL_CERT_FILE "
+            "to that CA's PEM file; if it is made out to another name, use that name in the URL"
+        )
+    elif "TLS" in text:
+        cause = "check that the port and the scheme match: smtps:// for port 465, smtp+starttls:// for 587"
     elif reason.code in (530, 534, 535, 538):
         cause = f"check the user name in the SMTP URL and {PASSWORD_ENV}"
+    elif "cannot connect" in text and target.port == 465 and target.security != "tls":
+        cause = "port 465 usually wants smtps:// (TLS from the start)"
     elif "cannot connect" in text:
         cause = "check the host and port of the SMTP URL, and that the server is running"
     else:
