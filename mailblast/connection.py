@@ -1,18 +1,25 @@
 """One SMTP connection (aiosmtplib), and the one place where its errors become verdicts.
 
 Everything that can go wrong while connecting leaves this module as a ``TransactionError``
-carrying a classified ``Verdict``; nothing above it knows aiosmtplib's exceptions. Once
-open, messages go through ``transactions`` (mailblast.transaction), which pipelines.
+carrying a classified ``Verdict``; nothing above it knows aiosmtplib's exceptions. Every
+verdict leaves without the password or token, however the server echoed it (redact.py).
+Once open, messages go through ``transactions`` (mailblast.transaction), which pipelines.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
+import os
 import socket
 import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import aiosmtplib
 
+from mailblast.redact import Redactor
 from mailblast.replies import Kind, Verdict, classify, connection_lost
 from mailblast.transaction import TransactionError, Transactions
 from mailblast.urls import SmtpTarget
@@ -22,6 +29,25 @@ LOCAL_HOSTNAME = socket.gethostname() or "localhost"
 
 def _fatal(text: str) -> TransactionError:
     return TransactionError(Verdict(Kind.FATAL, None, None, None, text))
+
+
+R = TypeVar("R")
+
+
+def _redacting(method: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
+    """Every verdict leaving ``method`` (raised or returned) without the secrets a server echoed."""
+
+    @functools.wraps(method)
+    async def redacted(self: Connection, *args: Any, **kwargs: Any) -> R:
+        clean = self._clean
+        try:
+            result = await method(self, *args, **kwargs)
+        except TransactionError as e:
+            refused = tuple((a, clean(v)) for a, v in e.refused)
+            raise TransactionError(clean(e.verdict), uncertain=e.uncertain, refused=refused) from None
+        return result
+
+    return redacted
 
 
 class Connection:
@@ -40,6 +66,7 @@ class Connection:
         self._timeout = timeout
         self._pipelining = pipelining
         self._password = password
+        self._redactor = Redactor([password], target.username)
         self._tls_context = tls_context or ssl.create_default_context()
         self._smtp = aiosmtplib.SMTP(
             hostname=target.host,
@@ -55,10 +82,14 @@ class Connection:
     def __repr__(self) -> str:
         return f"Connection({self.target.display()})"
 
+    def _clean(self, verdict: Verdict) -> Verdict:
+        return dataclasses.replace(verdict, text=self._redactor(verdict.text))
+
     @property
     def is_open(self) -> bool:
         return self._smtp.is_connected
 
+    @_redacting
     async def open(self) -> None:
         """Connect, secure and log in; raises TransactionError."""
         where = self.target.display()
@@ -81,6 +112,7 @@ class Connection:
             pipelining=self._pipelining and self._smtp.supports_extension("pipelining"),
             smtputf8=self._smtp.supports_extension("smtputf8"),
             timeout=self._timeout,
+            clean=self._clean,
         )
 
     def _connect_error(self, error: Exception) -> TransactionError:
@@ -89,7 +121,7 @@ class Connection:
         if isinstance(error, aiosmtplib.SMTPResponseException):  # e.g. 421 or 554 as greeting
             return TransactionError(classify(error.code, error.message))
         if isinstance(error, aiosmtplib.SMTPConnectError | OSError):
-            return TransactionError(connection_lost(f"cannot connect to {where}: {_reason(error)}"))
+            return TransactionError(connection_lost(f"cannot connect to {where}: {_connect_reason(error)}"))
         if isinstance(error, aiosmtplib.SMTPException) and "STARTTLS" in str(error):
             return _fatal(f"{where} does not offer STARTTLS, which smtp+starttls:// requires")
         if isinstance(error, aiosmtplib.SMTPException):
@@ -144,9 +176,25 @@ def _tls_error(error: BaseException | None) -> str | None:
         if isinstance(error, ssl.SSLCertVerificationError):
             return f"certificate verify failed: {error.verify_message}"
         if isinstance(error, ssl.SSLError):
+            if error.reason == "WRONG_VERSION_NUMBER":  # plain SMTP answered a TLS hello
+                return "the server did not answer in TLS (WRONG_VERSION_NUMBER)"
             return error.reason or str(error)
         error = error.__cause__ or error.__context__
     return None
+
+
+def _connect_reason(error: BaseException) -> str:
+    """Why a connection failed, once: aiosmtplib's text repeats the host and port we already name."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, socket.gaierror):
+            return f"the host name is not known ({cause.strerror})"
+        if isinstance(cause, TimeoutError | aiosmtplib.SMTPConnectTimeoutError):
+            return "no answer in time"
+        if isinstance(cause, OSError) and cause.errno:
+            return os.strerror(cause.errno).lower()
+        cause = cause.__cause__ or cause.__context__
+    return _reason(error)
 
 
 def _reason(error: BaseException) -> str:

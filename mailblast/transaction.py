@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import re
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from mailblast.compose import ComposedMessage
@@ -142,8 +143,10 @@ class Transactions:
         pipelining: bool,
         smtputf8: bool,
         timeout: float,
+        clean: Callable[[Verdict], Verdict] = lambda verdict: verdict,
     ) -> None:
         self._transport = transport
+        self._clean = clean  # takes out any secret a server echoed
         self._replies = _Replies(transport, protocol)
         transport.set_protocol(self._replies)
         self.pipelining = pipelining
@@ -216,7 +219,7 @@ class Transactions:
             # Only now, the final "." written and its reply unknown, may the server have the message.
             lost = connection_lost(f"connection lost after the final '.': {e}")
             return TransactionError(lost, uncertain=True), str(e)
-        reply = classify(code, text)
+        reply = self._classify(code, text)
         if reply.kind is not Kind.OK:
             return TransactionError(reply), None
         return Accepted(reply, ready.refused), None
@@ -250,13 +253,13 @@ class Transactions:
                 if stage == "RSET":
                     self._reset_first = False
                 elif stage == "MAIL" and code != 250:
-                    failure = classify(code, text)
+                    failure = self._classify(code, text)
                 elif stage == "RCPT" and failure is None:
                     address = next(targets)
                     if 200 <= code < 300:
                         accepted += 1
                         continue
-                    verdict = classify(code, text, recipient=True)
+                    verdict = self._classify(code, text, recipient=True)
                     if verdict.kind is Kind.PERMANENT:
                         refused.append((address, verdict))
                     else:
@@ -271,7 +274,7 @@ class Transactions:
                     elif code == 354:
                         return Ready(message, tuple(refused))
                     else:
-                        failure = failure or classify(code, text)
+                        failure = failure or self._classify(code, text)
         except _Lost as e:
             self._transport.close()
             if failure is None:
@@ -281,6 +284,9 @@ class Transactions:
         assert failure is not None
         copies = tuple((a, v) for a, v in refused if a.casefold() != own) if own_failed else ()
         return TransactionError(failure, refused=copies)
+
+    def _classify(self, code: int, text: str, *, recipient: bool = False) -> Verdict:
+        return self._clean(classify(code, text, recipient=recipient))
 
     def _write(self, data: bytes) -> None:
         if self._transport.is_closing() or self._replies.lost is not None:
