@@ -252,6 +252,14 @@ class Sender:
                     job = None
                     if begun is None:
                         continue
+                if begun is not None and self.stopping:
+                    # Before its content the server cannot have it: stopping, it does not go.
+                    assert connection is not None
+                    connection.abort()
+                    self._limiter.release(begun.slot, accepted=False)
+                    self._finish(begun.job, Status.NOT_ATTEMPTED, self.stopped_by, "the run stopped first")
+                    begun = None
+                    continue
                 slot = None
                 if job is not None and begun is None:
                     if connection is None or not connection.is_open:
@@ -315,11 +323,19 @@ class Sender:
     ) -> _Begun | None:
         """Send ``content``'s message and start ``start``'s transaction; the latter if its DATA got 354."""
         assert connection.transactions is not None
+        if content is not None and self._on_sending is not None:
+            try:
+                self._on_sending(content.job.message)  # from its final "." on, the server may have it
+            except TransactionError as e:  # it cannot be recorded, so it must not go
+                connection.abort()  # its DATA got 354: only dropping the connection ends that unsent
+                self._settle(content, e)
+                if start is not None:
+                    self._limiter.release(start.slot, accepted=False)
+                    self._finish(start.job, Status.NOT_ATTEMPTED, self.stopped_by, "the run stopped first")
+                return None
         if start is not None:
             start.job.attempts += 1
             self._set_waiting(start.job, False)
-        if content is not None and self._on_sending is not None:
-            self._on_sending(content.job.message)  # from its final "." on, the server may have it
         sent, started = await connection.transactions.step(
             content.ready if content else None, start.job.message if start else None
         )
