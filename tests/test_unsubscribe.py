@@ -13,7 +13,10 @@ from mailblast import unsubscribe as unsub
 from tests.servers import SmtpServer
 from tests.test_send_cli import mailblast
 
-TEMPLATE = "From: news@example.com\nSubject: Hi {{ name }}\n\nHello {{ name }}\n\nUnsubscribe: {{ unsubscribe_url }}\n"
+TEMPLATE = (
+    "From: news@example.com\nSubject: Hi {{ name }}\n\n"
+    "Hello {{ name }}\n\nUnsubscribe: {{ unsubscribe_url }}\n"
+)
 HOSTILE_IDS = [
     "7",
     "1>, <https://evil.example/steal",  # would close the <...> and add a link
