@@ -22,6 +22,7 @@ from mailblast.check import Inputs, ScanTally, load_inputs, scan, verdict_of_sca
 from mailblast.compose import ComposedMessage
 from mailblast.config import Settings
 from mailblast.connection import Connection
+from mailblast.credentials import Credentials, gather_credentials, sign_in_hint
 from mailblast.errors import ConfigError, InputError, StoppedError
 from mailblast.journal import Journal, default_path
 from mailblast.outcomes import Counts, Outcome, Reasons, Status, average_rate, rate_seconds
@@ -34,7 +35,6 @@ from mailblast.sender import Sender, SenderOptions
 from mailblast.urls import SmtpTarget, parse_rate, parse_smtp_url
 from mailblast.worker import ComposeWorker
 
-PASSWORD_ENV = "MAILBLAST_SMTP_PASSWORD"
 # A recipients file this large is composed in a worker process, started before the check pass so
 # that its start-up overlaps it; for smaller ones the start-up would cost more than it saves.
 COMPOSE_IN_WORKER_FROM = 64 * 1024  # bytes, about a thousand rows
@@ -83,11 +83,16 @@ def run_send(
         if plan.total == 0:
             console.print(_nothing_to_send(journal, settings), highlight=False)
             return 0
-        password = None
-        if target.username is not None:  # asked only now: a bad row should not cost typing it
-            password = os.environ.get(PASSWORD_ENV) or ask_password(
-                f"Password for {target.username} at {target.host}"
-            )
+        # asked only now: a bad row should not cost typing a password
+        credentials = gather_credentials(
+            target.username,
+            method=settings.auth,
+            password_command=settings.password_command,
+            token_command=settings.oauth_token_command,
+            environ=os.environ,
+            ask_password=ask_password,
+            prompt=f"Password for {target.username} at {target.host}",
+        )
         pace = f"at most {rate}" if rate else "no --rate given, so at the pace the server allows"
         console.print(
             f"sending {plan.total:,} message(s) to {target.display()}, {pace}, "
@@ -97,7 +102,7 @@ def run_send(
         tls_context = ssl.create_default_context()  # once: loading the CA store takes milliseconds
 
         def connect() -> Connection:
-            return Connection(target, password, timeout=settings.timeout, tls_context=tls_context)
+            return Connection(target, credentials, timeout=settings.timeout, tls_context=tls_context)
 
         limiter = SlidingWindowLimiter(rate.count if rate else None, rate.period if rate else 1.0)
         options = SenderOptions(settings.connections, settings.max_messages, settings.retries)
@@ -140,7 +145,8 @@ def run_send(
     if sender.stopped_by is INTERRUPTED:
         raise StoppedError(f"interrupted: {sender.counts.not_attempted:,} recipient(s) not attempted", resume)
     if sender.stopped_by is not None:
-        raise StoppedError(f"stopped: {sender.stopped_by.describe()}", _stop_hint(sender.stopped_by, resume))
+        hint = _stop_hint(sender.stopped_by, resume, credentials)
+        raise StoppedError(f"stopped: {sender.stopped_by.describe()}", hint)
     # an uncertain message accepted on its resend was delivered (maybe twice): not a failure
     return 1 if sender.counts.failed or recorder.unconfirmed else 0
 
@@ -309,12 +315,12 @@ def _summarise(
         )
 
 
-def _stop_hint(reason: Verdict, resume: str) -> str:
+def _stop_hint(reason: Verdict, resume: str, credentials: Credentials | None) -> str:
     text = reason.describe()
     if "TLS" in text:
         cause = "the server's certificate must be valid for its name; for a private CA, set SSL_CERT_FILE"
     elif reason.code in (530, 534, 535, 538):
-        cause = f"check the user name in the SMTP URL and {PASSWORD_ENV}"
+        cause = sign_in_hint(reason, credentials)
     elif "cannot connect" in text:
         cause = "check the host and port of the SMTP URL, and that the server is running"
     else:

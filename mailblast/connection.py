@@ -12,8 +12,11 @@ import ssl
 from dataclasses import dataclass
 
 import aiosmtplib
+from aiosmtplib.auth import auth_xoauth2_encode
 
 from mailblast.compose import ComposedMessage
+from mailblast.credentials import Credentials, SecretError
+from mailblast.errors import ConfigError
 from mailblast.replies import Kind, Verdict, classify, connection_lost
 from mailblast.urls import SmtpTarget
 
@@ -47,13 +50,13 @@ class Connection:
     def __init__(
         self,
         target: SmtpTarget,
-        password: str | None,
+        credentials: Credentials | None,
         *,
         timeout: float,
         tls_context: ssl.SSLContext | None = None,
     ) -> None:
         self.target = target
-        self._password = password
+        self._credentials = credentials
         self._tls_context = tls_context or ssl.create_default_context()
         self._smtp = aiosmtplib.SMTP(
             hostname=target.host,
@@ -85,8 +88,8 @@ class Connection:
                 self._smtp.close()
                 raise _fatal(f"TLS with {where} failed: {tls_error}") from None
             raise self._connect_error(e) from None
-        if self.target.username is not None:
-            await self._login()
+        if self._credentials is not None:
+            await self._login(self._credentials)
 
     def _connect_error(self, error: Exception) -> TransactionError:
         self._smtp.close()
@@ -101,7 +104,7 @@ class Connection:
             return TransactionError(connection_lost(f"{where}: {_reason(error)}"))
         raise error
 
-    async def _login(self) -> None:
+    async def _login(self, credentials: Credentials) -> None:
         encrypted = self._smtp.get_transport_info("sslcontext") is not None
         if not encrypted and not self.target.is_loopback:
             self._smtp.close()
@@ -112,17 +115,33 @@ class Connection:
         if not self._smtp.supports_extension("auth"):
             self._smtp.close()
             raise _fatal(f"{self.target.host} does not offer AUTH, but the URL names a user")
+        user, password = credentials.username, credentials.password or ""
         try:
-            await self._smtp.login(self.target.username or "", self._password or "")
+            method = credentials.choose_method(self.target.host, self._smtp.server_auth_methods)
+            if method == "xoauth2":
+                token = await credentials.fresh_token()
+                credentials.remember(auth_xoauth2_encode(user, token).decode("ascii"))
+                await self._smtp.auth_xoauth2(user, token)
+            elif method == "plain":
+                await self._smtp.auth_plain(user, password)
+            elif method == "login":
+                await self._smtp.auth_login(user, password)
+            else:
+                await self._smtp.login(user, password)  # the best the server offers
+        except (ConfigError, SecretError) as e:
+            self._smtp.close()
+            raise _fatal(str(e).replace("\nHint: ", "; ")) from None
         except aiosmtplib.SMTPResponseException as e:
             self._smtp.close()
-            verdict = classify(e.code, e.message)
+            text = credentials.scrub(e.message)  # a server may echo what it was sent
+            verdict = classify(e.code, text)
             if e.code in (535, 534, 530, 538):  # any auth refusal ends the run
-                verdict = Verdict(Kind.FATAL, e.code, verdict.enhanced_code, None, e.message)
+                verdict = Verdict(Kind.FATAL, e.code, verdict.enhanced_code, None, text)
             raise TransactionError(verdict) from None
         except aiosmtplib.SMTPException as e:
             self._smtp.close()
-            raise TransactionError(connection_lost(f"login failed: {_reason(e)}")) from None
+            lost = connection_lost(f"login failed: {credentials.scrub(_reason(e))}")
+            raise TransactionError(lost) from None
 
     async def send(self, message: ComposedMessage) -> Accepted:
         """One MAIL/RCPT/DATA transaction; RSET and raise TransactionError on any refusal."""
