@@ -110,8 +110,15 @@ def run_send(
         report_path = settings.report or (default_report_path(recipients_path) if stdout.isatty() else None)
         with _report_file(settings.report) as report_stream:
             recorder = Recorder(journal, ReportWriter(report_stream, inputs.recipients.format.header))
-            on_sending = recorder.sending if journal is not None else None
-            sender = Sender(connect, limiter, options, recorder.outcome, on_sending=on_sending)
+            sender = Sender(
+                connect,
+                limiter,
+                options,
+                recorder.outcome,
+                on_sending=recorder.sending if journal is not None else None,
+                on_not_delivered=recorder.not_delivered if journal is not None else None,
+                on_notice=lambda text: console.print(text, highlight=False),
+            )
             sender.counts.total = plan.total
             window = rate.period if rate else 1.0
             if journal is not None:
@@ -163,6 +170,10 @@ class Recorder:
     def sending(self, message: ComposedMessage) -> None:
         assert self.journal is not None
         self.journal.mark_sending(message.recipient, message.message_id)
+
+    def not_delivered(self, message: ComposedMessage) -> None:
+        assert self.journal is not None
+        self.journal.mark_pending(message.recipient)
 
     def outcome(self, outcome: Outcome) -> None:
         if self.journal is not None:

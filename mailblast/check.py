@@ -68,7 +68,13 @@ def load_inputs(settings: Settings, recipients_path: Path) -> Inputs:
     )
     if settings.sender is not None:
         _check_sender(settings)
-    template = Template(settings.template, default_from=settings.sender)
+    template = Template(
+        settings.template,
+        default_from=settings.sender,
+        attachments_dir=settings.attachments_dir,
+        max_attachments_mb=settings.attachments_max_mb,
+        sandbox=settings.sandbox,
+    )
     return Inputs(recipients, template)
 
 
@@ -92,6 +98,13 @@ def scan(
     """Check every row (and build its message for ``on_message``), print every problem, count."""
     for warning in inputs.recipients.format.warnings:
         display.print_warning(console, warning)
+    fmt = inputs.recipients.format
+    for column in inputs.template.shadowed_columns(fmt.header, fmt.address_column):
+        display.print_warning(
+            console,
+            f'{inputs.recipients.name}: column "{column}" has the name of a built-in template variable; '
+            f'the template reaches it as row["{column}"]',
+        )
     tally = ScanTally()
     faults = TemplateFaults()
     rows = compose_rows(

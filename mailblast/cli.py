@@ -12,11 +12,12 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from mailblast import __version__, campaign
+from mailblast import __version__, campaign, capture
 from mailblast.check import run_check, run_dry_run, run_preview
 from mailblast.config import Settings, load_settings
 from mailblast.credentials import PASSWORD_ENV
 from mailblast.errors import ConfigError, InputError, MailblastError, StoppedError
+from mailblast.urls import parse_rate
 
 app = typer.Typer(
     name="mailblast",
@@ -52,6 +53,16 @@ JournalOpt = Annotated[
     typer.Option(
         "--journal", help="The campaign journal [default: RECIPIENTS.csv.mailblast.sqlite beside it]."
     ),
+]
+AttachmentsDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--attachments-dir", help="Attachment paths are taken from here [default: the template's folder]."
+    ),
+]
+AttachmentsMaxOpt = Annotated[
+    float | None,
+    typer.Option("--attachments-max-mb", help="Most MB of attachments in one message [default: 10]."),
 ]
 DuplicatesOpt = Annotated[
     bool | None,
@@ -95,6 +106,8 @@ def check(
     delimiter: DelimiterOpt = None,
     email_column: EmailColumnOpt = None,
     allow_duplicates: DuplicatesOpt = None,
+    attachments_dir: AttachmentsDirOpt = None,
+    attachments_max_mb: AttachmentsMaxOpt = None,
 ) -> None:
     """Read and render every row, send nothing, and report every problem at once.
 
@@ -116,6 +129,8 @@ def preview(
     encoding: EncodingOpt = None,
     delimiter: DelimiterOpt = None,
     email_column: EmailColumnOpt = None,
+    attachments_dir: AttachmentsDirOpt = None,
+    attachments_max_mb: AttachmentsMaxOpt = None,
 ) -> None:
     """Show the fully rendered message for one row: headers, bodies, attachments."""
     settings = {k: v for k, v in locals().items() if k != "row"}
@@ -202,6 +217,8 @@ def send(
     delimiter: DelimiterOpt = None,
     email_column: EmailColumnOpt = None,
     allow_duplicates: DuplicatesOpt = None,
+    attachments_dir: AttachmentsDirOpt = None,
+    attachments_max_mb: AttachmentsMaxOpt = None,
 ) -> None:
     """Send one message per row, inside the rate limit, and report every recipient not sent.
 
@@ -249,6 +266,39 @@ def report(
         lambda console: campaign.run_report(_settings(options), recipients, out, console, sys.stdout),
         stderr=True,
     )
+
+
+@app.command()
+def serve(
+    port: Annotated[int, typer.Option("--port", "-p", help="Port to listen on.")] = capture.DEFAULT_PORT,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = capture.LOOPBACK,
+    outbox: Annotated[
+        Path, typer.Option("--outbox", help="The Maildir that keeps every message.")
+    ] = capture.DEFAULT_OUTBOX,
+    rate: Annotated[
+        str | None,
+        typer.Option("--rate", help="Rehearse a rate limit, e.g. 3/s: above it, Mailtrap's 550 reply."),
+    ] = None,
+    max_connections: Annotated[
+        int | None, typer.Option("--max-connections", help="Connections at once; above it, a 421 greeting.")
+    ] = None,
+    max_messages: Annotated[
+        int | None, typer.Option("--max-messages", help="Messages per connection; then a 421.")
+    ] = None,
+    fail_rate: Annotated[
+        float, typer.Option("--fail-rate", help="Share of messages refused with a random 451, 0 to 1.")
+    ] = 0.0,
+) -> None:
+    """Run a local SMTP server that keeps every message in a Maildir and sends nothing on.
+
+    Rehearse a provider: mailblast serve --rate 3/s --max-connections 2
+    """
+
+    def work(console: Console) -> int:
+        limits = capture.Limits(parse_rate(rate) if rate else None, max_connections, max_messages, fail_rate)
+        return capture.run_serve(host, port, outbox, limits, console)
+
+    _run(work)
 
 
 def _ask_password(prompt: str) -> str:

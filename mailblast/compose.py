@@ -2,8 +2,8 @@
 
 A template is one Jinja file shaped like an email: a block of headers, a blank
 line, then the body. The two parts are compiled apart so that a value from the
-CSV can never add a header: any CR or LF a row puts into the header block is
-refused for that row.
+CSV stays data: it can never add a header, a recipient or a file (see headers.py
+for the header block, and the attachment checks below).
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import difflib
 import email
 import hashlib
 import mimetypes
+import os
 import re
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,7 +28,7 @@ from email.mime.base import MIMEBase
 from email.mime.multipart import MIMEMultipart
 from email.mime.nonmultipart import MIMENonMultipart
 from email.policy import Compat32
-from email.utils import format_datetime, formataddr, getaddresses, quote
+from email.utils import format_datetime, formataddr, quote
 from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,8 +38,10 @@ import jinja2
 from email_validator import EmailNotValidError, validate_email
 from markdown_it import MarkdownIt
 
-from mailblast.errors import TemplateError
+from mailblast import headers as hdr
+from mailblast.errors import ConfigError, TemplateError
 from mailblast.recipients import Recipient, RecipientsFile, RowProblem, RowResult
+from mailblast.sandbox import RenderLimit, make_environment, render_bounded
 
 ADDRESS_HEADERS = ("from", "to", "cc", "bcc", "reply-to")
 SINGLE_HEADERS = {"from", "to", "cc", "bcc", "reply-to", "subject"}
@@ -77,6 +81,9 @@ class _WirePolicy(Compat32):
 WIRE = _WirePolicy(linesep="\r\n")
 T = TypeVar("T")
 JINJA_SUFFIXES = (".j2", ".jinja", ".jinja2")
+DEFAULT_MAX_ATTACHMENTS_MB = 10.0  # all of one message's attachments together
+MAX_HEADER_CHARS = 100_000  # one row's rendered header block
+MAX_BODY_CHARS = 10_000_000  # one row's rendered body
 SYNTAX_HINT = "fix the template; Jinja's syntax is described at https://jinja.palletsprojects.com/templates/"
 
 
@@ -130,6 +137,11 @@ class ComposedMessage:
     needs_smtputf8: bool
     attachments: list[Attachment] = field(default_factory=list)
 
+    @property
+    def own_address(self) -> str:
+        """The row's own address as it goes in the envelope: the one whose delivery counts."""
+        return _check_address(self.recipient.address)[0]
+
     def parsed(self) -> EmailMessage:
         """The message as a mail client reads it."""
         data = self.data.replace(b"\r\n", b"\n")
@@ -144,13 +156,6 @@ def body_kind(path: Path) -> str:
         if name.endswith(suffix):
             name = name[: -len(suffix)]
     return BODY_KINDS.get(Path(name).suffix, "text")
-
-
-def _no_line_breaks(value: Any) -> Any:
-    text = "" if value is None else str(value)
-    if "\r" in text or "\n" in text:
-        raise RowError(f"a value with a line break would reach a header: {text!r}")
-    return value
 
 
 @lru_cache(maxsize=4096)
@@ -190,7 +195,7 @@ def _literal_headers(source: str) -> frozenset[str]:
     """Names of the headers written as plain text: their values are the template's on every row."""
     literal, dynamic = set(), set()
     name = None
-    for line in source.splitlines():
+    for line in hdr.HEADER_LINES.split(source):
         if line[:1] in (" ", "\t") and name is not None:  # a continuation line
             if _JINJA.search(line):
                 dynamic.add(name)
@@ -211,7 +216,10 @@ def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str | None:
 
 def check_address_header(name: str, value: str) -> None:
     """Raise RowError unless ``value`` is a valid address list for header ``name``."""
-    _addresses(name, value, checked="")
+    try:
+        _addresses(name, value, checked="")
+    except hdr.BadValue as e:
+        raise RowError(e.message) from None
 
 
 def _html_to_text(html: str) -> str:
@@ -223,38 +231,63 @@ def _html_to_text(html: str) -> str:
 class Template:
     """A compiled message template."""
 
-    def __init__(self, path: Path | str, *, default_from: str | None = None) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        default_from: str | None = None,
+        attachments_dir: Path | str | None = None,
+        max_attachments_mb: float = DEFAULT_MAX_ATTACHMENTS_MB,
+        sandbox: bool = True,
+    ) -> None:
         self.path = Path(path)
         self.name = str(path)
         self.kind = body_kind(self.path)
         self.default_from = default_from
+        # what a worker process needs to compile the same template again
+        self.options: dict[str, Any] = {
+            "default_from": default_from,
+            "attachments_dir": attachments_dir,
+            "max_attachments_mb": max_attachments_mb,
+            "sandbox": sandbox,
+        }
+        self.attachments_root = _attachments_root(self.path.parent, attachments_dir)
+        self.max_attachment_bytes = int(max_attachments_mb * 1_000_000)
         source = self._read()
-        lines = source.splitlines(keepends=True)
+        lines = hdr.HEADER_LINES.split(source)
         blank = next((i for i, line in enumerate(lines) if not line.strip()), None)
         if blank is None:
             raise TemplateError(
                 f"{self.path}: no blank line between the headers and the body",
                 "start the template with headers such as 'Subject: Hello', then a blank line, then the body",
             )
+        for number, line in enumerate(lines[:blank], start=1):
+            if hdr.FORBIDDEN.search(line):
+                kind, code = hdr.describe_forbidden(line)
+                raise TemplateError(
+                    f"{self.path}, line {number}: {kind} ({code}) in a header",
+                    "remove it: only tab is allowed in headers",
+                )
+        header_source = "\n".join(lines[:blank])
         self.source_sha = hashlib.sha256(source.encode()).hexdigest()
-        loader = jinja2.FileSystemLoader(self.path.parent)
-        header_env = jinja2.Environment(
-            loader=loader,
-            undefined=_Missing,
-            finalize=_no_line_breaks,
-            autoescape=False,
-            keep_trailing_newline=True,
+        header_env = make_environment(
+            self.path.parent, sandbox=sandbox, undefined=_Missing, finalize=hdr.mark, autoescape=False
         )
-        body_env = jinja2.Environment(
-            loader=loader,
-            undefined=_Missing,
-            autoescape=self.kind == "html",
-            keep_trailing_newline=True,
+        body_env = make_environment(
+            self.path.parent, sandbox=sandbox, undefined=_Missing, autoescape=self.kind == "html"
         )
-        self._literal = _literal_headers("".join(lines[:blank]))
-        self._headers = self._compile(header_env, "".join(lines[:blank]), 0)
-        self._body = self._compile(body_env, "".join(lines[blank + 1 :]), blank + 1)
+        for env in (header_env, body_env):
+            env.globals["mailbox"] = hdr.mailbox
+        # a column with one of these names is reached as row["name"]
+        self.builtin_names = frozenset({"email", "row", *header_env.globals})
+        self._literal = _literal_headers(header_source)
+        self._headers = self._compile(header_env, header_source, 0)
+        self._body = self._compile(body_env, "\n".join(lines[blank + 1 :]), blank + 1)
         self._markdown = MarkdownIt("commonmark", {"html": False}).enable("table")
+
+    def shadowed_columns(self, header: tuple[str, ...], address_column: str) -> list[str]:
+        """Columns whose name is a built-in one, so that only row["..."] reaches them."""
+        return [c for c in header if c in self.builtin_names and not (c == "email" == address_column)]
 
     def _read(self) -> str:
         try:
@@ -283,9 +316,20 @@ class Template:
 
     def render(self, recipient: Recipient) -> Rendered:
         """Everything about a row that can be wrong, checked without building the MIME message."""
-        context = {"email": recipient.address, **recipient.fields, "row": recipient.fields}
-        header_text = self._render(self._headers, context)
-        body = self._render(self._body, context)
+        fields = recipient.fields
+        try:
+            return self._render_row(recipient)
+        except hdr.BadValue as e:
+            raise RowError(e.message, _column_of(fields, e.value)) from None
+
+    def _render_row(self, recipient: Recipient) -> Rendered:
+        context = dict(recipient.fields)
+        for name in self.builtin_names:
+            context.pop(name, None)
+        context["email"] = recipient.address
+        context["row"] = recipient.fields
+        header_text = self._render(self._headers, context, MAX_HEADER_CHARS)
+        body = self._render(self._body, context, MAX_BODY_CHARS)
         headers = self._parse_headers(header_text)
         names = {name.lower() for name, _ in headers}
         if "to" not in names:
@@ -301,42 +345,86 @@ class Template:
         envelope_from = ""
         envelope_to: list[str] = []
         attachments: list[tuple[str, Path]] = []
+        attached_bytes = 0
         needs_utf8 = recipient.needs_smtputf8
         seen: set[str] = set()
         out: list[tuple[str, str]] = []
-        for name, value in headers:
+        for name, marked in headers:
             key = name.lower()
             if key in RESERVED_HEADERS:
                 raise RowError(f"the template sets {name}, but {RESERVED_HEADERS[key]}", template=self.name)
-            if key == "attachment":
-                attachments.append((value, self._checked(key, _attachment_path, self.path.parent, value)))
-                continue
             if key in SINGLE_HEADERS and key in seen:
                 raise RowError(f"the template sets {name} twice", template=self.name)
             seen.add(key)
             if key in ADDRESS_HEADERS:
-                addresses, utf8 = self._checked(key, _addresses, name, value, checked=recipient.address)
+                addresses, utf8 = self._checked(key, _addresses, name, marked, checked=recipient.address)
                 needs_utf8 |= utf8
                 if key == "from":
                     envelope_from = addresses[0][1]
                 if key in ("to", "cc", "bcc"):
                     envelope_to.extend(addr for _, addr in addresses)
-                if key != "bcc":
+                if key != "bcc" and addresses:
                     out.append((name, ", ".join(_format_address(*a) for a in addresses)))
+                continue
+            value = hdr.unmark(marked).strip()
+            hdr.check_value(value)  # also what a {% filter %} block made of the template's own text
+            if not value:
+                continue
+            if key == "attachment":
+                path, size = self._checked(key, self._attachment_path, value)
+                attached_bytes += size
+                if attached_bytes > self.max_attachment_bytes:
+                    raise RowError(
+                        f"the attachments add up to {attached_bytes / 1e6:.1f} MB, over the limit of "
+                        f"{self.max_attachment_bytes / 1e6:g} MB a message (attachments_max_mb)",
+                        _column_of(recipient.fields, value),
+                    )
+                attachments.append((value, path))
             else:
                 out.append((name, value))
+        if not envelope_to:
+            raise RowError("the message has no recipient: To, Cc and Bcc are all empty")
         digest = hashlib.sha256(
-            "\0".join([*envelope_to, header_text, body, *(str(p) for _, p in attachments)]).encode()
+            "\0".join(
+                [*envelope_to, hdr.unmark(header_text), body, *(str(p) for _, p in attachments)]
+            ).encode()
         ).hexdigest()[:32]
         return Rendered(recipient, envelope_from, envelope_to, out, body, attachments, needs_utf8, digest)
 
+    def _attachment_path(self, written: str) -> tuple[Path, int]:
+        """The file an Attachment: header names, and its size; only inside the attachments root."""
+        root = self.attachments_root
+        relative = Path(written)
+        if relative.is_absolute() or written.startswith("~"):
+            raise hdr.BadValue(
+                f"attachment {written!r}: an absolute path is refused; paths are taken from {root}", written
+            )
+        if ".." in relative.parts:
+            raise hdr.BadValue(
+                f"attachment {written!r}: '..' is refused; paths are taken from {root}", written
+            )
+        path = (root / relative).resolve()
+        if not path.is_relative_to(root):
+            raise hdr.BadValue(f"attachment {written!r} leads outside {root} (through a symlink)", written)
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            raise hdr.BadValue(f"attachment {written!r} not found (looked for {path})", written) from None
+        except OSError as e:
+            raise hdr.BadValue(f"attachment {written!r} cannot be read: {e.strerror}", written) from None
+        if stat.S_ISDIR(info.st_mode):
+            raise hdr.BadValue(f"attachment {written!r} is a folder, not a file", written)
+        if not stat.S_ISREG(info.st_mode):
+            raise hdr.BadValue(f"attachment {written!r} is not a regular file (a device or a pipe?)", written)
+        return path, info.st_size
+
     def _checked(self, key: str, check: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """``check(...)``; its RowError is the template's fault when the header is written out in it."""
+        """``check(...)``; its error is the template's fault when the header is written out in it."""
         try:
             return check(*args, **kwargs)
-        except RowError as e:
+        except (RowError, hdr.BadValue) as e:
             if key in self._literal:
-                raise RowError(e.message, e.column, self.name) from None
+                raise RowError(e.message, None, self.name) from None
             raise
 
     def build(self, rendered: Rendered, *, date: datetime | None = None) -> ComposedMessage:
@@ -346,7 +434,10 @@ class Template:
         msg = self._body_part(rendered.body, f"=_{digest}_a")
         parts = []
         if rendered.attachments:
-            files = [_attachment(written, path) for written, path in rendered.attachments]
+            files = [
+                _attachment(written, path, self.max_attachment_bytes)
+                for written, path in rendered.attachments
+            ]
             msg = MIMEMultipart("mixed", f"=_{digest}_m", [msg, *(part for part, _ in files)])
             parts = [info for _, info in files]
         for name, value in rendered.headers:
@@ -379,9 +470,9 @@ class Template:
             )
         return MIMEMultipart("alternative", boundary, [_text_part(plain, "plain"), _text_part(html, "html")])
 
-    def _render(self, template: jinja2.Template, context: dict[str, Any]) -> str:
+    def _render(self, template: jinja2.Template, context: dict[str, Any], max_chars: int) -> str:
         try:
-            return template.render(context)
+            return render_bounded(template, context, max_chars)
         except _UnknownName as e:
             columns = list(context["row"])
             guess = did_you_mean(e.name, [*columns, "email"])
@@ -396,41 +487,65 @@ class Template:
                 f"the template uses a variable this row does not have: {e.message} "
                 f"(the columns are: {', '.join(context['row'])})"
             ) from None
-        except jinja2.TemplateError as e:
+        except jinja2.TemplateError as e:  # also the sandbox's SecurityError
             raise RowError(f"the template failed for this row: {e}") from None
-        except RowError:
+        except RenderLimit as e:
+            raise RowError(str(e)) from None
+        except (RowError, hdr.BadValue):
             raise
+        except RecursionError:
+            raise RowError("the template failed for this row: it calls itself without end") from None
         except Exception as e:  # a filter or test raising on this row's values
             raise RowError(f"the template failed for this row: {type(e).__name__}: {e}") from None
 
     def _parse_headers(self, text: str) -> list[tuple[str, str]]:
+        """(name, marked value) pairs; only CR LF, LF and CR end a line."""
         headers: list[tuple[str, str]] = []
-        for line in text.splitlines():
-            if not line.strip():
+        for line in hdr.HEADER_LINES.split(text):
+            if not hdr.unmark(line).strip():
                 continue  # an {% if %} that rendered to nothing
             if line[0] in " \t" and headers:
                 name, value = headers[-1]
                 headers[-1] = (name, f"{value} {line.strip()}")
                 continue
             name, sep, value = line.partition(":")
+            if hdr.marked_name(name):
+                raise hdr.BadValue(
+                    f"a value would become (part of) a header's name: {hdr.unmark(line)!r}", hdr.unmark(line)
+                )
             if not sep or not name or not all(33 <= ord(c) <= 126 for c in name):
                 raise RowError(f"the header block has a line that is not a header: {line!r}")
-            if value.strip():
+            if hdr.unmark(value).strip():
                 headers.append((name, value.strip()))
         return headers
 
 
-@lru_cache(maxsize=1024)
-def _parse_addresses(value: str) -> list[tuple[str, str]]:
-    # Cached: From and Cc are usually the same on every row, and parsing them is not cheap.
-    return [(n, a) for n, a in getaddresses([value]) if a]
+def _column_of(fields: dict[str, str], text: str) -> str | None:
+    """The column a value came from, when one can tell."""
+    for column, value in fields.items():
+        if value and value == text:
+            return column
+    best = [c for c, v in fields.items() if v and (v in text or text in v)]
+    return max(best, key=lambda c: len(fields[c]), default=None)
 
 
-def _addresses(name: str, value: str, checked: str) -> tuple[list[tuple[str, str]], bool]:
+def _attachments_root(template_folder: Path, attachments_dir: Path | str | None) -> Path:
+    if attachments_dir is None:
+        return template_folder.resolve()
+    root = Path(attachments_dir).resolve()
+    if not root.is_dir():
+        raise ConfigError(
+            f"attachments_dir {attachments_dir}: no such folder",
+            "pass --attachments-dir with the folder that holds the attachments",
+        )
+    return root
+
+
+def _addresses(name: str, marked: str, checked: str) -> tuple[list[tuple[str, str]], bool]:
     """(display name, address) pairs of an address header, each validated (``checked`` already was)."""
-    parsed = _parse_addresses(value)
-    if not parsed:
-        raise RowError(f"{name}: {value!r} is not an address or a list of addresses")
+    parsed = hdr.split_address_header(name, marked)
+    if not parsed and (name.lower() == "from" or not hdr.unmark(marked).strip()):
+        raise RowError(f"{name}: {hdr.unmark(marked)!r} is not an address or a list of addresses")
     result, needs_utf8 = [], False
     for display_name, addr_spec in parsed:
         if addr_spec == checked and addr_spec.isascii():
@@ -439,7 +554,7 @@ def _addresses(name: str, value: str, checked: str) -> tuple[list[tuple[str, str
         try:
             wire, utf8 = _check_address(addr_spec)
         except EmailNotValidError as e:
-            raise RowError(f"{name}: {addr_spec!r} is not a valid address: {e}") from None
+            raise hdr.BadValue(f"{name}: {addr_spec!r} is not a valid address: {e}", addr_spec) from None
         needs_utf8 |= utf8
         result.append((display_name, wire))
     return result, needs_utf8
@@ -460,20 +575,20 @@ def _format_address(display_name: str, address: str) -> str:
     return f'"{quote(display_name)}" <{address}>' if display_name else address
 
 
-def _attachment_path(folder: Path, written: str) -> Path:
-    path = folder / written
-    if not path.is_file():
-        raise RowError(f"attachment {written!r} not found (looked for {path})")
-    return path
-
-
-def _attachment(written: str, path: Path) -> tuple[Message, Attachment]:
+def _attachment(written: str, path: Path, max_bytes: int) -> tuple[Message, Attachment]:
     try:
-        content = path.read_bytes()
+        # O_NOFOLLOW and the checks again: the file checked at render time may have been swapped since
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with open(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise RowError(f"attachment {written!r} is not a regular file")
+            content = f.read(max_bytes + 1)
     except FileNotFoundError:
         raise RowError(f"attachment {written!r} not found (looked for {path})") from None
     except OSError as e:
         raise RowError(f"attachment {written!r} cannot be read: {e.strerror}") from None
+    if len(content) > max_bytes:
+        raise RowError(f"attachment {written!r} is over the limit of {max_bytes / 1e6:g} MB a message")
     content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     part = MIMEBase(*content_type.split("/", 1))
     part.set_payload(content)

@@ -22,6 +22,7 @@ from typing import Any
 from mailblast.errors import ConfigError
 
 DEFAULT_CONFIG = "mailblast.toml"
+MAX_CONNECTIONS = 100  # per run: servers allow a few per client, and each costs memory
 
 # key in the file -> (type, is a path)
 TOP_KEYS: dict[str, tuple[type, bool]] = {
@@ -34,6 +35,9 @@ TOP_KEYS: dict[str, tuple[type, bool]] = {
     "report": (str, True),
     "journal": (str, True),
     "quiet": (bool, False),
+    "attachments_dir": (str, True),
+    "attachments_max_mb": (float, False),
+    "sandbox": (bool, False),
 }
 SMTP_KEYS: dict[str, tuple[type, bool]] = {
     "url": (str, False),
@@ -61,6 +65,9 @@ class Settings:
     report: Path | None = None
     journal: Path | None = None
     quiet: bool = False
+    attachments_dir: Path | None = None
+    attachments_max_mb: float = 10.0
+    sandbox: bool = True  # render templates in Jinja's sandbox
     smtp_url: str | None = None
     rate: str | None = None
     connections: int = 2
@@ -133,8 +140,15 @@ def load_settings(config: Path | None, flags: dict[str, Any]) -> Settings:
     for name in ("connections", "max_messages"):
         if getattr(settings, name) < 1:
             raise ConfigError(f"{name.replace('_', '-')} must be at least 1, not {getattr(settings, name)}")
+    if settings.connections > MAX_CONNECTIONS:
+        raise ConfigError(
+            f"connections must be at most {MAX_CONNECTIONS}, not {settings.connections:,}",
+            "a mail server allows a few connections per client; more only get refused",
+        )
     if settings.retries < 0:
         raise ConfigError(f"retries must be 0 or more, not {settings.retries}")
+    if not settings.attachments_max_mb > 0:
+        raise ConfigError(f"attachments_max_mb must be more than 0, not {settings.attachments_max_mb}")
     if not settings.timeout > 0:
         raise ConfigError(f"timeout must be more than 0 seconds, not {settings.timeout}")
     return settings

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiosmtplib
@@ -24,12 +25,22 @@ LOCAL_HOSTNAME = socket.gethostname() or "localhost"
 
 
 class TransactionError(Exception):
-    """A connection or message failed; ``uncertain`` when the reply to the final "." was lost."""
+    """A connection or message failed; ``uncertain`` when the reply to the final "." was lost.
 
-    def __init__(self, verdict: Verdict, *, uncertain: bool = False) -> None:
+    ``refused`` lists the other recipients (Cc, Bcc) refused for good in the same transaction.
+    """
+
+    def __init__(
+        self,
+        verdict: Verdict,
+        *,
+        uncertain: bool = False,
+        refused: tuple[tuple[str, Verdict], ...] = (),
+    ) -> None:
         super().__init__(verdict.describe())
         self.verdict = verdict
         self.uncertain = uncertain
+        self.refused = refused
 
 
 def _fatal(text: str) -> TransactionError:
@@ -143,8 +154,11 @@ class Connection:
             lost = connection_lost(f"login failed: {credentials.scrub(_reason(e))}")
             raise TransactionError(lost) from None
 
-    async def send(self, message: ComposedMessage) -> Accepted:
-        """One MAIL/RCPT/DATA transaction; RSET and raise TransactionError on any refusal."""
+    async def send(self, message: ComposedMessage, *, on_data: Callable[[], None] | None = None) -> Accepted:
+        """One MAIL/RCPT/DATA transaction; RSET and raise TransactionError on any refusal.
+
+        ``on_data`` runs just before DATA: until then the server cannot have the message.
+        """
         options, encoding = [], "ascii"
         if message.needs_smtputf8:
             if not self._smtp.supports_extension("smtputf8"):
@@ -158,24 +172,31 @@ class Connection:
                     )
                 )
             options, encoding = ["SMTPUTF8"], "utf-8"
-        stage = "MAIL"
+        stage, final_dot = "MAIL", None
         try:
             await self._smtp.mail(message.envelope_from, options=options, encoding=encoding)
             stage = "RCPT"
+            own = message.own_address.casefold()
             accepted, refused = 0, []
             for address in message.envelope_to:
                 try:
                     await self._smtp.rcpt(address, encoding=encoding)
                     accepted += 1
                 except aiosmtplib.SMTPRecipientRefused as e:
-                    verdict = classify(e.code, e.message)
+                    verdict = classify(e.code, e.message, recipient=True)
                     if verdict.kind is not Kind.PERMANENT:
-                        raise
+                        raise TransactionError(verdict) from None
                     refused.append((address, verdict))
-            if not accepted:
-                raise TransactionError(refused[0][1])
+            # Delivery to the row's own address is what counts: refused, no copy goes out either.
+            own_refused = [v for a, v in refused if a.casefold() == own]
+            if own_refused or not accepted:
+                copies = tuple((a, v) for a, v in refused if a.casefold() != own)
+                raise TransactionError((own_refused or [refused[0][1]])[0], refused=copies)
             stage = "DATA"
-            response = await self._smtp.data(message.data)
+            if on_data is not None:
+                on_data()
+            with _FinalDotWatch(self._smtp) as final_dot:
+                response = await self._smtp.data(message.data)
         except aiosmtplib.SMTPResponseException as e:
             await self._reset()
             raise TransactionError(classify(e.code, e.message)) from None
@@ -184,8 +205,12 @@ class Connection:
             raise
         except (aiosmtplib.SMTPException, OSError) as e:
             self._smtp.close()
-            lost = connection_lost(f"connection lost at {stage}: {_reason(e)}")
-            raise TransactionError(lost, uncertain=stage == "DATA") from None
+            # Only once the final "." is written can the server have taken the message.
+            if final_dot is not None and final_dot.written:
+                lost = connection_lost(f"connection lost after the final '.': {_reason(e)}")
+                raise TransactionError(lost, uncertain=True) from None
+            where = "before the final '.'" if stage == "DATA" else f"at {stage}"
+            raise TransactionError(connection_lost(f"connection lost {where}: {_reason(e)}")) from None
         self.messages += 1
         return Accepted(classify(response.code, response.message), tuple(refused))
 
@@ -213,6 +238,36 @@ class Connection:
         except asyncio.CancelledError:
             self._smtp.close()
             raise
+
+
+class _FinalDotWatch:
+    """Notes whether aiosmtplib's ``data()`` wrote the message and its final ".".
+
+    ``data()`` writes DATA, waits for 354, then writes the body with the final "." in one
+    call; aiosmtplib says nothing of how far it got when the connection drops, so this
+    watches that one write on the connection's protocol for the duration of the call.
+    """
+
+    def __init__(self, smtp: aiosmtplib.SMTP) -> None:
+        self._protocol = smtp.protocol
+        self.written = False
+
+    def __enter__(self) -> _FinalDotWatch:
+        protocol = self._protocol
+        if protocol is not None:
+            write = protocol.write
+
+            def watched(data: bytes) -> None:
+                write(data)
+                if data.endswith(b"\r\n.\r\n"):  # the body, never the DATA command itself
+                    self.written = True
+
+            protocol.write = watched  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._protocol is not None:
+            del self._protocol.write  # the class's method again
 
 
 def _tls_error(error: BaseException | None) -> str | None:

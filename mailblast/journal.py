@@ -311,6 +311,10 @@ class Journal:
         """Committed before MAIL FROM: a crash from here on leaves an unknown outcome."""
         self._update(recipient, "state = ?, message_id = ?", SENDING, message_id)
 
+    def mark_pending(self, recipient: Recipient) -> None:
+        """A reply proved the message was not delivered: it is to be sent, not in flight."""
+        self._update(recipient, "state = ?", PENDING)
+
     def record(self, outcome: Outcome) -> None:
         """Committed before the outcome is counted anywhere."""
         # "not attempted" stays pending: the next run sends it

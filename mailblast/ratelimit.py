@@ -1,15 +1,20 @@
 """Keep a whole run inside the server's rate limit, and back off when told to.
 
-A message holds a slot from just before its MAIL FROM until ``period`` seconds
-after its final reply. Granting a slot only while fewer than ``limit`` slots are
-still held that way means the server can never count more than ``limit`` messages
-in any window of ``period`` seconds, whichever moment between MAIL FROM and reply
-it counts.
+A message holds a slot from just before its MAIL FROM until ``window`` seconds after
+its final reply. Granting a slot only while fewer than ``limit`` slots are still held
+that way means the server can never count more than ``limit`` messages in any window
+of ``window`` seconds, whichever moment between MAIL FROM and reply it counts.
 
-When the server still says "too fast" (or no limit was given), every grant pauses
-for at least a period and the limit halves; it then recovers by one per quiet
-period up to just below the level the server refused, and only probes above that
-level slowly. Without --rate, that is how the server's limit is found.
+Servers count coarsely: Postfix counts in whole seconds and opens a new window only
+more than its period after the first event, so 30 per 10 s there means 30 per 11 s of
+real time. The window is therefore the period plus a margin of 10% (at most 1 s).
+
+When the server still says "too fast" with a --rate given, the limit drops just below
+what the window held, and climbs back to the user's rate within a few quiet windows.
+Without --rate, the first burst goes out unlimited; when the server refuses, one probe
+at a time finds when it accepts again, and the run goes on at what the burst got
+through per that time (plus the margin). A later refusal of a full window widens it
+(servers count whole seconds); of a window not full, lowers the limit below what it held.
 """
 
 from __future__ import annotations
@@ -30,16 +35,24 @@ class Slot:
 
     acquired_at: float
     released_at: float | None = None
+    throttled: bool = False  # the server said "too fast" to this message
+    probe: bool = False  # sent alone, to find whether the server accepts again
 
 
-PROBE_PERIODS = 10  # above the learned ceiling, the limit rises by one every this many periods
+MARGIN = 0.1  # of the period, added to the window: servers count in whole seconds
+MARGIN_CAP = 1.0  # seconds
+RECOVERY_WINDOWS = 3  # a throttled --rate is back to the user's within this many quiet windows
+PROBE_PERIODS = 10  # above a learned limit, it rises by one every this many quiet windows
+MAX_PAUSE = 600.0  # no "try again in ..." holds the run longer than this
+PROBE_GAP = (0.05, 1.0)  # a quarter of the burst's age between probes, within these bounds
+LEARN_HISTORY = 100_000  # release times kept while no limit is known
 
 
 class SlidingWindowLimiter:
-    """At most ``limit`` messages in any sliding window of ``period`` seconds.
+    """At most ``limit`` messages in any sliding window of ``period`` seconds (plus a margin).
 
     ``limit=None`` means no known limit: every grant is immediate until the first
-    :meth:`throttled`. One limiter is shared by all connections of a run.
+    :meth:`throttled`, which starts learning it. One limiter is shared by all connections.
     """
 
     def __init__(
@@ -57,13 +70,22 @@ class SlidingWindowLimiter:
         self._configured = limit
         self._limit = limit
         self._period = float(period)
+        self._window = _with_margin(self._period)
         self._clock = clock
         self._sleep = sleep
         self._held: set[Slot] = set()
         self._released: deque[float] = deque()  # release times, oldest first
         self._paused_until = -math.inf
-        self._recover_from: float | None = None  # start of the current quiet period
-        self._ceiling = limit  # just below the lowest limit the server has refused (None: none yet)
+        self._reacted_at = -math.inf  # the last throttle this limiter reacted to
+        self._recover_from: float | None = None  # start of the current quiet window
+        self._step_size = 1
+        self._ceiling = limit  # the highest limit believed safe (None: none yet)
+        # learning (no --rate): the burst since the start or the last successful probe
+        self._burst_start: float | None = None
+        self._burst_ok = 0  # messages of this burst the server accepted
+        self._probing = False
+        self._probe: Slot | None = None
+        self._accepted: deque[float] = deque()  # release times of the accepted, while learning
         self._lock = asyncio.Lock()  # asyncio.Lock wakes waiters in FIFO order
         self._release_event = asyncio.Event()
 
@@ -74,28 +96,40 @@ class SlidingWindowLimiter:
 
     @property
     def current_limit(self) -> int | None:
-        """The limit in force now, after any throttling and recovery."""
+        """The limit in force now, after any throttling and recovery (None: none known)."""
         self._refresh(self._clock())
         return self._limit
 
     @property
     def period(self) -> float:
-        """Length of the sliding window in seconds."""
+        """The period the limit applies to: the user's, or the one learned from the server."""
         return self._period
+
+    @property
+    def window(self) -> float:
+        """The sliding window slots are counted in: the period plus the margin."""
+        return self._window
 
     @property
     def paused_until(self) -> float:
         """Clock time before which nothing is granted (``-inf`` if never paused)."""
         return self._paused_until
 
+    @property
+    def learning(self) -> bool:
+        """Whether a probe is finding when the server accepts again."""
+        return self._probing
+
     def delay(self) -> float:
         """Seconds until a slot could be granted: 0 if now, ``inf`` until a release."""
         now = self._clock()
         self._refresh(now)
         start = max(now, self._paused_until)
+        if self._probing:
+            return math.inf if self._probe is not None else start - now
         if self._limit is None:
             return start - now
-        expiries = [t + self._period for t in self._released if t + self._period > start]
+        expiries = [t + self._window for t in self._released if t + self._window > start]
         excess = len(self._held) + len(expiries) - self._limit + 1
         if excess <= 0:
             return start - now
@@ -124,14 +158,24 @@ class SlidingWindowLimiter:
                     await self._sleep(wait)
             return slot
 
-    def release(self, slot: Slot) -> None:
-        """Record the message's final reply (or failure); releasing twice is harmless."""
+    def release(self, slot: Slot, *, accepted: bool = True) -> None:
+        """Record the message's final reply; ``accepted``: the server took it. Twice is harmless."""
         if slot not in self._held:
             return
         self._held.remove(slot)
-        slot.released_at = self._clock()
-        self._released.append(slot.released_at)
+        now = slot.released_at = self._clock()
+        self._released.append(now)
         self._release_event.set()
+        if slot.throttled:
+            return
+        if slot is self._probe and not accepted:
+            self._probe = None  # no answer either way: probe again
+            return
+        if accepted and self._burst_start is not None and slot.acquired_at >= self._burst_start:
+            self._burst_ok += 1
+            self._accepted.append(now)
+        if slot is self._probe:
+            self._learned(slot)
 
     @asynccontextmanager
     async def hold(self) -> AsyncIterator[Slot]:
@@ -142,57 +186,113 @@ class SlidingWindowLimiter:
         finally:
             self.release(slot)
 
-    def throttled(self, pause: float | None = None) -> None:
-        """The server said we are too fast: pause all grants, halve the limit, learn the ceiling."""
+    def throttled(self, pause: float | None = None, slot: Slot | None = None) -> None:
+        """The server said ``slot``'s message came too fast: slow down, or learn the limit."""
         now = self._clock()
         self._refresh(now)
-        # Concurrent connections report the same overload; halve once per pause.
-        already_paused = now < self._paused_until
-        self._paused_until = max(self._paused_until, now + max(self._period, pause or 0.0))
-        self._recover_from = self._paused_until
-        if already_paused:
+        asked = min(pause or 0.0, MAX_PAUSE)
+        if slot is not None:
+            slot.throttled = True
+            if slot is self._probe:  # still closed: probe again a little later
+                self._probe = None
+                self._paused_until = now + max(asked, self._probe_gap(now))
+                return
+            if slot.acquired_at < self._reacted_at:
+                return  # sent before the last reaction: the same overload, reported again
+        elif now < self._paused_until:
             return
-        refused = self._counted(now) if self._limit is None else self._limit
-        # Remember where the server drew the line, so recovery stops short of it.
-        self._ceiling = max(1, min(refused - 1, self._ceiling or refused))
-        self._limit = max(1, refused // 2)
+        self._reacted_at = now
+        if self._limit is None:
+            # No limit known: from now on one probe at a time, until the server accepts again.
+            self._probing = True
+            if self._burst_start is None:
+                self._burst_start = now
+            self._paused_until = now + max(asked, self._probe_gap(now))
+            return
+        counted = self._counted(now)
+        if self._configured is not None:
+            self._limit = max(1, min(self._limit, counted) - 1)
+            self._step_size = max(1, math.ceil((self._configured - self._limit) / RECOVERY_WINDOWS))
+        elif self._ceiling is not None and self._limit > self._ceiling:
+            self._limit = self._ceiling  # the probe above the learned limit was refused
+        elif counted >= self._limit:
+            # A full learned window was refused: the server's window is longer (whole seconds).
+            self._window += min(MARGIN_CAP, self._period / 2)
+        else:
+            self._limit = self._ceiling = max(1, counted - 1)
+        self._paused_until = max(self._paused_until, now + max(asked, self._window / self._limit))
+        self._recover_from = self._paused_until
+
+    def _probe_gap(self, now: float) -> float:
+        age = now - (self._burst_start if self._burst_start is not None else now)
+        return min(PROBE_GAP[1], max(PROBE_GAP[0], age / 4))
+
+    def _learned(self, probe: Slot) -> None:
+        """The probe got through: the burst's accepted messages per the time until then."""
+        assert self._burst_start is not None
+        self._limit = self._ceiling = max(1, self._burst_ok - 1)  # not counting the probe itself
+        self._period = max(probe.acquired_at - self._burst_start, 1e-3)
+        self._window = self._period * (1 + MARGIN)
+        # Only what the server accepted counts on: refused probes were not messages it kept.
+        self._released = self._accepted
+        self._accepted = deque()
+        self._probing = False
+        self._probe = None
+        self._burst_start = None
+        self._recover_from = self._clock()
+        self._step_size = 1
 
     def _grant(self) -> Slot | None:
         now = self._clock()
         self._refresh(now)
         if now < self._paused_until:
             return None
+        if self._probing:
+            if self._probe is not None:
+                return None
+            self._probe = Slot(acquired_at=now, probe=True)
+            self._held.add(self._probe)
+            return self._probe
         if self._limit is not None and self._counted(now) >= self._limit:
             return None
         slot = Slot(acquired_at=now)
+        if self._limit is None and self._burst_start is None:
+            self._burst_start = now
         self._held.add(slot)
         return slot
 
     def _counted(self, now: float) -> int:
-        return len(self._held) + sum(1 for t in self._released if t + self._period > now)
+        return len(self._held) + sum(1 for t in self._released if t + self._window > now)
 
     def _step(self) -> float:
-        """Quiet time before the limit rises by one: a period below the ceiling, a probe above it."""
+        """Quiet time before the limit rises: a window below the ceiling, a probe above it."""
         below = self._ceiling is None or self._limit is None or self._limit < self._ceiling
-        return self._period * (1 if below else PROBE_PERIODS)
+        return self._window * (1 if below else PROBE_PERIODS)
 
     def _refresh(self, now: float) -> None:
-        while self._released and self._released[0] + self._period <= now:
+        if self._limit is None:
+            # Learning: the burst's history counts against the window that is yet to be learned.
+            while len(self._accepted) > LEARN_HISTORY:
+                self._accepted.popleft()
+            self._released.clear()
+        while self._limit is not None and self._released and self._released[0] + self._window <= now:
             self._released.popleft()
         if self._recover_from is None or self._limit is None:
             return
         while now >= self._recover_from + (step := self._step()):
-            if self._ceiling is not None and self._limit >= self._ceiling:
-                # Probing above the ceiling: the remaining steps all have this length.
-                steps = max(1, math.floor((now - self._recover_from) / step))
-            else:
-                steps = 1
-            self._limit += steps
+            below = self._ceiling is None or self._limit < self._ceiling
+            # Probing above the ceiling: the remaining steps all have this length.
+            steps = 1 if below else max(1, math.floor((now - self._recover_from) / step))
+            self._limit += steps * (self._step_size if self._configured is not None else 1)
             self._recover_from += steps * step
             if self._configured is not None and self._limit >= self._configured:
                 self._limit = self._configured
                 self._recover_from = None
                 return
+
+
+def _with_margin(period: float) -> float:
+    return period + min(MARGIN_CAP, MARGIN * period)
 
 
 def backoff_delay(

@@ -11,8 +11,8 @@ class Kind(enum.Enum):
     """What to do about a reply."""
 
     OK = "ok"  # accepted
-    THROTTLED = "throttled"  # we are too fast: slow the whole run down, retry later
-    TRANSIENT = "transient"  # temporary failure of this message: retry later
+    THROTTLED = "throttled"  # we are too fast (rate, connections): slow the whole run down, retry later
+    TRANSIENT = "transient"  # temporary failure of this message or recipient: retry it alone, later
     PERMANENT = "permanent"  # this message will never go through: give up on it
     FATAL = "fatal"  # no message will go through (auth, daily quota): stop the run
 
@@ -49,27 +49,32 @@ _RETRY_AFTER = re.compile(
 _UNIT_SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 
 _AUTH_FATAL_CODES = {530, 534, 535, 538}
-_THROTTLED_CODES = {421, 450, 452, 454}
 _AUTH_TEXT = re.compile(r"\bauth(?:enticat\w*)?\b|credential", re.IGNORECASE)
 _DAILY = re.compile(r"\bdaily\b|\bper[\s-]day\b", re.IGNORECASE)
 _QUOTA_OR_LIMIT = re.compile(r"quota|\blimit", re.IGNORECASE)
 _QUOTA_EXCEEDED = re.compile(r"quota\s*exceeded", re.IGNORECASE)
 # A full mailbox is one recipient's problem, not the sender's quota.
 _RECIPIENT_MAILBOX = re.compile(r"mailbox|inbox|recipient", re.IGNORECASE)
+# Words that speak of the client's rate or connections: "too many recipients" is one message's
+# problem, "too much mail from" is Postfix's message rate limit.
 _TOO_FAST = re.compile(
-    r"too\s+many|\brate\b|\brate[-_]?limit|per[\s-](?:second|minute|hour)\b|throttl"
-    r"|try\s+again\s+later",
+    r"too\s+many(?!\s+recipients)|too\s+much\s+mail|too\s+(?:quickly|fast)|slow\s+down"
+    r"|\brate\b|\brate[-_]?limit|per[\s-](?:second|minute|hour)\b|throttl",
     re.IGNORECASE,
 )
 
 
-def classify(code: int | None, text: str) -> Verdict:
-    """Classify the reply ``code text``; a code of None, 0 or below means no reply came."""
+def classify(code: int | None, text: str, *, recipient: bool = False) -> Verdict:
+    """Classify the reply ``code text``; a code of None, 0 or below means no reply came.
+
+    ``recipient``: the reply refused one RCPT TO, so a temporary refusal is that recipient's
+    trouble (a full mailbox, greylisting) unless its text speaks of the client's rate.
+    """
     if code is not None and code <= 0:
         code = None
     match = _ENHANCED.match(text)
     enhanced = match.group(1) if match else None
-    return Verdict(_kind(code, enhanced, text), code, enhanced, _retry_after(text), text)
+    return Verdict(_kind(code, enhanced, text, recipient), code, enhanced, _retry_after(text), text)
 
 
 def connection_lost(text: str = "connection lost") -> Verdict:
@@ -77,14 +82,14 @@ def connection_lost(text: str = "connection lost") -> Verdict:
     return classify(None, text)
 
 
-def _kind(code: int | None, enhanced: str | None, text: str) -> Kind:
+def _kind(code: int | None, enhanced: str | None, text: str, recipient: bool) -> Kind:
     if code is None:
         return Kind.TRANSIENT
     if 200 <= code < 400:
         return Kind.OK
     if 500 <= code < 600 and _is_fatal(code, enhanced, text):
         return Kind.FATAL
-    if 400 <= code < 600 and _is_throttled(code, enhanced, text):
+    if 400 <= code < 600 and _is_throttled(code, enhanced, text, recipient):
         return Kind.THROTTLED
     if 500 <= code < 600:
         return Kind.PERMANENT
@@ -105,12 +110,13 @@ def _is_fatal(code: int, enhanced: str | None, text: str) -> bool:
     return bool(daily_quota or _QUOTA_EXCEEDED.search(text))
 
 
-def _is_throttled(code: int, enhanced: str | None, text: str) -> bool:
-    if code in _THROTTLED_CODES:
+def _is_throttled(code: int, enhanced: str | None, text: str, recipient: bool) -> bool:
+    """Only replies about the client as a whole: its rate, its connections (4.7.x, x.4.5, the words)."""
+    if _TOO_FAST.search(text):
         return True
-    if code < 500 and enhanced is not None and (enhanced == "4.4.5" or enhanced[:4] == "4.7."):
-        return True
-    return bool(_TOO_FAST.search(text))
+    if recipient or code >= 500 or enhanced is None:
+        return False
+    return enhanced == "4.4.5" or enhanced.startswith("4.7.")
 
 
 def _retry_after(text: str) -> float | None:

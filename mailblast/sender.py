@@ -4,15 +4,20 @@ Recipients are composed just ahead of sending into a bounded buffer, so memory s
 flat however long the file. Each reply is classified:
 
 - throttled: the message goes back in the queue and the whole run slows down;
-- transient: retried with exponential backoff, up to ``retries`` times;
+- transient: that message alone is retried with exponential backoff, up to ``retries`` times;
 - permanent: that recipient fails and the rest go on;
 - fatal: no new message starts, the ones in flight finish, the rest are "not attempted";
 - reply lost after the final ".": sent once more, and reported as uncertain.
+
+A connection the server refuses while others are open means it takes fewer connections:
+the pool shrinks to the ones open, and a spare worker tries again only rarely. Connect
+failures with nothing open count against ``retries`` like any temporary failure.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import random
 from collections.abc import Awaitable, Callable, Collection, Iterator
@@ -27,16 +32,19 @@ from mailblast.replies import Kind, Verdict
 
 MAX_THROTTLED = 50  # throttle replies one message may get before it counts as failed
 COMPOSE_BATCH = 64  # recipients composed at a time
+SPARE_PROBE_AFTER = 30.0  # seconds before a refused connection is tried again; doubles each time
+SPARE_PROBE_CAP = 600.0
 ComposeBatch = Callable[[list[Recipient]], Awaitable[list[Composed]]]
 
 
 @dataclass
 class _Job:
     message: ComposedMessage
-    attempts: int = 0
+    attempts: int = 0  # connects and transactions tried for it
     failures: int = 0  # transient failures, counted against the retries
     throttled: int = 0
     maybe_delivered: str = ""  # why an earlier try may have reached the recipient already
+    waiting: bool = False  # tried, and waiting to be tried again (counted in Counts.retrying)
 
 
 @dataclass
@@ -60,6 +68,8 @@ class Sender:
         on_outcome: Callable[[Outcome], None],
         *,
         on_sending: Callable[[ComposedMessage], None] | None = None,
+        on_not_delivered: Callable[[ComposedMessage], None] | None = None,
+        on_notice: Callable[[str], None] | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self._connect = connect
@@ -67,11 +77,19 @@ class Sender:
         self._options = options
         self._on_outcome = on_outcome
         self._on_sending = on_sending
+        self._on_not_delivered = on_not_delivered
+        self._on_notice = on_notice
         self._rng = rng or random.Random()
         self.counts = Counts()
         self.stopped_by: Verdict | None = None
+        self.pool = options.connections  # connections the server takes, as far as we know
         self._ever_connected = False
-        self._connect_failures = 0
+        self._connect_failures = 0  # in a row, with no connection open
+        self._connect_after = 0.0  # loop time before which no worker connects (a backoff)
+        self._open: set[Connection] = set()
+        self._connecting = 0
+        self._settled: asyncio.Condition | None = None
+        self._wake: asyncio.Event | None = None  # set when the run stops or ends: sleepers wake
 
     @property
     def stopping(self) -> bool:
@@ -81,10 +99,11 @@ class Sender:
         """Start no new message; the ones in flight finish."""
         if self.stopped_by is None:
             self.stopped_by = reason
+            if self._wake is not None:
+                self._wake.set()
             for handle, job in list(self._waiting.items()):
                 handle.cancel()
                 self._waiting.pop(handle)
-                self.counts.retrying -= 1
                 self._finish(job, Status.NOT_ATTEMPTED, reason, "the run stopped before a retry")
 
     async def run(
@@ -98,6 +117,10 @@ class Sender:
         self._room = asyncio.Semaphore(self._options.buffer or 4 * self._options.connections + COMPOSE_BATCH)
         self._waiting: dict[asyncio.TimerHandle, _Job] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        self._settled = asyncio.Condition()
+        self._wake = asyncio.Event()
+        if self.stopping:
+            self._wake.set()
         self._outstanding = 0
         self._producing = True
         workers = [asyncio.create_task(self._worker()) for _ in range(self._options.connections)]
@@ -160,6 +183,7 @@ class Sender:
         self.counts.add(outcome)
 
     def _finish(self, job: _Job, status: Status, reply: Verdict | None, error: str = "") -> None:
+        self._set_waiting(job, False)
         if job.maybe_delivered and status is Status.FAILED:
             status = Status.UNCERTAIN  # an earlier try may have been delivered
             error = f"{job.maybe_delivered}; then: {error}"
@@ -171,91 +195,167 @@ class Sender:
 
     def _maybe_done(self) -> None:
         if not self._producing and self._outstanding == 0:
+            assert self._wake is not None
+            self._wake.set()  # spare workers stop waiting for their next probe
             for _ in range(self._options.connections):
                 self._queue.put_nowait(None)
 
+    def _set_waiting(self, job: _Job, waiting: bool) -> None:
+        if job.waiting != waiting:
+            job.waiting = waiting
+            self.counts.retrying += 1 if waiting else -1
+
     def _retry_later(self, job: _Job, delay: float) -> None:
+        self._set_waiting(job, True)
         if delay <= 0:
             self._queue.put_nowait(job)
             return
-        self.counts.retrying += 1
 
         def due() -> None:
             self._waiting.pop(handle, None)
-            self.counts.retrying -= 1
             self._queue.put_nowait(job)
 
         handle = asyncio.get_running_loop().call_later(delay, due)
         self._waiting[handle] = job
 
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, but wake at once when the run stops or ends."""
+        assert self._wake is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+
     async def _worker(self) -> None:
         connection: Connection | None = None
+        spare_wait = SPARE_PROBE_AFTER
         try:
             while (job := await self._queue.get()) is not None:
                 if self.stopping:
                     self._finish(job, Status.NOT_ATTEMPTED, self.stopped_by, "the run stopped first")
                     continue
                 if connection is None or not connection.is_open:
-                    connection = await self._open(job)
+                    if connection is not None:
+                        self._open.discard(connection)
+                    connection, spare = await self._open_for(job)
+                    if spare:
+                        # The server takes no more connections: others send; try again rarely.
+                        await self._sleep(spare_wait)
+                        spare_wait = min(SPARE_PROBE_CAP, spare_wait * 2)
                     if connection is None:
                         continue
-                slot = await self._limiter.acquire()
-                if self.stopping:
-                    self._limiter.release(slot)
-                    self._queue.put_nowait(job)
-                    continue
-                job.attempts += 1
-                if self._on_sending is not None:
-                    self._on_sending(job.message)
-                try:
-                    accepted = await connection.send(job.message)
-                except TransactionError as e:
-                    self._failed(job, e)
-                else:
-                    self._delivered(job, accepted)
-                finally:
-                    self._limiter.release(slot)
+                await self._transaction(connection, job)
                 if connection.messages >= self._options.max_messages:
                     # QUIT in the background: this worker opens its next connection meanwhile.
-                    self._closing.add(asyncio.create_task(connection.close()))
+                    self._open.discard(connection)
+                    closing = asyncio.create_task(connection.close())
+                    self._closing.add(closing)
+                    closing.add_done_callback(self._closing.discard)
                     connection = None
         except asyncio.CancelledError:
             if connection is not None:
                 connection.abort()  # stopping at once: no QUIT, no waiting for a reply
             raise
         if connection is not None:
+            self._open.discard(connection)
             await connection.close()
 
-    async def _open(self, job: _Job) -> Connection | None:
-        connection = self._connect()
+    async def _transaction(self, connection: Connection, job: _Job) -> None:
+        slot = await self._limiter.acquire()
+        if self.stopping:
+            self._limiter.release(slot)
+            self._finish(job, Status.NOT_ATTEMPTED, self.stopped_by, "the run stopped first")
+            return
+        job.attempts += 1
+        self._set_waiting(job, False)
+        on_data = (lambda: self._on_sending(job.message)) if self._on_sending is not None else None
+        delivered = False
         try:
-            await connection.open()
+            accepted = await connection.send(job.message, on_data=on_data)
         except TransactionError as e:
-            verdict = e.verdict
-            self._connect_failures += 1
-            if verdict.kind is Kind.THROTTLED:  # e.g. 421 in the greeting
-                self._limiter.throttled(verdict.retry_after)
-                self._retry_later(job, max(self._limiter.period, verdict.retry_after or 0))
-            elif (
-                verdict.kind is Kind.FATAL  # TLS or login refused
-                or not self._ever_connected  # nothing listening: no use going on
-                or self._connect_failures > self._options.retries  # the server went away
-            ):
-                self.stop(verdict)
-                self._finish(job, Status.NOT_ATTEMPTED, verdict, verdict.describe())
+            if e.verdict.kind is Kind.THROTTLED:
+                self._limiter.throttled(e.verdict.retry_after, slot)
+            self._failed(job, e)
+        else:
+            delivered = True
+            self._delivered(job, accepted)
+        finally:
+            self._limiter.release(slot, accepted=delivered)
+
+    async def _open_for(self, job: _Job) -> tuple[Connection | None, bool]:
+        """A new open connection for ``job``, or None (the job is handled); True: be a spare."""
+        assert self._settled is not None
+        while True:
+            if (wait := self._connect_after - asyncio.get_running_loop().time()) > 0:
+                self._set_waiting(job, True)
+                await self._sleep(wait)
+            if self.stopping:
+                self._finish(job, Status.NOT_ATTEMPTED, self.stopped_by, "the run stopped first")
+                return None, False
+            connection = self._connect()
+            self._connecting += 1
+            try:
+                await connection.open()
+            except TransactionError as e:
+                error: TransactionError | None = e
             else:
-                self._retry_later(job, self._backoff(self._connect_failures))
-            return None
-        self._ever_connected = True
-        self._connect_failures = 0
-        return connection
+                error = None
+            finally:
+                self._connecting -= 1
+                async with self._settled:
+                    self._settled.notify_all()
+            if error is None:
+                self._ever_connected = True
+                self._connect_failures = 0
+                self._open.add(connection)
+                if len(self._open) > self.pool:
+                    self.pool = len(self._open)  # a spare got through: the server takes more again
+                return connection, False
+            job.attempts += 1
+            verdict = error.verdict
+            if verdict.kind is Kind.FATAL:  # TLS or login refused
+                return self._stop_with(job, verdict), False
+            # Whether the connections opening at the same time got through decides what this meant.
+            async with self._settled:
+                await self._settled.wait_for(lambda: self._connecting == 0)
+            if self._open:
+                if self._closing:  # a recycled connection may still count at the server
+                    await asyncio.gather(*self._closing, return_exceptions=True)
+                    continue
+                self._shrink(verdict)
+                self._retry_later(job, 0)
+                return None, True
+            now = asyncio.get_running_loop().time()
+            if self._connect_after > now:
+                continue  # another worker failed alongside and counted this round already
+            self._connect_failures += 1
+            if (not self._ever_connected and verdict.code is None) or (
+                self._connect_failures > self._options.retries
+            ):  # nothing listening, or the server went away for good
+                return self._stop_with(job, verdict), False
+            asked = min(verdict.retry_after or 0.0, self._options.backoff_cap)
+            self._connect_after = now + max(self._backoff(self._connect_failures), asked, 0.001)
+
+    def _stop_with(self, job: _Job, verdict: Verdict) -> None:
+        self.stop(verdict)
+        self._finish(job, Status.NOT_ATTEMPTED, verdict, verdict.describe())
+
+    def _shrink(self, verdict: Verdict) -> None:
+        """The server refused a connection while others were open: it takes only those."""
+        if len(self._open) >= self.pool:
+            return
+        first = self.pool == self._options.connections
+        self.pool = len(self._open)
+        if first and self._on_notice is not None:
+            self._on_notice(
+                f"the server refused connection {self.pool + 1} ({verdict.describe()}): "
+                f"sending over {self.pool} connection(s), trying one more now and then"
+            )
 
     def _backoff(self, attempt: int) -> float:
         o = self._options
         return backoff_delay(attempt, base=o.backoff_base, cap=o.backoff_cap, rng=self._rng)
 
     def _delivered(self, job: _Job, accepted: Accepted) -> None:
-        refused = "; ".join(f"{address}: {v.describe()}" for address, v in accepted.refused)
+        refused = _listed(accepted.refused)
         if job.maybe_delivered:
             note = f"{job.maybe_delivered}, so it was sent again: may be a duplicate"
             self._finish(job, Status.UNCERTAIN, accepted.reply, f"{note}{'; ' + refused if refused else ''}")
@@ -274,25 +374,36 @@ class Sender:
             return
         match verdict.kind:
             case Kind.THROTTLED:
-                self._limiter.throttled(verdict.retry_after)
                 job.throttled += 1
                 if job.throttled > MAX_THROTTLED:
                     self._finish(
                         job, Status.FAILED, verdict, f"still throttled after {job.attempts} attempts"
                     )
                 else:
+                    self._not_delivered(job)
                     self._retry_later(job, 0)
             case Kind.TRANSIENT:
                 job.failures += 1
                 if job.failures > self._options.retries:
                     self._finish(job, Status.FAILED, verdict, f"gave up after {job.attempts} attempts")
                 else:
+                    self._not_delivered(job)
                     self._retry_later(job, self._backoff(job.failures))
             case Kind.FATAL:
                 self.stop(verdict)
                 self._finish(job, Status.NOT_ATTEMPTED, verdict, verdict.describe())
             case _:
-                self._finish(job, Status.FAILED, verdict, verdict.describe())
+                also = f"; also refused: {_listed(error.refused)}" if error.refused else ""
+                self._finish(job, Status.FAILED, verdict, verdict.describe() + also)
+
+
+def _listed(refused: tuple[tuple[str, Verdict], ...]) -> str:
+    return "; ".join(f"{address}: {v.describe()}" for address, v in refused)
+
+    def _not_delivered(self, job: _Job) -> None:
+        """A reply proved this try was not delivered: the journal says pending again, not sending."""
+        if self._on_not_delivered is not None and not job.maybe_delivered:
+            self._on_not_delivered(job.message)
 
 
 def _batches(items: Iterator[Recipient], size: int) -> Iterator[list[Recipient]]:

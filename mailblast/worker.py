@@ -13,6 +13,7 @@ import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import Any
 
 from mailblast.compose import Composed, RowError, Template
 from mailblast.recipients import Recipient
@@ -20,9 +21,9 @@ from mailblast.recipients import Recipient
 _worker_template: Template | None = None
 
 
-def _start_worker(path: Path, default_from: str | None) -> None:
+def _start_worker(path: Path, options: dict[str, Any]) -> None:
     global _worker_template
-    _worker_template = Template(path, default_from=default_from)
+    _worker_template = Template(path, **options)
 
 
 def _compose_all(template: Template, recipients: list[Recipient]) -> list[Composed]:
@@ -52,7 +53,7 @@ class ComposeWorker:
                 1,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_start_worker,
-                initargs=(template.path, template.default_from),
+                initargs=(template.path, template.options),
             )
             self._pool.submit(int)  # start it now, while the caller does other work
 

@@ -38,6 +38,20 @@ Behaviours (keyword arguments of :func:`start_server`, freely combined):
   "mail" / "rcpt" / "data"; return :data:`DROP` to close the connection silently.
 * ``data_latency``: seconds to wait after the final dot before answering.
 * ``smtputf8``, ``data_size_limit``: forwarded to aiosmtpd.
+* ``drop_at_data_every=k``: close the connection at every k-th DATA command, before
+  the 354: the message was certainly not delivered.
+
+Postfix's limits, answered exactly as Postfix 3.7 does (``smtpd_client_*`` with anvil):
+
+* ``greeting_reply``: answer every connection with this reply instead of 220.
+* ``max_connections=k``: a client with k connections open gets
+  ``421 4.7.0 <host> Error: too many connections from <ip>`` as its greeting
+  (``smtpd_client_connection_count_limit``).
+* ``postfix_rate=(n, period)``: anvil's message rate (``smtpd_client_message_rate_limit``
+  with ``anvil_rate_time_unit``): time counts in whole seconds, a window opens at a
+  client's connect or MAIL FROM and lasts until an event more than ``period`` seconds
+  after its start; the (n+1)-th MAIL FROM of a window (refused ones count too) gets
+  ``450 4.7.1 Error: too much mail from <ip>``.
 """
 
 from __future__ import annotations
@@ -45,7 +59,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import base64
-import bisect
 import contextlib
 import email
 import email.message
@@ -68,6 +81,8 @@ import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from mailblast.capture import MAILTRAP_THROTTLE_REPLY, WindowCount
+
 __all__ = [
     "AUTH_INVALID_REPLY",
     "AUTH_REQUIRED_REPLY",
@@ -87,13 +102,14 @@ __all__ = [
     "local_ca",
     "max_in_window",
     "start_server",
+    "too_many_connections_reply",
+    "too_much_mail_reply",
     "unknown_user_reply",
 ]
 
 HOST = "127.0.0.1"
 SERVER_NAME = "mx.mailblast.test"
 
-MAILTRAP_THROTTLE_REPLY = "550 5.7.0 Requested action not taken: too many emails per second"
 SES_THROTTLE_REPLY = "454 Throttling failure: Maximum sending rate exceeded."
 TEMP_FAILURE_REPLY = "451 4.3.0 Temporary failure"
 AUTH_INVALID_REPLY = "535 5.7.8 Authentication credentials invalid"
@@ -110,6 +126,14 @@ DROP = "DROP"
 Stage = Literal["mail", "rcpt", "data"]
 ReplyHook = Callable[[Stage, Envelope, int], str | None]
 _STAGES: tuple[Stage, ...] = ("mail", "rcpt", "data")
+
+
+def too_many_connections_reply(ip: str) -> str:
+    return f"421 4.7.0 {SERVER_NAME} Error: too many connections from {ip}"
+
+
+def too_much_mail_reply(ip: str) -> str:
+    return f"450 4.7.1 Error: too much mail from {ip}"
 
 
 def unknown_user_reply(address: str) -> str:
@@ -259,6 +283,8 @@ class _Protocol(SMTP):
 
     def __init__(self, owner: SmtpServer, *args: Any, **kwargs: Any) -> None:
         self.owner = owner  # before super(): aiosmtpd's __init__ inspects our members
+        self.greeting: str | None = None  # replaces the 220 greeting (a refusal)
+        self.counted_ip: str | None = None  # set while counted as an open client connection
         super().__init__(*args, **kwargs)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -270,7 +296,7 @@ class _Protocol(SMTP):
             sock = transport.get_extra_info("socket")
             if sock is not None:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.owner._connection_opened(self, transport.get_extra_info("peername"))
+            self.greeting = self.owner._connection_opened(self, transport.get_extra_info("peername"))
 
     def connection_lost(self, error: Exception | None) -> None:
         self.owner._connection_closed(self)
@@ -280,6 +306,8 @@ class _Protocol(SMTP):
         if self.transport is None or self.transport.is_closing():
             return  # dropped on purpose: not a single byte more
         line = status.decode("utf-8", "replace") if isinstance(status, bytes) else status
+        if line.startswith("220 ") and self.greeting is not None:
+            line = status = self.greeting
         code = line[:3]
         if code.isdigit() and code[0] in "45" and line[3:4] in (" ", ""):
             self.owner._record_rejection(int(code), line[4:])
@@ -290,6 +318,16 @@ class _Protocol(SMTP):
     def drop(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+    async def smtp_DATA(self, arg: str) -> None:
+        owner = self.owner
+        if owner.drop_at_data_every is not None and self.envelope is not None and self.envelope.rcpt_tos:
+            owner._data_command_count += 1
+            if owner._data_command_count % owner.drop_at_data_every == 0:
+                assert self.session is not None
+                owner._drop(self, self.session, self.envelope, "data")
+                return
+        await super().smtp_DATA(arg)
 
     @property
     def uses_tls(self) -> bool:
@@ -359,6 +397,8 @@ class _Handler:
         if owner._offers_auth and not session.authenticated:
             return AUTH_REQUIRED_REPLY
         owner._mail_count += 1
+        if (refusal := owner._postfix_mail(session.peer)) is not None:
+            return refusal
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         if owner.drop_at_mail_every and owner._mail_count % owner.drop_at_mail_every == 0:
@@ -482,6 +522,10 @@ class SmtpServer:
         data_latency: float = 0.0,
         smtputf8: bool = False,
         data_size_limit: int = 50 * 1024 * 1024,
+        drop_at_data_every: int | None = None,
+        greeting_reply: str | None = None,
+        max_connections: int | None = None,
+        postfix_rate: tuple[int, int] | None = None,
         ready_timeout: float = 10.0,
     ) -> None:
         if rate is not None and (rate[0] < 1 or rate[1] <= 0):
@@ -521,6 +565,14 @@ class SmtpServer:
         self.data_latency = data_latency
         self.smtputf8 = smtputf8
         self.data_size_limit = data_size_limit
+        self.drop_at_data_every = _check_every(drop_at_data_every, "drop_at_data_every")
+        if greeting_reply is not None:
+            _check_reply(greeting_reply, "greeting_reply")
+        self.greeting_reply = greeting_reply
+        self.max_connections = _check_every(max_connections, "max_connections")
+        if postfix_rate is not None and (postfix_rate[0] < 1 or postfix_rate[1] < 1):
+            raise ValueError("postfix_rate must be (n >= 1, whole seconds >= 1)")
+        self.postfix_rate = postfix_rate
         self.ready_timeout = ready_timeout
 
         if isinstance(reject_recipients, str):
@@ -538,6 +590,7 @@ class SmtpServer:
         self._cond = threading.Condition()
         self._received: list[Received] = []
         self._accepted_at: list[float] = []  # sorted, same order as _received
+        self._window = WindowCount(rate[1]) if rate is not None else None  # the rule `serve --rate` applies
         self._rejected: list[Rejection] = []
         self._dropped: list[Dropped] = []
         self._auth_attempts: list[AuthAttempt] = []
@@ -545,6 +598,10 @@ class SmtpServer:
         self._live: set[_Protocol] = set()  # only touched in the server thread
         self._mail_count = 0
         self._data_count = 0
+        self._data_command_count = 0
+        self._open_clients: dict[str, int] = {}  # ip -> connections open now
+        self._most_open = 0
+        self._anvil: dict[str, list[int]] = {}  # ip -> [window start (whole seconds), messages]
         self._controller: _Controller | None = None
         self.host = HOST
         self.port = 0
@@ -701,17 +758,53 @@ class SmtpServer:
     def accepted_count(self) -> int:
         return len(self._received)
 
-    def _connection_opened(self, proto: _Protocol, peer: Any) -> None:
+    @property
+    def most_open(self) -> int:
+        """The most client connections that were open (and greeted with 220) at once."""
+        with self._cond:
+            return self._most_open
+
+    def _connection_opened(self, proto: _Protocol, peer: Any) -> str | None:
+        """Count a new connection; returns the refusal to greet it with, if any."""
         self._live.add(proto)
         controller = self._controller
         if controller is not None and controller.trigger_peer == peer:
-            return
+            return None
+        ip = peer[0]
+        self._anvil_event(ip)
         with self._cond:
             self._connections += 1
             self._cond.notify_all()
+            if self.greeting_reply is not None:
+                return self.greeting_reply
+            if self.max_connections is not None and self._open_clients.get(ip, 0) >= self.max_connections:
+                return too_many_connections_reply(ip)
+            proto.counted_ip = ip
+            self._open_clients[ip] = self._open_clients.get(ip, 0) + 1
+            self._most_open = max(self._most_open, sum(self._open_clients.values()))
+        return None
 
     def _connection_closed(self, proto: _Protocol) -> None:
         self._live.discard(proto)
+        ip, proto.counted_ip = proto.counted_ip, None
+        if ip is not None:
+            with self._cond:
+                self._open_clients[ip] -= 1
+
+    def _anvil_event(self, ip: str) -> list[int]:
+        """Postfix's anvil: a window opens at an event more than a period after its start."""
+        now = int(time.time())
+        window = self._anvil.get(ip)
+        if self.postfix_rate is not None and (window is None or window[0] + self.postfix_rate[1] < now):
+            window = self._anvil[ip] = [now, 0]
+        return window or [now, 0]
+
+    def _postfix_mail(self, peer: Any) -> str | None:
+        if self.postfix_rate is None:
+            return None
+        window = self._anvil_event(peer[0])
+        window[1] += 1
+        return too_much_mail_reply(peer[0]) if window[1] > self.postfix_rate[0] else None
 
     def _record_rejection(self, code: int, text: str) -> None:
         with self._cond:
@@ -726,11 +819,8 @@ class SmtpServer:
         return False
 
     def _window_full(self, now: float) -> bool:
-        assert self.rate is not None
-        limit, period = self.rate
-        # accepted messages with at > now - period
-        in_window = len(self._accepted_at) - bisect.bisect_right(self._accepted_at, now - period)
-        return in_window >= limit
+        assert self.rate is not None and self._window is not None
+        return self._window.count(now) >= self.rate[0]
 
     def _policy(self, stage: Stage, server: SMTP, session: Session, envelope: Envelope) -> str | None:
         """The configured answer for this stage, or None to carry on."""
@@ -795,6 +885,8 @@ class SmtpServer:
             self._accepted_at.append(now)  # monotonic clock: stays sorted
             if token is not None:
                 self._token_uses[token] += 1
+            if self._window is not None:
+                self._window.add(now)
             self._cond.notify_all()
 
     def _authenticate(

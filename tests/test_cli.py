@@ -78,9 +78,10 @@ def test_check_reports_every_problem_and_exits_2(tmp_path: Path) -> None:
 def test_preview_shows_headers_bodies_and_attachments(example: Path) -> None:
     (example / "terms.pdf").write_bytes(b"%PDF" + b"x" * 2048)
     (example / "recipients.csv").write_text(
-        "email,name,team,attachment\nann@example.com,Ann,Crew,../examples/terms.pdf\n"
+        "email,name,team,attachment\nann@example.com,Ann,Crew,terms.pdf\n"
     )
-    code, out = run("preview", "recipients.csv", "--template", "../templates/invitation.html.j2", cwd=example)
+    template = "../templates/invitation.html.j2"
+    code, out = run("preview", "recipients.csv", "-t", template, "--attachments-dir", ".", cwd=example)
     assert code == 0, out
     for expected in (
         "Subject:",

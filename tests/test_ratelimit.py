@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailblast.ratelimit import PROBE_PERIODS, SlidingWindowLimiter, Slot, backoff_delay
+from mailblast.ratelimit import MAX_PAUSE, SlidingWindowLimiter, Slot, backoff_delay
 
 
 class FakeClock:
@@ -118,15 +118,25 @@ def test_grants_up_to_the_limit_then_waits_for_the_window() -> None:
     for slot in slots:
         assert slot is not None
         limiter.release(slot)
-    assert limiter.delay() == 1.0
-    clock.now = 0.999
+    assert limiter.window == 1.1  # the period plus a 10% margin
+    assert limiter.delay() == 1.1
+    clock.now = 1.099
     assert limiter.try_acquire() is None
-    clock.now = 1.0
+    clock.now = 1.1
     assert limiter.delay() == 0
     assert limiter.try_acquire() is not None
 
 
-def test_a_released_slot_counts_until_release_time_plus_period() -> None:
+@pytest.mark.parametrize(
+    ("period", "window"), [(1.0, 1.1), (10.0, 11.0), (60.0, 61.0), (3600.0, 3601.0), (0.5, 0.55)]
+)
+def test_the_margin_is_a_tenth_of_the_period_and_at_most_a_second(period: float, window: float) -> None:
+    limiter = SlidingWindowLimiter(30, period)
+    assert limiter.window == pytest.approx(window)
+    assert limiter.period == period
+
+
+def test_a_released_slot_counts_until_release_time_plus_window() -> None:
     clock = FakeClock()
     limiter = SlidingWindowLimiter(1, 2.0, clock=clock)
     slot = limiter.try_acquire()
@@ -136,8 +146,8 @@ def test_a_released_slot_counts_until_release_time_plus_period() -> None:
     assert slot.released_at == 5.0
     clock.now = 6.5
     assert limiter.try_acquire() is None
-    assert limiter.delay() == 0.5
-    clock.now = 7.0
+    assert limiter.delay() == pytest.approx(0.7)
+    clock.now = 7.2
     assert limiter.try_acquire() is not None
 
 
@@ -189,8 +199,8 @@ def test_acquire_sleeps_exactly_until_a_slot_frees() -> None:
         limiter.release(slot)
     clock.now = 0.25
     slot = asyncio.run(limiter.acquire())
-    assert clock.sleeps == [0.75]
-    assert slot.acquired_at == 1.0
+    assert clock.sleeps == [pytest.approx(0.85)]
+    assert slot.acquired_at == pytest.approx(1.1)
 
 
 def test_acquire_waits_for_a_release_instead_of_polling() -> None:
@@ -211,8 +221,8 @@ def test_acquire_waits_for_a_release_instead_of_polling() -> None:
         return await waiter
 
     slot = run_virtual(clock, main)
-    assert slot.acquired_at == 31.0
-    assert sleeps == [1.0]
+    assert slot.acquired_at == pytest.approx(31.1)
+    assert sleeps == [pytest.approx(1.1)]
 
 
 def test_hold_releases_even_on_error() -> None:
@@ -226,7 +236,7 @@ def test_hold_releases_even_on_error() -> None:
 
     with pytest.raises(OSError):
         asyncio.run(main())
-    clock.now = 4.0
+    clock.now = 4.1
     assert limiter.try_acquire() is not None
 
 
@@ -236,9 +246,9 @@ def test_instant_replies_reach_full_throughput() -> None:
     slots = simulate(limiter, clock, [(0.0, False)] * 300, connections=2)
     assert len(slots) == 300
     assert most_in_any_window(slots, 1.0) == 3
-    # 100 windows of 3 messages: the last batch goes out at t=99.
-    assert max(s.acquired_at for s in slots) == 99.0
-    assert clock.now <= 100.0
+    # 100 windows of 3 messages: the last batch goes out after 99 windows.
+    assert max(s.acquired_at for s in slots) == pytest.approx(99 * limiter.window)
+    assert clock.now <= 100 * limiter.window
 
 
 def test_waiters_are_served_first_come_first_served() -> None:
@@ -273,13 +283,13 @@ def test_try_acquire_does_not_jump_the_queue() -> None:
         waiter = asyncio.create_task(limiter.acquire())
         await asyncio.sleep(5.0)
         limiter.release(held)
-        # Wakes at t=6 alongside the waiter, before it gets to run.
-        await asyncio.sleep(1.0)
+        # Wakes when the window has passed, alongside the waiter, before it gets to run.
+        await asyncio.sleep(limiter.window)
         return limiter.try_acquire(), await waiter
 
     jumper, slot = run_virtual(clock, main)
     assert jumper is None
-    assert slot.acquired_at == 6.0
+    assert slot.acquired_at == pytest.approx(5.0 + limiter.window)
 
 
 @settings(max_examples=150, deadline=None)
@@ -306,34 +316,66 @@ def test_never_more_than_limit_in_any_window(
 # --- throttling and recovery ---------------------------------------------------------------
 
 
-def test_throttled_pauses_and_halves() -> None:
-    clock = FakeClock(10.0)
-    limiter = SlidingWindowLimiter(8, 1.0, clock=clock)
-    limiter.throttled()
-    assert limiter.current_limit == 4
-    assert limiter.paused_until == 11.0
-    clock.now = 10.5
-    assert limiter.try_acquire() is None
-    assert limiter.delay() == 0.5
-    clock.now = 11.0
-    assert limiter.try_acquire() is not None
-
-    clock.now = 20.0
-    assert limiter.current_limit == 7  # recovered meanwhile, up to just below the refused 8
-    limiter.throttled(pause=30.0)
-    assert limiter.paused_until == 50.0
-    assert limiter.current_limit == 3
-    assert limiter.delay() == 30.0
+def granted(limiter: SlidingWindowLimiter, n: int) -> list[Slot]:
+    slots = [limiter.try_acquire() for _ in range(n)]
+    assert all(slots)
+    return slots  # type: ignore[return-value]
 
 
-def test_reports_during_a_pause_halve_only_once() -> None:
+def test_a_throttled_rate_drops_just_below_what_the_window_held() -> None:
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(30, 10.0, clock=clock)
+    slots = granted(limiter, 20)
+    for slot in slots[:19]:
+        limiter.release(slot)
+    clock.now = 1.0
+    limiter.throttled(slot=slots[19])
+    limiter.release(slots[19], accepted=False)
+    assert limiter.current_limit == 19  # the server took no more than 19 in its window
+    assert limiter.paused_until == pytest.approx(1.0 + 11.0 / 19)
+
+
+def test_a_throttled_rate_is_back_to_the_users_within_three_quiet_windows() -> None:
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(30, 10.0, clock=clock)
+    slot = granted(limiter, 1)[0]
+    limiter.throttled(slot=slot)  # a server counting very differently: down to 1
+    assert limiter.current_limit == 1
+    resumed = limiter.paused_until
+    clock.now = resumed + 11.0
+    assert limiter.current_limit == 1 + 10  # ceil(29 / 3) per quiet window
+    clock.now = resumed + 22.0
+    assert limiter.current_limit == 21
+    clock.now = resumed + 33.0
+    assert limiter.current_limit == 30
+    clock.now = resumed + 1000.0
+    assert limiter.current_limit == 30 == limiter.configured_limit
+
+
+def test_reports_of_the_same_overload_react_once() -> None:
     clock = FakeClock()
     limiter = SlidingWindowLimiter(8, 1.0, clock=clock)
-    limiter.throttled()
-    clock.now = 0.5
-    limiter.throttled(pause=5.0)
-    assert limiter.current_limit == 4
-    assert limiter.paused_until == 5.5
+    first, second = granted(limiter, 2)
+    clock.now = 0.1
+    limiter.throttled(slot=first)
+    assert limiter.current_limit == 1
+    limiter.throttled(slot=second)  # sent before the first refusal: the same overload
+    assert limiter.current_limit == 1
+    assert first.throttled and second.throttled
+
+
+def test_a_servers_retry_after_is_a_pause_with_an_end() -> None:
+    clock = FakeClock(10.0)
+    limiter = SlidingWindowLimiter(8, 1.0, clock=clock)
+    slot = granted(limiter, 1)[0]
+    limiter.throttled(pause=30.0, slot=slot)
+    limiter.release(slot, accepted=False)
+    assert limiter.paused_until == 40.0
+    assert limiter.delay() == 30.0
+    clock.now = 100.0
+    slot = granted(limiter, 1)[0]
+    limiter.throttled(pause=86400.0, slot=slot)
+    assert limiter.paused_until == 100.0 + MAX_PAUSE
 
 
 def test_limit_never_drops_below_one() -> None:
@@ -343,81 +385,146 @@ def test_limit_never_drops_below_one() -> None:
     assert limiter.current_limit == 1
 
 
-def test_recovery_adds_one_per_quiet_period_up_to_the_ceiling() -> None:
+def test_without_a_rate_a_throttle_starts_probing_one_message_at_a_time() -> None:
     clock = FakeClock()
-    limiter = SlidingWindowLimiter(8, 1.0, clock=clock)
-    limiter.throttled()  # paused until 1.0; the first quiet period ends at 2.0
-    assert limiter.current_limit == 4
-    clock.now = 1.99
-    assert limiter.current_limit == 4
-    clock.now = 2.0
-    assert limiter.current_limit == 5
-    clock.now = 3.5
-    assert limiter.current_limit == 6
-    clock.now = 100.0
-    assert limiter.current_limit == 8
-    assert limiter.configured_limit == 8
-
-
-def test_recovery_stops_below_the_refused_level_then_probes_slowly() -> None:
-    clock = FakeClock()
-    limiter = SlidingWindowLimiter(None, 1.0, clock=clock)
-    for _ in range(4):  # the server refuses at 4 in a window, like Mailtrap at 3/s
-        limiter.try_acquire()
-    limiter.throttled()
-    assert limiter.current_limit == 2
-    clock.now = 2.0
-    assert limiter.current_limit == 3  # one below the refused 4: the server's real limit
-    clock.now = 2.0 + PROBE_PERIODS - 0.01
-    assert limiter.current_limit == 3  # it stays there for a while
-    clock.now = 2.0 + PROBE_PERIODS
-    assert limiter.current_limit == 4  # then tries the refused level again
-    limiter.throttled()
-    assert limiter.current_limit == 2
-    clock.now += 1.0 + 1.0 + PROBE_PERIODS * 5
-    assert limiter.current_limit == 3 + 5  # the ceiling stays at 3; probing goes on above it
-
-
-def test_delay_counts_on_the_next_recovery_step() -> None:
-    clock = FakeClock()
-    limiter = SlidingWindowLimiter(4, 1.0, clock=clock)
-    limiter.throttled()
-    clock.now = 1.0
-    assert limiter.try_acquire() is not None
-    assert limiter.try_acquire() is not None
-    clock.now = 1.25
-    # Both slots are still held: only the step to limit 3 at t=2 frees one.
-    assert limiter.delay() == 0.75
-    clock.now = 2.0
-    assert limiter.try_acquire() is not None
-
-
-def test_unknown_limit_becomes_half_of_what_was_observed() -> None:
-    clock = FakeClock()
-    limiter = SlidingWindowLimiter(None, 1.0, clock=clock)
-    for _ in range(11):
-        slot = limiter.try_acquire()
-        assert slot is not None
+    limiter = SlidingWindowLimiter(None, clock=clock)
+    burst = granted(limiter, 31)
+    for slot in burst[:30]:
         limiter.release(slot)
+    clock.now = 0.4
+    limiter.throttled(slot=burst[30])
+    limiter.release(burst[30], accepted=False)
+    assert limiter.learning and limiter.current_limit is None
+    assert limiter.delay() == pytest.approx(0.1)  # a quarter of the burst's age
     clock.now = 0.5
-    limiter.throttled()
+    probe = limiter.try_acquire()
+    assert probe is not None and probe.probe
+    assert limiter.try_acquire() is None and limiter.delay() == math.inf  # one probe at a time
+    limiter.throttled(slot=probe)
+    limiter.release(probe, accepted=False)
+    clock.now = 10.5
+    probe = limiter.try_acquire()
+    assert probe is not None
+    limiter.release(probe, accepted=False)  # no answer at all: that says nothing, probe again
+    probe = limiter.try_acquire()
+    assert probe is not None
+    limiter.release(probe)  # accepted: the server's window is open again
+    assert not limiter.learning
+    assert limiter.current_limit == 30  # what the burst got through
+    assert limiter.period == pytest.approx(10.5)
+    assert limiter.window == pytest.approx(10.5 * 1.1)
+
+
+def learned(limit: int, period: float, clock: FakeClock) -> SlidingWindowLimiter:
+    """A limiter without --rate that learned ``limit`` per ``period`` from a first burst."""
+    limiter = SlidingWindowLimiter(None, clock=clock)
+    start = clock.now
+    burst = granted(limiter, limit + 1)
+    for slot in burst[:limit]:
+        limiter.release(slot)
+    limiter.throttled(slot=burst[limit])
+    limiter.release(burst[limit], accepted=False)
+    clock.now = start + period
+    probe = limiter.try_acquire()
+    assert probe is not None
+    limiter.release(probe)
+    assert limiter.current_limit == limit
+    return limiter
+
+
+def test_a_refused_full_learned_window_widens_it() -> None:
+    clock = FakeClock()
+    limiter = learned(5, 1.0, clock)
+    clock.now = 10.0
+    window = limiter.window
+    slots = granted(limiter, 5)
+    limiter.throttled(slot=slots[-1])
     assert limiter.current_limit == 5
-    assert limiter.configured_limit is None
-    assert limiter.paused_until == 1.5
-    clock.now = 1.5
-    assert sum(1 for _ in range(10) if limiter.try_acquire()) == 5
-    # Back to just below the refused 11 at one per period (10 at t=6.5), then probing:
-    # one more every PROBE_PERIODS periods, with no configured ceiling to stop it.
-    clock.now = 6.5
-    assert limiter.current_limit == 10
-    clock.now = 6.5 + 95.0
-    assert limiter.current_limit == 10 + 95 // PROBE_PERIODS
+    assert limiter.window == pytest.approx(window + 0.5)  # half the period, at most a second
 
 
-def test_unknown_limit_throttled_when_idle_becomes_one() -> None:
-    limiter = SlidingWindowLimiter(None, 1.0, clock=FakeClock())
-    limiter.throttled()
-    assert limiter.current_limit == 1
+def test_a_refused_learned_window_not_full_lowers_the_limit() -> None:
+    clock = FakeClock()
+    limiter = learned(5, 1.0, clock)
+    clock.now = 10.0
+    slots = granted(limiter, 3)
+    limiter.throttled(slot=slots[-1])
+    assert limiter.current_limit == 2
+
+
+class PostfixAnvil:
+    """Postfix's smtpd_client_message_rate_limit as anvil counts it: whole seconds, and a new
+    window only at an event more than ``period`` after the window's start; refused MAILs count."""
+
+    def __init__(self, limit: int, period: int) -> None:
+        self.limit, self.period = limit, period
+        self.start: int | None = None
+        self.count = 0
+        self.refused = 0
+
+    def mail(self, now: float) -> bool:
+        second = math.floor(now)
+        if self.start is None or self.start + self.period < second:
+            self.start, self.count = second, 0
+        self.count += 1
+        self.refused += self.count > self.limit
+        return self.count <= self.limit
+
+
+def send_to(
+    limiter: SlidingWindowLimiter, clock: FakeClock, server: PostfixAnvil, n: int, connections: int
+) -> float:
+    """Send ``n`` messages (10 ms each) through the limiter; returns when the last was accepted."""
+    left = n
+    done_at = 0.0
+
+    async def connection() -> None:
+        nonlocal left, done_at
+        while left > 0:
+            left -= 1  # this connection takes the next message
+            slot = await limiter.acquire()
+            accepted = server.mail(clock.now)
+            await asyncio.sleep(0.01)
+            if accepted:
+                done_at = clock.now
+            else:
+                left += 1  # back in the queue
+                limiter.throttled(slot=slot)
+            limiter.release(slot, accepted=accepted)
+
+    async def main() -> None:
+        await asyncio.gather(*(connection() for _ in range(connections)))
+
+    run_virtual(clock, main)
+    return done_at
+
+
+@pytest.mark.parametrize("start", [0.0, 0.3, 0.99])
+def test_a_rate_equal_to_postfixs_limit_draws_no_rejection(start: float) -> None:
+    clock = FakeClock(start)
+    server = PostfixAnvil(30, 10)
+    seconds = send_to(SlidingWindowLimiter(30, 10.0, clock=clock), clock, server, 120, connections=3)
+    assert server.refused == 0
+    assert seconds - start <= 45  # 4 windows of 11 s: 33 s and a little
+
+
+@pytest.mark.parametrize("start", [0.0, 0.5, 0.99])
+def test_without_a_rate_postfixs_limit_is_learned_within_half_again_the_ideal_time(start: float) -> None:
+    clock = FakeClock(start)
+    server = PostfixAnvil(30, 10)
+    limiter = SlidingWindowLimiter(None, clock=clock)
+    seconds = send_to(limiter, clock, server, 120, connections=2)
+    ideal = 3 * 11.0  # the server takes 30 per window, and its windows last up to 11 s
+    assert seconds - start <= 1.5 * ideal
+    assert limiter.current_limit == 30
+    assert server.refused <= 25  # probes, growing apart, while the first window lasts
+
+
+def test_once_learned_postfixs_limit_draws_no_more_rejections() -> None:
+    clock = FakeClock()
+    server = PostfixAnvil(30, 10)
+    send_to(SlidingWindowLimiter(None, clock=clock), clock, server, 30 * 20, connections=3)
+    assert server.refused <= 25  # all of them while learning: 19 windows without one
 
 
 # --- backoff -------------------------------------------------------------------------------

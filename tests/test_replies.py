@@ -40,13 +40,12 @@ CASES = [
     (550, "You have reached your limit of 500 messages per day", FATAL),
     # throttled
     (421, "4.7.0 Try again later, closing connection.", THROTTLED),
-    (421, "4.4.2 Connection dropped due to timeout", THROTTLED),
+    (421, "4.7.0 mx.example.com Error: too many connections from 127.0.0.1", THROTTLED),
+    (450, "4.7.1 Error: too much mail from 127.0.0.1", THROTTLED),
     (421, "4.7.28 Our system has detected an unusual rate of unsolicited mail", THROTTLED),
-    (421, "Service not available", THROTTLED),
     (450, "4.2.1 The user you are trying to contact is receiving mail too quickly", THROTTLED),
     (451, "4.7.1 Please try again later", THROTTLED),
     (451, "4.4.5 Server busy", THROTTLED),
-    (452, "4.5.3 Too many recipients", THROTTLED),
     (454, "Throttling failure: Maximum sending rate exceeded.", THROTTLED),
     (550, "5.7.0 Requested action not taken: too many emails per second", THROTTLED),
     (550, "5.7.1 Rate limit exceeded", THROTTLED),
@@ -55,12 +54,19 @@ CASES = [
     (550, "Max 100 messages per minute", THROTTLED),
     (550, "Limit of 1000 per hour reached", THROTTLED),
     (550, "Message throttled", THROTTLED),
-    (554, "Please try again later", THROTTLED),
     (550, "5.7.1 ratelimit hit", THROTTLED),
     (451, "4.3.0 Too many messages, slow down", THROTTLED),
     # transient
     (451, "4.3.0 Temporary server error. Please try again", TRANSIENT),
     (451, "4.4.1 No answer from host", TRANSIENT),
+    # a 421, 450, 452 or 454 is not a throttle unless it says so: only 4.7.x, x.4.5 and the words
+    (421, "Service not available", TRANSIENT),
+    (421, "4.4.2 Connection dropped due to timeout", TRANSIENT),
+    (450, "4.2.0 Mailbox busy", TRANSIENT),
+    (452, "4.2.2 Mailbox full", TRANSIENT),
+    (452, "4.3.1 Insufficient system storage", TRANSIENT),
+    (452, "4.5.3 Too many recipients", TRANSIENT),
+    (454, "4.3.0 Try again later", TRANSIENT),
     (441, "4.4.1 Recipient server did not respond", TRANSIENT),
     (None, "timed out", TRANSIENT),
     (0, "connection refused", TRANSIENT),
@@ -73,6 +79,7 @@ CASES = [
     (553, "5.1.3 Invalid address", PERMANENT),
     (501, "5.5.4 Syntax error in parameters", PERMANENT),
     (552, "5.3.4 Message size exceeds fixed maximum message size", PERMANENT),
+    (554, "Please try again later", PERMANENT),
     (554, "5.7.1 Relay access denied", PERMANENT),
     (550, "5.7.1 Sender not authorized", PERMANENT),
     (550, "5.7.0 Policy violation", PERMANENT),
@@ -93,6 +100,21 @@ def test_classify(code: int | None, text: str, kind: Kind) -> None:
     assert verdict.kind is kind
     assert verdict.text == text
     assert verdict.is_retryable == (kind in (THROTTLED, TRANSIENT))
+
+
+@pytest.mark.parametrize(
+    ("code", "text", "kind"),
+    [
+        (452, "4.2.2 Mailbox full", TRANSIENT),
+        (450, "4.7.1 <a@example.com>: Recipient address rejected: greylisted", TRANSIENT),
+        (451, "4.7.1 Service unavailable - try again later", TRANSIENT),
+        (450, "4.7.1 Error: too much mail from 127.0.0.1", THROTTLED),
+        (452, "4.2.2 Too many messages per hour for this sender", THROTTLED),
+        (550, "5.1.1 User unknown", PERMANENT),
+    ],
+)
+def test_a_refused_recipient_is_that_recipients_trouble(code: int, text: str, kind: Kind) -> None:
+    assert classify(code, text, recipient=True).kind is kind
 
 
 @pytest.mark.parametrize(

