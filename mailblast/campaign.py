@@ -28,7 +28,7 @@ from mailblast.journal import Journal, default_path
 from mailblast.outcomes import Counts, Outcome, Reasons, Status, average_rate, rate_seconds
 from mailblast.progress import SendProgress
 from mailblast.ratelimit import SlidingWindowLimiter
-from mailblast.recipients import Recipient
+from mailblast.recipients import CsvFormat, Recipient, RecipientsFile
 from mailblast.replies import Kind, Verdict
 from mailblast.report import ReportWriter
 from mailblast.sender import Sender, SenderOptions
@@ -109,7 +109,14 @@ def run_send(
         # On a terminal, a long report goes to a file rather than over the screen.
         report_path = settings.report or (default_report_path(recipients_path) if stdout.isatty() else None)
         with _report_file(settings.report) as report_stream:
-            recorder = Recorder(journal, ReportWriter(report_stream, inputs.recipients.format.header))
+            fmt = inputs.recipients.format
+            report = ReportWriter(
+                report_stream,
+                fmt.header,
+                delimiter=fmt.delimiter,
+                bom=report_path is not None and wants_bom(fmt),
+            )
+            recorder = Recorder(journal, report)
             sender = Sender(
                 connect,
                 limiter,
@@ -339,6 +346,11 @@ def _stop_hint(reason: Verdict, resume: str, credentials: Credentials | None) ->
     return f"{cause}; then {resume}"
 
 
+def wants_bom(fmt: CsvFormat) -> bool:
+    """A report file gets a BOM when its recipients file had one, or was not UTF-8 (a spreadsheet's)."""
+    return fmt.encoding.replace("_", "-").lower() != "utf-8"
+
+
 def default_report_path(recipients_path: Path) -> Path:
     """Where the report goes when it should not flood a terminal: beside the recipients file."""
     return recipients_path.with_name(f"{recipients_path.stem}.not-sent.csv")
@@ -436,21 +448,34 @@ def run_report(
     try:
         campaign = journal.find(recipients_path, settings.template)
 
-        def write(stream: TextIO) -> int:
-            report = ReportWriter(stream, campaign.header)
+        fmt = _format_if_readable(recipients_path, settings)
+
+        def write(stream: TextIO, bom: bool) -> int:
+            delimiter = fmt.delimiter if fmt else ","
+            report = ReportWriter(stream, campaign.header, delimiter=delimiter, bom=bom)
             for outcome in journal.not_sent(campaign.id):
                 report.write(outcome)
             return report.rows
 
         if out is None:
-            write(stdout)
+            write(stdout, bom=False)
             return 0
         with _report_file(out) as stream:
-            rows = write(stream)
+            rows = write(stream, bom=fmt is not None and wants_bom(fmt))
     finally:
         journal.close()
     console.print(f"wrote {rows:,} recipient(s) not sent to {out}", highlight=False)
     return 0
+
+
+def _format_if_readable(recipients_path: Path, settings: Settings) -> CsvFormat | None:
+    """The recipients file's format, to write the report like it; None when it is gone or changed."""
+    try:
+        return RecipientsFile(
+            recipients_path, encoding=settings.encoding, delimiter=settings.delimiter
+        ).format
+    except InputError:
+        return None
 
 
 def _when(timestamp: float) -> str:

@@ -15,6 +15,8 @@ from rich.text import Text
 
 from mailblast import display
 from mailblast.compose import (
+    ADDRESS_HEADERS,
+    RESERVED_HEADERS,
     ComposedMessage,
     RowError,
     Template,
@@ -23,8 +25,9 @@ from mailblast.compose import (
     prepare,
 )
 from mailblast.config import Settings
-from mailblast.errors import ConfigError, InputError
+from mailblast.errors import ConfigError, InputError, did_you_mean
 from mailblast.recipients import Recipient, RecipientsFile, RowProblem
+from mailblast.urls import parse_rate, parse_smtp_url
 
 
 @dataclass
@@ -78,6 +81,66 @@ def load_inputs(settings: Settings, recipients_path: Path) -> Inputs:
     return Inputs(recipients, template)
 
 
+KNOWN_HEADERS = (
+    *ADDRESS_HEADERS, "subject", "attachment", "sender", "list-unsubscribe", "list-unsubscribe-post",
+    "list-id", "precedence", "importance", "priority", "in-reply-to", "references", "keywords",
+    "comments", "organization", "auto-submitted", "content-language", *RESERVED_HEADERS,
+)  # fmt: skip
+_HEADER_NAME = re.compile(r"^([!-9;-~]+)[ \t]*:", re.MULTILINE)  # a name written out, before its colon
+_IMAGE = re.compile(r"!\[[^\]]*\]\(\s*<?([^)\s>]+)|<img\b[^>]*?\bsrc\s*=\s*[\"']?([^\"'\s>]+)", re.IGNORECASE)
+_SHOWN_ANYWHERE = re.compile(r"^(?:https?:|cid:|data:)|\{[{%]", re.IGNORECASE)
+_RESERVED_SUFFIXES = ("test", "local", "internal", "localhost", "invalid", "example", "home.arpa")
+
+
+def template_warnings(template: Template) -> list[str]:
+    """What in the template is probably a mistake but not an error: a missing Subject, a header
+    name that is a typo of a known one, an image the reader's mail client cannot load."""
+    warnings = []
+    names = [(m.group(1), m.start()) for m in _HEADER_NAME.finditer(template.header_source)]
+    if "subject" not in {name.lower() for name, _ in names}:
+        warnings.append(f"{template.name}: no Subject: header, so every message goes out without a subject")
+    for name, at in names:
+        if name.lower() in KNOWN_HEADERS or name.lower().startswith("x-"):
+            continue
+        guess = did_you_mean(name, KNOWN_HEADERS)
+        if guess is not None:
+            line = template.header_source.count("\n", 0, at) + 1
+            proper = "-".join(part.capitalize() for part in guess.split("-"))
+            warnings.append(f"{template.name}, line {line}: unknown header {name}:, did you mean {proper}:?")
+    if template.kind != "text":
+        for m in _IMAGE.finditer(template.body_source):
+            src = m.group(1) or m.group(2)
+            if not _SHOWN_ANYWHERE.search(src):
+                line = template.body_line + template.body_source.count("\n", 0, m.start())
+                warnings.append(
+                    f"{template.name}, line {line}: the image {src} is a path on this computer, which the "
+                    "message cannot show; use an https:// address (or attach the file)"
+                )
+    return warnings
+
+
+def reserved_domain(domain: str) -> bool:
+    """A name reserved for tests or private networks (RFC 2606, 6761, 6762): only a private relay
+    delivers there."""
+    labels = domain.lower().rstrip(".").split(".")
+    name = ".".join(labels)
+    return (
+        name.endswith(tuple(f".{s}" for s in _RESERVED_SUFFIXES))
+        or name in _RESERVED_SUFFIXES
+        or (len(labels) >= 2 and labels[-2] == "example")
+    )
+
+
+def check_smtp_settings(settings: Settings) -> str | None:
+    """The [smtp] settings checked as send would (numbers are checked when loading); a line for check."""
+    target = parse_smtp_url(settings.smtp_url) if settings.smtp_url else None
+    rate = parse_rate(settings.rate) if settings.rate else None
+    if target is None:
+        return None
+    pace = f"at most {rate}" if rate else "no rate limit"
+    return f"server: {target.display()}, {pace}, {settings.connections} connection(s)"
+
+
 def _check_sender(settings: Settings) -> None:
     """A bad sender from the config is one error up front, not one per row."""
     assert settings.sender is not None
@@ -96,7 +159,7 @@ def scan(
     on_valid: Callable[[Recipient], None] | None = None,
 ) -> ScanTally:
     """Check every row (and build its message for ``on_message``), print every problem, count."""
-    for warning in inputs.recipients.format.warnings:
+    for warning in [*inputs.recipients.format.warnings, *template_warnings(inputs.template)]:
         display.print_warning(console, warning)
     fmt = inputs.recipients.format
     for column in inputs.template.shadowed_columns(fmt.header, fmt.address_column):
@@ -107,6 +170,7 @@ def scan(
         )
     tally = ScanTally()
     faults = TemplateFaults()
+    reserved: dict[str, list[int]] = {}  # domain -> [first row, count]
     rows = compose_rows(
         inputs.recipients,
         inputs.template,
@@ -114,7 +178,7 @@ def scan(
         build=on_message is not None,
     )
     size = inputs.recipients.size
-    with display.file_progress(console, "checking rows", size) as progress:
+    with display.file_progress(console, "checking rows", size, quiet=settings.quiet) as progress:
         for prepared in rows:
             result = prepared.row
             tally.rows += 1
@@ -125,6 +189,9 @@ def scan(
                     display.print_problem(console, problem)
             if prepared.ok:
                 tally.valid += 1
+                recipient = result.recipient
+                if recipient is not None and reserved_domain(domain := recipient.address.rpartition("@")[2]):
+                    reserved.setdefault(domain.lower(), [recipient.row, 0])[1] += 1
                 if on_valid is not None and result.recipient is not None:
                     on_valid(result.recipient)
                 if on_message is not None and prepared.message is not None:
@@ -138,6 +205,14 @@ def scan(
                 tally.empty += 1
             if progress is not None and tally.rows % 512 == 0:
                 progress.update(progress.task_ids[0], completed=inputs.recipients.bytes_read)
+        if progress is not None:
+            progress.update(progress.task_ids[0], completed=size)  # the bar ends full
+    for domain, (first, count) in reserved.items():
+        display.print_warning(
+            console,
+            f"{count:,} address(es) at {domain} (the first in row {first}), a name reserved for tests and "
+            "private networks: sent only if your server relays it",
+        )
     for problem, count in faults.found.values():
         display.print_template_fault(console, problem, count, tally.rows)
     tally.faulty_templates = tuple(dict.fromkeys(p.template for p, _ in faults.found.values() if p.template))
@@ -162,10 +237,25 @@ class TemplateFaults:
 
 
 def run_check(settings: Settings, recipients_path: Path, console: Console) -> int:
+    server = check_smtp_settings(settings)
     inputs = load_inputs(settings, recipients_path)
+    console.print(describe_format(inputs.recipients), highlight=False, soft_wrap=True)
+    if server is not None:
+        console.print(server, highlight=False, soft_wrap=True)
     tally = scan(inputs, settings, console)
     display.print_counts(console, f"check {inputs.recipients.name}", tally.as_dict())
     return verdict_of_scan(console, tally)
+
+
+def describe_format(recipients: RecipientsFile) -> str:
+    """What was found (or given) about the file: encoding, separator, address column."""
+    fmt = recipients.format
+    encoding = {"utf-8-sig": "UTF-8 with a byte order mark", "utf-8": "UTF-8"}.get(fmt.encoding, fmt.encoding)
+    separator = {",": "commas", ";": "semicolons", "\t": "tabs", "|": "bars"}.get(fmt.delimiter)
+    return (
+        f"{recipients.name}: {encoding}, separated by {separator or repr(fmt.delimiter)}, "
+        f'addresses in column "{fmt.address_column}"'
+    )
 
 
 def verdict_of_scan(console: Console, tally: ScanTally) -> int:

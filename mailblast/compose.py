@@ -9,7 +9,6 @@ for the header block, and the attachment checks below).
 from __future__ import annotations
 
 import binascii
-import difflib
 import email
 import hashlib
 import mimetypes
@@ -39,7 +38,7 @@ from email_validator import EmailNotValidError, validate_email
 from markdown_it import MarkdownIt
 
 from mailblast import headers as hdr
-from mailblast.errors import ConfigError, TemplateError
+from mailblast.errors import ConfigError, TemplateError, did_you_mean
 from mailblast.recipients import Recipient, RecipientsFile, RowProblem, RowResult
 from mailblast.sandbox import RenderLimit, make_environment, render_bounded
 
@@ -80,6 +79,14 @@ class _WirePolicy(Compat32):
 
 WIRE = _WirePolicy(linesep="\r\n")
 T = TypeVar("T")
+# Small and safe for mail clients: readable line length and spacing, nothing that needs a network.
+MARKDOWN_STYLE = (
+    "<style>body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;font-size:16px;"
+    "line-height:1.5;color:#222;max-width:40em;margin:0 auto;padding:1em}"
+    "a{color:#0b57d0}img{max-width:100%}table{border-collapse:collapse}"
+    "th,td{border:1px solid #ccc;padding:.3em .6em}blockquote{color:#555;border-left:3px solid #ccc;"
+    "margin-left:0;padding-left:1em}</style>"
+)
 JINJA_SUFFIXES = (".j2", ".jinja", ".jinja2")
 DEFAULT_MAX_ATTACHMENTS_MB = 10.0  # all of one message's attachments together
 MAX_HEADER_CHARS = 100_000  # one row's rendered header block
@@ -207,13 +214,6 @@ def _literal_headers(source: str) -> frozenset[str]:
     return frozenset(literal - dynamic)
 
 
-def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str | None:
-    """The choice closest to ``word`` (ignoring case), if one is close enough to be a typo."""
-    folded = {c.casefold(): c for c in choices}
-    match = difflib.get_close_matches(word.casefold(), list(folded), n=1, cutoff=0.7)
-    return folded[match[0]] if match else None
-
-
 def check_address_header(name: str, value: str) -> None:
     """Raise RowError unless ``value`` is a valid address list for header ``name``."""
     try:
@@ -280,10 +280,14 @@ class Template:
             env.globals["mailbox"] = hdr.mailbox
         # a column with one of these names is reached as row["name"]
         self.builtin_names = frozenset({"email", "row", *header_env.globals})
+        self.header_source = header_source  # as written, for check's warnings
+        self.body_source = "\n".join(lines[blank + 1 :])
+        self.body_line = blank + 2  # the body's first line in the file
         self._literal = _literal_headers(header_source)
         self._headers = self._compile(header_env, header_source, 0)
-        self._body = self._compile(body_env, "\n".join(lines[blank + 1 :]), blank + 1)
-        self._markdown = MarkdownIt("commonmark", {"html": False}).enable("table")
+        self._body = self._compile(body_env, self.body_source, blank + 1)
+        # breaks: a single line break stays one ("See you soon,\nThe team"), as the author sees it
+        self._markdown = MarkdownIt("commonmark", {"html": False, "breaks": True}).enable("table")
 
     def shadowed_columns(self, header: tuple[str, ...], address_column: str) -> list[str]:
         """Columns whose name is a built-in one, so that only row["..."] reaches them."""
@@ -465,7 +469,7 @@ class Template:
         else:
             plain = body
             html = (
-                '<!DOCTYPE html>\n<html><head><meta charset="utf-8"></head><body>\n'
+                f'<!DOCTYPE html>\n<html><head><meta charset="utf-8">{MARKDOWN_STYLE}</head><body>\n'
                 f"{self._markdown.render(body)}</body></html>\n"
             )
         return MIMEMultipart("alternative", boundary, [_text_part(plain, "plain"), _text_part(html, "html")])

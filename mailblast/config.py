@@ -19,7 +19,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from mailblast.errors import ConfigError
+from mailblast.errors import ConfigError, did_you_mean
 
 DEFAULT_CONFIG = "mailblast.toml"
 MAX_CONNECTIONS = 100  # per run: servers allow a few per client, and each costs memory
@@ -106,8 +106,7 @@ def _take(path: Path, table: dict[str, Any], known: dict[str, tuple[type, bool]]
     values = {}
     for key, value in table.items():
         if key not in known:
-            choices = ", ".join(prefix + k for k in known)
-            raise ConfigError(f"{path}: unknown setting {prefix}{key}", f"the settings are: {choices}")
+            raise _unknown_setting(path, prefix + key)
         kind, is_path = known[key]
         ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
@@ -118,6 +117,23 @@ def _take(path: Path, table: dict[str, Any], known: dict[str, tuple[type, bool]]
             value = path.parent / value
         values[_RENAMES.get(key, key)] = value
     return values
+
+
+def _unknown_setting(path: Path, name: str) -> ConfigError:
+    if name.rpartition(".")[2] in ("password", "pass", "passwd"):
+        return ConfigError(
+            f"{path}: {name}: a password is never kept in the config file",
+            "set MAILBLAST_SMTP_PASSWORD in the environment, or type it when asked",
+        )
+    every = [*TOP_KEYS, *(f"smtp.{k}" for k in SMTP_KEYS)]
+    guess = did_you_mean(name, every) or did_you_mean(name.replace("_", "."), every)
+    if guess is not None:
+        key = guess.removeprefix("smtp.")
+        where = "under [smtp]" if key != guess else "at the top, before [smtp]"
+        return ConfigError(
+            f"{path}: unknown setting {name}; did you mean {guess}?", f"write {key} = ... {where}"
+        )
+    return ConfigError(f"{path}: unknown setting {name}", f"the settings are: {', '.join(every)}")
 
 
 def load_settings(config: Path | None, flags: dict[str, Any]) -> Settings:

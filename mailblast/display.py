@@ -64,9 +64,11 @@ def print_reasons(console: Console, title: str, lines: list[tuple[str, int]], li
 
 
 @contextmanager
-def file_progress(console: Console, description: str, total: int) -> Iterator[Progress | None]:
+def file_progress(
+    console: Console, description: str, total: int, *, quiet: bool = False
+) -> Iterator[Progress | None]:
     """A progress bar over a file's bytes, only on a terminal (plain output stays plain)."""
-    if not console.is_terminal:
+    if quiet or not console.is_terminal:
         yield None
         return
     progress = Progress(

@@ -17,6 +17,9 @@ Problems with single rows are not exceptions: they are collected as
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class MailblastError(Exception):
     """An error with text ready for the user, and a hint that says what to do next."""
@@ -54,3 +57,10 @@ class StoppedError(MailblastError):
     """The run stopped before every message was tried."""
 
     exit_code = 3
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
+    """The choice closest to ``word`` (ignoring case), if one is close enough to be a typo."""
+    folded = {c.casefold(): c for c in choices}
+    match = difflib.get_close_matches(word.casefold(), list(folded), n=1, cutoff=0.7)
+    return folded[match[0]] if match else None

@@ -90,6 +90,7 @@ class SendProgress:
         if self._task is not None:
             self._task.cancel()
         if self._bar is not None:
+            self._show()  # the bar ends on the last message, not on the last tick before it
             self._bar.stop()
 
     @property

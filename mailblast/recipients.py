@@ -17,10 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import charset_normalizer
+import email_validator
 from email_validator import EmailNotValidError, validate_email
 
 from mailblast.errors import RecipientsError
 
+# Internal relays deliver to .local and .test: accept them (check warns), as email-validator's docs
+# allow by editing this list. Still refused: .invalid, .onion, .arpa, localhost.
+for _name in ("local", "test"):
+    if _name in email_validator.SPECIAL_USE_DOMAIN_NAMES:
+        email_validator.SPECIAL_USE_DOMAIN_NAMES.remove(_name)
 ADDRESS_COLUMN_NAMES = ("email", "e-mail", "email address", "e-mail address", "mail", "address")
 DELIMITERS = (",", ";", "\t")
 SAMPLE_BYTES = 1 << 20

@@ -14,11 +14,17 @@ REPORTED = {Status.FAILED, Status.UNCERTAIN, Status.NOT_ATTEMPTED}
 class ReportWriter:
     """Writes one CSV row per recipient that was not plainly sent, as outcomes arrive."""
 
-    def __init__(self, stream: TextIO, header: tuple[str, ...]) -> None:
+    def __init__(
+        self, stream: TextIO, header: tuple[str, ...], *, delimiter: str = ",", bom: bool = False
+    ) -> None:
+        """``delimiter`` and ``bom`` as the recipients file had them, so that the report opens where
+        it did: a spreadsheet reads UTF-8 without a BOM as its local code page (RenÃ©)."""
         self._header = header
+        if bom:
+            stream.write("\ufeff")
         # A recipients file that already has a "status" column keeps it; ours get a prefix.
         extra = [f"mailblast_{c}" if c in header else c for c in REPORT_COLUMNS]
-        self._writer = csv.writer(stream)
+        self._writer = csv.writer(stream, delimiter=delimiter)
         self._writer.writerow([*header, *extra])
         self.rows = 0
 

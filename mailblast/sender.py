@@ -397,13 +397,14 @@ class Sender:
                 self._finish(job, Status.FAILED, verdict, verdict.describe() + also)
 
 
-def _listed(refused: tuple[tuple[str, Verdict], ...]) -> str:
-    return "; ".join(f"{address}: {v.describe()}" for address, v in refused)
-
     def _not_delivered(self, job: _Job) -> None:
         """A reply proved this try was not delivered: the journal says pending again, not sending."""
         if self._on_not_delivered is not None and not job.maybe_delivered:
             self._on_not_delivered(job.message)
+
+
+def _listed(refused: tuple[tuple[str, Verdict], ...]) -> str:
+    return "; ".join(f"{address}: {v.describe()}" for address, v in refused)
 
 
 def _batches(items: Iterator[Recipient], size: int) -> Iterator[list[Recipient]]:

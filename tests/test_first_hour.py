@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import email
+import email.policy
 import os
 import pty
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -96,32 +99,40 @@ def campaign(folder: Path, n: int) -> Path:
 
 
 def mailblast(
-    folder: Path, *args: str, env: dict[str, str] | None = None, tty_stdout: bool = False
+    folder: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    tty_stdout: bool = False,
+    tty_stderr: bool = False,
 ) -> subprocess.CompletedProcess[str]:
-    """A real subprocess; with ``tty_stdout`` its standard output is a terminal (a pty)."""
+    """A real subprocess; ``tty_stdout`` / ``tty_stderr`` make that stream a terminal (a pty)."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("MAILBLAST_")}
-    full_env.update(env or {})
+    full_env.update(env or {}, COLUMNS="120")
     command = [sys.executable, "-m", "mailblast", *args]
-    if not tty_stdout:
+    if not (tty_stdout or tty_stderr):
         return subprocess.run(
             command, cwd=folder, capture_output=True, text=True, timeout=90, env=full_env,
             stdin=subprocess.DEVNULL,
         )  # fmt: skip
     master, slave = pty.openpty()
     try:
-        proc = subprocess.run(
-            command, cwd=folder, stdout=slave, stderr=subprocess.PIPE, text=True, timeout=90,
-            env=full_env, stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen(
+            command, cwd=folder, env=full_env, stdin=subprocess.DEVNULL, text=True,
+            stdout=slave if tty_stdout else subprocess.PIPE,
+            stderr=slave if tty_stderr else subprocess.PIPE,
         )  # fmt: skip
         os.close(slave)
-        out = b""
-        with contextlib.suppress(OSError):  # EIO once the pty is drained
-            while chunk := os.read(master, 65536):
-                out += chunk
+        seen = b""
+        with contextlib.suppress(OSError):  # EIO once the pty is drained and closed
+            while chunk := os.read(master, 65536):  # read while it runs: a full pty would block it
+                seen += chunk
+        piped = (proc.stdout or proc.stderr).read()  # type: ignore[union-attr]
+        proc.wait(timeout=90)
     finally:
         os.close(master)
-    proc.stdout = out.decode()
-    return proc
+    text = seen.decode(errors="replace")
+    out, err = (text, piped) if tty_stdout else (piped, text)
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
 
 
 def wrong_password(server: SmtpServer) -> tuple[str, dict[str, str]]:
@@ -226,3 +237,174 @@ def test_wording_reads_as_plain_english(tmp_path: Path, smtp_server: Callable[..
     code, out = run("check", "people.csv", "-t", "t.txt", cwd=tmp_path)
     assert code == 2 and "smtp.connections should be a whole number, not 'two'" in out
     assert " a int" not in out
+
+
+# -- 13. quiet, the password prompt, the bars ----------------------------------------------
+
+
+def test_quiet_hides_the_checking_bar_too(tmp_path: Path, smtp_server: Callable[..., SmtpServer]) -> None:
+    server = smtp_server()
+    campaign(tmp_path, 20)
+    args = ("send", "people.csv", "-t", "t.txt", "--smtp", server.url, "--no-journal")
+    loud = mailblast(tmp_path, *args, tty_stderr=True)
+    assert loud.returncode == 0, loud.stderr
+    assert "checking rows" in loud.stderr and "100%" in loud.stderr  # the checking bar ends full
+    assert "20/20" in loud.stderr  # the sending bar shows the last message
+    quiet = mailblast(tmp_path, *args, "-q", tty_stderr=True)
+    assert quiet.returncode == 0
+    assert "checking rows" not in quiet.stderr and "━" not in quiet.stderr
+
+
+def test_the_password_is_asked_after_the_check_pass(tmp_path: Path) -> None:
+    campaign(tmp_path, 2)
+    with (tmp_path / "people.csv").open("a") as f:
+        f.write("broken,Nobody\n")
+    proc = mailblast(tmp_path, "send", "people.csv", "-t", "t.txt", "--smtp", "smtp://mailer@127.0.0.1:9")
+    assert proc.returncode == 2
+    assert "'broken' is not a valid address" in proc.stderr
+    assert "password" not in proc.stderr.lower()  # the rows were found bad before any prompt
+
+
+# -- 7. Markdown -----------------------------------------------------------------------------
+
+
+def test_markdown_keeps_line_breaks_has_a_style_and_warns_about_local_images(tmp_path: Path) -> None:
+    rows_file(tmp_path, 1)
+    (tmp_path / "t.md").write_text(
+        "From: a@example.com\nSubject: Hi\n\nHello {{ name }}!\n\n![logo](images/logo.png)\n"
+        "![ok](https://example.com/logo.png)\n\nSee you soon,\nThe team\n"
+    )
+    code, out = run("send", "people.csv", "-t", "t.md", "--dry-run", "--out", "eml", cwd=tmp_path)
+    assert code == 0, out
+    message = email.message_from_bytes(
+        next((tmp_path / "eml").iterdir()).read_bytes(), policy=email.policy.default
+    )
+    html = message.get_body(("html",)).get_content().replace("\r\n", "\n")  # type: ignore[union-attr]
+    assert "See you soon,<br />\nThe team" in html
+    assert "<style>" in html and "max-width" in html
+    code, out = run("check", "people.csv", "-t", "t.md", cwd=tmp_path)
+    assert code == 0
+    assert "warning: t.md, line 6: the image images/logo.png is a path on this computer" in out
+    assert "https://example.com/logo.png" not in out
+
+
+# -- 8. did you mean -------------------------------------------------------------------------
+
+
+def test_check_warns_of_a_missing_subject_and_a_misspelt_header(tmp_path: Path) -> None:
+    rows_file(tmp_path, 2)
+    (tmp_path / "t.txt").write_text("From: a@example.com\nSubjet: Hi\nX-Campaign: 7\n\nHello\n")
+    code, out = run("check", "people.csv", "-t", "t.txt", cwd=tmp_path)
+    assert code == 0, out
+    assert "warning: t.txt: no Subject: header" in out
+    assert "warning: t.txt, line 2: unknown header Subjet:, did you mean Subject:?" in out
+    assert "X-Campaign" not in out
+
+
+@pytest.mark.parametrize(
+    ("toml", "message", "hint"),
+    [
+        ('smtp_url = "smtp://x"\n', "unknown setting smtp_url; did you mean smtp.url?", "under [smtp]"),
+        ('[smtp]\npassword = "x"\n', "smtp.password: a password is never kept", "MAILBLAST_SMTP_PASSWORD"),
+        ('tempalte = "t.txt"\n', "unknown setting tempalte; did you mean template?", "at the top"),
+    ],
+)
+def test_unknown_config_keys_get_a_did_you_mean(tmp_path: Path, toml: str, message: str, hint: str) -> None:
+    campaign(tmp_path, 1)
+    (tmp_path / "mailblast.toml").write_text(toml)
+    code, out = run("check", "people.csv", "-t", "t.txt", cwd=tmp_path)
+    assert code == 2
+    assert message in out and hint in out.splitlines()[-1]
+
+
+def test_a_misspelt_column_gets_a_did_you_mean_in_the_users_terms(tmp_path: Path) -> None:
+    rows_file(tmp_path, 2, header="email,First Name")
+    (tmp_path / "t.txt").write_text('From: a@example.com\nSubject: Hi {{ row["Frist Name"] }}\n\nHello\n')
+    code, out = run("check", "people.csv", "-t", "t.txt", cwd=tmp_path)
+    assert code == 2
+    assert 'the template uses "Frist Name", which is not a column' in out
+    assert 'did you mean "First Name"?' in out
+    assert "dict object" not in out and "has no attribute" not in out
+
+
+# -- 9. reserved names -----------------------------------------------------------------------
+
+
+def test_addresses_at_reserved_names_are_accepted_with_a_warning(tmp_path: Path) -> None:
+    (tmp_path / "r.csv").write_text(
+        "email\nann@host.test\nbob@relay.local\ncat@corp.internal\ndan@example.org\neve@example.org\n"
+    )
+    (tmp_path / "t.txt").write_text("From: a@company.com\nSubject: Hi\n\nHello\n")
+    code, out = run("check", "r.csv", "-t", "t.txt", cwd=tmp_path)
+    assert code == 0, out
+    for domain in ("host.test", "relay.local", "corp.internal"):
+        assert f"1 address(es) at {domain}" in out
+    assert "2 address(es) at example.org (the first in row 4)" in out
+    assert out.count("warning:") == 4
+
+
+# -- 10. the report opens where the recipients file did ------------------------------------
+
+
+def test_the_report_keeps_the_separator_and_gets_a_bom_for_a_spreadsheet(
+    tmp_path: Path, smtp_server: Callable[..., SmtpServer]
+) -> None:
+    server = smtp_server(reject_recipients={"rene@example.com"})
+    (tmp_path / "t.txt").write_text(TEMPLATE)
+    (tmp_path / "people.csv").write_bytes(
+        "Email Address;name\nrene@example.com;René\nann@example.com;Ann\n".encode("cp1252")
+    )
+    args = ("send", "people.csv", "-t", "t.txt", "--smtp", server.url, "--email-column", "Email Address")
+    proc = mailblast(tmp_path, *args, "--report", "r.csv")
+    assert proc.returncode == 1, proc.stderr
+    data = (tmp_path / "r.csv").read_bytes()
+    assert data.startswith(b"\xef\xbb\xbf")
+    lines = data.decode("utf-8-sig").splitlines()
+    assert lines[0] == "Email Address;name;status;smtp_code;enhanced_code;error;attempts"
+    assert lines[1].startswith("rene@example.com;René;failed;550;5.1.1;")
+    assert mailblast(tmp_path, "report", "people.csv", "-t", "t.txt", "-o", "again.csv").returncode == 0
+    assert (tmp_path / "again.csv").read_bytes().startswith(b"\xef\xbb\xbfEmail Address;name;")
+
+
+def test_a_utf8_file_without_bom_gets_a_report_without_one(
+    tmp_path: Path, smtp_server: Callable[..., SmtpServer]
+) -> None:
+    server = smtp_server(reject_recipients={"user0@example.com"})
+    campaign(tmp_path, 2)
+    proc = mailblast(tmp_path, "send", "people.csv", "-t", "t.txt", "--smtp", server.url, "--report", "r.csv")
+    assert proc.returncode == 1
+    assert (tmp_path / "r.csv").read_bytes().startswith(b"email,name,status")
+
+
+# -- 11 and 14. check validates [smtp] and says what it detected ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("smtp", "message"),
+    [
+        ('rate = "3 a second"', "invalid rate '3 a second'"),
+        ('url = "smtp//mail.example.com"', "invalid SMTP URL"),
+        ("connections = 0", "connections must be at least 1, not 0"),
+        ("timeout = -1", "timeout must be more than 0 seconds"),
+    ],
+)
+def test_check_validates_the_smtp_settings(tmp_path: Path, smtp: str, message: str) -> None:
+    campaign(tmp_path, 1)
+    (tmp_path / "mailblast.toml").write_text(f"[smtp]\n{smtp}\n")
+    code, out = run("check", "people.csv", "-t", "t.txt", cwd=tmp_path)
+    assert code == 2 and message in out, out
+
+
+def test_check_says_what_it_detected(tmp_path: Path) -> None:
+    (tmp_path / "t.txt").write_text(TEMPLATE)
+    (tmp_path / "people.csv").write_bytes("Email Address;name\nrene@example.com;René\n".encode("cp1252"))
+    (tmp_path / "mailblast.toml").write_text(
+        '[smtp]\nurl = "smtp+starttls://mail.example.com"\nrate = "3/s"\n'
+    )
+    code, out = run("check", "people.csv", "-t", "t.txt", cwd=tmp_path)
+    assert code == 0, out
+    detected = out.splitlines()[0]  # which Windows code page is a guess on one short row
+    assert re.fullmatch(
+        r'people.csv: cp125\d, separated by semicolons, addresses in column "Email Address"', detected
+    )
+    assert "server: smtp+starttls://mail.example.com:587, at most 3/s" in out
