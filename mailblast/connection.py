@@ -1,19 +1,22 @@
 """One SMTP connection (aiosmtplib), and the one place where its errors become verdicts.
 
 Everything that can go wrong on the wire leaves this module as a ``TransactionError``
-carrying a classified ``Verdict``; nothing above it knows aiosmtplib's exceptions.
+carrying a classified ``Verdict``; nothing above it knows aiosmtplib's exceptions. Every
+verdict leaves without the password or token, however the server echoed it (redact.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import aiosmtplib
-from aiosmtplib.auth import auth_xoauth2_encode
 
 from mailblast.compose import ComposedMessage
 from mailblast.credentials import Credentials, SecretError
@@ -55,6 +58,27 @@ class Accepted:
     refused: tuple[tuple[str, Verdict], ...] = ()
 
 
+R = TypeVar("R")
+
+
+def _redacting(method: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
+    """Every verdict leaving ``method`` (raised or returned) without the secrets a server echoed."""
+
+    @functools.wraps(method)
+    async def redacted(self: Connection, *args: Any, **kwargs: Any) -> R:
+        clean = self._clean
+        try:
+            result = await method(self, *args, **kwargs)
+        except TransactionError as e:
+            refused = tuple((a, clean(v)) for a, v in e.refused)
+            raise TransactionError(clean(e.verdict), uncertain=e.uncertain, refused=refused) from None
+        if isinstance(result, Accepted):
+            return Accepted(clean(result.reply), tuple((a, clean(v)) for a, v in result.refused))  # type: ignore[return-value]
+        return result
+
+    return redacted
+
+
 class Connection:
     """A lazily opened, reusable SMTP session with one server."""
 
@@ -83,10 +107,16 @@ class Connection:
     def __repr__(self) -> str:
         return f"Connection({self.target.display()})"
 
+    def _clean(self, verdict: Verdict) -> Verdict:
+        if self._credentials is None:
+            return verdict
+        return dataclasses.replace(verdict, text=self._credentials.redact(verdict.text))
+
     @property
     def is_open(self) -> bool:
         return self._smtp.is_connected
 
+    @_redacting
     async def open(self) -> None:
         """Connect, secure and log in; raises TransactionError."""
         where = self.target.display()
@@ -130,9 +160,7 @@ class Connection:
         try:
             method = credentials.choose_method(self.target.host, self._smtp.server_auth_methods)
             if method == "xoauth2":
-                token = await credentials.fresh_token()
-                credentials.remember(auth_xoauth2_encode(user, token).decode("ascii"))
-                await self._smtp.auth_xoauth2(user, token)
+                await self._smtp.auth_xoauth2(user, await credentials.fresh_token())
             elif method == "plain":
                 await self._smtp.auth_plain(user, password)
             elif method == "login":
@@ -144,16 +172,15 @@ class Connection:
             raise _fatal(str(e).replace("\nHint: ", "; ")) from None
         except aiosmtplib.SMTPResponseException as e:
             self._smtp.close()
-            text = credentials.scrub(e.message)  # a server may echo what it was sent
-            verdict = classify(e.code, text)
+            verdict = classify(e.code, e.message)
             if e.code in (535, 534, 530, 538):  # any auth refusal ends the run
-                verdict = Verdict(Kind.FATAL, e.code, verdict.enhanced_code, None, text)
+                verdict = Verdict(Kind.FATAL, e.code, verdict.enhanced_code, None, e.message)
             raise TransactionError(verdict) from None
         except aiosmtplib.SMTPException as e:
             self._smtp.close()
-            lost = connection_lost(f"login failed: {credentials.scrub(_reason(e))}")
-            raise TransactionError(lost) from None
+            raise TransactionError(connection_lost(f"login failed: {_reason(e)}")) from None
 
+    @_redacting
     async def send(self, message: ComposedMessage, *, on_data: Callable[[], None] | None = None) -> Accepted:
         """One MAIL/RCPT/DATA transaction; RSET and raise TransactionError on any refusal.
 

@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import re
 import subprocess
+from collections import deque
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, cast, get_args
 
 from mailblast.errors import ConfigError
+from mailblast.redact import Redactor
 from mailblast.replies import Verdict
 
 PASSWORD_ENV = "MAILBLAST_SMTP_PASSWORD"
@@ -92,7 +94,9 @@ class Credentials:
     token: str | None = None  # a fixed token, or the command's latest one not used yet
     token_command: SecretCommand | None = None
     chosen: str | None = None  # the method of the latest sign-in
-    _used: set[str] = field(default_factory=set, repr=False)  # tokens (and their encodings) sent
+    # the latest tokens a command gave: only a connection still open can echo its own
+    _tokens: deque[str] = field(default_factory=lambda: deque(maxlen=64), repr=False)
+    _redactor: Redactor | None = field(default=None, repr=False)
 
     @property
     def has_token(self) -> bool:
@@ -106,19 +110,15 @@ class Credentials:
         token, self.token = self.token, None
         if token is None:
             token = await self.token_command.run_async()
-        self.remember(token)
+        self._tokens.append(token)
+        self._redactor = None
         return token
 
-    def remember(self, secret: str) -> None:
-        """Blank ``secret`` out of server replies from now on (a token or an encoding of one)."""
-        self._used.add(secret)
-
-    def scrub(self, text: str) -> str:
-        """``text`` with every secret used so far blanked out (a server may echo what it got)."""
-        for secret in (self.password, self.token, *self._used):
-            if secret:
-                text = text.replace(secret, "[secret]")
-        return text
+    def redact(self, text: str) -> str:
+        """``text`` without any form of the password or of any token used so far (servers echo them)."""
+        if self._redactor is None:
+            self._redactor = Redactor([self.password, self.token, *self._tokens], self.username)
+        return self._redactor(text)
 
     def choose_method(self, host: str, offered: Collection[str]) -> str:
         """``xoauth2``, ``plain``, ``login`` or ``password`` (any the server offers); raises ConfigError."""

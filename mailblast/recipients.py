@@ -21,6 +21,7 @@ import email_validator
 from email_validator import EmailNotValidError, validate_email
 
 from mailblast.errors import RecipientsError
+from mailblast.spreadsheet import is_report, restore
 
 # Internal relays deliver to .local and .test: accept them (check warns), as email-validator's docs
 # allow by editing this list. Still refused: .invalid, .onion, .arpa, localhost.
@@ -83,6 +84,7 @@ class CsvFormat:
     header: tuple[str, ...]
     address_column: str
     warnings: tuple[str, ...] = ()
+    is_report: bool = False  # a mailblast report: its cells lose the mark that kept formulas off
 
 
 def detect_encoding(path: Path) -> str:
@@ -220,6 +222,10 @@ class RecipientsFile:
         delim = delimiter or _pick_delimiter(first)
         raw = next(csv.reader([first], delimiter=delim))
         header = tuple(name.strip() for name in raw)
+        report = is_report(header)
+        if report:
+            raw = [restore(name) for name in raw]
+            header = tuple(name.strip() for name in raw)
         warnings = []
         trimmed = [name for name in raw if name != name.strip()]
         if trimmed:
@@ -237,7 +243,7 @@ class RecipientsFile:
                 "give every column a distinct name",
             )
         address_column = find_address_column(header, email_column)
-        return CsvFormat(encoding, delim, header, address_column, tuple(warnings))
+        return CsvFormat(encoding, delim, header, address_column, tuple(warnings), report)
 
     def _decode_error(self, encoding: str, err: UnicodeDecodeError) -> RecipientsError:
         # The text layer decodes ahead in chunks, so find the line again byte by byte.
@@ -304,6 +310,8 @@ class RecipientsFile:
                 f"(a stray {fmt.delimiter!r} or an unquoted value?)",
             )
             return result
+        if fmt.is_report:
+            values = [restore(v) for v in values]
         fields = dict(zip(fmt.header, values, strict=True))
         raw_address = fields[fmt.address_column].strip()
         if not raw_address:

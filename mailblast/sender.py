@@ -396,7 +396,6 @@ class Sender:
                 also = f"; also refused: {_listed(error.refused)}" if error.refused else ""
                 self._finish(job, Status.FAILED, verdict, verdict.describe() + also)
 
-
     def _not_delivered(self, job: _Job) -> None:
         """A reply proved this try was not delivered: the journal says pending again, not sending."""
         if self._on_not_delivered is not None and not job.maybe_delivered:

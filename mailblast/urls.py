@@ -75,13 +75,16 @@ def parse_smtp_url(url: str) -> SmtpTarget:
         raise ConfigError(_PASSWORD_MESSAGE, hint=_PASSWORD_HINT)
 
     def bad(why: str) -> ConfigError:
-        return ConfigError(f"invalid SMTP URL {url!r}: {why}", hint=_URL_HINT)
+        return ConfigError(f"invalid SMTP URL {_shown(url)!r}: {why}", hint=_URL_HINT)
 
     try:
         parts = urlsplit(url)
+    except ValueError as error:  # only its IPv6 message is known not to repeat the URL
+        raise bad("an IPv6 address with no closing ']'" if "IPv6" in str(error) else "not a URL") from None
+    try:
         port = parts.port
-    except ValueError as error:
-        raise bad(str(error)) from None
+    except ValueError:  # urllib's message repeats the port, which may be a password
+        raise bad("the port must be a number from 1 to 65535") from None
     scheme = parts.scheme.lower()
     if scheme not in _SCHEMES:
         raise bad(f"unknown scheme {scheme!r}" if scheme else "no scheme")
@@ -97,6 +100,17 @@ def parse_smtp_url(url: str) -> SmtpTarget:
     security, default_port = _SCHEMES[scheme]
     username = unquote(parts.username) if parts.username else None
     return SmtpTarget(host, port or default_port, username, security)
+
+
+def _shown(url: str) -> str:
+    """The URL as an error message may repeat it: nothing after the first ':' that follows
+    the scheme, since without an '@' nobody can tell a port from a password ("smtp://user:pw")."""
+    prefix = _SCHEME_PREFIX.match(url)
+    start = prefix.end() if prefix else 0
+    if url.startswith("[", start):  # an IPv6 address: its colons are not a port
+        start = url.find("]", start) + 1 or len(url)
+    colon = url.find(":", start)
+    return url if colon < 0 else url[: colon + 1] + "..."
 
 
 def _is_ip(host: str) -> bool:

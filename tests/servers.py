@@ -469,7 +469,7 @@ class _Handler:
             owner._auth_attempts.append(AuthAttempt(time.monotonic(), user, "XOAUTH2", ok))
         if not ok:
             await server.challenge_auth(XOAUTH2_CHALLENGE)  # the client answers with an empty line
-            return AuthResult(success=False, handled=False, message=XOAUTH2_REFUSED_REPLY)
+            return AuthResult(success=False, handled=False, message=owner._xoauth2_refusal(blob, token))
         assert server.session is not None
         server.session.xoauth2_token = token  # type: ignore[attr-defined]
         with owner._cond:
@@ -888,6 +888,10 @@ class SmtpServer:
             if self._window is not None:
                 self._window.add(now)
             self._cond.notify_all()
+
+    def _xoauth2_refusal(self, blob: bytes, token: str) -> str:
+        """The reply to a refused XOAUTH2 token (a subclass may echo what it got)."""
+        return XOAUTH2_REFUSED_REPLY
 
     def _authenticate(
         self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any

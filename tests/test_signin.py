@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -273,7 +274,32 @@ def test_the_first_token_is_used_once_then_the_command_runs_again(tmp_path: Path
 
     assert asyncio.run(three()) == ["ya29.a0-fresh-1", "ya29.a0-fresh-2", "ya29.a0-fresh-3"]
     echoed = "535 5.7.8 token ya29.a0-fresh-2 rejected"
-    assert credentials.scrub(echoed) == "535 5.7.8 token [secret] rejected"
+    assert credentials.redact(echoed) == "535 5.7.8 token [redacted] rejected"
+
+
+class EchoingTokenServer(SmtpServer):
+    """Refuses every token with a 535 that repeats the AUTH blob and the token."""
+
+    def _xoauth2_refusal(self, blob: bytes, token: str) -> str:
+        return f"535 5.7.8 refused {base64.b64encode(blob).decode()} ({token})"
+
+
+def test_an_echoed_token_never_leaves(tmp_path: Path) -> None:
+    server = EchoingTokenServer(xoauth2=lambda user, token: False).start()
+    try:
+        campaign(tmp_path, 2)
+        env = {"MAILBLAST_SMTP_OAUTH_TOKEN": TOKEN}
+        url = user_url(server)
+        proc = mailblast(
+            tmp_path, "send", "people.csv", "-t", "t.txt", "--smtp", url, "--report", "r.csv", env=env
+        )
+    finally:
+        server.stop()
+    assert proc.returncode == 3
+    assert "535 5.7.8 refused [redacted] ([redacted])" in proc.stderr  # the whole blob, and the token
+    blob = base64.b64encode(f"user=mailer@example.com\x01auth=Bearer {TOKEN}\x01\x01".encode()).decode()
+    written = everything_written(tmp_path, proc.stdout, proc.stderr)
+    assert TOKEN not in written and blob not in written and blob[20:-20] not in written
 
 
 def test_a_secret_command_never_quotes_its_output() -> None:

