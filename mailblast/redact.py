@@ -3,8 +3,8 @@
 A server may echo what it was sent, and what it was sent at login is the password: in
 the clear, or in base64 as AUTH LOGIN (the password alone), AUTH PLAIN
 ("\\0user\\0password") and AUTH XOAUTH2 (an OAuth2 token) send it. Every such form is
-removed, and also the base64 of the password wherever it lands inside a longer base64 blob (at each of the three byte
-alignments), so a blob echoed in part gives nothing away either.
+removed, and also the base64 of the password wherever it lands inside a longer base64
+blob (at each of the three byte alignments), so a blob echoed in part gives nothing away.
 """
 
 from __future__ import annotations
