@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import TextIO
 
@@ -146,6 +147,7 @@ def run_send(
             console.print(f"journal: {journal.path}", highlight=False)
     finally:
         composer.close()
+        inputs.close()
         if journal is not None:
             journal.close()
     if journal is not None:
@@ -159,7 +161,7 @@ def run_send(
     if sender.stopped_by is INTERRUPTED:
         raise StoppedError(f"interrupted: {sender.counts.not_attempted:,} recipient(s) not attempted", resume)
     if sender.stopped_by is not None:
-        hint = _stop_hint(sender.stopped_by, resume, credentials)
+        hint = _stop_hint(sender.stopped_by, resume, target, credentials)
         raise StoppedError(f"stopped: {sender.stopped_by.describe()}", hint)
     # an uncertain message accepted on its resend was delivered (maybe twice): not a failure
     return 1 if sender.counts.failed or recorder.unconfirmed else 0
@@ -208,7 +210,9 @@ def _check_and_plan(
     if journal is None:
         tally = scan(inputs, settings, console)
         rows = (
-            r.recipient for r in recipients.rows(allow_duplicates=settings.allow_duplicates) if r.recipient
+            r.recipient
+            for r in recipients.rows(allow_duplicates=settings.allow_duplicates)
+            if r.recipient and not inputs.is_suppressed(r.recipient)
         )
         return tally, Plan(rows, tally.valid)
     is_new, edited = journal.begin_run(
@@ -220,7 +224,13 @@ def _check_and_plan(
         allow_duplicates=settings.allow_duplicates,
     )
     try:
-        tally = scan(inputs, settings, console, on_valid=journal.add)
+        tally = scan(
+            inputs,
+            settings,
+            console,
+            on_valid=journal.add,
+            on_suppressed=partial(journal.add, suppressed=True),
+        )
     except BaseException:
         journal.abandon_run()
         raise
@@ -319,6 +329,7 @@ def _summarise(
             "failed": f"{counts.failed:,}",
             "uncertain": f"{counts.uncertain:,}",
             "skipped": f"{tally.duplicates + tally.empty:,}",
+            **({"suppressed": f"{tally.suppressed:,}"} if tally.suppressed else {}),
             "not attempted": f"{counts.not_attempted:,}",
             "elapsed": f"{elapsed:.1f}s",
             "average rate": f"{average_rate(delivered, rate_seconds(elapsed, window)):.2f} msg/s",
@@ -333,12 +344,30 @@ def _summarise(
         )
 
 
-def _stop_hint(reason: Verdict, resume: str, credentials: Credentials | None) -> str:
+def _stop_hint(reason: Verdict, resume: str, target: SmtpTarget, credentials: Credentials | None) -> str:
+    """What to do about a stop; the mix-up of ports 465 and 587 is the commonest setup mistake."""
     text = reason.describe()
-    if "TLS" in text:
-        cause = "the server's certificate must be valid for its name; for a private CA, set SSL_CERT_FILE"
+    if "WRONG_VERSION_NUMBER" in text:
+        cause = (
+            f"port {target.port} does not start with TLS: port 587 usually wants smtp+starttls://, "
+            "and smtps:// is for port 465"
+        )
+    elif "does not offer STARTTLS" in text:
+        cause = (
+            "the server offers no STARTTLS: port 465 wants smtps://; a relay without TLS is "
+            "smtp:// (then without a password, unless it is on this machine)"
+        )
+    elif "certificate verify failed" in text:
+        cause = (
+            "the server's certificate is not trusted: if it is signed by a private CA, set SSL_CERT_FILE "
+            "to that CA's PEM file; if it is made out to another name, use that name in the URL"
+        )
+    elif "TLS" in text:
+        cause = "check that the port and the scheme match: smtps:// for port 465, smtp+starttls:// for 587"
     elif reason.code in (530, 534, 535, 538):
         cause = sign_in_hint(reason, credentials)
+    elif "cannot connect" in text and target.port == 465 and target.security != "tls":
+        cause = "port 465 usually wants smtps:// (TLS from the start)"
     elif "cannot connect" in text:
         cause = "check the host and port of the SMTP URL, and that the server is running"
     else:
@@ -371,6 +400,8 @@ def _nothing_to_send(journal: Journal | None, settings: Settings) -> str:
     text = f"nothing to send: {counts['sent']:,} sent"
     if counts["failed"]:
         text += f", {counts['failed']:,} failed earlier (--retry-failed sends them again)"
+    if counts["suppressed"]:
+        text += f", {counts['suppressed']:,} suppressed"
     if counts["sending"] and settings.skip_uncertain:
         text += f", {counts['sending']:,} left out as uncertain (--skip-uncertain)"
     return text
@@ -403,10 +434,16 @@ def _existing_journal(settings: Settings, recipients_path: Path) -> Journal:
     return Journal(path)
 
 
-def run_status(settings: Settings, recipients_path: Path, console: Console) -> int:
+def run_status(
+    settings: Settings, recipients_path: Path, console: Console, *, list_suppressed: bool = False
+) -> int:
     journal = _existing_journal(settings, recipients_path)
     try:
         campaign = journal.find(recipients_path, settings.template)
+        if list_suppressed:  # one address a line: itself a suppression file
+            for _, address in journal.suppressed(campaign.id):
+                console.print(address, highlight=False, soft_wrap=True)
+            return 0
         counts = journal.counts(campaign.id)
         seconds = journal.active_seconds(campaign.id)  # rate_seconds of every run, as in send's summary
         last = journal.last_activity(campaign.id)
@@ -422,6 +459,7 @@ def run_status(settings: Settings, recipients_path: Path, console: Console) -> i
                 "failed": f"{counts['failed']:,}",
                 "uncertain": f"{counts['uncertain'] + counts['sending']:,}",
                 "pending": f"{counts['pending']:,}",
+                **({"suppressed": f"{counts['suppressed']:,}"} if counts["suppressed"] else {}),
                 "average rate": f"{average_rate(delivered, seconds):.2f} msg/s",
             },
         )

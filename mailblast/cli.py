@@ -54,6 +54,14 @@ JournalOpt = Annotated[
         "--journal", help="The campaign journal [default: RECIPIENTS.csv.mailblast.sqlite beside it]."
     ),
 ]
+SuppressOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--suppress",
+        help="Never mail the addresses in this file: a CSV with an email column, or one address a line. "
+        "Repeatable; adds to suppress in mailblast.toml.",
+    ),
+]
 AttachmentsDirOpt = Annotated[
     Path | None,
     typer.Option(
@@ -106,6 +114,7 @@ def check(
     delimiter: DelimiterOpt = None,
     email_column: EmailColumnOpt = None,
     allow_duplicates: DuplicatesOpt = None,
+    suppress: SuppressOpt = None,
     attachments_dir: AttachmentsDirOpt = None,
     attachments_max_mb: AttachmentsMaxOpt = None,
 ) -> None:
@@ -129,6 +138,7 @@ def preview(
     encoding: EncodingOpt = None,
     delimiter: DelimiterOpt = None,
     email_column: EmailColumnOpt = None,
+    suppress: SuppressOpt = None,
     attachments_dir: AttachmentsDirOpt = None,
     attachments_max_mb: AttachmentsMaxOpt = None,
 ) -> None:
@@ -217,6 +227,7 @@ def send(
     delimiter: DelimiterOpt = None,
     email_column: EmailColumnOpt = None,
     allow_duplicates: DuplicatesOpt = None,
+    suppress: SuppressOpt = None,
     attachments_dir: AttachmentsDirOpt = None,
     attachments_max_mb: AttachmentsMaxOpt = None,
 ) -> None:
@@ -244,10 +255,17 @@ def status(
     template: TemplateOpt = None,
     journal: JournalOpt = None,
     config: ConfigOpt = None,
+    suppressed: Annotated[
+        bool, typer.Option("--suppressed", help="List the suppressed addresses, one a line.")
+    ] = False,
 ) -> None:
     """Show a campaign's progress from its journal: counts, start, rate, failures by reason."""
-    options = dict(locals())
-    _run(lambda console: campaign.run_status(_settings(options), recipients, console))
+    options = {k: v for k, v in locals().items() if k != "suppressed"}
+    _run(
+        lambda console: campaign.run_status(
+            _settings(options), recipients, console, list_suppressed=suppressed
+        )
+    )
 
 
 @app.command()

@@ -35,6 +35,7 @@ TOP_KEYS: dict[str, tuple[type, bool]] = {
     "report": (str, True),
     "journal": (str, True),
     "quiet": (bool, False),
+    "suppress": (list, True),
     "attachments_dir": (str, True),
     "attachments_max_mb": (float, False),
     "sandbox": (bool, False),
@@ -65,6 +66,7 @@ class Settings:
     report: Path | None = None
     journal: Path | None = None
     quiet: bool = False
+    suppress: tuple[Path, ...] = ()  # the file's, then --suppress's: every list applies
     attachments_dir: Path | None = None
     attachments_max_mb: float = 10.0
     sandbox: bool = True  # render templates in Jinja's sandbox
@@ -85,7 +87,13 @@ class Settings:
     config_file: Path | None = None  # the file the settings came from, to name in hints
 
 
-_KIND_NAMES = {str: "text in quotes", int: "a whole number", float: "a number", bool: "true or false"}
+_KIND_NAMES = {
+    str: "text in quotes",
+    int: "a whole number",
+    float: "a number",
+    bool: "true or false",
+    list: "a list of paths in quotes",
+}
 # names in the file -> names in Settings
 _RENAMES = {"from": "sender", "url": "smtp_url"}
 
@@ -111,9 +119,13 @@ def _take(path: Path, table: dict[str, Any], known: dict[str, tuple[type, bool]]
         ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             ok = True
+        if kind is list:
+            ok = ok and all(isinstance(item, str) for item in value)
         if not ok:
             raise ConfigError(f"{path}: {prefix}{key} should be {_KIND_NAMES[kind]}, not {value!r}")
-        if is_path:
+        if kind is list:
+            value = tuple(path.parent / item for item in value)
+        elif is_path:
             value = path.parent / value
         values[_RENAMES.get(key, key)] = value
     return values
@@ -148,7 +160,8 @@ def load_settings(config: Path | None, flags: dict[str, Any]) -> Settings:
         values.update(_take(path, data, TOP_KEYS, ""))
         values.update(_take(path, smtp, SMTP_KEYS, "smtp."))
         values["config_file"] = path
-    values.update({k: v for k, v in flags.items() if v is not None})
+    values["suppress"] = (*values.get("suppress", ()), *(flags.get("suppress") or ()))
+    values.update({k: v for k, v in flags.items() if v is not None and k != "suppress"})
     names = {f.name for f in fields(Settings)}
     unknown = set(values) - names
     assert not unknown, f"flags not in Settings: {unknown}"

@@ -72,6 +72,7 @@ CREATE TABLE IF NOT EXISTS recipients (
 CREATE INDEX IF NOT EXISTS recipients_by_row ON recipients (campaign, seen_run, row);
 """
 PENDING, SENDING = "pending", "sending"
+SUPPRESSED = "suppressed"  # on a suppression list: never sent, not a failure, not in the report
 BATCH = 5000
 
 
@@ -235,22 +236,26 @@ class Journal:
         self._batch: list[tuple] = []
         return is_new, edited
 
-    def add(self, r: Recipient) -> None:
+    def add(self, r: Recipient, *, suppressed: bool = False) -> None:
         """A good row of the file, as it is now (new, moved or edited)."""
         campaign, run = self._ids()
         key = recipient_key(r, self._allow_duplicates)
+        state = SUPPRESSED if suppressed else PENDING
         self._batch.append(
-            (campaign, key, r.row, r.line, r.address, r.needs_smtputf8, json.dumps(r.fields), run)
+            (campaign, key, r.row, r.line, r.address, r.needs_smtputf8, json.dumps(r.fields), run, state)
         )
         if len(self._batch) >= BATCH:
             self._flush()
 
     def _flush(self) -> None:
         self._db.executemany(
-            "INSERT INTO recipients (campaign, key, row, line, address, smtputf8, fields, seen_run) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (campaign, key) DO UPDATE SET "
+            "INSERT INTO recipients (campaign, key, row, line, address, smtputf8, fields, seen_run, state) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (campaign, key) DO UPDATE SET "
             "row = excluded.row, line = excluded.line, fields = excluded.fields, "
-            "seen_run = excluded.seen_run",
+            "seen_run = excluded.seen_run, "
+            # suppressed since the last run: never sent now (unless it already was); off the list: pending
+            f"state = CASE WHEN state = 'sent' THEN state WHEN excluded.state = '{SUPPRESSED}' "
+            f"THEN excluded.state WHEN state = '{SUPPRESSED}' THEN '{PENDING}' ELSE state END",
             self._batch,
         )
         self._batch.clear()
@@ -358,7 +363,12 @@ class Journal:
             "SELECT state, COUNT(*) FROM recipients WHERE campaign = ? AND seen_run = ? GROUP BY state",
             (campaign, run),
         )
-        counts = {PENDING: 0, SENDING: 0, **{s.value: 0 for s in Status if s is not Status.NOT_ATTEMPTED}}
+        counts = {
+            PENDING: 0,
+            SENDING: 0,
+            SUPPRESSED: 0,
+            **{s.value: 0 for s in Status if s is not Status.NOT_ATTEMPTED},
+        }
         counts.update(dict(rows))
         return counts
 
@@ -402,9 +412,9 @@ class Journal:
         status_of = {PENDING: Status.NOT_ATTEMPTED, SENDING: Status.UNCERTAIN}
         cursor = self._db.execute(
             "SELECT row, line, fields, address, smtputf8, state, message_id, attempts, smtp_code, "
-            "enhanced_code, error FROM recipients WHERE campaign = ? AND seen_run = ? AND state != 'sent' "
-            "ORDER BY row",
-            (campaign, run),
+            "enhanced_code, error FROM recipients WHERE campaign = ? AND seen_run = ? "
+            "AND state NOT IN ('sent', ?) ORDER BY row",
+            (campaign, run, SUPPRESSED),
         )
         for row, line, fields, address, utf8, state, message_id, attempts, code, enhanced, error in cursor:
             recipient = Recipient(row, line, json.loads(fields), address, bool(utf8))
@@ -413,6 +423,16 @@ class Journal:
                 error = "in flight when the run was interrupted: may or may not have been delivered"
             reply = classify(int(code), f"{enhanced or ''} {error or ''}") if code else None
             yield Outcome(recipient, status, message_id or "", attempts, reply, error or "")
+
+    def suppressed(self, campaign: int) -> Iterator[tuple[int, str]]:
+        """(row, address) of the latest run's suppressed recipients, in file order."""
+        return iter(
+            self._db.execute(
+                "SELECT row, address FROM recipients WHERE campaign = ? AND seen_run = ? AND state = ? "
+                "ORDER BY row",
+                (campaign, self._latest_run(campaign), SUPPRESSED),
+            )
+        )
 
     # -- helpers ------------------------------------------------------------------------
 

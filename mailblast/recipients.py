@@ -11,7 +11,7 @@ import csv
 import io
 import sqlite3
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,7 +157,7 @@ def _open_text(path: Path, encoding: str) -> io.TextIOWrapper:
     )
 
 
-def _pick_delimiter(header_line: str) -> str:
+def pick_delimiter(header_line: str) -> str:
     counts = {d: header_line.count(d) for d in DELIMITERS}
     best = max(DELIMITERS, key=lambda d: counts[d])
     return best if counts[best] else ","
@@ -219,7 +219,7 @@ class RecipientsFile:
                 f"{self.name}: the file is empty" if not first else f"{self.name}: the first line is empty",
                 "the first line must be a header naming the columns, such as: email,name",
             )
-        delim = delimiter or _pick_delimiter(first)
+        delim = delimiter or pick_delimiter(first)
         raw = next(csv.reader([first], delimiter=delim))
         header = tuple(name.strip() for name in raw)
         report = is_report(header)
@@ -362,6 +362,16 @@ class SeenAddresses:
         if cur.rowcount:
             return None
         return self._db.execute("SELECT row FROM seen WHERE address = ?", (key,)).fetchone()[0]
+
+    def add_all(self, addresses: Iterable[str]) -> int:
+        """Remember many addresses at once (the row is 0); return how many were new."""
+        before = self._db.total_changes
+        self._db.executemany("INSERT OR IGNORE INTO seen VALUES (?, 0)", ((a.casefold(),) for a in addresses))
+        return self._db.total_changes - before
+
+    def __contains__(self, address: str) -> bool:
+        key = address.casefold()
+        return self._db.execute("SELECT 1 FROM seen WHERE address = ?", (key,)).fetchone() is not None
 
     def close(self) -> None:
         self._db.close()

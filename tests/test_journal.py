@@ -50,7 +50,14 @@ def test_states_move_and_todo_follows_them(tmp_path: Path) -> None:
         Outcome(person(3), Status.FAILED, "<id3@x>", 1, classify(550, "5.1.1 unknown"), "550 5.1.1")
     )
     journal.record(Outcome(person(4), Status.NOT_ATTEMPTED, "", 0))
-    assert journal.counts() == {"pending": 2497, "sending": 1, "sent": 1, "failed": 1, "uncertain": 0}
+    assert journal.counts() == {
+        "pending": 2497,
+        "sending": 1,
+        "sent": 1,
+        "failed": 1,
+        "uncertain": 0,
+        "suppressed": 0,
+    }
     assert journal.in_flight() == [(1, "user1@example.com")]
     rows = [r.row for r in journal.todo(retry_failed=False, skip_uncertain=True)]
     assert rows[:2] == [4, 5] and 1 not in rows and 3 not in rows
