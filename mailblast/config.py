@@ -47,6 +47,9 @@ SMTP_KEYS: dict[str, tuple[type, bool]] = {
     "max_messages": (int, False),
     "retries": (int, False),
     "timeout": (float, False),
+    "auth": (str, False),
+    "password_command": (str, False),
+    "oauth_token_command": (str, False),
 }
 
 
@@ -75,6 +78,9 @@ class Settings:
     max_messages: int = 100
     retries: int = 5
     timeout: float = 30.0
+    auth: str | None = None  # login, plain or xoauth2; None: chosen from what the server offers
+    password_command: str | None = None
+    oauth_token_command: str | None = None
     # per run only, never from the file
     no_journal: bool = False
     restart: bool = False
