@@ -78,6 +78,7 @@ class Settings:
     restart: bool = False
     retry_failed: bool = False
     skip_uncertain: bool = False
+    outbox: Path | None = None  # deliver into this Maildir through the local capture server
     config_file: Path | None = None  # the file the settings came from, to name in hints
 
 
@@ -100,6 +101,11 @@ def _read_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: no such config file", "check the --config path") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}", "fix the file's syntax") from None
+    except UnicodeDecodeError as e:  # TOML is UTF-8 by definition
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {e.start + 1} is {e.object[e.start]:#04x})",
+            "save the file as UTF-8",
+        ) from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot be read: {e.strerror}") from None
 

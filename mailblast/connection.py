@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import os
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
@@ -136,7 +137,7 @@ class Connection:
         if isinstance(error, aiosmtplib.SMTPResponseException):  # e.g. 421 or 554 as greeting
             return TransactionError(classify(error.code, error.message))
         if isinstance(error, aiosmtplib.SMTPConnectError | OSError):
-            return TransactionError(connection_lost(f"cannot connect to {where}: {_reason(error)}"))
+            return TransactionError(connection_lost(f"cannot connect to {where}: {_connect_reason(error)}"))
         if isinstance(error, aiosmtplib.SMTPException) and "STARTTLS" in str(error):
             return _fatal(f"{where} does not offer STARTTLS, which smtp+starttls:// requires")
         if isinstance(error, aiosmtplib.SMTPException):
@@ -289,9 +290,25 @@ def _tls_error(error: BaseException | None) -> str | None:
         if isinstance(error, ssl.SSLCertVerificationError):
             return f"certificate verify failed: {error.verify_message}"
         if isinstance(error, ssl.SSLError):
+            if error.reason == "WRONG_VERSION_NUMBER":  # plain SMTP answered a TLS hello
+                return "the server did not answer in TLS (WRONG_VERSION_NUMBER)"
             return error.reason or str(error)
         error = error.__cause__ or error.__context__
     return None
+
+
+def _connect_reason(error: BaseException) -> str:
+    """Why a connection failed, once: aiosmtplib's text repeats the host and port we already name."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, socket.gaierror):
+            return f"the host name is not known ({cause.strerror})"
+        if isinstance(cause, TimeoutError | aiosmtplib.SMTPConnectTimeoutError):
+            return "no answer in time"
+        if isinstance(cause, OSError) and cause.errno:
+            return os.strerror(cause.errno).lower()
+        cause = cause.__cause__ or cause.__context__
+    return _reason(error)
 
 
 def _reason(error: BaseException) -> str:

@@ -32,9 +32,7 @@ _ANY_MARK = re.compile("[\x01-\x03\x1f]")
 # In a display name written as {{ name }} <{{ email }}>, these would change the addresses.
 _ADDRESS_SPECIALS = re.compile(r'[,;:<>@"()\[\]\\]')
 # the common case, known without parsing
-_BARE_ADDRESS = re.compile(
-    r'[^\s,;:<>"()\[\]\\]+@[^\s,;:<>"()\[\]\\@]+'
-)
+_BARE_ADDRESS = re.compile(r'[^\s,;:<>"()\[\]\\]+@[^\s,;:<>"()\[\]\\@]+')
 
 
 class BadValue(Exception):

@@ -212,7 +212,7 @@ class RecipientsFile:
         with _open_text(self.path, encoding) as f:
             try:
                 first = f.readline()
-            except UnicodeDecodeError as e:
+            except UnicodeError as e:
                 raise self._decode_error(encoding, e) from None
         if not first.strip():
             raise RecipientsError(
@@ -220,7 +220,12 @@ class RecipientsFile:
                 "the first line must be a header naming the columns, such as: email,name",
             )
         delim = delimiter or pick_delimiter(first)
-        raw = next(csv.reader([first], delimiter=delim))
+        try:
+            raw = next(csv.reader([first], delimiter=delim, strict=True))
+        except csv.Error as e:
+            raise RecipientsError(
+                f"{self.name}, line 1 (the header): {_csv_problem(e)}", DELIMITER_HINT
+            ) from None
         header = tuple(name.strip() for name in raw)
         report = is_report(header)
         if report:
@@ -245,7 +250,7 @@ class RecipientsFile:
         address_column = find_address_column(header, email_column)
         return CsvFormat(encoding, delim, header, address_column, tuple(warnings), report)
 
-    def _decode_error(self, encoding: str, err: UnicodeDecodeError) -> RecipientsError:
+    def _decode_error(self, encoding: str, err: UnicodeError) -> RecipientsError:
         # The text layer decodes ahead in chunks, so find the line again byte by byte.
         decoder = codecs.getincrementaldecoder(encoding)()
         line = 0
@@ -253,11 +258,14 @@ class RecipientsFile:
             for line, raw in enumerate(f, start=1):  # noqa: B007 - line is used after the loop
                 try:
                     decoder.decode(raw)
-                except UnicodeDecodeError:
+                except UnicodeError:
                     break
+        reason = err.reason if isinstance(err, UnicodeDecodeError) else str(err)
+        hint = "pass --encoding with the file's encoding, for example --encoding cp1252"
+        if "BOM" in reason:  # utf-16 and utf-32 need a byte order mark to know which way round
+            hint = f"a file without a byte order mark needs --encoding {encoding}-le or {encoding}-be"
         return RecipientsError(
-            f"{self.name}, line {line}: bytes that are not valid {encoding} ({err.reason})",
-            "pass --encoding with the file's encoding, for example --encoding cp1252",
+            f"{self.name}, line {line}: bytes that are not valid {encoding} ({reason})", hint
         )
 
     def rows(self, *, allow_duplicates: bool = False) -> Iterator[RowResult]:
@@ -267,10 +275,11 @@ class RecipientsFile:
         try:
             with _open_text(self.path, fmt.encoding) as f:
                 self._reading = f.buffer.raw  # type: ignore[attr-defined]
-                reader = csv.reader(f, delimiter=fmt.delimiter)
+                # strict: a quote never closed is an error, not a value that swallows the rest of the file
+                reader = csv.reader(f, delimiter=fmt.delimiter, strict=True)
+                row = line = 0
                 try:
                     next(reader)  # the header, already read
-                    row = 0
                     while True:
                         line = reader.line_num + 1
                         try:
@@ -281,12 +290,13 @@ class RecipientsFile:
                             continue
                         row += 1
                         yield self._row(row, line, values, seen)
-                except UnicodeDecodeError as e:
+                except UnicodeError as e:
                     raise self._decode_error(fmt.encoding, e) from None
                 except csv.Error as e:
+                    # the row that starts on ``line`` is the one at fault, however far the reader got
                     raise RecipientsError(
-                        f"{self.name}, line {reader.line_num}: {e}",
-                        "check the quoting on that line; " + DELIMITER_HINT,
+                        f"{self.name}, row {row + 1} (line {line}): {_csv_problem(e)}",
+                        "check the quoting of that row; " + DELIMITER_HINT,
                     ) from None
         finally:
             if seen is not None:
@@ -341,6 +351,17 @@ class RecipientsFile:
             )
         result.recipient = Recipient(row, line, fields, address, bool(checked.smtputf8))
         return result
+
+
+def _csv_problem(error: csv.Error) -> str:
+    """The csv module's complaint, in the user's words."""
+    text = str(error)
+    if "unexpected end of data" in text:
+        return 'a quoted value is never closed: a " opens it and no " ends it before the end of the file'
+    if "field larger than field limit" in text:
+        limit = csv.field_size_limit()
+        return f"a value longer than {limit:,} characters (a quote that is never closed?)"
+    return text
 
 
 class SeenAddresses:
