@@ -3,26 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
 import ssl
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import TextIO
 
 from rich.console import Console
 
-from mailblast import display
+from mailblast import capture, display
 from mailblast.check import Inputs, ScanTally, load_inputs, scan, verdict_of_scan
 from mailblast.compose import ComposedMessage
 from mailblast.config import Settings
-from mailblast.connection import Connection
-from mailblast.errors import ConfigError, InputError, StoppedError
+from mailblast.connection import Connection, TransactionError
+from mailblast.credentials import Credentials, gather_credentials, sign_in_hint
+from mailblast.errors import ConfigError, InputError, MailblastError, StoppedError
 from mailblast.journal import Journal, default_path
 from mailblast.outcomes import Counts, Outcome, Reasons, Status, average_rate, rate_seconds
 from mailblast.progress import SendProgress
@@ -34,21 +37,21 @@ from mailblast.sender import Sender, SenderOptions
 from mailblast.urls import SmtpTarget, parse_rate, parse_smtp_url
 from mailblast.worker import ComposeWorker
 
-PASSWORD_ENV = "MAILBLAST_SMTP_PASSWORD"
 # A recipients file this large is composed in a worker process, started before the check pass so
 # that its start-up overlaps it; for smaller ones the start-up would cost more than it saves.
 COMPOSE_IN_WORKER_FROM = 64 * 1024  # bytes, about a thousand rows
 INTERRUPTED = Verdict(Kind.FATAL, None, None, None, "interrupted")
+JOURNAL_FAILED = Verdict(Kind.FATAL, None, None, None, "the journal cannot be written")
+REPORT_FAILED = Verdict(Kind.FATAL, None, None, None, "the report cannot be written")
+STOPPED = "the run stopped first"
+STOP_POLL = 0.05  # seconds between looks at a stopping run
+STOP_GRACE = 1.0  # seconds a stopping run with nothing in flight gets to close its connections
 
 
-def smtp_target(settings: Settings) -> SmtpTarget:
-    if not settings.smtp_url:
-        raise ConfigError(
-            "no SMTP server given",
-            "pass --smtp smtp://HOST:PORT, set MAILBLAST_SMTP_URL, or set url in the [smtp] table of "
-            "mailblast.toml (--dry-run checks everything without a server)",
-        )
-    return parse_smtp_url(settings.smtp_url)
+REHEARSAL_JOURNAL = "journal.mailblast.sqlite"
+REAL_SERVER_HINT = (
+    "pass --smtp smtp://HOST:PORT, set MAILBLAST_SMTP_URL, or set url in the [smtp] table of mailblast.toml"
+)
 
 
 @dataclass
@@ -69,25 +72,34 @@ def run_send(
     resume_command: str,
 ) -> int:
     """Check every row, then send those not sent yet; journal, report and summarise."""
-    target = smtp_target(settings)
+    if settings.outbox is not None or not settings.smtp_url:
+        return _rehearse(settings, recipients_path, console, ask_password, stdout, resume_command)
+    target = parse_smtp_url(settings.smtp_url)
     rate = parse_rate(settings.rate) if settings.rate else None
+    if settings.report is not None:
+        _check_writable(settings.report)  # before the check pass, which may take minutes
     inputs = load_inputs(settings, recipients_path)
     # Started before the check pass, so that a worker process's start-up overlaps it.
     composer = ComposeWorker(inputs.template, in_worker=inputs.recipients.size >= COMPOSE_IN_WORKER_FROM)
     journal = None
     try:
-        journal = None if settings.no_journal else _open_journal(settings, recipients_path)
+        journal = None if settings.no_journal else _open_journal(settings, recipients_path, console)
         tally, plan = _check_and_plan(journal, inputs, settings, console)
         if tally.invalid:
             return verdict_of_scan(console, tally)
         if plan.total == 0:
             console.print(_nothing_to_send(journal, settings), highlight=False)
             return 0
-        password = None
-        if target.username is not None:  # asked only now: a bad row should not cost typing it
-            password = os.environ.get(PASSWORD_ENV) or ask_password(
-                f"Password for {target.username} at {target.host}"
-            )
+        # asked only now: a bad row should not cost typing a password
+        credentials = gather_credentials(
+            target.username,
+            method=settings.auth,
+            password_command=settings.password_command,
+            token_command=settings.oauth_token_command,
+            environ=os.environ,
+            ask_password=ask_password,
+            prompt=f"Password for {target.username} at {target.host}",
+        )
         pace = f"at most {rate}" if rate else "no --rate given, so at the pace the server allows"
         console.print(
             f"sending {plan.total:,} message(s) to {target.display()}, {pace}, "
@@ -97,7 +109,7 @@ def run_send(
         tls_context = ssl.create_default_context()  # once: loading the CA store takes milliseconds
 
         def connect() -> Connection:
-            return Connection(target, password, timeout=settings.timeout, tls_context=tls_context)
+            return Connection(target, credentials, timeout=settings.timeout, tls_context=tls_context)
 
         limiter = SlidingWindowLimiter(rate.count if rate else None, rate.period if rate else 1.0)
         options = SenderOptions(settings.connections, settings.max_messages, settings.retries)
@@ -111,23 +123,24 @@ def run_send(
                 delimiter=fmt.delimiter,
                 bom=report_path is not None and wants_bom(fmt),
             )
-            recorder = Recorder(journal, report)
+            recorder = Recorder(journal, report, plan.maybe_sent)
             sender = Sender(
                 connect,
                 limiter,
                 options,
                 recorder.outcome,
-                on_sending=recorder.sending if journal is not None else None,
-                on_not_delivered=recorder.not_delivered if journal is not None else None,
+                on_sending=recorder.sending,
+                on_not_delivered=recorder.not_delivered,
                 on_notice=lambda text: console.print(text, highlight=False),
             )
+            recorder.stop = sender.stop
             sender.counts.total = plan.total
             window = rate.period if rate else 1.0
             if journal is not None:
                 journal.start_sending(window)
-            elapsed, cut_short = asyncio.run(_send(sender, plan, composer, settings, console))
-            if journal is not None:
-                journal.end_sending()
+            elapsed, cut_short = asyncio.run(_send(sender, plan, composer, settings, console, recorder))
+            # whatever ended the run, every recipient not sent is in the report
+            unknown = recorder.finish(plan.recipients, sender.counts)
             if settings.report is None and recorder.report.rows:
                 report_stream.seek(0)
                 if report_path is None:
@@ -141,6 +154,7 @@ def run_send(
             console.print(f"journal: {journal.path}", highlight=False)
     finally:
         composer.close()
+        inputs.close()
         if journal is not None:
             journal.close()
     if journal is not None:
@@ -149,37 +163,135 @@ def run_send(
         resume = f"send the report's rows again: mailblast send {report_path} with the same options"
     else:
         resume = "send the rows of the report printed above again (--report FILE keeps it in a file)"
-    if cut_short:
-        raise StoppedError("stopped at once: messages in flight have an unknown outcome", resume)
-    if sender.stopped_by is INTERRUPTED:
+    if recorder.journal_error is not None:
+        raise StoppedError(
+            recorder.journal_error.message + _unrecorded(recorder), recorder.journal_error.hint
+        )
+    if recorder.report_error is not None:
+        raise StoppedError(
+            f"{settings.report}: the report cannot be written: {recorder.report_error}",
+            f"free some disk space; then {resume}",
+        )
+    if cut_short and unknown:
+        raise StoppedError(
+            f"stopped at once: {unknown:,} message(s) in flight have an unknown outcome "
+            "(reported as uncertain)",
+            resume,
+        )
+    if sender.stopped_by is INTERRUPTED or (cut_short and sender.stopped_by is None):
         raise StoppedError(f"interrupted: {sender.counts.not_attempted:,} recipient(s) not attempted", resume)
     if sender.stopped_by is not None:
-        raise StoppedError(f"stopped: {sender.stopped_by.describe()}", _stop_hint(sender.stopped_by, resume))
+        hint = _stop_hint(sender.stopped_by, resume, target, credentials)
+        raise StoppedError(f"stopped: {sender.stopped_by.describe()}", hint)
     # an uncertain message accepted on its resend was delivered (maybe twice): not a failure
     return 1 if sender.counts.failed or recorder.unconfirmed else 0
 
 
-class Recorder:
-    """Outcomes -> journal and report: each outcome is recorded before the sender counts it."""
+def _rehearse(
+    settings: Settings,
+    recipients_path: Path,
+    console: Console,
+    ask_password: Callable[[str], str],
+    stdout: TextIO,
+    resume_command: str,
+) -> int:
+    """The whole send, into a Maildir through the capture server on a free loopback port."""
+    outbox = settings.outbox or capture.DEFAULT_OUTBOX
+    why = "--outbox given" if settings.outbox is not None else "no SMTP server configured"
+    console.print(
+        f"{why}: delivering into {outbox}/ through a local capture server; nothing leaves this machine",
+        soft_wrap=True,
+    )
+    # The rehearsal keeps its own journal, so that a real send later still sends to everyone.
+    journal = settings.journal or outbox / REHEARSAL_JOURNAL
+    with capture.in_background(outbox) as server:
+        local = replace(settings, smtp_url=server.url, journal=journal, outbox=None)
+        code = run_send(local, recipients_path, console, ask_password, stdout, resume_command)
+    if code == InputError.exit_code:
+        return code  # a bad row: the check pass said what to fix, and nothing was sent
+    console.print(
+        f"nothing left this machine: {server.captured:,} message(s) delivered into {outbox}/ "
+        f"(it holds {len(server.outbox):,}; a Maildir, which mail clients open, e.g. mutt -f {outbox})",
+        soft_wrap=True,
+    )
+    console.print(f"to send for real: {REAL_SERVER_HINT}", soft_wrap=True)
+    return code
 
-    def __init__(self, journal: Journal | None, report: ReportWriter) -> None:
+
+@dataclass
+class _Open:
+    """A recipient handed to the sender, with no outcome yet."""
+
+    recipient: Recipient
+    tries: int = 0
+    in_flight: bool = False  # its DATA began, and neither an outcome nor a refusal came back
+
+
+class Recorder:
+    """Outcomes -> journal and report: each outcome is recorded before the sender counts it.
+
+    It also keeps the few recipients the sender holds without an outcome, so that however
+    the run ends, ``finish()`` reports every one of them.
+    """
+
+    def __init__(
+        self, journal: Journal | None, report: ReportWriter, maybe_sent: Collection[int] = ()
+    ) -> None:
         self.journal = journal
         self.report = report
+        self.maybe_sent = maybe_sent  # rows an earlier run left in flight
         self.reasons = Reasons()
         self.unconfirmed = 0  # uncertain, and not accepted on a resend either
+        self.stop: Callable[[Verdict], None] = lambda reason: None  # the sender's stop()
+        self.journal_error: MailblastError | None = None
+        self.report_error: str | None = None
+        self.unrecorded: list[Recipient] = []  # accepted by the server, but not in the journal
+        self._open: dict[int, _Open] = {}
+
+    @property
+    def in_flight(self) -> int:
+        return sum(o.in_flight for o in self._open.values())
+
+    def track(self, recipients: Iterator[Recipient]) -> Iterator[Recipient]:
+        """``recipients``, remembering each one until its outcome comes."""
+        for recipient in recipients:
+            self._open[recipient.row] = _Open(recipient)
+            yield recipient
 
     def sending(self, message: ComposedMessage) -> None:
-        assert self.journal is not None
-        self.journal.mark_sending(message.recipient, message.message_id)
+        if self.journal is not None:
+            try:
+                self.journal.mark_sending(message.recipient, message.message_id)
+            except MailblastError as e:
+                self._journal_failed(e)
+                raise TransactionError(JOURNAL_FAILED) from None  # not sent: it could not be recorded
+        entry = self._open.get(message.recipient.row)
+        if entry is not None:
+            entry.tries += 1
+            entry.in_flight = True
 
     def not_delivered(self, message: ComposedMessage) -> None:
-        assert self.journal is not None
-        self.journal.mark_pending(message.recipient)
+        """A reply proved the try was not delivered: it is to be sent again, not in flight."""
+        entry = self._open.get(message.recipient.row)
+        if entry is not None:
+            entry.tries += not entry.in_flight  # refused before DATA: sending() did not count it
+            entry.in_flight = False
+        if self.journal is not None:
+            try:
+                self.journal.mark_pending(message.recipient)
+            except MailblastError as e:
+                self._journal_failed(e)
 
     def outcome(self, outcome: Outcome) -> None:
+        self._open.pop(outcome.recipient.row, None)
         if self.journal is not None:
-            self.journal.record(outcome)
-        self.report.write(outcome)
+            try:
+                self.journal.record(outcome, was_in_flight=outcome.recipient.row in self.maybe_sent)
+            except MailblastError as e:
+                self._journal_failed(e)
+                if outcome.status is not Status.NOT_ATTEMPTED:
+                    self.unrecorded.append(outcome.recipient)
+        self._write(outcome)
         if outcome.status is Status.FAILED:
             text = outcome.reply.describe() if outcome.reply else outcome.error
             self.reasons.add("failed", outcome.smtp_code, outcome.enhanced_code, text)
@@ -187,10 +299,70 @@ class Recorder:
             self.reasons.add("uncertain", "", "", outcome.error)
             self.unconfirmed += outcome.reply is None or outcome.reply.kind is not Kind.OK
 
+    def finish(self, rest: Iterator[Recipient], counts: Counts) -> int:
+        """Report what the run left without an outcome; return how many were in flight.
 
-def _open_journal(settings: Settings, recipients_path: Path) -> Journal:
-    journal = Journal(settings.journal or default_path(recipients_path))
-    journal.lock()
+        The journal already has them right: in flight ones "sending", the others pending.
+        """
+        if self.journal is not None:  # None once it failed
+            try:
+                self.journal.end_sending()
+            except MailblastError as e:
+                self._journal_failed(e)
+        unknown = 0
+        for entry in sorted(self._open.values(), key=lambda o: o.recipient.row):
+            if entry.in_flight:
+                unknown += 1
+                error = "in flight when the run stopped at once: may or may not have been delivered"
+                self._left(Outcome(entry.recipient, Status.UNCERTAIN, "", entry.tries, None, error), counts)
+            else:
+                self._left(
+                    Outcome(entry.recipient, Status.NOT_ATTEMPTED, "", entry.tries, None, STOPPED), counts
+                )
+        self._open.clear()
+        for recipient in rest:
+            self._left(Outcome(recipient, Status.NOT_ATTEMPTED, "", 0, None, STOPPED), counts)
+        return unknown
+
+    def _left(self, outcome: Outcome, counts: Counts) -> None:
+        """An outcome the sender never gave: reported and counted, not journaled (the journal has it)."""
+        if outcome.status is Status.UNCERTAIN:
+            self.reasons.add("uncertain", "", "", outcome.error)
+            self.unconfirmed += 1
+        self._write(outcome)
+        counts.add(outcome)
+
+    def _write(self, outcome: Outcome) -> None:
+        if self.report_error is not None:
+            return
+        try:
+            self.report.write(outcome)
+        except OSError as e:
+            self.report_error = e.strerror or str(e)
+            self.stop(REPORT_FAILED)
+
+    def _journal_failed(self, error: MailblastError) -> None:
+        if self.journal_error is None:
+            self.journal_error = error
+            self.journal = None  # nothing more is written to it; the report still gets everything
+            self.stop(JOURNAL_FAILED)
+
+
+def _unrecorded(recorder: Recorder) -> str:
+    if not recorder.unrecorded:
+        return ""
+    names = ", ".join(f"row {r.row} {r.address}" for r in recorder.unrecorded[:10])
+    return (
+        f"; {len(recorder.unrecorded):,} message(s) had their outcome but could not record it "
+        f"({names}): the next run counts them as in flight"
+    )
+
+
+def _open_journal(settings: Settings, recipients_path: Path, console: Console) -> Journal:
+    path = settings.journal or default_path(recipients_path)
+    journal, set_aside = Journal.for_send(path, restart=settings.restart)
+    if set_aside is not None:
+        display.print_warning(console, f"{path} was damaged: kept as {set_aside}, and a new journal started")
     return journal
 
 
@@ -202,7 +374,9 @@ def _check_and_plan(
     if journal is None:
         tally = scan(inputs, settings, console)
         rows = (
-            r.recipient for r in recipients.rows(allow_duplicates=settings.allow_duplicates) if r.recipient
+            r.recipient
+            for r in recipients.rows(allow_duplicates=settings.allow_duplicates)
+            if r.recipient and not inputs.is_suppressed(r.recipient)
         )
         return tally, Plan(rows, tally.valid)
     is_new, edited = journal.begin_run(
@@ -214,7 +388,13 @@ def _check_and_plan(
         allow_duplicates=settings.allow_duplicates,
     )
     try:
-        tally = scan(inputs, settings, console, on_valid=journal.add)
+        tally = scan(
+            inputs,
+            settings,
+            console,
+            on_valid=journal.add,
+            on_suppressed=partial(journal.add, suppressed=True),
+        )
     except BaseException:
         journal.abandon_run()
         raise
@@ -261,9 +441,17 @@ def _check_and_plan(
 
 
 async def _send(
-    sender: Sender, plan: Plan, composer: ComposeWorker, settings: Settings, console: Console
+    sender: Sender,
+    plan: Plan,
+    composer: ComposeWorker,
+    settings: Settings,
+    console: Console,
+    recorder: Recorder,
 ) -> tuple[float, bool]:
-    """Run the sender; Ctrl-C (or SIGTERM) once stops gracefully, twice stops at once."""
+    """Run the sender; Ctrl-C (or SIGTERM) once stops gracefully, twice stops at once.
+
+    Returns (seconds, whether the run was cut short); Recorder.finish() reports what it left.
+    """
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
@@ -277,19 +465,38 @@ async def _send(
                 "\nstopping: messages in flight finish; Ctrl-C again to stop at once", highlight=False
             )
             sender.stop(INTERRUPTED)
-            loop.call_later(settings.timeout, task.cancel)  # in flight for too long: stop anyway
         else:
             task.cancel()
 
+    async def end_when_stopped() -> None:
+        """Once the run is stopping (a signal, a fatal reply, the journal), nothing new starts:
+        end it when nothing is in flight, or after --timeout anyway. What waits (a rate limit,
+        a retry) is reported, not waited for."""
+        while not sender.stopping:
+            await asyncio.sleep(STOP_POLL)
+        deadline = loop.time() + settings.timeout
+        idle_since = None
+        while loop.time() < deadline:
+            await asyncio.sleep(STOP_POLL)
+            if recorder.in_flight:
+                idle_since = None
+            elif idle_since is None:
+                idle_since = loop.time()
+            elif loop.time() - idle_since >= STOP_GRACE:
+                break
+        task.cancel()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
+    watch = asyncio.create_task(end_when_stopped())
     cut_short = False
     try:
         async with SendProgress(console, sender.counts, quiet=settings.quiet) as progress:
-            await sender.run(plan.recipients, composer.compose, plan.maybe_sent)
+            await sender.run(recorder.track(plan.recipients), composer.compose, plan.maybe_sent)
     except asyncio.CancelledError:
         cut_short = True
     finally:
+        watch.cancel()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     return progress.elapsed, cut_short
@@ -313,6 +520,7 @@ def _summarise(
             "failed": f"{counts.failed:,}",
             "uncertain": f"{counts.uncertain:,}",
             "skipped": f"{tally.duplicates + tally.empty:,}",
+            **({"suppressed": f"{tally.suppressed:,}"} if tally.suppressed else {}),
             "not attempted": f"{counts.not_attempted:,}",
             "elapsed": f"{elapsed:.1f}s",
             "average rate": f"{average_rate(delivered, rate_seconds(elapsed, window)):.2f} msg/s",
@@ -327,12 +535,30 @@ def _summarise(
         )
 
 
-def _stop_hint(reason: Verdict, resume: str) -> str:
+def _stop_hint(reason: Verdict, resume: str, target: SmtpTarget, credentials: Credentials | None) -> str:
+    """What to do about a stop; the mix-up of ports 465 and 587 is the commonest setup mistake."""
     text = reason.describe()
-    if "TLS" in text:
-        cause = "the server's certificate must be valid for its name; for a private CA, set SSL_CERT_FILE"
+    if "WRONG_VERSION_NUMBER" in text:
+        cause = (
+            f"port {target.port} does not start with TLS: port 587 usually wants smtp+starttls://, "
+            "and smtps:// is for port 465"
+        )
+    elif "does not offer STARTTLS" in text:
+        cause = (
+            "the server offers no STARTTLS: port 465 wants smtps://; a relay without TLS is "
+            "smtp:// (then without a password, unless it is on this machine)"
+        )
+    elif "certificate verify failed" in text:
+        cause = (
+            "the server's certificate is not trusted: if it is signed by a private CA, set SSL_CERT_FILE "
+            "to that CA's PEM file; if it is made out to another name, use that name in the URL"
+        )
+    elif "TLS" in text:
+        cause = "check that the port and the scheme match: smtps:// for port 465, smtp+starttls:// for 587"
     elif reason.code in (530, 534, 535, 538):
-        cause = f"check the user name in the SMTP URL and {PASSWORD_ENV}"
+        cause = sign_in_hint(reason, credentials)
+    elif "cannot connect" in text and target.port == 465 and target.security != "tls":
+        cause = "port 465 usually wants smtps:// (TLS from the start)"
     elif "cannot connect" in text:
         cause = "check the host and port of the SMTP URL, and that the server is running"
     else:
@@ -365,6 +591,8 @@ def _nothing_to_send(journal: Journal | None, settings: Settings) -> str:
     text = f"nothing to send: {counts['sent']:,} sent"
     if counts["failed"]:
         text += f", {counts['failed']:,} failed earlier (--retry-failed sends them again)"
+    if counts["suppressed"]:
+        text += f", {counts['suppressed']:,} suppressed"
     if counts["sending"] and settings.skip_uncertain:
         text += f", {counts['sending']:,} left out as uncertain (--skip-uncertain)"
     return text
@@ -380,27 +608,50 @@ def _report_file(path: Path | None) -> Iterator[TextIO]:
         f = path.open("w", encoding="utf-8", newline="")
     except OSError as e:
         raise ConfigError(f"--report {path}: cannot write: {e.strerror}") from None
-    with f:
+    try:
         yield f
+    except BaseException:
+        with contextlib.suppress(OSError):
+            f.close()
+        raise
+    try:
+        f.close()  # flushes the last rows
+    except OSError as e:
+        raise StoppedError(
+            f"{path}: the report cannot be written: {e.strerror}", "free some disk space"
+        ) from None
+
+
+def _check_writable(path: Path) -> None:
+    """Fail now, not after the check pass, if the report cannot be written; leave the file as it is."""
+    existed = path.exists()
+    try:
+        path.open("a").close()
+    except OSError as e:
+        raise ConfigError(
+            f"--report {path}: cannot write: {e.strerror}", "pass --report with a path you can write"
+        ) from None
+    if not existed:
+        path.unlink()
 
 
 # -- status and report, from the journal alone ---------------------------------------------
 
 
 def _existing_journal(settings: Settings, recipients_path: Path) -> Journal:
-    path = settings.journal or default_path(recipients_path)
-    if not path.is_file():
-        raise InputError(
-            f"no journal at {path}",
-            "run mailblast send first, or pass --journal with the journal it used",
-        )
-    return Journal(path)
+    return Journal(settings.journal or default_path(recipients_path), read_only=True)
 
 
-def run_status(settings: Settings, recipients_path: Path, console: Console) -> int:
+def run_status(
+    settings: Settings, recipients_path: Path, console: Console, *, list_suppressed: bool = False
+) -> int:
     journal = _existing_journal(settings, recipients_path)
     try:
         campaign = journal.find(recipients_path, settings.template)
+        if list_suppressed:  # one address a line: itself a suppression file
+            for _, address in journal.suppressed(campaign.id):
+                console.print(address, highlight=False, soft_wrap=True)
+            return 0
         counts = journal.counts(campaign.id)
         seconds = journal.active_seconds(campaign.id)  # rate_seconds of every run, as in send's summary
         last = journal.last_activity(campaign.id)
@@ -416,6 +667,7 @@ def run_status(settings: Settings, recipients_path: Path, console: Console) -> i
                 "failed": f"{counts['failed']:,}",
                 "uncertain": f"{counts['uncertain'] + counts['sending']:,}",
                 "pending": f"{counts['pending']:,}",
+                **({"suppressed": f"{counts['suppressed']:,}"} if counts["suppressed"] else {}),
                 "average rate": f"{average_rate(delivered, seconds):.2f} msg/s",
             },
         )

@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.text import Text
 
-from mailblast import display
+from mailblast import display, unsubscribe
 from mailblast.compose import (
     ADDRESS_HEADERS,
     RESERVED_HEADERS,
@@ -21,12 +21,12 @@ from mailblast.compose import (
     RowError,
     Template,
     check_address_header,
-    compose_rows,
     prepare,
 )
 from mailblast.config import Settings
 from mailblast.errors import ConfigError, InputError, did_you_mean
 from mailblast.recipients import Recipient, RecipientsFile, RowProblem
+from mailblast.suppress import SuppressionList, load_suppression
 from mailblast.urls import parse_rate, parse_smtp_url
 
 
@@ -34,6 +34,14 @@ from mailblast.urls import parse_rate, parse_smtp_url
 class Inputs:
     recipients: RecipientsFile
     template: Template
+    suppressed: SuppressionList | None = None  # addresses never to mail
+
+    def is_suppressed(self, recipient: Recipient) -> bool:
+        return self.suppressed is not None and recipient.address in self.suppressed
+
+    def close(self) -> None:
+        if self.suppressed is not None:
+            self.suppressed.close()
 
 
 @dataclass
@@ -43,6 +51,7 @@ class ScanTally:
     invalid: int = 0
     duplicates: int = 0
     empty: int = 0
+    suppressed: int = 0
     bad_rows: int = 0  # invalid because of their own values, not the template's
     faulty_templates: tuple[str, ...] = ()
 
@@ -50,14 +59,19 @@ class ScanTally:
         to_fix = [*self.faulty_templates, *(["the rows above"] if self.bad_rows else [])]
         return f"fix {' and '.join(to_fix)}, then run the command again; nothing was sent"
 
-    def as_dict(self) -> dict[str, int]:
-        return {
+    def as_dict(self, *, suppression: bool = False) -> dict[str, int]:
+        """The counts to show; ``suppressed`` only when a suppression list was given."""
+        counts = {
             "rows": self.rows,
             "valid": self.valid,
             "invalid": self.invalid,
             "duplicates": self.duplicates,
             "empty": self.empty,
+            "suppressed": self.suppressed,
         }
+        if not suppression:
+            del counts["suppressed"]
+        return counts
 
 
 def load_inputs(settings: Settings, recipients_path: Path) -> Inputs:
@@ -77,8 +91,10 @@ def load_inputs(settings: Settings, recipients_path: Path) -> Inputs:
         attachments_dir=settings.attachments_dir,
         max_attachments_mb=settings.attachments_max_mb,
         sandbox=settings.sandbox,
+        unsubscribe_url=settings.unsubscribe_url,
+        unsubscribe_mailto=settings.unsubscribe_mailto,
     )
-    return Inputs(recipients, template)
+    return Inputs(recipients, template, load_suppression(settings.suppress))
 
 
 KNOWN_HEADERS = (
@@ -95,7 +111,10 @@ _RESERVED_SUFFIXES = ("test", "local", "internal", "localhost", "invalid", "exam
 def template_warnings(template: Template) -> list[str]:
     """What in the template is probably a mistake but not an error: a missing Subject, a header
     name that is a typo of a known one, an image the reader's mail client cannot load."""
-    warnings = []
+    options = template.options
+    warnings = unsubscribe.warnings(
+        template.name, template.header_source, options["unsubscribe_url"], options["unsubscribe_mailto"]
+    )
     names = [(m.group(1), m.start()) for m in _HEADER_NAME.finditer(template.header_source)]
     if "subject" not in {name.lower() for name, _ in names}:
         warnings.append(f"{template.name}: no Subject: header, so every message goes out without a subject")
@@ -157,8 +176,12 @@ def scan(
     console: Console,
     on_message: Callable[[ComposedMessage], None] | None = None,
     on_valid: Callable[[Recipient], None] | None = None,
+    on_suppressed: Callable[[Recipient], None] | None = None,
 ) -> ScanTally:
-    """Check every row (and build its message for ``on_message``), print every problem, count."""
+    """Check every row (and build its message for ``on_message``), print every problem, count.
+
+    A suppressed row is counted and given to ``on_suppressed``, never rendered.
+    """
     for warning in [*inputs.recipients.format.warnings, *template_warnings(inputs.template)]:
         display.print_warning(console, warning)
     fmt = inputs.recipients.format
@@ -168,20 +191,24 @@ def scan(
             f'{inputs.recipients.name}: column "{column}" has the name of a built-in template variable; '
             f'the template reaches it as row["{column}"]',
         )
+    if inputs.suppressed is not None:
+        for warning in inputs.suppressed.warnings:
+            display.print_warning(console, warning)
+        console.print(inputs.suppressed.describe(), highlight=False)
     tally = ScanTally()
     faults = TemplateFaults()
     reserved: dict[str, list[int]] = {}  # domain -> [first row, count]
-    rows = compose_rows(
-        inputs.recipients,
-        inputs.template,
-        allow_duplicates=settings.allow_duplicates,
-        build=on_message is not None,
-    )
+    name, build = inputs.recipients.name, on_message is not None
     size = inputs.recipients.size
     with display.file_progress(console, "checking rows", size, quiet=settings.quiet) as progress:
-        for prepared in rows:
-            result = prepared.row
+        for result in inputs.recipients.rows(allow_duplicates=settings.allow_duplicates):
             tally.rows += 1
+            if result.recipient is not None and inputs.is_suppressed(result.recipient):
+                tally.suppressed += 1
+                if on_suppressed is not None:
+                    on_suppressed(result.recipient)
+                continue
+            prepared = prepare(name, result, inputs.template, build=build)
             for problem in result.problems:
                 if problem.template is not None:
                     faults.add(problem)
@@ -243,7 +270,8 @@ def run_check(settings: Settings, recipients_path: Path, console: Console) -> in
     if server is not None:
         console.print(server, highlight=False, soft_wrap=True)
     tally = scan(inputs, settings, console)
-    display.print_counts(console, f"check {inputs.recipients.name}", tally.as_dict())
+    counts = tally.as_dict(suppression=inputs.suppressed is not None)
+    display.print_counts(console, f"check {inputs.recipients.name}", counts)
     return verdict_of_scan(console, tally)
 
 
@@ -275,6 +303,10 @@ def run_preview(settings: Settings, recipients_path: Path, row: int, console: Co
     for result in inputs.recipients.rows(allow_duplicates=True):
         if result.row != row:
             continue  # read, not rendered: previewing row 900,000 need not build the ones before it
+        if result.recipient is not None and inputs.is_suppressed(result.recipient):
+            display.print_warning(
+                console, f"row {row} ({result.recipient.address}) is suppressed: send leaves it out"
+            )
         prepared = prepare(inputs.recipients.name, result, inputs.template)
         for problem in prepared.row.problems:
             display.print_problem(console, problem)
@@ -307,7 +339,8 @@ def run_dry_run(settings: Settings, recipients_path: Path, out: Path | None, con
             (out / eml_name(message)).write_bytes(message.data)
 
     tally = scan(inputs, settings, console, keep)
-    display.print_counts(console, f"dry run of {inputs.recipients.name}: nothing sent", tally.as_dict())
+    counts = tally.as_dict(suppression=inputs.suppressed is not None)
+    display.print_counts(console, f"dry run of {inputs.recipients.name}: nothing sent", counts)
     if out is not None:
         console.print(f"wrote {tally.valid} message(s) to {out}/ as .eml files", highlight=False)
     return verdict_of_scan(console, tally)

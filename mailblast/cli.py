@@ -12,9 +12,10 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from mailblast import __version__, campaign, capture
+from mailblast import __version__, campaign, capture, init
 from mailblast.check import run_check, run_dry_run, run_preview
 from mailblast.config import Settings, load_settings
+from mailblast.credentials import PASSWORD_ENV
 from mailblast.errors import ConfigError, InputError, MailblastError, StoppedError
 from mailblast.urls import parse_rate
 
@@ -51,6 +52,14 @@ JournalOpt = Annotated[
     Path | None,
     typer.Option(
         "--journal", help="The campaign journal [default: RECIPIENTS.csv.mailblast.sqlite beside it]."
+    ),
+]
+SuppressOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--suppress",
+        help="Never mail the addresses in this file: a CSV with an email column, or one address a line. "
+        "Repeatable; adds to suppress in mailblast.toml.",
     ),
 ]
 AttachmentsDirOpt = Annotated[
@@ -105,6 +114,7 @@ def check(
     delimiter: DelimiterOpt = None,
     email_column: EmailColumnOpt = None,
     allow_duplicates: DuplicatesOpt = None,
+    suppress: SuppressOpt = None,
     attachments_dir: AttachmentsDirOpt = None,
     attachments_max_mb: AttachmentsMaxOpt = None,
 ) -> None:
@@ -128,6 +138,7 @@ def preview(
     encoding: EncodingOpt = None,
     delimiter: DelimiterOpt = None,
     email_column: EmailColumnOpt = None,
+    suppress: SuppressOpt = None,
     attachments_dir: AttachmentsDirOpt = None,
     attachments_max_mb: AttachmentsMaxOpt = None,
 ) -> None:
@@ -146,7 +157,9 @@ def send(
             "--smtp",
             envvar="MAILBLAST_SMTP_URL",
             help="smtp://[USER@]HOST[:PORT], smtp+starttls://... or smtps://... "
-            "[env: MAILBLAST_SMTP_URL]; the password comes from MAILBLAST_SMTP_PASSWORD or a prompt.",
+            "[env: MAILBLAST_SMTP_URL]; the password comes from MAILBLAST_SMTP_PASSWORD, "
+            "[smtp] password_command or a prompt, an OAuth2 token from MAILBLAST_SMTP_OAUTH_TOKEN "
+            "or [smtp] oauth_token_command.",
         ),
     ] = None,
     rate: Annotated[
@@ -170,6 +183,14 @@ def send(
     ] = None,
     timeout: Annotated[
         float | None, typer.Option("--timeout", help="Seconds to wait for a reply [default: 30].")
+    ] = None,
+    auth: Annotated[
+        str | None,
+        typer.Option(
+            "--auth",
+            help="Sign in with login, plain or xoauth2 [default: chosen from what the server offers "
+            "and what was given].",
+        ),
     ] = None,
     report: Annotated[
         Path | None,
@@ -200,12 +221,21 @@ def send(
         bool | None,
         typer.Option("--skip-uncertain", help="Leave out messages in flight when an earlier run died."),
     ] = None,
+    outbox: Annotated[
+        Path | None,
+        typer.Option(
+            "--outbox",
+            help="Deliver into this Maildir through a local capture server; nothing leaves the machine "
+            "[default: ./outbox when no SMTP server is configured].",
+        ),
+    ] = None,
     from_: FromOpt = None,
     config: ConfigOpt = None,
     encoding: EncodingOpt = None,
     delimiter: DelimiterOpt = None,
     email_column: EmailColumnOpt = None,
     allow_duplicates: DuplicatesOpt = None,
+    suppress: SuppressOpt = None,
     attachments_dir: AttachmentsDirOpt = None,
     attachments_max_mb: AttachmentsMaxOpt = None,
 ) -> None:
@@ -233,10 +263,17 @@ def status(
     template: TemplateOpt = None,
     journal: JournalOpt = None,
     config: ConfigOpt = None,
+    suppressed: Annotated[
+        bool, typer.Option("--suppressed", help="List the suppressed addresses, one a line.")
+    ] = False,
 ) -> None:
     """Show a campaign's progress from its journal: counts, start, rate, failures by reason."""
-    options = dict(locals())
-    _run(lambda console: campaign.run_status(_settings(options), recipients, console))
+    options = {k: v for k, v in locals().items() if k != "suppressed"}
+    _run(
+        lambda console: campaign.run_status(
+            _settings(options), recipients, console, list_suppressed=suppressed
+        )
+    )
 
 
 @app.command()
@@ -290,11 +327,25 @@ def serve(
     _run(work)
 
 
+@app.command("init")
+def init_command(
+    folder: Annotated[Path, typer.Argument(help="Where to write the starter (created if missing).")] = Path(),
+    template_format: Annotated[
+        str, typer.Option("--format", help="The template's format: md, html or txt.")
+    ] = "md",
+) -> None:
+    """Write a working starter: mailblast.toml (every setting), recipients.csv and a template.
+
+    It never overwrites a file. Example: mailblast init newsletter --format html
+    """
+    _run(lambda console: init.run_init(folder, template_format, console))
+
+
 def _ask_password(prompt: str) -> str:
     if not sys.stdin.isatty():
         raise ConfigError(
             "the SMTP URL names a user but no password was given",
-            f"set {campaign.PASSWORD_ENV} in the environment",
+            f"set {PASSWORD_ENV} in the environment, or password_command in the [smtp] table",
         )
     return typer.prompt(prompt, hide_input=True)
 

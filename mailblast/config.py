@@ -35,6 +35,7 @@ TOP_KEYS: dict[str, tuple[type, bool]] = {
     "report": (str, True),
     "journal": (str, True),
     "quiet": (bool, False),
+    "suppress": (list, True),
     "attachments_dir": (str, True),
     "attachments_max_mb": (float, False),
     "sandbox": (bool, False),
@@ -46,6 +47,9 @@ SMTP_KEYS: dict[str, tuple[type, bool]] = {
     "max_messages": (int, False),
     "retries": (int, False),
     "timeout": (float, False),
+    "auth": (str, False),
+    "password_command": (str, False),
+    "oauth_token_command": (str, False),
 }
 
 
@@ -62,26 +66,45 @@ class Settings:
     report: Path | None = None
     journal: Path | None = None
     quiet: bool = False
+    suppress: tuple[Path, ...] = ()  # the file's, then --suppress's: every list applies
     attachments_dir: Path | None = None
     attachments_max_mb: float = 10.0
     sandbox: bool = True  # render templates in Jinja's sandbox
+    unsubscribe_url: str | None = None  # [unsubscribe]: Jinja text, rendered per row
+    unsubscribe_mailto: str | None = None
     smtp_url: str | None = None
     rate: str | None = None
     connections: int = 2
     max_messages: int = 100
     retries: int = 5
     timeout: float = 30.0
+    auth: str | None = None  # login, plain or xoauth2; None: chosen from what the server offers
+    password_command: str | None = None
+    oauth_token_command: str | None = None
     # per run only, never from the file
     no_journal: bool = False
     restart: bool = False
     retry_failed: bool = False
     skip_uncertain: bool = False
+    outbox: Path | None = None  # deliver into this Maildir through the local capture server
     config_file: Path | None = None  # the file the settings came from, to name in hints
 
 
-_KIND_NAMES = {str: "text in quotes", int: "a whole number", float: "a number", bool: "true or false"}
+_KIND_NAMES = {
+    str: "text in quotes",
+    int: "a whole number",
+    float: "a number",
+    bool: "true or false",
+    list: "a list of paths in quotes",
+}
+UNSUBSCRIBE_KEYS: dict[str, tuple[type, bool]] = {"url": (str, False), "mailto": (str, False)}
 # names in the file -> names in Settings
-_RENAMES = {"from": "sender", "url": "smtp_url"}
+_RENAMES = {
+    "from": "sender",
+    "smtp.url": "smtp_url",
+    "unsubscribe.url": "unsubscribe_url",
+    "unsubscribe.mailto": "unsubscribe_mailto",
+}
 
 
 def _read_file(path: Path) -> dict[str, Any]:
@@ -92,6 +115,11 @@ def _read_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: no such config file", "check the --config path") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}", "fix the file's syntax") from None
+    except UnicodeDecodeError as e:  # TOML is UTF-8 by definition
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {e.start + 1} is {e.object[e.start]:#04x})",
+            "save the file as UTF-8",
+        ) from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot be read: {e.strerror}") from None
 
@@ -105,11 +133,15 @@ def _take(path: Path, table: dict[str, Any], known: dict[str, tuple[type, bool]]
         ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             ok = True
+        if kind is list:
+            ok = ok and all(isinstance(item, str) for item in value)
         if not ok:
             raise ConfigError(f"{path}: {prefix}{key} should be {_KIND_NAMES[kind]}, not {value!r}")
-        if is_path:
+        if kind is list:
+            value = tuple(path.parent / item for item in value)
+        elif is_path:
             value = path.parent / value
-        values[_RENAMES.get(key, key)] = value
+        values[_RENAMES.get(prefix + key, key)] = value
     return values
 
 
@@ -119,11 +151,11 @@ def _unknown_setting(path: Path, name: str) -> ConfigError:
             f"{path}: {name}: a password is never kept in the config file",
             "set MAILBLAST_SMTP_PASSWORD in the environment, or type it when asked",
         )
-    every = [*TOP_KEYS, *(f"smtp.{k}" for k in SMTP_KEYS)]
+    every = [*TOP_KEYS, *(f"smtp.{k}" for k in SMTP_KEYS), *(f"unsubscribe.{k}" for k in UNSUBSCRIBE_KEYS)]
     guess = did_you_mean(name, every) or did_you_mean(name.replace("_", "."), every)
     if guess is not None:
-        key = guess.removeprefix("smtp.")
-        where = "under [smtp]" if key != guess else "at the top, before [smtp]"
+        table, _, key = guess.rpartition(".")
+        where = f"under [{table}]" if table else "at the top, before [smtp]"
         return ConfigError(
             f"{path}: unknown setting {name}; did you mean {guess}?", f"write {key} = ... {where}"
         )
@@ -139,10 +171,15 @@ def load_settings(config: Path | None, flags: dict[str, Any]) -> Settings:
         smtp = data.pop("smtp", {})
         if not isinstance(smtp, dict):
             raise ConfigError(f"{path}: smtp should be a table ([smtp])")
+        unsubscribe = data.pop("unsubscribe", {})
+        if not isinstance(unsubscribe, dict):
+            raise ConfigError(f"{path}: unsubscribe should be a table ([unsubscribe])")
         values.update(_take(path, data, TOP_KEYS, ""))
         values.update(_take(path, smtp, SMTP_KEYS, "smtp."))
+        values.update(_take(path, unsubscribe, UNSUBSCRIBE_KEYS, "unsubscribe."))
         values["config_file"] = path
-    values.update({k: v for k, v in flags.items() if v is not None})
+    values["suppress"] = (*values.get("suppress", ()), *(flags.get("suppress") or ()))
+    values.update({k: v for k, v in flags.items() if v is not None and k != "suppress"})
     names = {f.name for f in fields(Settings)}
     unknown = set(values) - names
     assert not unknown, f"flags not in Settings: {unknown}"

@@ -10,19 +10,26 @@ those have an unknown outcome and are sent again on resume (or skipped with
 WAL with synchronous=NORMAL: a commit survives the process being killed; after a
 power loss the last commits may roll back, which can resend a recipient but never
 lose one.
+
+Faults are errors, never a fresh start: an empty or damaged file is refused (``--restart``
+sets it aside), a write that fails (a full disk) stops the send, and status and report
+open the file read-only. One send at a time holds the lock of the real file.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, BinaryIO, TypeVar
 
-from mailblast.errors import InputError, StoppedError
+from mailblast.errors import InputError, MailblastError, StoppedError
 
 try:
     import fcntl
@@ -72,7 +79,33 @@ CREATE TABLE IF NOT EXISTS recipients (
 CREATE INDEX IF NOT EXISTS recipients_by_row ON recipients (campaign, seen_run, row);
 """
 PENDING, SENDING = "pending", "sending"
+SUPPRESSED = "suppressed"  # on a suppression list: never sent, not a failure, not in the report
 BATCH = 5000
+DAMAGED = ("SQLITE_CORRUPT", "SQLITE_NOTADB")  # sqlite3.Error.sqlite_errorname of a broken file
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _sql_errors(method: F) -> F:
+    """SQLite's errors become the user's: a damaged journal, or one that cannot be written."""
+    if inspect.isgeneratorfunction(method):
+
+        @functools.wraps(method)
+        def pages(self: Journal, *args: Any, **kwargs: Any) -> Iterator[Any]:
+            try:
+                yield from method(self, *args, **kwargs)
+            except sqlite3.Error as e:
+                raise self._error(e) from None
+
+        return pages  # type: ignore[return-value]
+
+    @functools.wraps(method)
+    def guarded(self: Journal, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as e:
+            raise self._error(e) from None
+
+    return guarded  # type: ignore[return-value]
 
 
 def default_path(recipients: Path) -> Path:
@@ -103,22 +136,27 @@ class CampaignInfo:
     header: tuple[str, ...]
 
 
-class Journal:
-    """One SQLite file; it may hold several campaigns (one per template)."""
+class DamagedJournal(InputError):
+    """The file is not a journal mailblast can read: empty, or damaged."""
 
-    def __init__(self, path: Path) -> None:
+
+class Journal:
+    """One SQLite file; it may hold several campaigns (one per template).
+
+    ``Journal.for_send()`` opens it for a send, locked; ``Journal(path, read_only=True)`` for
+    status and report, which never write.
+    """
+
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
         self.path = path
+        if path.is_file() and path.stat().st_size == 0 and not _wal_of(path).exists():
+            # SQLite would take it for a new, empty journal, and a send would send everything again
+            raise DamagedJournal(f"{path}: the journal is empty (0 bytes)", _way_out(path))
         try:
-            self._db = sqlite3.connect(path, isolation_level=None, timeout=10)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(SCHEMA)
-            if "rate_window" not in {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}:
-                self._db.executescript(  # a journal from before the average rate was measured this way
-                    "ALTER TABLE runs ADD COLUMN sending_from REAL;"
-                    "ALTER TABLE runs ADD COLUMN rate_window REAL NOT NULL DEFAULT 0;"
-                )
+            self._db = _connect_read_only(path) if read_only else _connect(path)
         except sqlite3.Error as e:
+            if getattr(e, "sqlite_errorname", "") in DAMAGED:
+                raise self._error(e) from None
             raise InputError(
                 f"{path}: cannot open the journal: {e}",
                 "pass --journal PATH to keep it somewhere writable",
@@ -127,13 +165,61 @@ class Journal:
         self._run: int | None = None
         self._allow_duplicates = False
         self._run_marked = 0.0
-        self._lock_file: TextIO | None = None
+        self._lock_file: BinaryIO | None = None
+
+    @classmethod
+    def for_send(cls, path: Path, *, restart: bool = False) -> tuple[Journal, Path | None]:
+        """The journal, locked for this process and checked whole.
+
+        A damaged or empty journal is an error; with ``restart`` it is set aside under a new
+        name (returned) and a new journal takes its place.
+        """
+        lock = _lock(path)
+        set_aside = None
+        try:
+            try:
+                journal = cls(path)
+                journal.check()
+            except DamagedJournal:
+                if not restart:
+                    raise
+                journal = None
+            if journal is None:
+                set_aside = _set_aside(path)
+                journal = cls(path)
+        except BaseException:
+            lock.close()
+            raise
+        journal._lock_file = lock
+        return journal, set_aside
+
+    def check(self) -> None:
+        """Read every page once, so that damage shows now rather than halfway through a send."""
+        try:
+            (verdict,) = self._db.execute("PRAGMA quick_check(1)").fetchone()
+        except sqlite3.Error as e:
+            self.close()
+            raise self._error(e) from None
+        if verdict != "ok":
+            self.close()
+            raise DamagedJournal(f"{self.path}: the journal is damaged ({verdict})", _way_out(self.path))
 
     def close(self) -> None:
-        self._db.close()
+        with contextlib.suppress(sqlite3.Error):  # nothing is uncommitted: every write commits
+            self._db.close()
         if self._lock_file is not None:
             self._lock_file.close()
+            self._lock_file = None
 
+    def _error(self, e: sqlite3.Error) -> MailblastError:
+        if getattr(e, "sqlite_errorname", "") in DAMAGED:
+            return DamagedJournal(f"{self.path}: the journal is damaged ({e})", _way_out(self.path))
+        return StoppedError(
+            f"{self.path}: the journal cannot be written: {e}",
+            "free some disk space (or fix the cause), then run the same command again to resume",
+        )
+
+    @_sql_errors
     def campaigns(self, recipients: Path | None = None) -> list[CampaignInfo]:
         sql = "SELECT id, recipients, template, created_at, header FROM campaigns"
         args: tuple = ()
@@ -143,6 +229,7 @@ class Journal:
             CampaignInfo(i, r, t, c, tuple(json.loads(h))) for i, r, t, c, h in self._db.execute(sql, args)
         ]
 
+    @_sql_errors
     def find(self, recipients: Path, template: Path | None) -> CampaignInfo:
         """The campaign of this recipients file (and template, when several use the file)."""
         found = self.campaigns(recipients)
@@ -163,19 +250,7 @@ class Journal:
 
     # -- a run of `send` -----------------------------------------------------------------
 
-    def lock(self) -> None:
-        """Hold the journal for this process: two sends of one campaign at once would both send."""
-        if fcntl is None:
-            return
-        self._lock_file = open(f"{self.path}.lock", "w")  # noqa: SIM115 - held until close()
-        try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise InputError(
-                f"another mailblast send is using {self.path}",
-                "wait for it to finish (mailblast status shows its progress), or pass another --journal",
-            ) from None
-
+    @_sql_errors
     def begin_run(
         self,
         recipients: Path,
@@ -235,26 +310,32 @@ class Journal:
         self._batch: list[tuple] = []
         return is_new, edited
 
-    def add(self, r: Recipient) -> None:
+    @_sql_errors
+    def add(self, r: Recipient, *, suppressed: bool = False) -> None:
         """A good row of the file, as it is now (new, moved or edited)."""
         campaign, run = self._ids()
         key = recipient_key(r, self._allow_duplicates)
+        state = SUPPRESSED if suppressed else PENDING
         self._batch.append(
-            (campaign, key, r.row, r.line, r.address, r.needs_smtputf8, json.dumps(r.fields), run)
+            (campaign, key, r.row, r.line, r.address, r.needs_smtputf8, json.dumps(r.fields), run, state)
         )
         if len(self._batch) >= BATCH:
             self._flush()
 
     def _flush(self) -> None:
         self._db.executemany(
-            "INSERT INTO recipients (campaign, key, row, line, address, smtputf8, fields, seen_run) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (campaign, key) DO UPDATE SET "
+            "INSERT INTO recipients (campaign, key, row, line, address, smtputf8, fields, seen_run, state) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (campaign, key) DO UPDATE SET "
             "row = excluded.row, line = excluded.line, fields = excluded.fields, "
-            "seen_run = excluded.seen_run",
+            "seen_run = excluded.seen_run, "
+            # suppressed since the last run: never sent now (unless it already was); off the list: pending
+            f"state = CASE WHEN state = 'sent' THEN state WHEN excluded.state = '{SUPPRESSED}' "
+            f"THEN excluded.state WHEN state = '{SUPPRESSED}' THEN '{PENDING}' ELSE state END",
             self._batch,
         )
         self._batch.clear()
 
+    @_sql_errors
     def end_run(self) -> RunChanges:
         """Commit the run, and say how the file changed since the last one."""
         campaign, run = self._ids()
@@ -273,9 +354,11 @@ class Journal:
         return RunChanges(added, still_old, sample)
 
     def abandon_run(self) -> None:
-        self._db.execute("ROLLBACK")
+        if self._db.in_transaction:  # a failed COMMIT (a full disk) may have rolled back already
+            self._db.execute("ROLLBACK")
         self._campaign = self._run = None
 
+    @_sql_errors
     def todo(self, *, retry_failed: bool, skip_uncertain: bool) -> Iterator[Recipient]:
         """The recipients still to send, in file order, read in pages so memory stays flat."""
         campaign, run = self._ids()
@@ -298,6 +381,7 @@ class Journal:
                 yield Recipient(row, line, json.loads(fields), address, bool(smtputf8))
             last = page[-1][0]
 
+    @_sql_errors
     def in_flight(self) -> list[tuple[int, str]]:
         """(row, address) of the messages a killed run left with an unknown outcome."""
         campaign, run = self._ids()
@@ -315,10 +399,16 @@ class Journal:
         """A reply proved the message was not delivered: it is to be sent, not in flight."""
         self._update(recipient, "state = ?", PENDING)
 
-    def record(self, outcome: Outcome) -> None:
-        """Committed before the outcome is counted anywhere."""
-        # "not attempted" stays pending: the next run sends it
-        state = PENDING if outcome.status is Status.NOT_ATTEMPTED else outcome.status.value
+    def record(self, outcome: Outcome, *, was_in_flight: bool = False) -> None:
+        """Committed before the outcome is counted anywhere.
+
+        "not attempted" is pending again (the next run sends it), unless ``was_in_flight``: an
+        earlier run may have delivered it, and the next run must still say so.
+        """
+        if outcome.status is Status.NOT_ATTEMPTED:
+            state = SENDING if was_in_flight else PENDING
+        else:
+            state = outcome.status.value
         self._update(
             outcome.recipient,
             "state = ?, message_id = COALESCE(NULLIF(?, ''), message_id), attempts = attempts + ?, "
@@ -340,17 +430,15 @@ class Journal:
                 f"UPDATE recipients SET {assignments}, updated_at = ? WHERE campaign = ? AND key = ?",
                 (*values, now, campaign, key),
             )
+            if now - self._run_marked >= 1.0:  # the run's end, for status: a second is precise enough
+                self._db.execute("UPDATE runs SET last_at = ? WHERE id = ?", (now, run))
+                self._run_marked = now
         except sqlite3.Error as e:  # a full disk, a deleted file: sending on unrecorded would be unsafe
-            raise StoppedError(
-                f"{self.path}: the journal cannot be written: {e}",
-                "free some disk space (or fix the cause), then run the same command again to resume",
-            ) from None
-        if now - self._run_marked >= 1.0:  # the run's end, for status: a second's precision is plenty
-            self._db.execute("UPDATE runs SET last_at = ? WHERE id = ?", (now, run))
-            self._run_marked = now
+            raise self._error(e) from None
 
     # -- reading, for status and report --------------------------------------------------
 
+    @_sql_errors
     def counts(self, campaign: int | None = None) -> dict[str, int]:
         campaign = campaign or self._ids()[0]
         run = self._latest_run(campaign)
@@ -358,10 +446,16 @@ class Journal:
             "SELECT state, COUNT(*) FROM recipients WHERE campaign = ? AND seen_run = ? GROUP BY state",
             (campaign, run),
         )
-        counts = {PENDING: 0, SENDING: 0, **{s.value: 0 for s in Status if s is not Status.NOT_ATTEMPTED}}
+        counts = {
+            PENDING: 0,
+            SENDING: 0,
+            SUPPRESSED: 0,
+            **{s.value: 0 for s in Status if s is not Status.NOT_ATTEMPTED},
+        }
         counts.update(dict(rows))
         return counts
 
+    @_sql_errors
     def start_sending(self, rate_window: float) -> None:
         """This run starts sending now; ``rate_window`` is what outcomes.rate_seconds adds."""
         now = time.time()
@@ -370,9 +464,11 @@ class Journal:
             (now, now, rate_window, self._ids()[1]),
         )
 
+    @_sql_errors
     def end_sending(self) -> None:
         self._db.execute("UPDATE runs SET last_at = ? WHERE id = ?", (time.time(), self._ids()[1]))
 
+    @_sql_errors
     def active_seconds(self, campaign: int) -> float:
         """The time the average rate is taken over, every run's (see outcomes.rate_seconds)."""
         (total,) = self._db.execute(
@@ -382,10 +478,12 @@ class Journal:
         ).fetchone()
         return float(total)
 
+    @_sql_errors
     def last_activity(self, campaign: int) -> float | None:
         (last,) = self._db.execute("SELECT MAX(last_at) FROM runs WHERE campaign = ?", (campaign,)).fetchone()
         return last
 
+    @_sql_errors
     def failure_reasons(self, campaign: int) -> list[tuple[str, str, str, str, int]]:
         """(state, smtp_code, enhanced_code, first error, count) of the latest run's failures."""
         return self._db.execute(
@@ -396,15 +494,16 @@ class Journal:
             (campaign, self._latest_run(campaign)),
         ).fetchall()
 
+    @_sql_errors
     def not_sent(self, campaign: int) -> Iterator[Outcome]:
         """Every recipient of the latest run not plainly sent, as outcomes, in file order."""
         run = self._latest_run(campaign)
         status_of = {PENDING: Status.NOT_ATTEMPTED, SENDING: Status.UNCERTAIN}
         cursor = self._db.execute(
             "SELECT row, line, fields, address, smtputf8, state, message_id, attempts, smtp_code, "
-            "enhanced_code, error FROM recipients WHERE campaign = ? AND seen_run = ? AND state != 'sent' "
-            "ORDER BY row",
-            (campaign, run),
+            "enhanced_code, error FROM recipients WHERE campaign = ? AND seen_run = ? "
+            "AND state NOT IN ('sent', ?) ORDER BY row",
+            (campaign, run, SUPPRESSED),
         )
         for row, line, fields, address, utf8, state, message_id, attempts, code, enhanced, error in cursor:
             recipient = Recipient(row, line, json.loads(fields), address, bool(utf8))
@@ -413,6 +512,17 @@ class Journal:
                 error = "in flight when the run was interrupted: may or may not have been delivered"
             reply = classify(int(code), f"{enhanced or ''} {error or ''}") if code else None
             yield Outcome(recipient, status, message_id or "", attempts, reply, error or "")
+
+    @_sql_errors
+    def suppressed(self, campaign: int) -> Iterator[tuple[int, str]]:
+        """(row, address) of the latest run's suppressed recipients, in file order."""
+        return iter(
+            self._db.execute(
+                "SELECT row, address FROM recipients WHERE campaign = ? AND seen_run = ? AND state = ? "
+                "ORDER BY row",
+                (campaign, self._latest_run(campaign), SUPPRESSED),
+            )
+        )
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -432,3 +542,99 @@ class Journal:
             f"SELECT COUNT(*) FROM recipients WHERE campaign = ? AND {where}", (campaign, *args)
         ).fetchone()
         return n
+
+
+# -- the file ---------------------------------------------------------------------------
+
+
+def _wal_of(path: Path) -> Path:
+    return path.with_name(path.name + "-wal")
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None, timeout=10)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.executescript(SCHEMA)
+    if "rate_window" not in {row[1] for row in db.execute("PRAGMA table_info(runs)")}:
+        db.executescript(  # a journal from before the average rate was measured this way
+            "ALTER TABLE runs ADD COLUMN sending_from REAL;"
+            "ALTER TABLE runs ADD COLUMN rate_window REAL NOT NULL DEFAULT 0;"
+        )
+    return db
+
+
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    """Open without writing a byte: a read-only file or folder, or another user's journal, works."""
+    if not path.is_file():
+        raise InputError(
+            f"no journal at {path}", "run mailblast send first, or pass --journal with the journal it used"
+        )
+    uri = path.resolve().as_uri()
+    db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=10)
+    try:
+        db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+    except sqlite3.OperationalError:
+        # WAL mode needs its -shm file, which a read-only folder cannot hold; with no -wal file
+        # every commit is in the main file, so reading that alone is complete.
+        db.close()
+        if _wal_of(path).exists():
+            raise
+        db = sqlite3.connect(f"{uri}?immutable=1", uri=True)
+    return db
+
+
+def _lock(path: Path) -> BinaryIO:
+    """Hold the journal for this process: two sends of one campaign at once would both send.
+
+    The lock belongs to the real file, whatever path (a symlink, another spelling) names it.
+    """
+    lock_path = path.resolve().with_name(path.resolve().name + ".lock")
+    try:
+        lock = open(lock_path, "ab")  # noqa: SIM115 - held until Journal.close()
+    except PermissionError:
+        try:
+            lock = open(lock_path, "rb")  # noqa: SIM115 - a lock needs no write access
+        except OSError as e:
+            raise _lock_error(lock_path, e) from None
+    except OSError as e:
+        raise _lock_error(lock_path, e) from None
+    if fcntl is None:  # Windows: no lock, as before
+        return lock
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise InputError(
+            f"another mailblast send is using {path}",
+            "wait for it to finish (mailblast status shows its progress), or pass another --journal",
+        ) from None
+    return lock
+
+
+def _lock_error(lock_path: Path, e: OSError) -> InputError:
+    return InputError(
+        f"{lock_path}: cannot create the journal's lock file: {e.strerror}",
+        "pass --journal PATH in a folder you can write",
+    )
+
+
+def _way_out(path: Path) -> str:
+    return (
+        "if you have a copy of it, pass --journal with the copy; or start the campaign over with "
+        f"--restart (every recipient is sent again; this file is kept as {path.name}.damaged)"
+    )
+
+
+def _set_aside(path: Path) -> Path:
+    """Rename a damaged journal (and its -wal and -shm files) out of the way, keeping it."""
+    aside = path.with_name(path.name + ".damaged")
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = path.with_name(f"{path.name}.damaged-{n}")
+    for suffix in ("-wal", "-shm", ""):
+        part = path.with_name(path.name + suffix)
+        if part.exists():
+            part.rename(aside.with_name(aside.name + suffix))
+    return aside

@@ -11,7 +11,7 @@ import csv
 import io
 import sqlite3
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,7 +157,7 @@ def _open_text(path: Path, encoding: str) -> io.TextIOWrapper:
     )
 
 
-def _pick_delimiter(header_line: str) -> str:
+def pick_delimiter(header_line: str) -> str:
     counts = {d: header_line.count(d) for d in DELIMITERS}
     best = max(DELIMITERS, key=lambda d: counts[d])
     return best if counts[best] else ","
@@ -212,15 +212,20 @@ class RecipientsFile:
         with _open_text(self.path, encoding) as f:
             try:
                 first = f.readline()
-            except UnicodeDecodeError as e:
+            except UnicodeError as e:
                 raise self._decode_error(encoding, e) from None
         if not first.strip():
             raise RecipientsError(
                 f"{self.name}: the file is empty" if not first else f"{self.name}: the first line is empty",
                 "the first line must be a header naming the columns, such as: email,name",
             )
-        delim = delimiter or _pick_delimiter(first)
-        raw = next(csv.reader([first], delimiter=delim))
+        delim = delimiter or pick_delimiter(first)
+        try:
+            raw = next(csv.reader([first], delimiter=delim, strict=True))
+        except csv.Error as e:
+            raise RecipientsError(
+                f"{self.name}, line 1 (the header): {_csv_problem(e)}", DELIMITER_HINT
+            ) from None
         header = tuple(name.strip() for name in raw)
         report = is_report(header)
         if report:
@@ -245,7 +250,7 @@ class RecipientsFile:
         address_column = find_address_column(header, email_column)
         return CsvFormat(encoding, delim, header, address_column, tuple(warnings), report)
 
-    def _decode_error(self, encoding: str, err: UnicodeDecodeError) -> RecipientsError:
+    def _decode_error(self, encoding: str, err: UnicodeError) -> RecipientsError:
         # The text layer decodes ahead in chunks, so find the line again byte by byte.
         decoder = codecs.getincrementaldecoder(encoding)()
         line = 0
@@ -253,11 +258,14 @@ class RecipientsFile:
             for line, raw in enumerate(f, start=1):  # noqa: B007 - line is used after the loop
                 try:
                     decoder.decode(raw)
-                except UnicodeDecodeError:
+                except UnicodeError:
                     break
+        reason = err.reason if isinstance(err, UnicodeDecodeError) else str(err)
+        hint = "pass --encoding with the file's encoding, for example --encoding cp1252"
+        if "BOM" in reason:  # utf-16 and utf-32 need a byte order mark to know which way round
+            hint = f"a file without a byte order mark needs --encoding {encoding}-le or {encoding}-be"
         return RecipientsError(
-            f"{self.name}, line {line}: bytes that are not valid {encoding} ({err.reason})",
-            "pass --encoding with the file's encoding, for example --encoding cp1252",
+            f"{self.name}, line {line}: bytes that are not valid {encoding} ({reason})", hint
         )
 
     def rows(self, *, allow_duplicates: bool = False) -> Iterator[RowResult]:
@@ -267,10 +275,11 @@ class RecipientsFile:
         try:
             with _open_text(self.path, fmt.encoding) as f:
                 self._reading = f.buffer.raw  # type: ignore[attr-defined]
-                reader = csv.reader(f, delimiter=fmt.delimiter)
+                # strict: a quote never closed is an error, not a value that swallows the rest of the file
+                reader = csv.reader(f, delimiter=fmt.delimiter, strict=True)
+                row = line = 0
                 try:
                     next(reader)  # the header, already read
-                    row = 0
                     while True:
                         line = reader.line_num + 1
                         try:
@@ -281,12 +290,13 @@ class RecipientsFile:
                             continue
                         row += 1
                         yield self._row(row, line, values, seen)
-                except UnicodeDecodeError as e:
+                except UnicodeError as e:
                     raise self._decode_error(fmt.encoding, e) from None
                 except csv.Error as e:
+                    # the row that starts on ``line`` is the one at fault, however far the reader got
                     raise RecipientsError(
-                        f"{self.name}, line {reader.line_num}: {e}",
-                        "check the quoting on that line; " + DELIMITER_HINT,
+                        f"{self.name}, row {row + 1} (line {line}): {_csv_problem(e)}",
+                        "check the quoting of that row; " + DELIMITER_HINT,
                     ) from None
         finally:
             if seen is not None:
@@ -343,6 +353,17 @@ class RecipientsFile:
         return result
 
 
+def _csv_problem(error: csv.Error) -> str:
+    """The csv module's complaint, in the user's words."""
+    text = str(error)
+    if "unexpected end of data" in text:
+        return 'a quoted value is never closed: a " opens it and no " ends it before the end of the file'
+    if "field larger than field limit" in text:
+        limit = csv.field_size_limit()
+        return f"a value longer than {limit:,} characters (a quote that is never closed?)"
+    return text
+
+
 class SeenAddresses:
     """The addresses met so far, on disk so a million rows do not grow memory."""
 
@@ -362,6 +383,16 @@ class SeenAddresses:
         if cur.rowcount:
             return None
         return self._db.execute("SELECT row FROM seen WHERE address = ?", (key,)).fetchone()[0]
+
+    def add_all(self, addresses: Iterable[str]) -> int:
+        """Remember many addresses at once (the row is 0); return how many were new."""
+        before = self._db.total_changes
+        self._db.executemany("INSERT OR IGNORE INTO seen VALUES (?, 0)", ((a.casefold(),) for a in addresses))
+        return self._db.total_changes - before
+
+    def __contains__(self, address: str) -> bool:
+        key = address.casefold()
+        return self._db.execute("SELECT 1 FROM seen WHERE address = ?", (key,)).fetchone() is not None
 
     def close(self) -> None:
         self._db.close()

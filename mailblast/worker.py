@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import multiprocessing.connection
+import os
+import threading
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -24,6 +27,18 @@ _worker_template: Template | None = None
 def _start_worker(path: Path, options: dict[str, Any]) -> None:
     global _worker_template
     _worker_template = Template(path, **options)
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_with, args=(parent.sentinel,), daemon=True).start()
+
+
+def _exit_with(parent_sentinel: int) -> None:
+    """End this worker the moment its parent is gone, however it went (kill -9 too).
+
+    Otherwise it waits for work forever, and keeps the resource tracker alive with it.
+    """
+    multiprocessing.connection.wait([parent_sentinel])
+    os._exit(0)
 
 
 def _compose_all(template: Template, recipients: list[Recipient]) -> list[Composed]:

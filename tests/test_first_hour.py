@@ -340,7 +340,7 @@ def test_addresses_at_reserved_names_are_accepted_with_a_warning(tmp_path: Path)
     for domain in ("host.test", "relay.local", "corp.internal"):
         assert f"1 address(es) at {domain}" in out
     assert "2 address(es) at example.org (the first in row 4)" in out
-    assert out.count("warning:") == 4
+    assert out.count("a name reserved for tests") == 4  # one warning per domain
 
 
 # -- 10. the report opens where the recipients file did ------------------------------------
@@ -408,3 +408,46 @@ def test_check_says_what_it_detected(tmp_path: Path) -> None:
         r'people.csv: cp125\d, separated by semicolons, addresses in column "Email Address"', detected
     )
     assert "server: smtp+starttls://mail.example.com:587, at most 3/s" in out
+
+
+# -- 6. TLS mistakes get their own hints --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("server_kind", "scheme", "error", "hint"),
+    [
+        (
+            "tls",
+            "smtps",
+            "did not answer in TLS (WRONG_VERSION_NUMBER)",
+            "port 587 usually wants smtp+starttls://",
+        ),
+        ("plain", "smtp+starttls", "does not offer STARTTLS", "port 465 wants smtps://"),
+        ("implicit_tls", "smtps", "certificate verify failed", "set SSL_CERT_FILE to that CA's PEM file"),
+    ],
+)
+def test_tls_mistakes_get_their_own_hints(
+    tmp_path: Path,
+    smtp_server: Callable[..., SmtpServer],
+    server_kind: str,
+    scheme: str,
+    error: str,
+    hint: str,
+) -> None:
+    server = smtp_server(**({} if server_kind == "plain" else {server_kind: True}))
+    campaign(tmp_path, 2)
+    url = server.url.replace("smtp://", f"{scheme}://")
+    proc = mailblast(tmp_path, "send", "people.csv", "-t", "t.txt", "--smtp", url, "--report", "r.csv")
+    assert proc.returncode == 3
+    (error_line,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    (hint_line,) = [line for line in proc.stderr.splitlines() if line.startswith("hint:")]
+    assert error in error_line and hint in hint_line
+    assert server.received == []
+
+
+def test_a_connection_error_does_not_repeat_itself(tmp_path: Path) -> None:
+    campaign(tmp_path, 1)
+    proc = mailblast(tmp_path, "send", "people.csv", "-t", "t.txt", "--smtp", "smtp://127.0.0.1:9")
+    assert proc.returncode == 3
+    assert "error: stopped: cannot connect to smtp://127.0.0.1:9: connection refused" in proc.stderr
+    assert "Error connecting" not in proc.stderr and proc.stderr.count("127.0.0.1") <= 3

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mailblast.errors import InputError
-from mailblast.journal import Journal, RunChanges, default_path, recipient_key
+from mailblast.journal import DamagedJournal, Journal, RunChanges, default_path, recipient_key
 from mailblast.outcomes import Outcome, Status
 from mailblast.recipients import Recipient
 from mailblast.replies import classify
@@ -50,7 +50,14 @@ def test_states_move_and_todo_follows_them(tmp_path: Path) -> None:
         Outcome(person(3), Status.FAILED, "<id3@x>", 1, classify(550, "5.1.1 unknown"), "550 5.1.1")
     )
     journal.record(Outcome(person(4), Status.NOT_ATTEMPTED, "", 0))
-    assert journal.counts() == {"pending": 2497, "sending": 1, "sent": 1, "failed": 1, "uncertain": 0}
+    assert journal.counts() == {
+        "pending": 2497,
+        "sending": 1,
+        "sent": 1,
+        "failed": 1,
+        "uncertain": 0,
+        "suppressed": 0,
+    }
     assert journal.in_flight() == [(1, "user1@example.com")]
     rows = [r.row for r in journal.todo(retry_failed=False, skip_uncertain=True)]
     assert rows[:2] == [4, 5] and 1 not in rows and 3 not in rows
@@ -104,14 +111,75 @@ def test_restart_forgets_the_campaign(tmp_path: Path) -> None:
 
 
 def test_one_send_at_a_time(tmp_path: Path) -> None:
-    first = Journal(tmp_path / "j.sqlite")
-    first.lock()
-    second = Journal(tmp_path / "j.sqlite")
+    first, _ = Journal.for_send(tmp_path / "j.sqlite")
     with pytest.raises(InputError, match="another mailblast send is using"):
-        second.lock()
+        Journal.for_send(tmp_path / "j.sqlite")
     first.close()
-    second.lock()  # free again
+    second, _ = Journal.for_send(tmp_path / "j.sqlite")  # free again
     second.close()
+
+
+def test_the_lock_belongs_to_the_file_not_the_path(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    first, _ = Journal.for_send(tmp_path / "j.sqlite")
+    (tmp_path / "link.sqlite").symlink_to(tmp_path / "j.sqlite")
+    for spelling in (tmp_path / "link.sqlite", tmp_path / "sub" / ".." / "j.sqlite"):
+        with pytest.raises(InputError, match="another mailblast send is using"):
+            Journal.for_send(spelling)
+    first.close()
+
+
+def test_a_lock_file_that_cannot_be_written(tmp_path: Path) -> None:
+    (tmp_path / "j.sqlite.lock").write_bytes(b"")
+    (tmp_path / "j.sqlite.lock").chmod(0o444)  # read-only: flock needs no write access
+    journal, _ = Journal.for_send(tmp_path / "j.sqlite")
+    journal.close()
+    (tmp_path / "k.sqlite.lock").mkdir()  # cannot be opened at all, not even by root
+    with pytest.raises(InputError, match="cannot create the journal's lock file") as info:
+        Journal.for_send(tmp_path / "k.sqlite")
+    assert "--journal" in (info.value.hint or "")
+
+
+def test_an_empty_journal_file_is_an_error_not_a_new_campaign(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    path.write_bytes(b"")
+    for open_it in (lambda: Journal.for_send(path), lambda: Journal(path, read_only=True)):
+        with pytest.raises(DamagedJournal, match="the journal is empty") as info:
+            open_it()
+        assert "--restart" in (info.value.hint or "") and "j.sqlite.damaged" in (info.value.hint or "")
+    journal, aside = Journal.for_send(path, restart=True)
+    assert aside == tmp_path / "j.sqlite.damaged" and aside.read_bytes() == b""
+    journal.close()
+
+
+def corrupt_a_page(path: Path) -> None:
+    """Overwrite the journal's last page (part of the recipients table) with garbage."""
+    data = bytearray(path.read_bytes())
+    data[-4096:] = b"\xde\xad" * 2048
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_journal_is_an_error_with_the_way_out(tmp_path: Path) -> None:
+    journal, _, _ = run_with(tmp_path, [person(i) for i in range(1, 400)])
+    journal.close()  # checkpoints: every page is in the main file
+    path = tmp_path / "j.sqlite"
+    corrupt_a_page(path)
+    with pytest.raises(DamagedJournal, match="the journal is damaged") as info:
+        Journal.for_send(path)
+    assert "--restart" in (info.value.hint or "")
+    reader = Journal(path, read_only=True)
+    campaign = reader.find(tmp_path / "r.csv", None)
+    with pytest.raises(DamagedJournal, match="damaged"):
+        list(reader.not_sent(campaign.id))
+    reader.close()
+    journal, aside = Journal.for_send(path, restart=True)
+    assert aside is not None and aside.name == "j.sqlite.damaged" and aside.stat().st_size > 0
+    assert journal.campaigns() == []
+    journal.close()
+    garbage = tmp_path / "g.sqlite"
+    garbage.write_bytes(b"not a journal at all" * 500)
+    with pytest.raises(DamagedJournal, match="damaged"):
+        Journal.for_send(garbage)
 
 
 def test_reading_back_for_status_and_report(tmp_path: Path) -> None:

@@ -212,3 +212,31 @@ def test_any_values_round_trip_through_csv(tmp_path: Path, names: list[str], del
     path = write(tmp_path, buf.getvalue(), "prop.csv")
     rows = read_all(path, delimiter=delimiter)
     assert [r.recipient.fields["name"] for r in rows] == names
+
+
+def test_a_quote_never_closed_names_its_row_and_line(tmp_path: Path) -> None:
+    # without strict reading, row 1's name would swallow every row after it, unreported
+    path = write(tmp_path, 'email,name\nann@example.com,"Ann\nbob@example.com,Bob\ncy@example.com,Cy\n')
+    with pytest.raises(RecipientsError, match=r"r\.csv, row 1 \(line 2\): a quoted value is never closed"):
+        read_all(path)
+    later = write(tmp_path, 'email,name\nann@example.com,Ann\n\nbob@example.com,"Bob\n', "later.csv")
+    with pytest.raises(RecipientsError, match=r"row 2 \(line 4\)"):
+        read_all(later)
+
+
+def test_a_huge_value_is_an_error_not_a_traceback(tmp_path: Path) -> None:
+    path = write(tmp_path, "email,name\nann@example.com," + "x" * (128 * 1024 + 1) + "\nb@example.com,B\n")
+    with pytest.raises(RecipientsError, match=r"row 1 \(line 2\): a value longer than 131,072 characters"):
+        read_all(path)
+    header = write(tmp_path, "email," + "x" * (128 * 1024 + 1) + "\n", "header.csv")
+    with pytest.raises(RecipientsError, match=r"line 1 \(the header\): a value longer"):
+        RecipientsFile(header)
+
+
+def test_utf16_without_a_byte_order_mark(tmp_path: Path) -> None:
+    path = write(tmp_path, "email,name\nann@example.com,Ann\n".encode("utf-16-le"))
+    with pytest.raises(RecipientsError, match="not valid utf-16.*BOM") as info:
+        RecipientsFile(path, encoding="utf-16")
+    assert "--encoding utf-16-le or utf-16-be" in (info.value.hint or "")
+    [row] = read_all(path, encoding="utf-16-le")
+    assert row.recipient.address == "ann@example.com"

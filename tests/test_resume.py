@@ -55,7 +55,10 @@ def wait_until(condition: Callable[[], bool], timeout: float = 30) -> None:
 
 def journal_states(folder: Path) -> Counter[str]:
     """Recipients per state, as the journal has them (empty while it is being created)."""
-    with sqlite3.connect(folder / "people.csv.mailblast.sqlite") as db:
+    path = folder / "people.csv.mailblast.sqlite"
+    if not path.exists():  # connecting would create it, empty: a journal mailblast refuses
+        return Counter()
+    with sqlite3.connect(path) as db:
         try:
             rows = db.execute("SELECT state, COUNT(*) FROM recipients GROUP BY state").fetchall()
         except sqlite3.OperationalError:
