@@ -9,7 +9,7 @@ import shutil
 import signal
 import ssl
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -123,7 +123,7 @@ def run_send(
                 delimiter=fmt.delimiter,
                 bom=report_path is not None and wants_bom(fmt),
             )
-            recorder = Recorder(journal, report)
+            recorder = Recorder(journal, report, plan.maybe_sent)
             sender = Sender(
                 connect,
                 limiter,
@@ -224,7 +224,7 @@ class _Open:
 
     recipient: Recipient
     tries: int = 0
-    in_flight: bool = False  # its MAIL FROM went out, and no outcome came back
+    in_flight: bool = False  # its DATA began, and neither an outcome nor a refusal came back
 
 
 class Recorder:
@@ -234,9 +234,12 @@ class Recorder:
     the run ends, ``finish()`` reports every one of them.
     """
 
-    def __init__(self, journal: Journal | None, report: ReportWriter) -> None:
+    def __init__(
+        self, journal: Journal | None, report: ReportWriter, maybe_sent: Collection[int] = ()
+    ) -> None:
         self.journal = journal
         self.report = report
+        self.maybe_sent = maybe_sent  # rows an earlier run left in flight
         self.reasons = Reasons()
         self.unconfirmed = 0  # uncertain, and not accepted on a resend either
         self.stop: Callable[[Verdict], None] = lambda reason: None  # the sender's stop()
@@ -283,7 +286,7 @@ class Recorder:
         self._open.pop(outcome.recipient.row, None)
         if self.journal is not None:
             try:
-                self.journal.record(outcome)
+                self.journal.record(outcome, was_in_flight=outcome.recipient.row in self.maybe_sent)
             except MailblastError as e:
                 self._journal_failed(e)
                 if outcome.status is not Status.NOT_ATTEMPTED:
