@@ -19,10 +19,11 @@ from typing import Any, TypeVar
 
 import aiosmtplib
 
+from mailblast.compose import ComposedMessage
 from mailblast.credentials import Credentials, SecretError
 from mailblast.errors import ConfigError
 from mailblast.replies import Kind, Verdict, classify, connection_lost
-from mailblast.transaction import TransactionError, Transactions
+from mailblast.transaction import Accepted, TransactionError, Transactions
 from mailblast.urls import SmtpTarget
 
 LOCAL_HOSTNAME = socket.gethostname() or "localhost"
@@ -164,6 +165,11 @@ class Connection:
         except aiosmtplib.SMTPException as e:
             self._smtp.close()
             raise TransactionError(connection_lost(f"login failed: {_reason(e)}")) from None
+
+    async def send(self, message: ComposedMessage) -> Accepted:
+        """One message on its own, on the open connection; raises TransactionError."""
+        assert self.transactions is not None, "open() first"
+        return await self.transactions.send(message)
 
     def abort(self) -> None:
         """Drop the connection without QUIT."""

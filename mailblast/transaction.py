@@ -187,6 +187,17 @@ class Transactions:
             begun = await self._begin(envelope, commands, written=pipelined and content is not None)
         return sent, begun
 
+    async def send(self, message: ComposedMessage) -> Accepted:
+        """One message on its own; raises TransactionError."""
+        _, begun = await self.step(None, message)
+        if isinstance(begun, TransactionError):
+            raise begun
+        sent, _ = await self.step(begun, None)
+        if isinstance(sent, TransactionError):
+            raise sent
+        assert sent is not None
+        return sent
+
     def _envelope(self, message: ComposedMessage) -> list[tuple[str, bytes]]:
         option, encoding = "", "ascii"
         if message.needs_smtputf8:
