@@ -68,6 +68,7 @@ import email
 import email.message
 import email.policy
 import logging
+import os
 import random
 import shutil
 import socket
@@ -103,6 +104,7 @@ __all__ = [
     "Rejection",
     "SmtpServer",
     "Stage",
+    "child_environ",
     "local_ca",
     "max_in_window",
     "start_server",
@@ -130,6 +132,13 @@ DROP = "DROP"
 Stage = Literal["mail", "rcpt", "data"]
 ReplyHook = Callable[[Stage, Envelope, int], str | None]
 _STAGES: tuple[Stage, ...] = ("mail", "rcpt", "data")
+
+
+def child_environ() -> dict[str, str]:
+    """This environment for a mailblast child, without the caller's MAILBLAST_ settings but
+    MAILBLAST_PIPELINING: the suite runs with pipelining on and off."""
+    kept = "MAILBLAST_PIPELINING"
+    return {k: v for k, v in os.environ.items() if not k.startswith("MAILBLAST_") or k == kept}
 
 
 def too_many_connections_reply(ip: str) -> str:

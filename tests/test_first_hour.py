@@ -18,7 +18,7 @@ from aiosmtpd.smtp import Envelope
 from typer.testing import CliRunner
 
 from mailblast.cli import app
-from tests.servers import SmtpServer
+from tests.servers import SmtpServer, child_environ
 
 
 def run(*args: str | Path, cwd: Path, env: dict[str, str] | None = None) -> tuple[int, str]:
@@ -106,7 +106,7 @@ def mailblast(
     tty_stderr: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """A real subprocess; ``tty_stdout`` / ``tty_stderr`` make that stream a terminal (a pty)."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("MAILBLAST_")}
+    full_env = child_environ()
     full_env.update(env or {}, COLUMNS="120")
     command = [sys.executable, "-m", "mailblast", *args]
     if not (tty_stdout or tty_stderr):
