@@ -381,3 +381,19 @@ def test_input_faults_are_one_clear_error_exit_2(tmp_path: Path, case: str, expe
     assert result.returncode == 2, result.stderr
     assert expected in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
+
+
+def test_a_report_on_a_full_disk_stops_the_run_and_the_journal_keeps_every_outcome(
+    tmp_path: Path, smtp_server: Callable[..., SmtpServer]
+) -> None:
+    server = smtp_server(reject_recipients=lambda address: True)
+    write_campaign(tmp_path, people(1000))
+    with tmpfs(tmp_path / "small", "20k") as small:
+        result = run(tmp_path, command(server.url, "--report", str(small / "failed.csv")))
+    assert result.returncode == 3, result.stderr
+    assert "the report cannot be written: No space left on device" in result.stderr
+    assert "Traceback" not in result.stderr and "mailblast report" in result.stderr
+    states = journal_states(tmp_path)
+    assert 0 < states["failed"] < 1000 and states["failed"] + states["pending"] == 1000
+    report = run(tmp_path, REPORT)
+    assert report.returncode == 0 and len(report_rows(report.stdout)) == 1000
