@@ -11,7 +11,7 @@ import ssl
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -19,7 +19,7 @@ from typing import TextIO
 
 from rich.console import Console
 
-from mailblast import display
+from mailblast import capture, display
 from mailblast.check import Inputs, ScanTally, load_inputs, scan, verdict_of_scan
 from mailblast.compose import ComposedMessage
 from mailblast.config import Settings
@@ -48,14 +48,10 @@ STOP_POLL = 0.05  # seconds between looks at a stopping run
 STOP_GRACE = 1.0  # seconds a stopping run with nothing in flight gets to close its connections
 
 
-def smtp_target(settings: Settings) -> SmtpTarget:
-    if not settings.smtp_url:
-        raise ConfigError(
-            "no SMTP server given",
-            "pass --smtp smtp://HOST:PORT, set MAILBLAST_SMTP_URL, or set url in the [smtp] table of "
-            "mailblast.toml (--dry-run checks everything without a server)",
-        )
-    return parse_smtp_url(settings.smtp_url)
+REHEARSAL_JOURNAL = "journal.mailblast.sqlite"
+REAL_SERVER_HINT = (
+    "pass --smtp smtp://HOST:PORT, set MAILBLAST_SMTP_URL, or set url in the [smtp] table of mailblast.toml"
+)
 
 
 @dataclass
@@ -76,7 +72,9 @@ def run_send(
     resume_command: str,
 ) -> int:
     """Check every row, then send those not sent yet; journal, report and summarise."""
-    target = smtp_target(settings)
+    if settings.outbox is not None or not settings.smtp_url:
+        return _rehearse(settings, recipients_path, console, ask_password, stdout, resume_command)
+    target = parse_smtp_url(settings.smtp_url)
     rate = parse_rate(settings.rate) if settings.rate else None
     if settings.report is not None:
         _check_writable(settings.report)  # before the check pass, which may take minutes
@@ -183,6 +181,37 @@ def run_send(
         )
     # an uncertain message accepted on its resend was delivered (maybe twice): not a failure
     return 1 if sender.counts.failed or recorder.unconfirmed else 0
+
+
+def _rehearse(
+    settings: Settings,
+    recipients_path: Path,
+    console: Console,
+    ask_password: Callable[[str], str],
+    stdout: TextIO,
+    resume_command: str,
+) -> int:
+    """The whole send, into a Maildir through the capture server on a free loopback port."""
+    outbox = settings.outbox or capture.DEFAULT_OUTBOX
+    why = "--outbox given" if settings.outbox is not None else "no SMTP server configured"
+    console.print(
+        f"{why}: delivering into {outbox}/ through a local capture server; nothing leaves this machine",
+        soft_wrap=True,
+    )
+    # The rehearsal keeps its own journal, so that a real send later still sends to everyone.
+    journal = settings.journal or outbox / REHEARSAL_JOURNAL
+    with capture.in_background(outbox) as server:
+        local = replace(settings, smtp_url=server.url, journal=journal, outbox=None)
+        code = run_send(local, recipients_path, console, ask_password, stdout, resume_command)
+    if code == InputError.exit_code:
+        return code  # a bad row: the check pass said what to fix, and nothing was sent
+    console.print(
+        f"nothing left this machine: {server.captured:,} message(s) delivered into {outbox}/ "
+        f"(it holds {len(server.outbox):,}; a Maildir, which mail clients open, e.g. mutt -f {outbox})",
+        soft_wrap=True,
+    )
+    console.print(f"to send for real: {REAL_SERVER_HINT}", soft_wrap=True)
+    return code
 
 
 @dataclass

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from mailblast import __version__, campaign, capture
+from mailblast import __version__, campaign, capture, init
 from mailblast.check import run_check, run_dry_run, run_preview
 from mailblast.config import Settings, load_settings
 from mailblast.errors import ConfigError, InputError, MailblastError, StoppedError
@@ -280,6 +280,14 @@ def send(
             help="Leave out messages in flight when an earlier run died.",
         ),
     ] = None,
+    outbox: Annotated[
+        Path | None,
+        typer.Option(
+            "--outbox",
+            help="Deliver into this Maildir through a local capture server; nothing leaves the machine "
+            "[default: ./outbox when no SMTP server is configured].",
+        ),
+    ] = None,
     from_: FromOpt = None,
     config: ConfigOpt = None,
     encoding: EncodingOpt = None,
@@ -385,6 +393,20 @@ def serve(
         return capture.run_serve(host, port, outbox, limits, console)
 
     _run(work)
+
+
+@app.command("init")
+def init_command(
+    folder: Annotated[Path, typer.Argument(help="Where to write the starter (created if missing).")] = Path(),
+    template_format: Annotated[
+        str, typer.Option("--format", help="The template's format: md, html or txt.")
+    ] = "md",
+) -> None:
+    """Write a working starter: mailblast.toml (every setting), recipients.csv and a template.
+
+    It never overwrites a file. Example: mailblast init newsletter --format html
+    """
+    _run(lambda console: init.run_init(folder, template_format, console))
 
 
 def _ask_password(prompt: str) -> str:

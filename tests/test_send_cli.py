@@ -155,7 +155,6 @@ def test_password_is_not_asked_without_a_terminal(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        ([], "no SMTP server given"),
         (["--smtp", "smtp://u:hunter2@localhost"], "password"),
         (["--smtp", "http://localhost"], "unknown scheme"),
         (["--smtp", "smtp://localhost", "--rate", "3 per second"], "invalid rate"),

@@ -1,0 +1,80 @@
+"""`mailblast init`: a starter that works as written, from the package's own files."""
+
+from __future__ import annotations
+
+import mailbox
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from mailblast.config import SMTP_KEYS, TOP_KEYS
+from mailblast.init import FORMATS, starter_files, starter_text
+from tests.test_send_cli import mailblast
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("template_format", FORMATS)
+def test_init_then_check_and_send_work_on_what_it_wrote(tmp_path: Path, template_format: str) -> None:
+    proc = mailblast(tmp_path, "init", "campaign", "--format", template_format)
+    assert proc.returncode == 0, proc.stderr
+    folder = tmp_path / "campaign"
+    template = f"message.{template_format}.j2"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["mailblast.toml", "recipients.csv", template])
+    assert f"wrote mailblast.toml, recipients.csv, {template} in campaign/" in proc.stdout
+    assert "next: cd campaign && mailblast check recipients.csv" in proc.stdout
+
+    check = mailblast(folder, "check", "recipients.csv")
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "error" not in check.stdout + check.stderr
+
+    send = mailblast(folder, "send", "recipients.csv")
+    assert send.returncode == 0, send.stderr
+    assert "nothing leaves this machine" in send.stderr
+    box = mailbox.Maildir(folder / "outbox")
+    assert sorted(m["Envelope-to"] for m in box) == ["ada@example.com", "grace@example.com"]
+    assert {m["Subject"] for m in box} == {
+        "Hello Ada Lovelace, a note from us",
+        "Hello Grace Hopper, a note from us",
+    }
+
+
+def test_the_starter_config_lists_every_setting_and_names_no_server() -> None:
+    text = starter_files("md")["mailblast.toml"]
+    for key in TOP_KEYS:
+        assert re.search(rf"^(# )?{key} = ", text, re.M), key
+    smtp = text[text.index("[smtp]") :]
+    for key in SMTP_KEYS:
+        assert re.search(rf"^# {key} = ", smtp, re.M), key  # commented: the defaults rule
+    # every commented line is a valid setting once uncommented
+    uncommented = re.sub(r"^# (\w+ = )", r"\1", text, flags=re.M)
+    data = tomllib.loads(uncommented)
+    assert set(data) - {"smtp"} == set(TOP_KEYS) and set(data["smtp"]) == set(SMTP_KEYS)
+    assert "url" not in tomllib.loads(text).get("smtp", {})
+
+
+def test_init_refuses_to_overwrite_anything(tmp_path: Path) -> None:
+    (tmp_path / "recipients.csv").write_text("email\nmine@example.com\n")
+    proc = mailblast(tmp_path, "init")
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[0] == (
+        f"error: recipients.csv exists already in {tmp_path.resolve()}; nothing was written"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["recipients.csv"]
+    assert (tmp_path / "recipients.csv").read_text() == "email\nmine@example.com\n"
+
+
+def test_an_unknown_format_is_refused(tmp_path: Path) -> None:
+    proc = mailblast(tmp_path, "init", "--format", "docx")
+    assert proc.returncode == 2
+    assert "error: --format docx: not a template format" in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_starter_ships_as_package_data() -> None:
+    # read through importlib.resources, as from an installed wheel
+    assert starter_text("recipients.csv").startswith("email,")
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert "starter/*" in config["tool"]["setuptools"]["package-data"]["mailblast"]
