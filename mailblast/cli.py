@@ -209,8 +209,8 @@ def send(
         str | None,
         typer.Option(
             "--rate",
-            help="Most messages per period, e.g. 3/s, 180/min, 10000/h, 5/2s. "
-            "\\[default: none; slow down when the server says so]",
+            help="Most messages per period, e.g. 3/s, 180/min, 5/2s; over a minute (500/d, 100/h) it is "
+            "the account's quota, kept across runs. \\[default: none; slow down when the server says so]",
             rich_help_panel=PACE,
         ),
     ] = None,
@@ -291,6 +291,14 @@ def send(
             help="Leave out messages in flight when an earlier run died.",
         ),
     ] = None,
+    wait: Annotated[
+        bool | None,
+        typer.Option(
+            "--wait",
+            rich_help_panel=PACE,
+            help="When the account's quota is used, wait for it instead of stopping.",
+        ),
+    ] = None,
     outbox: Annotated[
         Path | None,
         typer.Option(
@@ -339,8 +347,15 @@ def status(
     suppressed: Annotated[
         bool, typer.Option("--suppressed", help="List the suppressed addresses, one a line.")
     ] = False,
+    smtp_url: Annotated[
+        str | None,
+        typer.Option("--smtp", envvar="MAILBLAST_SMTP_URL", help="With a --rate quota: the account to show."),
+    ] = None,
+    rate: Annotated[
+        str | None, typer.Option("--rate", help="A quota such as 500/d: show the account's use of it.")
+    ] = None,
 ) -> None:
-    """Show a campaign's progress from its journal: counts, start, rate, failures by reason.
+    """Show a campaign's progress from its journal: counts, start, rate, failures by reason, quota.
 
     Example: mailblast status people.csv -t welcome.md
     """

@@ -86,6 +86,7 @@ class Settings:
     restart: bool = False
     retry_failed: bool = False
     skip_uncertain: bool = False
+    wait: bool = False  # wait for the account's quota instead of stopping
     outbox: Path | None = None  # deliver into this Maildir through the local capture server
     config_file: Path | None = None  # the file the settings came from, to name in hints
 
