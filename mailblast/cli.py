@@ -436,6 +436,37 @@ def init_command(
     _run(lambda console: init.run_init(folder, template_format, console))
 
 
+@app.command("dkim-keygen")
+def dkim_keygen(
+    domain: Annotated[str, typer.Argument(help="The domain that signs, as in From: (example.com).")],
+    selector: Annotated[str, typer.Argument(help="A name for this key, e.g. mb2026.")],
+    key_type: Annotated[str, typer.Option("--type", help="rsa (2048 bits) or ed25519.")] = "rsa",
+    out: Annotated[
+        Path | None, typer.Option("--out", help="The private key's file [default: DOMAIN.SELECTOR.pem].")
+    ] = None,
+) -> None:
+    """Write a new DKIM private key and print the DNS TXT record to publish; never overwrites."""
+
+    def work(console: Console) -> int:
+        from mailblast.dkim_sign import write_new_key, zone_line  # dkimpy is slow to import
+
+        path = out or Path(f"{domain}.{selector}.pem")
+        name, value = write_new_key(domain, selector, key_type, path)
+        console.print(
+            f"wrote the private key to {path} (readable by you only; keep it secret)", soft_wrap=True
+        )
+        console.print(f"publish this TXT record at {name}:\n\n{value}\n", soft_wrap=True)
+        console.print(f"as a zone-file line:\n\n{zone_line(name, value)}\n", soft_wrap=True)
+        console.print(
+            f'then, in mailblast.toml:\n\n[dkim]\ndomain = "{domain}"\nselector = "{selector}"\n'
+            f'private_key = "{path}"',
+            soft_wrap=True,
+        )
+        return 0
+
+    _run(work)
+
+
 def _ask_password(prompt: str) -> str:
     if not sys.stdin.isatty():
         raise ConfigError(
