@@ -210,6 +210,20 @@ def send(
         bool | None,
         typer.Option("--skip-uncertain", help="Leave out messages in flight when an earlier run died."),
     ] = None,
+    test_to: Annotated[
+        str | None,
+        typer.Option(
+            "--test-to",
+            help="Send the first few messages to this address only, as their recipients would get them; "
+            "the journal is not touched.",
+        ),
+    ] = None,
+    test_count: Annotated[
+        int | None, typer.Option("--test-count", help="With --test-to: how many messages [default: 3].")
+    ] = None,
+    test_row: Annotated[
+        int | None, typer.Option("--row", help="With --test-to: send the message of this row instead.")
+    ] = None,
     outbox: Annotated[
         Path | None,
         typer.Option(
