@@ -9,7 +9,7 @@ import shutil
 import signal
 import ssl
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -24,6 +24,7 @@ from mailblast.check import Inputs, ScanTally, load_inputs, scan, verdict_of_sca
 from mailblast.compose import ComposedMessage
 from mailblast.config import Settings
 from mailblast.connection import Connection, TransactionError
+from mailblast.credentials import Credentials, gather_credentials, sign_in_hint
 from mailblast.errors import ConfigError, InputError, MailblastError, StoppedError
 from mailblast.journal import Journal, default_path
 from mailblast.outcomes import Counts, Outcome, Reasons, Status, average_rate, rate_seconds
@@ -36,7 +37,6 @@ from mailblast.sender import Sender, SenderOptions
 from mailblast.urls import SmtpTarget, parse_rate, parse_smtp_url
 from mailblast.worker import ComposeWorker
 
-PASSWORD_ENV = "MAILBLAST_SMTP_PASSWORD"
 # A recipients file this large is composed in a worker process, started before the check pass so
 # that its start-up overlaps it; for smaller ones the start-up would cost more than it saves.
 COMPOSE_IN_WORKER_FROM = 64 * 1024  # bytes, about a thousand rows
@@ -103,11 +103,16 @@ def run_send(
         if plan.total == 0:
             console.print(_nothing_to_send(journal, settings), highlight=False)
             return 0
-        password = None
-        if target.username is not None:  # asked only now: a bad row should not cost typing it
-            password = os.environ.get(PASSWORD_ENV) or ask_password(
-                f"Password for {target.username} at {target.host}"
-            )
+        # asked only now: a bad row should not cost typing a password
+        credentials = gather_credentials(
+            target.username,
+            method=settings.auth,
+            password_command=settings.password_command,
+            token_command=settings.oauth_token_command,
+            environ=os.environ,
+            ask_password=ask_password,
+            prompt=f"Password for {target.username} at {target.host}",
+        )
         pace = f"at most {rate}" if rate else "no --rate given, so at the pace the server allows"
         console.print(
             f"sending {plan.total:,} message(s) to {target.display()}, {pace}, "
@@ -117,7 +122,7 @@ def run_send(
         tls_context = ssl.create_default_context()  # once: loading the CA store takes milliseconds
 
         def connect() -> Connection:
-            return Connection(target, password, timeout=settings.timeout, tls_context=tls_context)
+            return Connection(target, credentials, timeout=settings.timeout, tls_context=tls_context)
 
         limiter = SlidingWindowLimiter(rate.count if rate else None, rate.period if rate else 1.0)
         options = SenderOptions(settings.connections, settings.max_messages, settings.retries)
@@ -131,7 +136,7 @@ def run_send(
                 delimiter=fmt.delimiter,
                 bom=report_path is not None and wants_bom(fmt),
             )
-            recorder = Recorder(journal, report)
+            recorder = Recorder(journal, report, plan.maybe_sent)
             sender = Sender(
                 connect,
                 limiter,
@@ -189,9 +194,8 @@ def run_send(
     if sender.stopped_by is INTERRUPTED or (cut_short and sender.stopped_by is None):
         raise StoppedError(f"interrupted: {sender.counts.not_attempted:,} recipient(s) not attempted", resume)
     if sender.stopped_by is not None:
-        raise StoppedError(
-            f"stopped: {sender.stopped_by.describe()}", _stop_hint(sender.stopped_by, resume, target)
-        )
+        hint = _stop_hint(sender.stopped_by, resume, target, credentials)
+        raise StoppedError(f"stopped: {sender.stopped_by.describe()}", hint)
     # an uncertain message accepted on its resend was delivered (maybe twice): not a failure
     return 1 if sender.counts.failed or recorder.unconfirmed else 0
 
@@ -233,7 +237,7 @@ class _Open:
 
     recipient: Recipient
     tries: int = 0
-    in_flight: bool = False  # its MAIL FROM went out, and no outcome came back
+    in_flight: bool = False  # its DATA began, and neither an outcome nor a refusal came back
 
 
 class Recorder:
@@ -243,9 +247,12 @@ class Recorder:
     the run ends, ``finish()`` reports every one of them.
     """
 
-    def __init__(self, journal: Journal | None, report: ReportWriter) -> None:
+    def __init__(
+        self, journal: Journal | None, report: ReportWriter, maybe_sent: Collection[int] = ()
+    ) -> None:
         self.journal = journal
         self.report = report
+        self.maybe_sent = maybe_sent  # rows an earlier run left in flight
         self.reasons = Reasons()
         self.unconfirmed = 0  # uncertain, and not accepted on a resend either
         self.stop: Callable[[Verdict], None] = lambda reason: None  # the sender's stop()
@@ -292,7 +299,7 @@ class Recorder:
         self._open.pop(outcome.recipient.row, None)
         if self.journal is not None:
             try:
-                self.journal.record(outcome)
+                self.journal.record(outcome, was_in_flight=outcome.recipient.row in self.maybe_sent)
             except MailblastError as e:
                 self._journal_failed(e)
                 if outcome.status is not Status.NOT_ATTEMPTED:
@@ -541,7 +548,7 @@ def _summarise(
         )
 
 
-def _stop_hint(reason: Verdict, resume: str, target: SmtpTarget) -> str:
+def _stop_hint(reason: Verdict, resume: str, target: SmtpTarget, credentials: Credentials | None) -> str:
     """What to do about a stop; the mix-up of ports 465 and 587 is the commonest setup mistake."""
     text = reason.describe()
     if "WRONG_VERSION_NUMBER" in text:
@@ -562,7 +569,7 @@ def _stop_hint(reason: Verdict, resume: str, target: SmtpTarget) -> str:
     elif "TLS" in text:
         cause = "check that the port and the scheme match: smtps:// for port 465, smtp+starttls:// for 587"
     elif reason.code in (530, 534, 535, 538):
-        cause = f"check the user name in the SMTP URL and {PASSWORD_ENV}"
+        cause = sign_in_hint(reason, credentials)
     elif "cannot connect" in text and target.port == 465 and target.security != "tls":
         cause = "port 465 usually wants smtps:// (TLS from the start)"
     elif "cannot connect" in text:

@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.text import Text
 
-from mailblast import display
+from mailblast import display, unsubscribe
 from mailblast.compose import (
     ADDRESS_HEADERS,
     RESERVED_HEADERS,
@@ -91,6 +91,8 @@ def load_inputs(settings: Settings, recipients_path: Path) -> Inputs:
         attachments_dir=settings.attachments_dir,
         max_attachments_mb=settings.attachments_max_mb,
         sandbox=settings.sandbox,
+        unsubscribe_url=settings.unsubscribe_url,
+        unsubscribe_mailto=settings.unsubscribe_mailto,
     )
     return Inputs(recipients, template, load_suppression(settings.suppress))
 
@@ -109,7 +111,10 @@ _RESERVED_SUFFIXES = ("test", "local", "internal", "localhost", "invalid", "exam
 def template_warnings(template: Template) -> list[str]:
     """What in the template is probably a mistake but not an error: a missing Subject, a header
     name that is a typo of a known one, an image the reader's mail client cannot load."""
-    warnings = []
+    options = template.options
+    warnings = unsubscribe.warnings(
+        template.name, template.header_source, options["unsubscribe_url"], options["unsubscribe_mailto"]
+    )
     names = [(m.group(1), m.start()) for m in _HEADER_NAME.finditer(template.header_source)]
     if "subject" not in {name.lower() for name, _ in names}:
         warnings.append(f"{template.name}: no Subject: header, so every message goes out without a subject")

@@ -15,6 +15,7 @@ from rich.text import Text
 from mailblast import __version__, campaign, capture, init
 from mailblast.check import run_check, run_dry_run, run_preview
 from mailblast.config import Settings, load_settings
+from mailblast.credentials import PASSWORD_ENV
 from mailblast.errors import ConfigError, InputError, MailblastError, StoppedError
 from mailblast.urls import parse_rate
 
@@ -156,7 +157,9 @@ def send(
             "--smtp",
             envvar="MAILBLAST_SMTP_URL",
             help="smtp://[USER@]HOST[:PORT], smtp+starttls://... or smtps://... "
-            "[env: MAILBLAST_SMTP_URL]; the password comes from MAILBLAST_SMTP_PASSWORD or a prompt.",
+            "[env: MAILBLAST_SMTP_URL]; the password comes from MAILBLAST_SMTP_PASSWORD, "
+            "[smtp] password_command or a prompt, an OAuth2 token from MAILBLAST_SMTP_OAUTH_TOKEN "
+            "or [smtp] oauth_token_command.",
         ),
     ] = None,
     rate: Annotated[
@@ -180,6 +183,14 @@ def send(
     ] = None,
     timeout: Annotated[
         float | None, typer.Option("--timeout", help="Seconds to wait for a reply [default: 30].")
+    ] = None,
+    auth: Annotated[
+        str | None,
+        typer.Option(
+            "--auth",
+            help="Sign in with login, plain or xoauth2 [default: chosen from what the server offers "
+            "and what was given].",
+        ),
     ] = None,
     report: Annotated[
         Path | None,
@@ -348,7 +359,7 @@ def _ask_password(prompt: str) -> str:
     if not sys.stdin.isatty():
         raise ConfigError(
             "the SMTP URL names a user but no password was given",
-            f"set {campaign.PASSWORD_ENV} in the environment",
+            f"set {PASSWORD_ENV} in the environment, or password_command in the [smtp] table",
         )
     return typer.prompt(prompt, hide_input=True)
 

@@ -38,6 +38,7 @@ from email_validator import EmailNotValidError, validate_email
 from markdown_it import MarkdownIt
 
 from mailblast import headers as hdr
+from mailblast import unsubscribe as unsub
 from mailblast.errors import ConfigError, TemplateError, did_you_mean
 from mailblast.recipients import Recipient, RecipientsFile, RowProblem, RowResult
 from mailblast.sandbox import RenderLimit, make_environment, render_bounded
@@ -72,6 +73,8 @@ class _WirePolicy(Compat32):
         if isinstance(value, str):
             if value.isascii() and len(name) + len(value) + 2 <= 78:
                 return f"{name}: {value}{self.linesep}".encode("ascii")
+            if name.lower() == "list-unsubscribe":  # ASCII by construction: one <link> a line
+                return f"{name}: {value.replace(', <', f',{self.linesep} <')}{self.linesep}".encode("ascii")
             if not value.isascii():
                 value = Header(value, UTF8, header_name=name)
         return super().fold_binary(name, value)
@@ -239,6 +242,8 @@ class Template:
         attachments_dir: Path | str | None = None,
         max_attachments_mb: float = DEFAULT_MAX_ATTACHMENTS_MB,
         sandbox: bool = True,
+        unsubscribe_url: str | None = None,
+        unsubscribe_mailto: str | None = None,
     ) -> None:
         self.path = Path(path)
         self.name = str(path)
@@ -250,6 +255,8 @@ class Template:
             "attachments_dir": attachments_dir,
             "max_attachments_mb": max_attachments_mb,
             "sandbox": sandbox,
+            "unsubscribe_url": unsubscribe_url,
+            "unsubscribe_mailto": unsubscribe_mailto,
         }
         self.attachments_root = _attachments_root(self.path.parent, attachments_dir)
         self.max_attachment_bytes = int(max_attachments_mb * 1_000_000)
@@ -278,8 +285,13 @@ class Template:
         )
         for env in (header_env, body_env):
             env.globals["mailbox"] = hdr.mailbox
+        self._unsubscribe = self._compile_unsubscribe(
+            header_source, sandbox, {"url": unsubscribe_url, "mailto": unsubscribe_mailto}
+        )
         # a column with one of these names is reached as row["name"]
-        self.builtin_names = frozenset({"email", "row", *header_env.globals})
+        self.builtin_names = frozenset(
+            {"email", "row", *header_env.globals, *(["unsubscribe_url"] if self._unsubscribe else [])}
+        )
         self.header_source = header_source  # as written, for check's warnings
         self.body_source = "\n".join(lines[blank + 1 :])
         self.body_line = blank + 2  # the body's first line in the file
@@ -288,6 +300,49 @@ class Template:
         self._body = self._compile(body_env, self.body_source, blank + 1)
         # breaks: a single line break stays one ("See you soon,\nThe team"), as the author sees it
         self._markdown = MarkdownIt("commonmark", {"html": False, "breaks": True}).enable("table")
+
+    def _compile_unsubscribe(
+        self, header_source: str, sandbox: bool, written: dict[str, str | None]
+    ) -> list[tuple[str, jinja2.Template]]:
+        """[unsubscribe] url and mailto, compiled where the template is, with row values URL-encoded."""
+        given = {key: text for key, text in written.items() if text is not None}
+        if not given:
+            return []
+        if unsub.own_headers(header_source):
+            raise ConfigError(
+                f"{self.path} sets List-Unsubscribe itself, and mailblast.toml has [unsubscribe] too",
+                "keep one: remove the header from the template (the body can use {{ unsubscribe_url }})",
+            )
+        env = make_environment(
+            self.path.parent,
+            sandbox=sandbox,
+            undefined=_Missing,
+            finalize=unsub.escape_value,
+            autoescape=False,
+        )
+        compiled = []
+        for key, text in given.items():
+            problem = unsub.check_written(key, text)
+            if problem is not None:
+                raise ConfigError(problem, "fix [unsubscribe] in mailblast.toml")
+            try:
+                compiled.append((key, env.from_string(text.strip())))
+            except jinja2.TemplateSyntaxError as e:
+                raise ConfigError(f"[unsubscribe] {key}: {e.message}", SYNTAX_HINT) from None
+        return compiled
+
+    def _unsubscribe_links(self, context: dict[str, Any]) -> dict[str, str]:
+        """This row's url and mailto, rendered and checked; their faults are the config's."""
+        links = {}
+        for key, compiled in self._unsubscribe:
+            try:
+                text = self._render(compiled, context, MAX_HEADER_CHARS).strip()
+                links[key] = unsub.check_link(key, unsub.mailto_link(text) if key == "mailto" else text)
+            except RowError as e:
+                raise RowError(e.message, template=f"[unsubscribe] {key}") from None
+            except unsub.BadLink as e:
+                raise RowError(str(e), template=f"[unsubscribe] {key}") from None
+        return links
 
     def shadowed_columns(self, header: tuple[str, ...], address_column: str) -> list[str]:
         """Columns whose name is a built-in one, so that only row["..."] reaches them."""
@@ -332,6 +387,9 @@ class Template:
             context.pop(name, None)
         context["email"] = recipient.address
         context["row"] = recipient.fields
+        links = self._unsubscribe_links(context) if self._unsubscribe else {}
+        if links:  # the footer's link is the header's
+            context["unsubscribe_url"] = links.get("url") or links["mailto"]
         header_text = self._render(self._headers, context, MAX_HEADER_CHARS)
         body = self._render(self._body, context, MAX_BODY_CHARS)
         headers = self._parse_headers(header_text)
@@ -388,6 +446,7 @@ class Template:
                 out.append((name, value))
         if not envelope_to:
             raise RowError("the message has no recipient: To, Cc and Bcc are all empty")
+        out.extend(unsub.headers(links.get("url"), links.get("mailto")))
         digest = hashlib.sha256(
             "\0".join(
                 [*envelope_to, hdr.unmark(header_text), body, *(str(p) for _, p in attachments)]
@@ -478,6 +537,12 @@ class Template:
         try:
             return render_bounded(template, context, max_chars)
         except _UnknownName as e:
+            if e.name == "unsubscribe_url":
+                raise RowError(
+                    'the template uses "unsubscribe_url", but mailblast.toml has no [unsubscribe] url '
+                    "(or mailto) to give it",
+                    template=self.name,
+                ) from None
             columns = list(context["row"])
             guess = did_you_mean(e.name, [*columns, "email"])
             hint = f'; did you mean "{guess}"?' if guess else ""

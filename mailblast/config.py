@@ -47,6 +47,9 @@ SMTP_KEYS: dict[str, tuple[type, bool]] = {
     "max_messages": (int, False),
     "retries": (int, False),
     "timeout": (float, False),
+    "auth": (str, False),
+    "password_command": (str, False),
+    "oauth_token_command": (str, False),
 }
 
 
@@ -67,12 +70,17 @@ class Settings:
     attachments_dir: Path | None = None
     attachments_max_mb: float = 10.0
     sandbox: bool = True  # render templates in Jinja's sandbox
+    unsubscribe_url: str | None = None  # [unsubscribe]: Jinja text, rendered per row
+    unsubscribe_mailto: str | None = None
     smtp_url: str | None = None
     rate: str | None = None
     connections: int = 2
     max_messages: int = 100
     retries: int = 5
     timeout: float = 30.0
+    auth: str | None = None  # login, plain or xoauth2; None: chosen from what the server offers
+    password_command: str | None = None
+    oauth_token_command: str | None = None
     # per run only, never from the file
     no_journal: bool = False
     restart: bool = False
@@ -92,8 +100,14 @@ _KIND_NAMES = {
     bool: "true or false",
     list: "a list of paths in quotes",
 }
+UNSUBSCRIBE_KEYS: dict[str, tuple[type, bool]] = {"url": (str, False), "mailto": (str, False)}
 # names in the file -> names in Settings
-_RENAMES = {"from": "sender", "url": "smtp_url"}
+_RENAMES = {
+    "from": "sender",
+    "smtp.url": "smtp_url",
+    "unsubscribe.url": "unsubscribe_url",
+    "unsubscribe.mailto": "unsubscribe_mailto",
+}
 
 
 def _read_file(path: Path) -> dict[str, Any]:
@@ -130,7 +144,7 @@ def _take(path: Path, table: dict[str, Any], known: dict[str, tuple[type, bool]]
             value = tuple(path.parent / item for item in value)
         elif is_path:
             value = path.parent / value
-        values[_RENAMES.get(key, key)] = value
+        values[_RENAMES.get(prefix + key, key)] = value
     return values
 
 
@@ -140,11 +154,11 @@ def _unknown_setting(path: Path, name: str) -> ConfigError:
             f"{path}: {name}: a password is never kept in the config file",
             "set MAILBLAST_SMTP_PASSWORD in the environment, or type it when asked",
         )
-    every = [*TOP_KEYS, *(f"smtp.{k}" for k in SMTP_KEYS)]
+    every = [*TOP_KEYS, *(f"smtp.{k}" for k in SMTP_KEYS), *(f"unsubscribe.{k}" for k in UNSUBSCRIBE_KEYS)]
     guess = did_you_mean(name, every) or did_you_mean(name.replace("_", "."), every)
     if guess is not None:
-        key = guess.removeprefix("smtp.")
-        where = "under [smtp]" if key != guess else "at the top, before [smtp]"
+        table, _, key = guess.rpartition(".")
+        where = f"under [{table}]" if table else "at the top, before [smtp]"
         return ConfigError(
             f"{path}: unknown setting {name}; did you mean {guess}?", f"write {key} = ... {where}"
         )
@@ -160,8 +174,12 @@ def load_settings(config: Path | None, flags: dict[str, Any]) -> Settings:
         smtp = data.pop("smtp", {})
         if not isinstance(smtp, dict):
             raise ConfigError(f"{path}: smtp should be a table ([smtp])")
+        unsubscribe = data.pop("unsubscribe", {})
+        if not isinstance(unsubscribe, dict):
+            raise ConfigError(f"{path}: unsubscribe should be a table ([unsubscribe])")
         values.update(_take(path, data, TOP_KEYS, ""))
         values.update(_take(path, smtp, SMTP_KEYS, "smtp."))
+        values.update(_take(path, unsubscribe, UNSUBSCRIBE_KEYS, "unsubscribe."))
         values["config_file"] = path
     values["suppress"] = (*values.get("suppress", ()), *(flags.get("suppress") or ()))
     values.update({k: v for k, v in flags.items() if v is not None and k != "suppress"})

@@ -20,7 +20,8 @@ from typing import Any, TypeVar
 import aiosmtplib
 
 from mailblast.compose import ComposedMessage
-from mailblast.redact import Redactor
+from mailblast.credentials import Credentials, SecretError
+from mailblast.errors import ConfigError
 from mailblast.replies import Kind, Verdict, classify, connection_lost
 from mailblast.urls import SmtpTarget
 
@@ -85,14 +86,13 @@ class Connection:
     def __init__(
         self,
         target: SmtpTarget,
-        password: str | None,
+        credentials: Credentials | None,
         *,
         timeout: float,
         tls_context: ssl.SSLContext | None = None,
     ) -> None:
         self.target = target
-        self._password = password
-        self._redactor = Redactor([password], target.username)
+        self._credentials = credentials
         self._tls_context = tls_context or ssl.create_default_context()
         self._smtp = aiosmtplib.SMTP(
             hostname=target.host,
@@ -109,7 +109,9 @@ class Connection:
         return f"Connection({self.target.display()})"
 
     def _clean(self, verdict: Verdict) -> Verdict:
-        return dataclasses.replace(verdict, text=self._redactor(verdict.text))
+        if self._credentials is None:
+            return verdict
+        return dataclasses.replace(verdict, text=self._credentials.redact(verdict.text))
 
     @property
     def is_open(self) -> bool:
@@ -128,8 +130,8 @@ class Connection:
                 self._smtp.close()
                 raise _fatal(f"TLS with {where} failed: {tls_error}") from None
             raise self._connect_error(e) from None
-        if self.target.username is not None:
-            await self._login()
+        if self._credentials is not None:
+            await self._login(self._credentials)
 
     def _connect_error(self, error: Exception) -> TransactionError:
         self._smtp.close()
@@ -144,7 +146,7 @@ class Connection:
             return TransactionError(connection_lost(f"{where}: {_reason(error)}"))
         raise error
 
-    async def _login(self) -> None:
+    async def _login(self, credentials: Credentials) -> None:
         encrypted = self._smtp.get_transport_info("sslcontext") is not None
         if not encrypted and not self.target.is_loopback:
             self._smtp.close()
@@ -155,8 +157,20 @@ class Connection:
         if not self._smtp.supports_extension("auth"):
             self._smtp.close()
             raise _fatal(f"{self.target.host} does not offer AUTH, but the URL names a user")
+        user, password = credentials.username, credentials.password or ""
         try:
-            await self._smtp.login(self.target.username or "", self._password or "")
+            method = credentials.choose_method(self.target.host, self._smtp.server_auth_methods)
+            if method == "xoauth2":
+                await self._smtp.auth_xoauth2(user, await credentials.fresh_token())
+            elif method == "plain":
+                await self._smtp.auth_plain(user, password)
+            elif method == "login":
+                await self._smtp.auth_login(user, password)
+            else:
+                await self._smtp.login(user, password)  # the best the server offers
+        except (ConfigError, SecretError) as e:
+            self._smtp.close()
+            raise _fatal(str(e).replace("\nHint: ", "; ")) from None
         except aiosmtplib.SMTPResponseException as e:
             self._smtp.close()
             verdict = classify(e.code, e.message)

@@ -10,6 +10,10 @@ those have an unknown outcome and are sent again on resume (or skipped with
 WAL with synchronous=NORMAL: a commit survives the process being killed; after a
 power loss the last commits may roll back, which can resend a recipient but never
 lose one.
+
+Faults are errors, never a fresh start: an empty or damaged file is refused (``--restart``
+sets it aside), a write that fails (a full disk) stops the send, and status and report
+open the file read-only. One send at a time holds the lock of the real file.
 """
 
 from __future__ import annotations
@@ -395,10 +399,16 @@ class Journal:
         """A reply proved the message was not delivered: it is to be sent, not in flight."""
         self._update(recipient, "state = ?", PENDING)
 
-    def record(self, outcome: Outcome) -> None:
-        """Committed before the outcome is counted anywhere."""
-        # "not attempted" stays pending: the next run sends it
-        state = PENDING if outcome.status is Status.NOT_ATTEMPTED else outcome.status.value
+    def record(self, outcome: Outcome, *, was_in_flight: bool = False) -> None:
+        """Committed before the outcome is counted anywhere.
+
+        "not attempted" is pending again (the next run sends it), unless ``was_in_flight``: an
+        earlier run may have delivered it, and the next run must still say so.
+        """
+        if outcome.status is Status.NOT_ATTEMPTED:
+            state = SENDING if was_in_flight else PENDING
+        else:
+            state = outcome.status.value
         self._update(
             outcome.recipient,
             "state = ?, message_id = COALESCE(NULLIF(?, ''), message_id), attempts = attempts + ?, "

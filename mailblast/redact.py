@@ -1,10 +1,10 @@
 """Remove secrets from text a server sent, before it is shown, logged, journaled or reported.
 
 A server may echo what it was sent, and what it was sent at login is the password: in
-the clear, or in base64 as AUTH LOGIN (the password alone) and AUTH PLAIN
-("\\0user\\0password") send it. Every such form is removed, and also the base64 of the
-password wherever it lands inside a longer base64 blob (at each of the three byte
-alignments), so a blob echoed in part gives nothing away either.
+the clear, or in base64 as AUTH LOGIN (the password alone), AUTH PLAIN
+("\\0user\\0password") and AUTH XOAUTH2 (an OAuth2 token) send it. Every such form is
+removed, and also the base64 of the password wherever it lands inside a longer base64
+blob (at each of the three byte alignments), so a blob echoed in part gives nothing away.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ def secret_forms(secret: str, username: str | None = None) -> set[str]:
     if username is not None:
         user = username.encode("utf-8")
         forms |= {_b64(b"\0" + user + b"\0" + raw), _b64(user + b"\0" + user + b"\0" + raw)}
+        forms.add(_b64(b"user=" + user + b"\x01auth=Bearer " + raw + b"\x01\x01"))  # AUTH XOAUTH2
     for offset in range(3):
         # the characters of base64(prefix + secret) that depend on the secret's bytes only
         encoded = _b64(b"\0" * offset + raw)

@@ -26,6 +26,12 @@ Behaviours (keyword arguments of :func:`start_server`, freely combined):
   SMTPS, with a certificate from a process-wide trustme CA (``.ca_pem_path``).
 * ``auth={"user": "password"}``: AUTH PLAIN/LOGIN required before MAIL FROM;
   ``fail_auth_after=k`` makes every AUTH fail once k messages were accepted.
+* ``xoauth2=lambda user, token: bool``: AUTH XOAUTH2 offered and required (alone, unless
+  ``auth`` is also given); a refused token gets Gmail's answer (a 334 JSON challenge, then
+  535). ``token_messages=k``: a token expires once k messages were accepted on sessions it
+  signed in, so that a client must fetch a new one for a later connection.
+* ``basic_auth_disabled``: PLAIN and LOGIN are offered but always refused with Microsoft
+  365's ``535 5.7.139 Authentication unsuccessful, basic authentication is disabled``.
 * ``reply_after=(k, reply)``: once k messages were accepted, answer ``reply`` at
   stage ``reply_after_at`` ("mail" by default).
 * ``reply_hook(stage, envelope, accepted_count) -> str | None``: answer anything at
@@ -52,6 +58,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import base64
 import contextlib
 import email
 import email.message
@@ -72,13 +79,14 @@ from typing import Any, Literal, NamedTuple, Self, cast
 
 import trustme
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from mailblast.capture import MAILTRAP_THROTTLE_REPLY, WindowCount
 
 __all__ = [
     "AUTH_INVALID_REPLY",
     "AUTH_REQUIRED_REPLY",
+    "BASIC_AUTH_DISABLED_REPLY",
     "DROP",
     "HOST",
     "MAILTRAP_THROTTLE_REPLY",
@@ -106,6 +114,9 @@ SES_THROTTLE_REPLY = "454 Throttling failure: Maximum sending rate exceeded."
 TEMP_FAILURE_REPLY = "451 4.3.0 Temporary failure"
 AUTH_INVALID_REPLY = "535 5.7.8 Authentication credentials invalid"
 AUTH_REQUIRED_REPLY = "530 5.7.0 Authentication required"
+BASIC_AUTH_DISABLED_REPLY = "535 5.7.139 Authentication unsuccessful, basic authentication is disabled."
+XOAUTH2_REFUSED_REPLY = "535 5.7.8 Username and Password not accepted. For more information, go to support"
+XOAUTH2_CHALLENGE = '{"status":"401","schemes":"bearer","scope":"https://mail.google.com/"}'
 OK_REPLY = "250 OK"
 QUEUED_REPLY = "250 2.0.0 Ok: queued"
 
@@ -370,7 +381,7 @@ class _Handler:
         responses: list[str],
     ) -> list[str]:
         session.host_name = hostname  # the 5-argument hook must do this itself
-        if self.owner._credentials is None:
+        if not self.owner._offers_auth:
             responses = [r for r in responses if not r[4:].upper().startswith("AUTH")]
         return responses
 
@@ -383,7 +394,7 @@ class _Handler:
         mail_options: list[str],
     ) -> str:
         owner = self.owner
-        if owner._credentials is not None and not session.authenticated:
+        if owner._offers_auth and not session.authenticated:
             return AUTH_REQUIRED_REPLY
         owner._mail_count += 1
         if (refusal := owner._postfix_mail(session.peer)) is not None:
@@ -432,6 +443,40 @@ class _Handler:
         return QUEUED_REPLY
 
 
+    async def auth_XOAUTH2(self, server: SMTP, args: list[str]) -> AuthResult:
+        """RFC-less but universal: base64("user=U^Aauth=Bearer TOKEN^A^A"), as Gmail and Microsoft take it."""
+        owner = self.owner
+        if len(args) == 1:
+            blob: Any = await server.challenge_auth("")
+            if blob is MISSING:
+                return AuthResult(success=False, handled=True)
+        else:
+            try:
+                blob = base64.b64decode(args[1], validate=True)
+            except ValueError:
+                await server.push("501 5.5.2 Cannot decode the response")
+                return AuthResult(success=False, handled=True)
+        fields = dict(
+            part.split("=", 1) for part in blob.decode("utf-8", "replace").split("\x01") if "=" in part
+        )
+        user, token = fields.get("user", ""), fields.get("auth", "").removeprefix("Bearer ")
+        assert owner.xoauth2 is not None
+        with owner._cond:
+            used = owner._token_uses.get(token, 0)
+        expired = owner.token_messages is not None and used >= owner.token_messages
+        ok = bool(user) and owner.xoauth2(user, token) and not expired
+        with owner._cond:
+            owner._auth_attempts.append(AuthAttempt(time.monotonic(), user, "XOAUTH2", ok))
+        if not ok:
+            await server.challenge_auth(XOAUTH2_CHALLENGE)  # the client answers with an empty line
+            return AuthResult(success=False, handled=False, message=owner._xoauth2_refusal(blob, token))
+        assert server.session is not None
+        server.session.xoauth2_token = token  # type: ignore[attr-defined]
+        with owner._cond:
+            owner._token_uses.setdefault(token, 0)
+        return AuthResult(success=True, auth_data=LoginPassword(user.encode(), b""))
+
+
 class _Credentials:
     """Username -> password; never shows the passwords in a repr."""
 
@@ -468,6 +513,9 @@ class SmtpServer:
         implicit_tls: bool = False,
         auth: dict[str, str] | None = None,
         fail_auth_after: int | None = None,
+        xoauth2: Callable[[str, str], bool] | None = None,
+        token_messages: int | None = None,
+        basic_auth_disabled: bool = False,
         reply_after: tuple[int, str] | None = None,
         reply_after_at: Stage = "mail",
         reply_hook: ReplyHook | None = None,
@@ -492,6 +540,8 @@ class SmtpServer:
             raise ValueError("implicit_tls cannot be combined with STARTTLS options")
         if fail_auth_after is not None and auth is None:
             raise ValueError("fail_auth_after needs auth")
+        if token_messages is not None and xoauth2 is None:
+            raise ValueError("token_messages needs xoauth2")
 
         self.rate = rate
         self.throttle_reply = _check_reply(throttle_reply, "throttle_reply")
@@ -506,6 +556,9 @@ class SmtpServer:
         self.require_starttls = require_starttls
         self.implicit_tls = implicit_tls
         self.fail_auth_after = fail_auth_after
+        self.xoauth2 = xoauth2
+        self.token_messages = token_messages
+        self.basic_auth_disabled = basic_auth_disabled
         self.reply_after = reply_after
         self.reply_after_at = _check_stage(reply_after_at, "reply_after_at")
         self.reply_hook = reply_hook
@@ -525,6 +578,8 @@ class SmtpServer:
         if isinstance(reject_recipients, str):
             reject_recipients = {reject_recipients}
         self._credentials = _Credentials(auth) if auth is not None else None
+        self._offers_auth = auth is not None or xoauth2 is not None or basic_auth_disabled
+        self._token_uses: dict[str, int] = {}  # XOAUTH2 token -> messages accepted with it
         self._rejected_set = (
             {a.lower() for a in reject_recipients}
             if reject_recipients is not None and not callable(reject_recipients)
@@ -570,8 +625,12 @@ class SmtpServer:
                 # count implicit TLS as TLS for auth_require_tls).
                 "auth_require_tls": self.tls,
             }
-            if self._credentials is not None:
+            if self._credentials is not None or self.basic_auth_disabled:
                 kwargs["authenticator"] = self._authenticate
+            excluded = [] if self.xoauth2 is not None else ["XOAUTH2"]
+            if self._credentials is None and not self.basic_auth_disabled:
+                excluded += ["PLAIN", "LOGIN"]
+            kwargs["auth_exclude_mechanism"] = excluded
             if self.tls:
                 kwargs["tls_context"] = local_ca().server_context()
                 kwargs["require_starttls"] = self.require_starttls
@@ -667,6 +726,12 @@ class SmtpServer:
     def auth_attempts(self) -> list[AuthAttempt]:
         with self._cond:
             return list(self._auth_attempts)
+
+    @property
+    def token_uses(self) -> dict[str, int]:
+        """XOAUTH2 tokens that signed in, and how many messages each one's sessions sent."""
+        with self._cond:
+            return dict(self._token_uses)
 
     @property
     def connections(self) -> int:
@@ -814,21 +879,32 @@ class SmtpServer:
             user=user,
             tls=server.uses_tls,
         )
+        token = getattr(session, "xoauth2_token", None)
         with self._cond:
             self._received.append(message)
             self._accepted_at.append(now)  # monotonic clock: stays sorted
+            if token is not None:
+                self._token_uses[token] += 1
             if self._window is not None:
                 self._window.add(now)
             self._cond.notify_all()
 
+    def _xoauth2_refusal(self, blob: bytes, token: str) -> str:
+        """The reply to a refused XOAUTH2 token (a subclass may echo what it got)."""
+        return XOAUTH2_REFUSED_REPLY
+
     def _authenticate(
         self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
     ) -> AuthResult:
-        assert self._credentials is not None
         if not isinstance(data, LoginPassword):
             return AuthResult(success=False, handled=False)
         username = data.login.decode("utf-8", "replace")
         password = data.password.decode("utf-8", "replace")
+        if self.basic_auth_disabled:
+            with self._cond:
+                self._auth_attempts.append(AuthAttempt(time.monotonic(), username, mechanism, False))
+            return AuthResult(success=False, handled=False, message=BASIC_AUTH_DISABLED_REPLY)
+        assert self._credentials is not None
         ok = self._credentials.check(username, password)
         if self.fail_auth_after is not None and self.accepted_count >= self.fail_auth_after:
             ok = False

@@ -305,3 +305,48 @@ def test_the_composer_worker_dies_with_a_killed_parent(
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     wait_until(lambda: not any(alive(pid) for pid in workers), timeout=20)
+
+
+def test_kill_9_among_random_451s_leaves_only_real_unknowns(
+    tmp_path: Path, smtp_server: Callable[..., SmtpServer]
+) -> None:
+    # the case e: 30% random 451s, 3 connections, kill -9; then --skip-uncertain
+    flaky = smtp_server(fail_random=(0.3, "451 4.3.0 Temporary failure"), data_latency=0.02, seed=7)
+    write_campaign(tmp_path, people(300))
+    proc = start(tmp_path, command(flaky.url, "--connections", "3"))
+    wait_until(lambda: len(flaky.received) >= 30)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    time.sleep(0.5)
+    states = journal_states(tmp_path)
+    assert states["sending"] <= 3  # only a final "." whose reply never came; a 451 is not one
+    server = smtp_server()
+    skipped = run(tmp_path, command(server.url, "--skip-uncertain"))
+    assert skipped.returncode == 0, skipped.stderr
+    in_flight = journal_states(tmp_path)["sending"]
+    delivered = set(flaky.recipients()) | set(server.recipients())
+    assert len(delivered) >= 300 - in_flight  # everyone else was sent
+    again = run(tmp_path, command(server.url, "--skip-uncertain"))
+    assert again.returncode == 0, again.stderr
+    if in_flight:
+        assert f"{in_flight} left out as uncertain (--skip-uncertain)" in again.stderr
+
+
+def test_a_message_in_flight_before_stays_in_flight_until_it_is_really_sent(
+    tmp_path: Path, smtp_server: Callable[..., SmtpServer]
+) -> None:
+    slow = smtp_server(data_latency=30)  # the reply never comes before the kill
+    write_campaign(tmp_path, people(3))
+    proc = start(tmp_path, command(slow.url, "--connections", "1"))
+    wait_until(lambda: journal_states(tmp_path)["sending"] == 1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    slow.stop()
+    refusing = smtp_server(reply_after=(0, "535 5.7.8 Authentication credentials invalid"))
+    stopped = run(tmp_path, command(refusing.url))
+    assert stopped.returncode == 3, stopped.stderr
+    assert journal_states(tmp_path)["sending"] == 1  # not "pending": the first run may have delivered it
+    healthy = smtp_server()
+    again = run(tmp_path, command(healthy.url))
+    assert again.returncode == 0, again.stderr
+    assert "sent again, possible duplicates: row 1 user0@example.com" in again.stderr

@@ -16,6 +16,7 @@ from rich.console import Console
 
 from mailblast.compose import RowError, Template
 from mailblast.connection import Connection
+from mailblast.credentials import Credentials
 from mailblast.outcomes import Counts, Outcome, Status
 from mailblast.progress import SendProgress
 from mailblast.ratelimit import SlidingWindowLimiter
@@ -55,10 +56,11 @@ def send(
     template = Template(template_path)
     target = parse_smtp_url(url.replace("://", f"://{user}@") if user else url)
     limiter = limiter or SlidingWindowLimiter(*(rate or (None, 1.0)))
+    login = Credentials(target.username, password=password) if target.username else None
     opts = SenderOptions(**{"backoff_base": 0.01, "backoff_cap": 0.05, **options})  # type: ignore[arg-type]
     outcomes: list[Outcome] = []
     sender = Sender(
-        lambda: Connection(target, password, timeout=5, tls_context=tls_context),
+        lambda: Connection(target, login, timeout=5, tls_context=tls_context),
         limiter,
         opts,
         outcomes.append,
