@@ -3,6 +3,7 @@
     python bench/bench_render.py                 # 100,000 rows
     python bench/bench_render.py --rows 20000    # quicker
     python bench/bench_render.py --flat          # 100,000 and 1,000,000 rows: memory must stay flat
+    python bench/bench_render.py --sandbox-cost  # also without Jinja's sandbox (sandbox = false), same run
 
 Each command runs in its own process; peak memory is that process's max RSS.
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 
 TEMPLATE = """\
 From: Newsletter <news@example.com>
-To: {{ name }} <{{ email }}>
+To: {{ mailbox(name, email) }}
 Subject: Hello {{ name }}, your {{ plan }} plan 🎉
 
 # Hi {{ name }}
@@ -48,13 +49,21 @@ def measure(args: list[str], cwd: Path) -> tuple[float, float, int]:
     return elapsed, usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status)
 
 
-def run(rows: int, work: Path) -> list[tuple[str, int, float, float]]:
+def run(rows: int, work: Path, sandbox_cost: bool = False) -> list[tuple[str, int, float, float]]:
     csv_path = work / f"r{rows}.csv"
     make_csv(csv_path, rows)
     (work / "news.md").write_text(TEMPLATE, encoding="utf-8")
+    (work / "unsandboxed.toml").write_text("sandbox = false\n", encoding="utf-8")
     exe = [sys.executable, "-m", "mailblast"]
+    commands = [("check", ["check"]), ("send --dry-run", ["send", "--dry-run"])]
+    if sandbox_cost:  # interleaved, so that both see the same load
+        commands = [
+            (f"{name}{label}", [*extra, *config])
+            for name, extra in commands
+            for label, config in (("", []), (" (no sandbox)", ["--config", "unsandboxed.toml"]))
+        ]
     results = []
-    for name, extra in (("check", ["check"]), ("send --dry-run", ["send", "--dry-run"])):
+    for name, extra in commands:
         args = [*exe, *extra, str(csv_path), "--template", "news.md"]
         elapsed, peak, code = measure(args, work)
         if code != 0:
@@ -70,15 +79,24 @@ def main() -> None:
     )
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--flat", action="store_true", help="also run 10x the rows and compare memory")
+    parser.add_argument(
+        "--sandbox-cost", action="store_true", help="also run without Jinja's sandbox and compare rows/s"
+    )
     options = parser.parse_args()
     sizes = [options.rows, options.rows * 10] if options.flat else [options.rows]
     results = []
     with tempfile.TemporaryDirectory(prefix="mailblast-bench-") as tmp:
         for rows in sizes:
-            results.extend(run(rows, Path(tmp)))
-    print(f"{'command':<16}{'rows':>12}{'rows/s':>10}{'peak MiB':>10}")
+            results.extend(run(rows, Path(tmp), options.sandbox_cost))
+    print(f"{'command':<30}{'rows':>12}{'rows/s':>10}{'peak MiB':>10}")
     for name, rows, rate, peak in results:
-        print(f"{name:<16}{rows:>12,}{rate:>10,.0f}{peak:>10.1f}")
+        print(f"{name:<30}{rows:>12,}{rate:>10,.0f}{peak:>10.1f}")
+    if options.sandbox_cost:
+        rates = {(name, rows): rate for name, rows, rate, _ in results}
+        for (name, rows), rate in rates.items():
+            if (f"{name} (no sandbox)", rows) in rates:
+                cost = 1 - rate / rates[(f"{name} (no sandbox)", rows)]
+                print(f"{name}, {rows:,} rows: the sandbox costs {cost:.1%} of the rows/s")
     if options.flat:
         for name in ("check", "send --dry-run"):
             small, large = [peak for n, _, _, peak in results if n == name]

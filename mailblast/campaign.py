@@ -9,6 +9,7 @@ import shutil
 import signal
 import ssl
 import tempfile
+import time
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -29,6 +30,16 @@ from mailblast.errors import ConfigError, InputError, MailblastError, StoppedErr
 from mailblast.journal import Journal, default_path
 from mailblast.outcomes import Counts, Outcome, Reasons, Status, average_rate, rate_seconds
 from mailblast.progress import SendProgress
+from mailblast.quota import (
+    WAIT_AT_MOST,
+    QuotaBook,
+    QuotaLimiter,
+    account_of,
+    is_quota,
+    quota_use,
+    stop_message,
+    when,
+)
 from mailblast.ratelimit import SlidingWindowLimiter
 from mailblast.recipients import CsvFormat, Recipient, RecipientsFile
 from mailblast.replies import Kind, Verdict
@@ -41,6 +52,7 @@ from mailblast.worker import ComposeWorker
 # that its start-up overlaps it; for smaller ones the start-up would cost more than it saves.
 COMPOSE_IN_WORKER_FROM = 64 * 1024  # bytes, about a thousand rows
 INTERRUPTED = Verdict(Kind.FATAL, None, None, None, "interrupted")
+QUOTA_USED = Verdict(Kind.FATAL, None, None, None, "the account's quota is used")
 JOURNAL_FAILED = Verdict(Kind.FATAL, None, None, None, "the journal cannot be written")
 REPORT_FAILED = Verdict(Kind.FATAL, None, None, None, "the report cannot be written")
 STOPPED = "the run stopped first"
@@ -70,8 +82,13 @@ def run_send(
     ask_password: Callable[[str], str],
     stdout: TextIO,
     resume_command: str,
+    *,
+    quotas: bool = True,
 ) -> int:
-    """Check every row, then send those not sent yet; journal, report and summarise."""
+    """Check every row, then send those not sent yet; journal, report and summarise.
+
+    A rate over more than a minute is a quota kept across runs (quota.py), unless ``quotas`` is off.
+    """
     if settings.outbox is not None or not settings.smtp_url:
         return _rehearse(settings, recipients_path, console, ask_password, stdout, resume_command)
     target = parse_smtp_url(settings.smtp_url)
@@ -85,6 +102,7 @@ def run_send(
     # Started before the check pass, so that a worker process's start-up overlaps it.
     composer = ComposeWorker(inputs.template, in_worker=inputs.recipients.size >= COMPOSE_IN_WORKER_FROM)
     journal = None
+    book = QuotaBook() if quotas and is_quota(rate) else None
     try:
         journal = None if settings.no_journal else _open_journal(settings, recipients_path, console)
         tally, plan = _check_and_plan(journal, inputs, settings, console)
@@ -103,6 +121,16 @@ def run_send(
         if plan.total == 0:
             console.print(_nothing_to_send(journal, settings), highlight=False)
             return 0
+        account = account_of(target)
+        if book is not None:
+            assert rate is not None
+            use = quota_use(book, account, rate, time.time())
+            console.print(use.describe(), highlight=False)
+            if use.next_free - use.now > WAIT_AT_MOST and not settings.wait:
+                raise StoppedError(
+                    stop_message(account, rate, 0, plan.total, use.next_free),
+                    _quota_hint(journal, resume_command),
+                )
         # asked only now: a bad row should not cost typing a password
         credentials = gather_credentials(
             target.username,
@@ -124,7 +152,22 @@ def run_send(
         def connect() -> Connection:
             return Connection(target, credentials, timeout=settings.timeout, tls_context=tls_context)
 
-        limiter = SlidingWindowLimiter(rate.count if rate else None, rate.period if rate else 1.0)
+        limiter: SlidingWindowLimiter
+        if book is not None:
+            assert rate is not None
+            limiter = QuotaLimiter(
+                book,
+                account,
+                rate,
+                wait=settings.wait,
+                stopping=lambda: sender.stopping,
+                on_exhausted=lambda _: sender.stop(QUOTA_USED),
+                on_wait=lambda at: console.print(
+                    f"the quota of {rate} for {account} is used: waiting until {when(at)}", highlight=False
+                ),
+            )
+        else:
+            limiter = SlidingWindowLimiter(rate.count if rate else None, rate.period if rate else 1.0)
         options = SenderOptions(settings.connections, settings.max_messages, settings.retries)
         # On a terminal, a long report goes to a file rather than over the screen.
         report_path = settings.report or (default_report_path(recipients_path) if stdout.isatty() else None)
@@ -148,7 +191,7 @@ def run_send(
             )
             recorder.stop = sender.stop
             sender.counts.total = plan.total
-            window = rate.period if rate else 1.0
+            window = rate.period if rate and book is None else 1.0
             if journal is not None:
                 journal.start_sending(window)
             elapsed, cut_short = asyncio.run(_send(sender, plan, composer, settings, console, recorder))
@@ -168,6 +211,8 @@ def run_send(
     finally:
         composer.close()
         inputs.close()
+        if book is not None:
+            book.close()
         if journal is not None:
             journal.close()
     if journal is not None:
@@ -193,6 +238,13 @@ def run_send(
         )
     if sender.stopped_by is INTERRUPTED or (cut_short and sender.stopped_by is None):
         raise StoppedError(f"interrupted: {sender.counts.not_attempted:,} recipient(s) not attempted", resume)
+    if sender.stopped_by is QUOTA_USED and isinstance(limiter, QuotaLimiter):
+        assert rate is not None and limiter.exhausted_until is not None
+        counts = sender.counts
+        raise StoppedError(
+            stop_message(account, rate, counts.sent, counts.not_attempted, limiter.exhausted_until),
+            _quota_hint(journal, resume_command),
+        )
     if sender.stopped_by is not None:
         hint = _stop_hint(sender.stopped_by, resume, target, credentials)
         raise StoppedError(f"stopped: {sender.stopped_by.describe()}", hint)
@@ -219,7 +271,8 @@ def _rehearse(
     journal = settings.journal or outbox / REHEARSAL_JOURNAL
     with capture.in_background(outbox) as server:
         local = replace(settings, smtp_url=server.url, journal=journal, outbox=None)
-        code = run_send(local, recipients_path, console, ask_password, stdout, resume_command)
+        # a rehearsal uses no account's quota
+        code = run_send(local, recipients_path, console, ask_password, stdout, resume_command, quotas=False)
     if code == InputError.exit_code:
         return code  # a bad row: the check pass said what to fix, and nothing was sent
     console.print(
@@ -584,6 +637,15 @@ def wants_bom(fmt: CsvFormat) -> bool:
     return fmt.encoding.replace("_", "-").lower() != "utf-8"
 
 
+def _quota_hint(journal: Journal | None, resume_command: str) -> str:
+    again = (
+        f"run the same command again then, to resume: {resume_command}"
+        if journal is not None
+        else "send the report's rows again then"
+    )
+    return f"{again}; or pass --wait to wait for it"
+
+
 def default_report_path(recipients_path: Path) -> Path:
     """Where the report goes when it should not flood a terminal: beside the recipients file."""
     return recipients_path.with_name(f"{recipients_path.stem}.not-sent.csv")
@@ -697,7 +759,22 @@ def run_status(
             display.print_reasons(console, "failures by reason", reasons.lines())
     finally:
         journal.close()
+    _print_quota(settings, console)
     return 0
+
+
+def _print_quota(settings: Settings, console: Console) -> None:
+    """The account's use of its quota, when the settings name one."""
+    rate = parse_rate(settings.rate) if settings.rate else None
+    if not settings.smtp_url or not is_quota(rate):
+        return
+    assert rate is not None
+    book = QuotaBook()
+    try:
+        use = quota_use(book, account_of(parse_smtp_url(settings.smtp_url)), rate, time.time())
+    finally:
+        book.close()
+    console.print(use.describe(), highlight=False)
 
 
 def run_report(

@@ -166,8 +166,8 @@ def send(
         str | None,
         typer.Option(
             "--rate",
-            help="Most messages per period, e.g. 3/s, 180/min, 10000/h, 5/2s "
-            "[default: none; slow down when the server says so].",
+            help="Most messages per period, e.g. 3/s, 180/min, 5/2s; over a minute (500/d, 100/h) it is "
+            "the account's quota, kept across runs [default: none; slow down when the server says so].",
         ),
     ] = None,
     connections: Annotated[
@@ -235,6 +235,10 @@ def send(
     test_row: Annotated[
         int | None, typer.Option("--row", help="With --test-to: send the message of this row instead.")
     ] = None,
+    wait: Annotated[
+        bool | None,
+        typer.Option("--wait", help="When the account's quota is used, wait for it instead of stopping."),
+    ] = None,
     outbox: Annotated[
         Path | None,
         typer.Option(
@@ -280,8 +284,15 @@ def status(
     suppressed: Annotated[
         bool, typer.Option("--suppressed", help="List the suppressed addresses, one a line.")
     ] = False,
+    smtp_url: Annotated[
+        str | None,
+        typer.Option("--smtp", envvar="MAILBLAST_SMTP_URL", help="With a --rate quota: the account to show."),
+    ] = None,
+    rate: Annotated[
+        str | None, typer.Option("--rate", help="A quota such as 500/d: show the account's use of it.")
+    ] = None,
 ) -> None:
-    """Show a campaign's progress from its journal: counts, start, rate, failures by reason."""
+    """Show a campaign's progress from its journal: counts, start, rate, failures by reason, quota."""
     options = {k: v for k, v in locals().items() if k != "suppressed"}
     _run(
         lambda console: campaign.run_status(

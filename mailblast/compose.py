@@ -67,15 +67,20 @@ UTF8.header_encoding = BASE64
 
 
 class _WirePolicy(Compat32):
-    """compat32 with CRLF that skips re-folding short ASCII headers, the common case."""
+    """compat32 with CRLF that skips re-folding short ASCII headers, the common case.
+
+    A value that looks like an RFC 2047 encoded word ("=?utf-8?q?...?=") is encoded itself,
+    so that a mail client shows the text the row held, not what it would decode to.
+    """
 
     def fold_binary(self, name: str, value: Any) -> bytes:
         if isinstance(value, str):
-            if value.isascii() and len(name) + len(value) + 2 <= 78:
+            lookalike = "=?" in value and name.lower() not in ADDRESS_HEADERS  # ours are encoded already
+            if value.isascii() and not lookalike and len(name) + len(value) + 2 <= 78:
                 return f"{name}: {value}{self.linesep}".encode("ascii")
             if name.lower() == "list-unsubscribe":  # ASCII by construction: one <link> a line
                 return f"{name}: {value.replace(', <', f',{self.linesep} <')}{self.linesep}".encode("ascii")
-            if not value.isascii():
+            if not value.isascii() or lookalike:
                 value = Header(value, UTF8, header_name=name)
         return super().fold_binary(name, value)
 
@@ -278,7 +283,7 @@ class Template:
         header_source = "\n".join(lines[:blank])
         self.source_sha = hashlib.sha256(source.encode()).hexdigest()
         header_env = make_environment(
-            self.path.parent, sandbox=sandbox, undefined=_Missing, finalize=hdr.mark, autoescape=False
+            self.path.parent, sandbox=sandbox, undefined=_Missing, finalize=hdr.Marker(), autoescape=False
         )
         body_env = make_environment(
             self.path.parent, sandbox=sandbox, undefined=_Missing, autoescape=self.kind == "html"
@@ -383,8 +388,9 @@ class Template:
 
     def _render_row(self, recipient: Recipient) -> Rendered:
         context = dict(recipient.fields)
-        for name in self.builtin_names:
-            context.pop(name, None)
+        if not self.builtin_names.isdisjoint(context):
+            for name in self.builtin_names:
+                context.pop(name, None)
         context["email"] = recipient.address
         context["row"] = recipient.fields
         links = self._unsubscribe_links(context) if self._unsubscribe else {}
@@ -571,7 +577,7 @@ class Template:
         """(name, marked value) pairs; only CR LF, LF and CR end a line."""
         headers: list[tuple[str, str]] = []
         for line in hdr.HEADER_LINES.split(text):
-            if not hdr.unmark(line).strip():
+            if hdr.is_blank(line):
                 continue  # an {% if %} that rendered to nothing
             if line[0] in " \t" and headers:
                 name, value = headers[-1]
@@ -584,7 +590,7 @@ class Template:
                 )
             if not sep or not name or not all(33 <= ord(c) <= 126 for c in name):
                 raise RowError(f"the header block has a line that is not a header: {line!r}")
-            if hdr.unmark(value).strip():
+            if not hdr.is_blank(value):
                 headers.append((name, value.strip()))
         return headers
 
@@ -638,6 +644,8 @@ def _text_part(text: str, subtype: str) -> Message:
 
 
 def _format_address(display_name: str, address: str) -> str:
+    if address.isascii() and "=?" in display_name:  # an encoded word lookalike: encoded, it reads as written
+        return f"{Header(display_name, UTF8).encode()} <{address}>"
     if address.isascii():
         return formataddr((display_name, address), charset=UTF8)
     # Only in an SMTPUTF8 message, where raw UTF-8 is allowed in every header.

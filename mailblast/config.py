@@ -86,6 +86,7 @@ class Settings:
     restart: bool = False
     retry_failed: bool = False
     skip_uncertain: bool = False
+    wait: bool = False  # wait for the account's quota instead of stopping
     outbox: Path | None = None  # deliver into this Maildir through the local capture server
     test_to: str | None = None  # send a few messages to this address only (testsend.py)
     test_count: int | None = None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 from types import TracebackType
 
 from rich.console import Console
@@ -15,28 +16,40 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from mailblast.outcomes import Counts
 
-RATE_WINDOW = 5.0  # seconds over which "current messages/s" is measured
+# Seconds over which messages/s and the time left are measured: long enough to hold several of the
+# bursts a server's message limit makes (Postfix: 30 at once, then nothing for 10 s).
+RATE_WINDOW = 60.0
 
 
 class SendProgress:
     """``async with SendProgress(...)``: shows ``counts`` until the block ends."""
 
     def __init__(
-        self, console: Console, counts: Counts, *, quiet: bool = False, plain_every: float = 5.0
+        self,
+        console: Console,
+        counts: Counts,
+        *,
+        quiet: bool = False,
+        plain_every: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._console = console
         self._counts = counts
         self._quiet = quiet
         self._plain_every = plain_every
-        self._samples: deque[tuple[float, int]] = deque()
-        self._started = time.monotonic()
+        self._clock = clock
+        self._started = clock()
+        self._samples: deque[tuple[float, int]] = deque([(self._started, self._delivered())])
         self._task: asyncio.Task[None] | None = None
         self._bar: Progress | None = None
 
+    def _delivered(self) -> int:
+        return self._counts.sent + self._counts.uncertain
+
     def rate(self) -> float:
-        """Messages sent per second over the last few seconds."""
-        now = time.monotonic()
-        self._samples.append((now, self._counts.sent + self._counts.uncertain))
+        """Messages sent per second over the last minute (or since the start)."""
+        now = self._clock()
+        self._samples.append((now, self._delivered()))
         while len(self._samples) > 2 and now - self._samples[1][0] >= RATE_WINDOW:
             self._samples.popleft()
         (t0, n0), (t1, n1) = self._samples[0], self._samples[-1]
@@ -49,7 +62,7 @@ class SendProgress:
         eta = f", about {_duration(left / rate)} left" if rate > 0 and left else ""
         return (
             f"{c.done:,}/{c.total:,} done: {c.sent:,} sent, {c.failed:,} failed, "
-            f"{c.retrying:,} retrying, {rate:.1f} msg/s{eta}"
+            f"{c.retrying:,} waiting to retry, {rate:.1f} msg/s{eta}"
         )
 
     async def __aenter__(self) -> SendProgress:
@@ -79,7 +92,7 @@ class SendProgress:
     def _show(self) -> None:
         if self._bar is not None:
             c = self._counts
-            detail = f"sent {c.sent:,} · failed {c.failed:,} · retrying {c.retrying:,} · {self.rate():.1f}/s"
+            detail = f"sent {c.sent:,} · failed {c.failed:,} · waiting {c.retrying:,} · {self.rate():.1f}/s"
             self._bar.update(self._bar.task_ids[0], completed=c.done, detail=detail)
         else:
             self._console.print(self.line(), highlight=False)
@@ -95,7 +108,7 @@ class SendProgress:
 
     @property
     def elapsed(self) -> float:
-        return time.monotonic() - self._started
+        return self._clock() - self._started
 
 
 def _duration(seconds: float) -> str:

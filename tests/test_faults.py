@@ -198,7 +198,7 @@ def test_one_signal_while_the_rate_limit_waits_reports_every_recipient(
 ) -> None:
     server = smtp_server()
     write_campaign(tmp_path, people(3))
-    proc = start(tmp_path, command(server.url, "--rate", "1/h"))
+    proc = start(tmp_path, command(server.url, "--rate", "1/min"))  # over a minute it is a quota
     wait_until(lambda: len(server.received) == 1)
     time.sleep(0.3)
     began = time.monotonic()

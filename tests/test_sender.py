@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import re
 import ssl
 from collections import Counter
@@ -279,10 +280,32 @@ def test_progress_plain_lines_when_not_a_terminal() -> None:
     asyncio.run(work())
     lines = out.getvalue().splitlines()
     assert len(lines) >= 2  # periodic lines, no bar and no escape codes
-    pattern = re.compile(r"^(\d+)/10 done: \1 sent, 0 failed, 0 retrying, [\d.]+ msg/s(, about \d+s left)?$")
+    pattern = re.compile(
+        r"^(\d+)/10 done: \1 sent, 0 failed, 0 waiting to retry, [\d.]+ msg/s(, about \d+s left)?$"
+    )
     assert all(pattern.match(line) for line in lines), lines
     done = [int(line.split("/")[0]) for line in lines]
     assert done == sorted(done) and done[-1] > done[0]
+
+
+def test_progress_is_steady_when_sending_comes_in_bursts() -> None:
+    now = [0.0]
+    counts = Counts(total=120)
+    progress = SendProgress(Console(file=io.StringIO()), counts, clock=lambda: now[0])
+    estimates = []
+    for second in range(1, 45):  # 30 at once every 11 s, as Postfix's 30 per 10 s allows
+        now[0] = float(second)
+        if second % 11 == 1:
+            counts.sent += 30
+        counts.retrying = 3 if second % 11 == 2 else 0
+        if second > 12 and counts.sent < 120:
+            line = progress.line()
+            estimates.append(int(re.search(r"about (\d+)s left", line).group(1)))  # type: ignore[union-attr]
+    # the time left only goes down, never jumps up between bursts
+    assert estimates and all(b <= a + 1 for a, b in itertools.pairwise(estimates))
+    now[0] += 1
+    counts.retrying = 7
+    assert "7 waiting to retry" in progress.line()
 
 
 def test_quiet_progress_prints_nothing() -> None:

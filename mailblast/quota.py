@@ -1,0 +1,216 @@
+"""Quotas that hold across runs: a --rate over more than a minute (500/d, 100/h), per SMTP account.
+
+A Gmail account sends about 500 a day whichever campaign sends them, so the times of the
+messages sent through each account (host and user) are kept in a small SQLite database in
+the user's state folder, shared by every campaign on the machine. A message counts from
+the moment its slot is taken, just before its MAIL FROM.
+
+``used`` and ``next_free`` are the pure rule; ``QuotaBook`` is the database; ``QuotaLimiter``
+is the run's rate limiter with the quota in front of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import math
+import os
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+
+from mailblast.errors import ConfigError
+from mailblast.ratelimit import SlidingWindowLimiter, Slot
+from mailblast.urls import Rate, SmtpTarget
+
+QUOTA_FROM = 60.0  # seconds: a rate over a longer period is a quota kept across runs
+WAIT_AT_MOST = 300.0  # seconds: a free slot further away stops the run, unless --wait
+KEEP_FOR = 31 * 86400.0  # seconds of history kept
+STATE_DIR_ENV = "MAILBLAST_STATE_DIR"
+WAIT_STEP = 1.0  # seconds: a wait for the quota looks this often whether the run was stopped
+
+
+def is_quota(rate: Rate | None) -> bool:
+    return rate is not None and rate.period > QUOTA_FROM
+
+
+def account_of(target: SmtpTarget) -> str:
+    """The account a quota belongs to: the login at the host (the port does not make another)."""
+    host = target.host.lower()
+    return f"{target.username}@{host}" if target.username else host
+
+
+# -- the rule, free of I/O ------------------------------------------------------------------
+
+
+def used(sent_at: Sequence[float], period: float, now: float) -> int:
+    """How many of the sorted times ``sent_at`` are in the window ``(now - period, now]``."""
+    return bisect.bisect_right(sent_at, now) - bisect.bisect_right(sent_at, now - period)
+
+
+def next_free(sent_at: Sequence[float], limit: int, period: float, now: float) -> float:
+    """When the next message may go under ``limit`` per ``period``: ``now``, or when enough expire."""
+    start = bisect.bisect_right(sent_at, now - period)
+    in_window = sent_at[start : bisect.bisect_right(sent_at, now)]
+    if len(in_window) < limit:
+        return now
+    # the window must lose len - limit + 1 of them; the last of those leaves at its time + period
+    return in_window[len(in_window) - limit] + period
+
+
+# -- the database ---------------------------------------------------------------------------
+
+
+def state_dir() -> Path:
+    override = os.environ.get(STATE_DIR_ENV)
+    return Path(override) if override else platformdirs.user_state_path("mailblast")
+
+
+class QuotaBook:
+    """The sending times of every account, in ``quota.sqlite`` in the state folder."""
+
+    def __init__(self, folder: Path | None = None, *, clock: Callable[[], float] = time.time) -> None:
+        self.path = (folder or state_dir()) / "quota.sqlite"
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("CREATE TABLE IF NOT EXISTS sent (account TEXT NOT NULL, at REAL NOT NULL)")
+            self._db.execute("CREATE INDEX IF NOT EXISTS sent_by_account ON sent (account, at)")
+            self._db.execute("DELETE FROM sent WHERE at < ?", (clock() - KEEP_FOR,))
+        except (OSError, sqlite3.Error) as e:
+            raise ConfigError(
+                f"{self.path}: cannot open the quota database: {e}",
+                f"set {STATE_DIR_ENV} to a writable folder",
+            ) from None
+
+    def times(self, account: str, period: float, now: float) -> list[float]:
+        """The account's sending times in the window ending ``now``, oldest first."""
+        rows = self._db.execute(
+            "SELECT at FROM sent WHERE account = ? AND at > ? ORDER BY at", (account, now - period)
+        )
+        return [at for (at,) in rows]
+
+    def take(self, account: str, limit: int, period: float, now: float) -> float | None:
+        """Take a slot now if one is free (None), else say when the next one is; atomic across processes."""
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                free_at = next_free(self.times(account, period, now), limit, period, now)
+                if free_at <= now:
+                    db.execute("INSERT INTO sent VALUES (?, ?)", (account, now))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as e:
+            raise ConfigError(
+                f"{self.path}: the quota database cannot be written: {e}",
+                f"free some disk space, or set {STATE_DIR_ENV} to a writable folder",
+            ) from None
+        return None if free_at <= now else free_at
+
+    def close(self) -> None:
+        self._db.close()
+
+
+@dataclass(frozen=True)
+class QuotaUse:
+    """An account's use of its quota at one moment, for status and the start of a send."""
+
+    account: str
+    rate: Rate
+    used: int
+    next_free: float  # wall-clock time; <= now when one is free now
+    now: float
+
+    @property
+    def left(self) -> int:
+        return max(0, self.rate.count - self.used)
+
+    def describe(self) -> str:
+        text = f"quota {self.rate} for {self.account}: {self.used:,} used, {self.left:,} left"
+        if self.next_free > self.now:
+            text += f"; the next may go at {when(self.next_free)}"
+        return text
+
+
+def quota_use(book: QuotaBook, account: str, rate: Rate, now: float) -> QuotaUse:
+    times = book.times(account, rate.period, now)
+    return QuotaUse(
+        account, rate, used(times, rate.period, now), next_free(times, rate.count, rate.period, now), now
+    )
+
+
+def stop_message(account: str, rate: Rate, sent: int, left: int, free_at: float) -> str:
+    return (
+        f"the quota of {rate} for {account} is used: {sent:,} sent in this run, {left:,} left; "
+        f"the next may go at {when(free_at)}"
+    )
+
+
+def when(timestamp: float) -> str:
+    """A wall-clock time in the local zone, to the minute."""
+    return time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(math.ceil(timestamp)))
+
+
+# -- the run's limiter -------------------------------------------------------------------
+
+
+class QuotaLimiter(SlidingWindowLimiter):
+    """The run's limiter (no limit of its own: it learns the server's), behind the account's quota.
+
+    When the next free slot is at most WAIT_AT_MOST away (or always, with ``wait``), a slot
+    waits for it; further away, ``on_exhausted(free_at)`` is called once (it stops the
+    sender) and the slot is handed back untaken: the stopping sender does not use it.
+    """
+
+    def __init__(
+        self,
+        book: QuotaBook,
+        account: str,
+        rate: Rate,
+        *,
+        wait: bool,
+        stopping: Callable[[], bool],
+        on_exhausted: Callable[[float], None],
+        on_wait: Callable[[float], None],
+        wall_clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        super().__init__(None, 1.0, clock=clock, sleep=sleep)
+        self.book = book
+        self.account = account
+        self.rate = rate
+        self._wait = wait
+        self._stopping = stopping
+        self._on_exhausted = on_exhausted
+        self._on_wait = on_wait
+        self._wall = wall_clock
+        self._quota_sleep = sleep
+        self.exhausted_until: float | None = None  # set when the quota stopped the run
+        self._waiting_for: float | None = None
+
+    async def acquire(self) -> Slot:
+        slot = await super().acquire()
+        while not self._stopping():
+            now = self._wall()
+            free_at = self.book.take(self.account, self.rate.count, self.rate.period, now)
+            if free_at is None:
+                return slot
+            if free_at - now > WAIT_AT_MOST and not self._wait:
+                if self.exhausted_until is None:
+                    self.exhausted_until = free_at
+                    self._on_exhausted(free_at)
+                break
+            if self._waiting_for is None or free_at > self._waiting_for:
+                self._waiting_for = free_at
+                self._on_wait(free_at)
+            await self._quota_sleep(min(free_at - now, WAIT_STEP))
+        return slot  # not taken: the sender is stopping and gives it back unused

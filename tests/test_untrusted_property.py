@@ -1,0 +1,165 @@
+"""Property: whatever Unicode a row holds, the server gets exactly the message the template means.
+
+Every column that reaches a header gets arbitrary text (weighted towards the characters that
+have broken mailers: line breaks of every kind, controls, address specials, path parts).
+Each row is read from a real CSV file, checked, built and sent to a real aiosmtpd server.
+Either check refuses the row (and then only for a reason the row really has), or the server
+receives exactly the intended envelope, exactly the intended headers, and no attachment but
+the one the template names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import email.policy
+import ssl
+import tempfile
+from collections.abc import Iterator
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from mailblast.compose import Template, compose_rows
+from mailblast.connection import Connection
+from mailblast.headers import FORBIDDEN
+from mailblast.recipients import RecipientsFile
+from mailblast.urls import parse_smtp_url
+from tests.servers import SmtpServer, start_server
+
+TEMPLATE = """\
+From: Team <team@example.com>
+To: {{ mailbox(name, email) }}
+Reply-To: {{ mailbox(name, "help@example.com") }}
+Subject: Hello {{ name }} from {{ team }}
+X-Campaign: {{ team }}-{{ plan }}
+Attachment: files/{{ doc }}
+
+Hi {{ name }}
+"""
+ATTACHMENT = b"the only file a row may get"
+TRICKY = [
+    *"\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029\x00\x01\x1b\t",
+    *',;:<>@"()[]\\ ',
+    "..",
+    "/",
+    "../",
+    "~",
+    "=?utf-8?q?x?=",
+    "Bcc: evil@example.org",
+    "attacker@evil.example",
+    "a.txt",
+    "secret.txt",
+    "é",
+    "🎉",
+]
+
+
+def texts(pieces: list[str], categories: list[str]) -> st.SearchStrategy[str]:
+    any_text = st.text(st.characters(exclude_categories=categories), max_size=6)  # type: ignore[arg-type]
+    return st.lists(st.one_of(st.sampled_from(pieces), any_text), max_size=6).map("".join)
+
+
+# half the values hold no line break or control character, so that half the rows get sent
+printable = texts([t for t in TRICKY if not FORBIDDEN.search(t)], ["Cs", "Cc", "Zl", "Zp"])
+value = st.one_of(printable, texts(TRICKY, ["Cs"]))
+TLS = ssl.create_default_context()  # unused on a plain connection; made once
+ADDRESSES = ["ann@example.com", "bob.smith@example.org", "x+tag@sub.example.net"]
+
+
+def squeeze(text: str) -> str:
+    return " ".join(text.split())
+
+
+def letters(text: str) -> str:
+    # A long display name is several encoded words; Python's reader puts a space between them.
+    return "".join(text.split())
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[SmtpServer]:
+    running = start_server()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def folder() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="mailblast-prop-") as tmp:
+        root = Path(tmp) / "campaign"
+        (root / "files").mkdir(parents=True)
+        (root / "files" / "a.txt").write_bytes(ATTACHMENT)
+        (root / "secret.txt").write_text("must never be attached")
+        (Path(tmp) / "outside.txt").write_text("must never be attached")
+        (root / "files" / "out").symlink_to(Path(tmp) / "outside.txt")
+        (root / "t.txt").write_text(TEMPLATE, encoding="utf-8")
+        yield root
+
+
+def send(server: SmtpServer, message: object) -> None:
+    async def go() -> None:
+        connection = Connection(parse_smtp_url(server.url), None, timeout=10, tls_context=TLS)
+        await connection.open()
+        await connection.send(message)  # type: ignore[arg-type]
+        await connection.close()
+
+    asyncio.run(go())
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    address=st.sampled_from(ADDRESSES),
+    name=value,
+    team=value,
+    plan=value,
+    doc=st.one_of(st.just("a.txt"), value),
+)
+def test_any_unicode_in_header_columns_stays_data(
+    server: SmtpServer, folder: Path, address: str, name: str, team: str, plan: str, doc: str
+) -> None:
+    path = folder / "people.csv"
+    with path.open("w", encoding="utf-8", newline="") as f:
+        csv.writer(f).writerows([["email", "name", "team", "plan", "doc"], [address, name, team, plan, doc]])
+    (prepared,) = compose_rows(RecipientsFile(path), Template(folder / "t.txt"))
+    controls = any(FORBIDDEN.search(v) for v in (name, team, plan, doc))
+    fine_path = "\0" not in doc and ".." not in Path(doc).parts and not Path(doc).is_absolute()
+    fine_path = fine_path and (folder / "files" / doc.strip()).resolve() == folder / "files" / "a.txt"
+    if not prepared.ok:
+        problems = [p.message for p in prepared.row.problems]
+        assert controls or not fine_path, problems
+        event("refused by check")
+        return
+    event("sent")
+    assert not controls and fine_path
+    before = len(server.received)
+    assert prepared.message is not None
+    send(server, prepared.message)
+    (received,) = server.received[before:]
+
+    assert received.mail_from == "team@example.com"
+    assert received.rcpt_tos == [address]
+    msg = email.message_from_bytes(received.data, policy=email.policy.default)
+    assert isinstance(msg, EmailMessage)
+    assert sorted(msg.keys()) == sorted(
+        [
+            "From",
+            "To",
+            "Reply-To",
+            "Subject",
+            "X-Campaign",
+            "Date",
+            "Message-ID",
+            "MIME-Version",
+            "Content-Type",
+        ]
+    )
+    assert squeeze(msg["Subject"]) == squeeze(f"Hello {name} from {team}")
+    assert squeeze(msg["X-Campaign"]) == squeeze(f"{team}-{plan}")
+    for header, addr in (("To", address), ("Reply-To", "help@example.com")):
+        (mailbox,) = msg[header].addresses
+        assert (letters(mailbox.display_name), mailbox.addr_spec) == (letters(name), addr), msg[header]
+    attachments = list(msg.iter_attachments())
+    assert [(a.get_filename(), a.get_payload(decode=True)) for a in attachments] == [("a.txt", ATTACHMENT)]
