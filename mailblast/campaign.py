@@ -56,6 +56,10 @@ QUOTA_USED = Verdict(Kind.FATAL, None, None, None, "the account's quota is used"
 JOURNAL_FAILED = Verdict(Kind.FATAL, None, None, None, "the journal cannot be written")
 REPORT_FAILED = Verdict(Kind.FATAL, None, None, None, "the report cannot be written")
 STOPPED = "the run stopped first"
+REPORT_HINT = (
+    "free some disk space; the journal has every outcome (mailblast report writes the report from it), "
+    "and the same command again resumes"
+)
 STOP_POLL = 0.05  # seconds between looks at a stopping run
 STOP_GRACE = 1.0  # seconds a stopping run with nothing in flight gets to close its connections
 
@@ -227,8 +231,7 @@ def run_send(
         )
     if recorder.report_error is not None:
         raise StoppedError(
-            f"{settings.report}: the report cannot be written: {recorder.report_error}",
-            f"free some disk space; then {resume}",
+            f"{settings.report}: the report cannot be written: {recorder.report_error}", REPORT_HINT
         )
     if cut_short and unknown:
         raise StoppedError(
@@ -692,9 +695,7 @@ def _report_file(path: Path | None) -> Iterator[TextIO]:
     try:
         f.close()  # flushes the last rows
     except OSError as e:
-        raise StoppedError(
-            f"{path}: the report cannot be written: {e.strerror}", "free some disk space"
-        ) from None
+        raise StoppedError(f"{path}: the report cannot be written: {e.strerror}", REPORT_HINT) from None
 
 
 def _check_writable(path: Path) -> None:

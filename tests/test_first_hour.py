@@ -451,3 +451,27 @@ def test_a_connection_error_does_not_repeat_itself(tmp_path: Path) -> None:
     assert proc.returncode == 3
     assert "error: stopped: cannot connect to smtp://127.0.0.1:9: connection refused" in proc.stderr
     assert "Error connecting" not in proc.stderr and proc.stderr.count("127.0.0.1") <= 3
+
+
+# -- 3. --help shows defaults and groups -------------------------------------------------------
+
+
+def help_text(*command: str) -> str:
+    result = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "160", "TERMINAL_WIDTH": "160"})
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_help_shows_defaults_groups_and_an_example() -> None:
+    send = help_text("send")
+    for shown in ("Connections at once. [default: 2]", "[default: 100]", "[default: 5]", "[default: 30]"):
+        assert shown in send
+    assert "at once ." not in send and "<bool>" not in send
+    for panel in ("SMTP server", "Rate and connections", "Journal and re-runs", "Recipients file", "Message"):
+        assert f"─ {panel} ─" in send
+    for command in ("check", "preview", "send", "status", "report", "serve"):
+        text = help_text(command)
+        assert f"mailblast {command} " in text, command
+        assert not re.search(r"\w \.\s", text), command  # "at once ." where markup ate a [bracket]
+    root = help_text()
+    assert "--install-completion" in root and "Example: mailblast check" in root
