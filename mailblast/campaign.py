@@ -16,11 +16,11 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import partial
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from rich.console import Console
 
-from mailblast import capture, display
+from mailblast import capture, display, testsend
 from mailblast.check import Inputs, ScanTally, load_inputs, scan, verdict_of_scan
 from mailblast.compose import ComposedMessage
 from mailblast.config import Settings
@@ -97,6 +97,9 @@ def run_send(
         return _rehearse(settings, recipients_path, console, ask_password, stdout, resume_command)
     target = parse_smtp_url(settings.smtp_url)
     rate = parse_rate(settings.rate) if settings.rate else None
+    test_to = testsend.address_of(settings)
+    if test_to is not None:
+        settings = replace(settings, no_journal=True)  # a test send leaves the campaign as it was
     if settings.report is not None:
         _check_writable(settings.report)  # before the check pass, which may take minutes
     inputs = load_inputs(settings, recipients_path)
@@ -109,6 +112,16 @@ def run_send(
         tally, plan = _check_and_plan(journal, inputs, settings, console)
         if tally.invalid:
             return verdict_of_scan(console, tally)
+        if test_to is not None:
+            chosen = testsend.pick(plan.recipients, settings.test_count, settings.test_row)
+            plan = Plan(iter(chosen), len(chosen))
+            composer = testsend.Redirected(composer, test_to)
+            console.print(
+                f"test send: {len(chosen):,} message(s), each to {test_to} only (no Cc or Bcc), as "
+                f"{', '.join(r.address for r in chosen)} would get it; no journal, so a real send "
+                "still sends to everyone",
+                soft_wrap=True,
+            )
         if plan.total == 0:
             console.print(_nothing_to_send(journal, settings), highlight=False)
             return 0
@@ -499,7 +512,7 @@ def _check_and_plan(
 async def _send(
     sender: Sender,
     plan: Plan,
-    composer: ComposeWorker,
+    composer: ComposeWorker | testsend.Redirected,
     settings: Settings,
     console: Console,
     recorder: Recorder,
@@ -542,20 +555,40 @@ async def _send(
                 break
         task.cancel()
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal)
     watch = asyncio.create_task(end_when_stopped())
     cut_short = False
     try:
-        async with SendProgress(console, sender.counts, quiet=settings.quiet) as progress:
-            await sender.run(recorder.track(plan.recipients), composer.compose, plan.maybe_sent)
+        with _on_signals(loop, on_signal):
+            async with SendProgress(console, sender.counts, quiet=settings.quiet) as progress:
+                await sender.run(recorder.track(plan.recipients), composer.compose, plan.maybe_sent)
     except asyncio.CancelledError:
         cut_short = True
     finally:
         watch.cancel()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
     return progress.elapsed, cut_short
+
+
+@contextmanager
+def _on_signals(loop: asyncio.AbstractEventLoop, handler: Callable[[], None]) -> Iterator[None]:
+    """Ctrl-C and SIGTERM call ``handler`` in the loop; where the loop cannot (Windows' loops have
+    no add_signal_handler), signal.signal hands them to it."""
+    signals = (signal.SIGINT, signal.SIGTERM)
+    installed: list[int] = []
+    previous: dict[int, Any] = {}
+    try:
+        for sig in signals:
+            loop.add_signal_handler(sig, handler)
+            installed.append(sig)
+    except NotImplementedError:
+        for sig in set(signals) - set(installed):
+            previous[sig] = signal.signal(sig, lambda *_: loop.call_soon_threadsafe(handler))
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _summarise(
