@@ -306,8 +306,8 @@ class Sender:
                 self._ever_connected = True
                 self._connect_failures = 0
                 self._open.add(connection)
-                if len(self._open) > self.pool:
-                    self.pool = len(self._open)  # a spare got through: the server takes more again
+                if (now_open := self._open_now()) > self.pool:
+                    self.pool = now_open  # a spare got through: the server takes more again
                 return connection, False
             job.attempts += 1
             verdict = error.verdict
@@ -316,7 +316,7 @@ class Sender:
             # Whether the connections opening at the same time got through decides what this meant.
             async with self._settled:
                 await self._settled.wait_for(lambda: self._connecting == 0)
-            if self._open:
+            if self._open_now():
                 if self._closing:  # a recycled connection may still count at the server
                     await asyncio.gather(*self._closing, return_exceptions=True)
                     continue
@@ -334,16 +334,19 @@ class Sender:
             asked = min(verdict.retry_after or 0.0, self._options.backoff_cap)
             self._connect_after = now + max(self._backoff(self._connect_failures), asked, 0.001)
 
+    def _open_now(self) -> int:
+        return sum(1 for c in self._open if c.is_open)
+
     def _stop_with(self, job: _Job, verdict: Verdict) -> None:
         self.stop(verdict)
         self._finish(job, Status.NOT_ATTEMPTED, verdict, verdict.describe())
 
     def _shrink(self, verdict: Verdict) -> None:
         """The server refused a connection while others were open: it takes only those."""
-        if len(self._open) >= self.pool:
+        if (now_open := self._open_now()) >= self.pool:
             return
         first = self.pool == self._options.connections
-        self.pool = len(self._open)
+        self.pool = now_open
         if first and self._on_notice is not None:
             self._on_notice(
                 f"the server refused connection {self.pool + 1} ({verdict.describe()}): "
