@@ -9,6 +9,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.text import Text
@@ -28,6 +29,9 @@ from mailblast.errors import ConfigError, InputError, did_you_mean
 from mailblast.recipients import Recipient, RecipientsFile, RowProblem
 from mailblast.suppress import SuppressionList, load_suppression
 from mailblast.urls import parse_rate, parse_smtp_url
+
+if TYPE_CHECKING:
+    from mailblast.dkim_sign import DkimKey
 
 
 @dataclass
@@ -93,6 +97,7 @@ def load_inputs(settings: Settings, recipients_path: Path) -> Inputs:
         sandbox=settings.sandbox,
         unsubscribe_url=settings.unsubscribe_url,
         unsubscribe_mailto=settings.unsubscribe_mailto,
+        dkim=_dkim_key(settings),
     )
     return Inputs(recipients, template, load_suppression(settings.suppress))
 
@@ -106,6 +111,34 @@ _HEADER_NAME = re.compile(r"^([!-9;-~]+)[ \t]*:", re.MULTILINE)  # a name writte
 _IMAGE = re.compile(r"!\[[^\]]*\]\(\s*<?([^)\s>]+)|<img\b[^>]*?\bsrc\s*=\s*[\"']?([^\"'\s>]+)", re.IGNORECASE)
 _SHOWN_ANYWHERE = re.compile(r"^(?:https?:|cid:|data:)|\{[{%]", re.IGNORECASE)
 _RESERVED_SUFFIXES = ("test", "local", "internal", "localhost", "invalid", "example", "home.arpa")
+
+
+def _dkim_key(settings: Settings) -> DkimKey | None:
+    """[dkim]'s key, loaded and checked now: a bad key stops the run before anything is sent."""
+    given = {
+        "domain": settings.dkim_domain,
+        "selector": settings.dkim_selector,
+        "private_key": settings.dkim_private_key,
+    }
+    if not any(given.values()):
+        return None
+    missing = [name for name, value in given.items() if not value]
+    if missing:
+        raise ConfigError(
+            f"[dkim] needs domain, selector and private_key; {', '.join(missing)} is missing",
+            "set all three in the [dkim] table of mailblast.toml",
+        )
+    from mailblast.dkim_sign import load_key  # only then: dkimpy takes a while to import
+
+    assert settings.dkim_domain and settings.dkim_selector and settings.dkim_private_key
+    return load_key(settings.dkim_domain, settings.dkim_selector, settings.dkim_private_key)
+
+
+def aligned(from_domain: str, signing_domain: str) -> bool:
+    """DMARC's relaxed alignment, approximated without the public suffix list: the same domain,
+    or one a subdomain of the other (news.example.com and example.com)."""
+    a, b = from_domain.lower().rstrip("."), signing_domain.lower().rstrip(".")
+    return a == b or a.endswith("." + b) or b.endswith("." + a)
 
 
 def template_warnings(template: Template) -> list[str]:
@@ -198,6 +231,8 @@ def scan(
     tally = ScanTally()
     faults = TemplateFaults()
     reserved: dict[str, list[int]] = {}  # domain -> [first row, count]
+    dkim = inputs.template.dkim
+    misaligned: dict[str, list[int]] = {}  # From domain -> [first row, count]
     name, build = inputs.recipients.name, on_message is not None
     size = inputs.recipients.size
     with display.file_progress(console, "checking rows", size, quiet=settings.quiet) as progress:
@@ -219,6 +254,9 @@ def scan(
                 recipient = result.recipient
                 if recipient is not None and reserved_domain(domain := recipient.address.rpartition("@")[2]):
                     reserved.setdefault(domain.lower(), [recipient.row, 0])[1] += 1
+                sender_domain = prepared.sender.rpartition("@")[2]
+                if dkim is not None and sender_domain and not aligned(sender_domain, dkim.domain):
+                    misaligned.setdefault(sender_domain.lower(), [result.row, 0])[1] += 1
                 if on_valid is not None and result.recipient is not None:
                     on_valid(result.recipient)
                 if on_message is not None and prepared.message is not None:
@@ -239,6 +277,14 @@ def scan(
             console,
             f"{count:,} address(es) at {domain} (the first in row {first}), a name reserved for tests and "
             "private networks: sent only if your server relays it",
+        )
+    for domain, (first, count) in misaligned.items():
+        assert dkim is not None
+        display.print_warning(
+            console,
+            f"{count:,} message(s) from {domain} (the first in row {first}) are signed for {dkim.domain}, "
+            "which does not align with it: DMARC wants the From domain and the [dkim] domain to be the "
+            "same or one a subdomain of the other",
         )
     for problem, count in faults.found.values():
         display.print_template_fault(console, problem, count, tally.rows)
@@ -269,6 +315,12 @@ def run_check(settings: Settings, recipients_path: Path, console: Console) -> in
     console.print(describe_format(inputs.recipients), highlight=False, soft_wrap=True)
     if server is not None:
         console.print(server, highlight=False, soft_wrap=True)
+    if (key := inputs.template.dkim) is not None:
+        console.print(
+            f"DKIM: signing for {key.domain} with selector {key.selector} ({key.algorithm}, {key.path})",
+            highlight=False,
+            soft_wrap=True,
+        )
     tally = scan(inputs, settings, console)
     counts = tally.as_dict(suppression=inputs.suppressed is not None)
     display.print_counts(console, f"check {inputs.recipients.name}", counts)

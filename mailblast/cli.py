@@ -19,11 +19,17 @@ from mailblast.credentials import PASSWORD_ENV
 from mailblast.errors import ConfigError, InputError, MailblastError, StoppedError
 from mailblast.urls import parse_rate
 
+# Panels of `send --help`; the options without one are under "Options".
+SMTP, PACE, RERUN = "SMTP server", "Rate and connections", "Journal and re-runs"
+CSV, MESSAGE = "Recipients file", "Message"
+
 app = typer.Typer(
     name="mailblast",
-    help="Send one message per CSV row from a Jinja template, inside your provider's rate limit.",
+    help="Send one message per CSV row from a Jinja template, inside your provider's rate limit.\n\n"
+    "Example: mailblast check people.csv -t welcome.md, then mailblast send people.csv -t welcome.md "
+    "--smtp smtp+starttls://me@smtp.example.com:587 --rate 3/s",
     no_args_is_help=True,
-    add_completion=False,
+    rich_markup_mode="rich",  # so help text escapes its brackets: \\[default: 2]
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -33,31 +39,52 @@ Recipients = Annotated[
 ]
 TemplateOpt = Annotated[
     Path | None,
-    typer.Option("--template", "-t", help="The message template (.txt, .html or .md, optionally .j2)."),
+    typer.Option(
+        "--template",
+        "-t",
+        rich_help_panel=MESSAGE,
+        help="The message template (.txt, .html or .md, optionally .j2).",
+    ),
 ]
-FromOpt = Annotated[str | None, typer.Option("--from", help="Sender when the template has no From: header.")]
+FromOpt = Annotated[
+    str | None,
+    typer.Option("--from", rich_help_panel=MESSAGE, help="Sender when the template has no From: header."),
+]
 ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", "-c", help="Settings file [default: ./mailblast.toml if present].")
+    Path | None,
+    typer.Option("--config", "-c", help="Settings file. \\[default: ./mailblast.toml if present]"),
 ]
 EncodingOpt = Annotated[
-    str | None, typer.Option("--encoding", help="The CSV's encoding [default: detected, UTF-8 first].")
+    str | None,
+    typer.Option(
+        "--encoding", rich_help_panel=CSV, help="The CSV's encoding. \\[default: detected, UTF-8 first]"
+    ),
 ]
 DelimiterOpt = Annotated[
-    str | None, typer.Option("--delimiter", help="The CSV's separator [default: sniffed from , ; or tab].")
+    str | None,
+    typer.Option(
+        "--delimiter", rich_help_panel=CSV, help="The CSV's separator. \\[default: sniffed from , ; or tab]"
+    ),
 ]
 EmailColumnOpt = Annotated[
-    str | None, typer.Option("--email-column", help="The column with addresses [default: one named email].")
+    str | None,
+    typer.Option(
+        "--email-column", rich_help_panel=CSV, help="The column with addresses. \\[default: one named email]"
+    ),
 ]
 JournalOpt = Annotated[
     Path | None,
     typer.Option(
-        "--journal", help="The campaign journal [default: RECIPIENTS.csv.mailblast.sqlite beside it]."
+        "--journal",
+        rich_help_panel=RERUN,
+        help="The campaign journal. \\[default: RECIPIENTS.csv.mailblast.sqlite beside it]",
     ),
 ]
 SuppressOpt = Annotated[
     list[Path] | None,
     typer.Option(
         "--suppress",
+        rich_help_panel=CSV,
         help="Never mail the addresses in this file: a CSV with an email column, or one address a line. "
         "Repeatable; adds to suppress in mailblast.toml.",
     ),
@@ -65,16 +92,27 @@ SuppressOpt = Annotated[
 AttachmentsDirOpt = Annotated[
     Path | None,
     typer.Option(
-        "--attachments-dir", help="Attachment paths are taken from here [default: the template's folder]."
+        "--attachments-dir",
+        rich_help_panel=MESSAGE,
+        help="Attachment paths are taken from here. \\[default: the template's folder]",
     ),
 ]
 AttachmentsMaxOpt = Annotated[
     float | None,
-    typer.Option("--attachments-max-mb", help="Most MB of attachments in one message [default: 10]."),
+    typer.Option(
+        "--attachments-max-mb",
+        rich_help_panel=MESSAGE,
+        help="Most MB of attachments in one message. \\[default: 10]",
+    ),
 ]
 DuplicatesOpt = Annotated[
     bool | None,
-    typer.Option("--allow-duplicates", help="Send to an address as often as it appears.", show_default=False),
+    typer.Option(
+        "--allow-duplicates",
+        rich_help_panel=CSV,
+        help="Send to an address as often as it appears.",
+        show_default=False,
+    ),
 ]
 
 
@@ -121,6 +159,8 @@ def check(
     """Read and render every row, send nothing, and report every problem at once.
 
     Exit 0 when every row is good, 2 otherwise.
+
+    Example: mailblast check people.csv -t welcome.md
     """
     settings = dict(locals())
     _run(lambda console: run_check(_settings(settings), recipients, console))
@@ -142,7 +182,10 @@ def preview(
     attachments_dir: AttachmentsDirOpt = None,
     attachments_max_mb: AttachmentsMaxOpt = None,
 ) -> None:
-    """Show the fully rendered message for one row: headers, bodies, attachments."""
+    """Show the fully rendered message for one row: headers, bodies, attachments.
+
+    Example: mailblast preview people.csv -t welcome.md --row 3
+    """
     settings = {k: v for k, v in locals().items() if k != "row"}
     _run(lambda console: run_preview(_settings(settings), recipients, row, console))
 
@@ -156,10 +199,10 @@ def send(
         typer.Option(
             "--smtp",
             envvar="MAILBLAST_SMTP_URL",
-            help="smtp://[USER@]HOST[:PORT], smtp+starttls://... or smtps://... "
-            "[env: MAILBLAST_SMTP_URL]; the password comes from MAILBLAST_SMTP_PASSWORD, "
-            "[smtp] password_command or a prompt, an OAuth2 token from MAILBLAST_SMTP_OAUTH_TOKEN "
-            "or [smtp] oauth_token_command.",
+            help="smtp://\\[USER@]HOST\\[:PORT], smtp+starttls://... (port 587) or smtps://... (port 465); "
+            "the password comes from MAILBLAST_SMTP_PASSWORD, \\[smtp] password_command or a prompt, "
+            "an OAuth2 token from MAILBLAST_SMTP_OAUTH_TOKEN or \\[smtp] oauth_token_command.",
+            rich_help_panel=SMTP,
         ),
     ] = None,
     rate: Annotated[
@@ -167,35 +210,49 @@ def send(
         typer.Option(
             "--rate",
             help="Most messages per period, e.g. 3/s, 180/min, 5/2s; over a minute (500/d, 100/h) it is "
-            "the account's quota, kept across runs [default: none; slow down when the server says so].",
+            "the account's quota, kept across runs. \\[default: none; slow down when the server says so]",
+            rich_help_panel=PACE,
         ),
     ] = None,
     connections: Annotated[
-        int | None, typer.Option("--connections", help="Connections at once [default: 2].")
+        int | None,
+        typer.Option("--connections", rich_help_panel=PACE, help="Connections at once. \\[default: 2]"),
     ] = None,
     max_messages: Annotated[
         int | None,
-        typer.Option("--max-messages", help="Messages per connection before reconnecting [default: 100]."),
+        typer.Option(
+            "--max-messages",
+            rich_help_panel=PACE,
+            help="Messages per connection before reconnecting. \\[default: 100]",
+        ),
     ] = None,
     retries: Annotated[
         int | None,
-        typer.Option("--retries", help="Retries of a temporary failure per recipient [default: 5]."),
+        typer.Option(
+            "--retries",
+            rich_help_panel=PACE,
+            help="Retries of a temporary failure per recipient. \\[default: 5]",
+        ),
     ] = None,
     timeout: Annotated[
-        float | None, typer.Option("--timeout", help="Seconds to wait for a reply [default: 30].")
+        float | None,
+        typer.Option("--timeout", rich_help_panel=SMTP, help="Seconds to wait for a reply. \\[default: 30]"),
     ] = None,
     auth: Annotated[
         str | None,
         typer.Option(
             "--auth",
-            help="Sign in with login, plain or xoauth2 [default: chosen from what the server offers "
-            "and what was given].",
+            rich_help_panel=SMTP,
+            help="Sign in with login, plain or xoauth2. \\[default: chosen from what the server offers "
+            "and what was given]",
         ),
     ] = None,
     report: Annotated[
         Path | None,
         typer.Option(
-            "--report", help="Write the CSV of recipients not sent here [default: standard output]."
+            "--report",
+            help="Write the CSV of recipients not sent here. "
+            "\\[default: standard output; on a terminal RECIPIENTS.not-sent.csv]",
         ),
     ] = None,
     quiet: Annotated[
@@ -209,28 +266,46 @@ def send(
     ] = None,
     journal: JournalOpt = None,
     no_journal: Annotated[
-        bool | None, typer.Option("--no-journal", help="Keep no journal: a re-run sends everything again.")
+        bool | None,
+        typer.Option(
+            "--no-journal", rich_help_panel=RERUN, help="Keep no journal: a re-run sends everything again."
+        ),
     ] = None,
     restart: Annotated[
-        bool | None, typer.Option("--restart", help="Forget the journal's campaign and start over.")
+        bool | None,
+        typer.Option(
+            "--restart", rich_help_panel=RERUN, help="Forget the journal's campaign and start over."
+        ),
     ] = None,
     retry_failed: Annotated[
-        bool | None, typer.Option("--retry-failed", help="Send again to recipients that failed for good.")
+        bool | None,
+        typer.Option(
+            "--retry-failed", rich_help_panel=RERUN, help="Send again to recipients that failed for good."
+        ),
     ] = None,
     skip_uncertain: Annotated[
         bool | None,
-        typer.Option("--skip-uncertain", help="Leave out messages in flight when an earlier run died."),
+        typer.Option(
+            "--skip-uncertain",
+            rich_help_panel=RERUN,
+            help="Leave out messages in flight when an earlier run died.",
+        ),
     ] = None,
     wait: Annotated[
         bool | None,
-        typer.Option("--wait", help="When the account's quota is used, wait for it instead of stopping."),
+        typer.Option(
+            "--wait",
+            rich_help_panel=PACE,
+            help="When the account's quota is used, wait for it instead of stopping.",
+        ),
     ] = None,
     outbox: Annotated[
         Path | None,
         typer.Option(
             "--outbox",
-            help="Deliver into this Maildir through a local capture server; nothing leaves the machine "
-            "[default: ./outbox when no SMTP server is configured].",
+            rich_help_panel=SMTP,
+            help="Deliver into this Maildir through a local capture server; nothing leaves the machine. "
+            "\\[default: ./outbox when no SMTP server is configured]",
         ),
     ] = None,
     from_: FromOpt = None,
@@ -246,6 +321,8 @@ def send(
     """Send one message per row, inside the rate limit, and report every recipient not sent.
 
     Exit 0 all delivered, 1 some failed, 2 bad input (nothing sent), 3 stopped early.
+
+    Example: mailblast send people.csv -t welcome.md --smtp smtp+starttls://me@smtp.example.com:587 --rate 3/s
     """
     options = {k: v for k, v in locals().items() if k not in ("dry_run", "out")}
     if dry_run:
@@ -278,7 +355,10 @@ def status(
         str | None, typer.Option("--rate", help="A quota such as 500/d: show the account's use of it.")
     ] = None,
 ) -> None:
-    """Show a campaign's progress from its journal: counts, start, rate, failures by reason, quota."""
+    """Show a campaign's progress from its journal: counts, start, rate, failures by reason, quota.
+
+    Example: mailblast status people.csv -t welcome.md
+    """
     options = {k: v for k, v in locals().items() if k != "suppressed"}
     _run(
         lambda console: campaign.run_status(
@@ -291,13 +371,16 @@ def status(
 def report(
     recipients: Recipients,
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Write the CSV here [default: standard output].")
+        Path | None, typer.Option("--out", "-o", help="Write the CSV here. \\[default: standard output]")
     ] = None,
     template: TemplateOpt = None,
     journal: JournalOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Write the report of recipients not sent, from the journal, as a resendable CSV."""
+    """Write the report of recipients not sent, from the journal, as a resendable CSV.
+
+    Example: mailblast report people.csv -t welcome.md -o not-sent.csv
+    """
     options = {k: v for k, v in locals().items() if k != "out"}
     _run(
         lambda console: campaign.run_report(_settings(options), recipients, out, console, sys.stdout),
@@ -320,7 +403,8 @@ def serve(
         int | None, typer.Option("--max-connections", help="Connections at once; above it, a 421 greeting.")
     ] = None,
     max_messages: Annotated[
-        int | None, typer.Option("--max-messages", help="Messages per connection; then a 421.")
+        int | None,
+        typer.Option("--max-messages", rich_help_panel=PACE, help="Messages per connection; then a 421."),
     ] = None,
     fail_rate: Annotated[
         float, typer.Option("--fail-rate", help="Share of messages refused with a random 451, 0 to 1.")
@@ -350,6 +434,37 @@ def init_command(
     It never overwrites a file. Example: mailblast init newsletter --format html
     """
     _run(lambda console: init.run_init(folder, template_format, console))
+
+
+@app.command("dkim-keygen")
+def dkim_keygen(
+    domain: Annotated[str, typer.Argument(help="The domain that signs, as in From: (example.com).")],
+    selector: Annotated[str, typer.Argument(help="A name for this key, e.g. mb2026.")],
+    key_type: Annotated[str, typer.Option("--type", help="rsa (2048 bits) or ed25519.")] = "rsa",
+    out: Annotated[
+        Path | None, typer.Option("--out", help="The private key's file [default: DOMAIN.SELECTOR.pem].")
+    ] = None,
+) -> None:
+    """Write a new DKIM private key and print the DNS TXT record to publish; never overwrites."""
+
+    def work(console: Console) -> int:
+        from mailblast.dkim_sign import write_new_key, zone_line  # dkimpy is slow to import
+
+        path = out or Path(f"{domain}.{selector}.pem")
+        name, value = write_new_key(domain, selector, key_type, path)
+        console.print(
+            f"wrote the private key to {path} (readable by you only; keep it secret)", soft_wrap=True
+        )
+        console.print(f"publish this TXT record at {name}:\n\n{value}\n", soft_wrap=True)
+        console.print(f"as a zone-file line:\n\n{zone_line(name, value)}\n", soft_wrap=True)
+        console.print(
+            f'then, in mailblast.toml:\n\n[dkim]\ndomain = "{domain}"\nselector = "{selector}"\n'
+            f'private_key = "{path}"',
+            soft_wrap=True,
+        )
+        return 0
+
+    _run(work)
 
 
 def _ask_password(prompt: str) -> str:

@@ -30,7 +30,7 @@ from email.policy import Compat32
 from email.utils import format_datetime, formataddr, quote
 from functools import lru_cache, partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import html2text
 import jinja2
@@ -42,6 +42,9 @@ from mailblast import unsubscribe as unsub
 from mailblast.errors import ConfigError, TemplateError, did_you_mean
 from mailblast.recipients import Recipient, RecipientsFile, RowProblem, RowResult
 from mailblast.sandbox import RenderLimit, make_environment, render_bounded
+
+if TYPE_CHECKING:
+    from mailblast.dkim_sign import DkimKey
 
 ADDRESS_HEADERS = ("from", "to", "cc", "bcc", "reply-to")
 SINGLE_HEADERS = {"from", "to", "cc", "bcc", "reply-to", "subject"}
@@ -249,6 +252,7 @@ class Template:
         sandbox: bool = True,
         unsubscribe_url: str | None = None,
         unsubscribe_mailto: str | None = None,
+        dkim: DkimKey | None = None,
     ) -> None:
         self.path = Path(path)
         self.name = str(path)
@@ -262,7 +266,14 @@ class Template:
             "sandbox": sandbox,
             "unsubscribe_url": unsubscribe_url,
             "unsubscribe_mailto": unsubscribe_mailto,
+            "dkim": dkim,
         }
+        self.dkim = dkim
+        self._signer = None
+        if dkim is not None:
+            from mailblast.dkim_sign import Signer  # only then: dkimpy takes a while to import
+
+            self._signer = Signer(dkim)
         self.attachments_root = _attachments_root(self.path.parent, attachments_dir)
         self.max_attachment_bytes = int(max_attachments_mb * 1_000_000)
         source = self._read()
@@ -516,6 +527,8 @@ class Template:
         msg["Date"] = format_datetime(date or datetime.now(UTC).astimezone())
         msg["Message-ID"] = message_id
         data = msg.as_bytes(policy=policy.SMTPUTF8 if rendered.needs_smtputf8 else WIRE)
+        if self._signer is not None:
+            data = self._signer.sign(data)
         return ComposedMessage(
             rendered.recipient,
             rendered.envelope_from,
@@ -685,6 +698,7 @@ class Prepared:
     row: RowResult
     message: ComposedMessage | None  # None when only checked
     ok: bool  # the row can become a message
+    sender: str = ""  # the From address, when it can
 
 
 def compose_rows(
@@ -697,15 +711,16 @@ def compose_rows(
 
 def prepare(file: str, result: RowResult, template: Template, *, build: bool = True) -> Prepared:
     """Render one row read from ``file``; a row that cannot become a message gets its problem."""
-    message, ok = None, False
+    message, ok, sender = None, False, ""
     if result.recipient is not None:
         try:
             if build:
                 message = template.compose(result.recipient)
+                sender = message.envelope_from
             else:
-                template.render(result.recipient)
+                sender = template.render(result.recipient).envelope_from
             ok = True
         except RowError as e:
             problem = RowProblem(file, result.row, result.line, e.column, e.message, template=e.template)
             result.problems.append(problem)
-    return Prepared(result, message, ok)
+    return Prepared(result, message, ok, sender)

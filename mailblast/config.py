@@ -72,6 +72,9 @@ class Settings:
     sandbox: bool = True  # render templates in Jinja's sandbox
     unsubscribe_url: str | None = None  # [unsubscribe]: Jinja text, rendered per row
     unsubscribe_mailto: str | None = None
+    dkim_domain: str | None = None  # [dkim]: sign every message
+    dkim_selector: str | None = None
+    dkim_private_key: Path | None = None
     smtp_url: str | None = None
     rate: str | None = None
     connections: int = 2
@@ -99,12 +102,20 @@ _KIND_NAMES = {
     list: "a list of paths in quotes",
 }
 UNSUBSCRIBE_KEYS: dict[str, tuple[type, bool]] = {"url": (str, False), "mailto": (str, False)}
+DKIM_KEYS: dict[str, tuple[type, bool]] = {
+    "domain": (str, False),
+    "selector": (str, False),
+    "private_key": (str, True),
+}
 # names in the file -> names in Settings
 _RENAMES = {
     "from": "sender",
     "smtp.url": "smtp_url",
     "unsubscribe.url": "unsubscribe_url",
     "unsubscribe.mailto": "unsubscribe_mailto",
+    "dkim.domain": "dkim_domain",
+    "dkim.selector": "dkim_selector",
+    "dkim.private_key": "dkim_private_key",
 }
 
 
@@ -152,7 +163,12 @@ def _unknown_setting(path: Path, name: str) -> ConfigError:
             f"{path}: {name}: a password is never kept in the config file",
             "set MAILBLAST_SMTP_PASSWORD in the environment, or type it when asked",
         )
-    every = [*TOP_KEYS, *(f"smtp.{k}" for k in SMTP_KEYS), *(f"unsubscribe.{k}" for k in UNSUBSCRIBE_KEYS)]
+    every = [
+        *TOP_KEYS,
+        *(f"smtp.{k}" for k in SMTP_KEYS),
+        *(f"unsubscribe.{k}" for k in UNSUBSCRIBE_KEYS),
+        *(f"dkim.{k}" for k in DKIM_KEYS),
+    ]
     guess = did_you_mean(name, every) or did_you_mean(name.replace("_", "."), every)
     if guess is not None:
         table, _, key = guess.rpartition(".")
@@ -175,9 +191,13 @@ def load_settings(config: Path | None, flags: dict[str, Any]) -> Settings:
         unsubscribe = data.pop("unsubscribe", {})
         if not isinstance(unsubscribe, dict):
             raise ConfigError(f"{path}: unsubscribe should be a table ([unsubscribe])")
+        dkim = data.pop("dkim", {})
+        if not isinstance(dkim, dict):
+            raise ConfigError(f"{path}: dkim should be a table ([dkim])")
         values.update(_take(path, data, TOP_KEYS, ""))
         values.update(_take(path, smtp, SMTP_KEYS, "smtp."))
         values.update(_take(path, unsubscribe, UNSUBSCRIBE_KEYS, "unsubscribe."))
+        values.update(_take(path, dkim, DKIM_KEYS, "dkim."))
         values["config_file"] = path
     values["suppress"] = (*values.get("suppress", ()), *(flags.get("suppress") or ()))
     values.update({k: v for k, v in flags.items() if v is not None and k != "suppress"})

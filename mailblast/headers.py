@@ -1,8 +1,9 @@
 """Header values from untrusted rows: marked while rendering, so they stay data afterwards.
 
-Every ``{{ ... }}`` in the header block is wrapped in two control characters as it is
-rendered (a row value can hold no control character, so it cannot forge them). After
-rendering, the marks say which text came from the template and which from values:
+Every ``{{ ... }}`` in the header block is wrapped in control characters carrying a random
+token as it is rendered (a value may hold no control character, so one that tries to forge a
+mark is refused). After rendering, the marks say which text came from the template and
+which from values:
 
 - a value may hold no line break of any kind and no control character but tab;
 - a value cannot be or make a header name;

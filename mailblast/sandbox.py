@@ -9,6 +9,7 @@ one row's render stops with an error once it takes too long or grows too large.
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from jinja2.sandbox import SandboxedEnvironment, SecurityError, safe_range
 MAX_RENDER_SECONDS = 5.0  # one row's headers or body
 MAX_NUMBER_ARGUMENT = 1_000_000  # the largest "x" * n, center(n), ljust(n) ... the sandbox builds
 _CHECK_EVERY = 1024  # loop items between two looks at the clock
+_CHUNKS_A_LOOK = 32  # output chunks between two looks at the size and the clock
 
 
 class RenderLimit(Exception):
@@ -159,14 +161,21 @@ def render_bounded(template: jinja2.Template, context: dict[str, Any], max_chars
     """Render, stopping with RenderLimit past ``max_chars`` of output or MAX_RENDER_SECONDS."""
     deadline: _Deadline = template.environment.deadline  # type: ignore[attr-defined]
     deadline.at = time.monotonic() + MAX_RENDER_SECONDS
-    parts, size = [], 0
+    parts: list[str] = []
+    size = 0
+    chunks = template.root_render_func(template.new_context(context))
     try:
-        for part in template.generate(context):
-            size += len(part)
+        # a few chunks at a time, counted in C: a typical message is one batch
+        while batch := list(itertools.islice(chunks, _CHUNKS_A_LOOK)):
+            size += sum(map(len, batch))
             if size > max_chars:
                 raise RenderLimit(f"the template wrote more than {max_chars:,} characters for this row")
             deadline.check()
-            parts.append(part)
+            parts.extend(batch)
+    except (RenderLimit, RecursionError):
+        raise
+    except Exception:
+        template.environment.handle_exception()  # jinja's own: the error with the template's line
     finally:
         deadline.at = float("inf")
     return "".join(parts)

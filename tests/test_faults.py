@@ -217,17 +217,17 @@ def test_one_signal_while_the_rate_limit_waits_reports_every_recipient(
 def test_two_signals_report_every_recipient_and_only_real_messages_in_flight(
     tmp_path: Path, smtp_server: Callable[..., SmtpServer]
 ) -> None:
-    server = smtp_server(data_latency=0.5)
+    server = smtp_server(data_latency=2)  # long enough that the second signal finds them in flight
     write_campaign(tmp_path, people(600))
     proc = start(tmp_path, command(server.url, "--connections", "2", "--report", "failed.csv"))
-    wait_until(lambda: len(server.received) >= 4)
+    wait_until(lambda: len(server.received) >= 2)
     proc.send_signal(signal.SIGINT)
     time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 3, err
     assert "Traceback" not in err
-    time.sleep(1)  # the server finishes what it was given
+    time.sleep(2.5)  # the server finishes what it was given
     rows = report_rows((tmp_path / "failed.csv").read_text())
     statuses = Counter(r["status"] for r in rows)
     received = set(server.recipients())
@@ -350,3 +350,50 @@ def test_a_message_in_flight_before_stays_in_flight_until_it_is_really_sent(
     again = run(tmp_path, command(healthy.url))
     assert again.returncode == 0, again.stderr
     assert "sent again, possible duplicates: row 1 user0@example.com" in again.stderr
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("unclosed quote", "people.csv, row 1 (line 2): a quoted value is never closed"),
+        ("huge value", "people.csv, row 2 (line 3): a value longer than 131,072 characters"),
+        ("utf-16 without BOM", "bytes that are not valid utf-16 (UTF-16 stream does not start with BOM)"),
+        ("config not UTF-8", "mailblast.toml: not UTF-8 text (byte 12 is 0xe9)"),
+    ],
+)
+def test_input_faults_are_one_clear_error_exit_2(tmp_path: Path, case: str, expected: str) -> None:
+    write_campaign(tmp_path, people(3))
+    csv_path = tmp_path / "people.csv"
+    args = [sys.executable, "-m", "mailblast", "check", "people.csv", "-t", "t.txt"]
+    if case == "unclosed quote":
+        csv_path.write_text('email,name\nuser0@example.com,"User 0\nuser1@example.com,User 1\n')
+    elif case == "huge value":
+        huge = "x" * (128 * 1024 + 1)
+        csv_path.write_text(
+            f"email,name\nuser0@example.com,A\nuser1@example.com,{huge}\nuser2@example.com,C\n"
+        )
+    elif case == "utf-16 without BOM":
+        csv_path.write_bytes(csv_path.read_text().encode("utf-16-le"))
+        args += ["--encoding", "utf-16"]
+    else:
+        (tmp_path / "mailblast.toml").write_bytes(b'from = "caf\xe9 <a@example.com>"\n')
+    result = run(tmp_path, args)
+    assert result.returncode == 2, result.stderr
+    assert expected in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_a_report_on_a_full_disk_stops_the_run_and_the_journal_keeps_every_outcome(
+    tmp_path: Path, smtp_server: Callable[..., SmtpServer]
+) -> None:
+    server = smtp_server(reject_recipients=lambda address: True)
+    write_campaign(tmp_path, people(1000))
+    with tmpfs(tmp_path / "small", "20k") as small:
+        result = run(tmp_path, command(server.url, "--report", str(small / "failed.csv")))
+    assert result.returncode == 3, result.stderr
+    assert "the report cannot be written: No space left on device" in result.stderr
+    assert "Traceback" not in result.stderr and "mailblast report" in result.stderr
+    states = journal_states(tmp_path)
+    assert 0 < states["failed"] < 1000 and states["failed"] + states["pending"] == 1000
+    report = run(tmp_path, REPORT)
+    assert report.returncode == 0 and len(report_rows(report.stdout)) == 1000

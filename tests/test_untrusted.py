@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import csv
+import email
+import email.policy
 import os
 import re
 from collections.abc import Callable
@@ -19,7 +21,8 @@ from aiosmtpd.smtp import AuthResult
 from typer.testing import CliRunner
 
 from mailblast.cli import app
-from mailblast.recipients import RecipientsFile
+from mailblast.compose import RowError, Template
+from mailblast.recipients import Recipient, RecipientsFile
 from tests.servers import SmtpServer
 
 Server = Callable[..., SmtpServer]
@@ -298,6 +301,13 @@ def test_email_is_the_rows_address_and_row_the_row(tmp_path: Path, smtp_server: 
     assert 'column "email"' in warnings[0] and 'row["email"]' in warnings[0]
     assert 'column "row"' in warnings[1] and 'row["row"]' in warnings[1]
     code, out = run(
+        tmp_path, "send", "people.csv", "-t", "t.txt", "--email-column", "mail", "--dry-run", "--out", "o"
+    )
+    assert code == 0, out
+    (eml,) = (tmp_path / "o").glob("*.eml")
+    dry = email.message_from_bytes(eml.read_bytes(), policy=email.policy.default)
+    assert (dry["To"], dry["Subject"]) == (VICTIM, "other@evil.com / R / 3")
+    code, out = run(
         tmp_path,
         "send",
         "people.csv",
@@ -458,3 +468,42 @@ def test_report_cells_never_run_as_formulas_and_read_back_as_they_were(
     assert [
         (r.recipient.fields["note"], r.recipient.fields["@col"]) for r in report.rows() if r.recipient
     ] == [(v, v) for v in FORMULAS]
+
+
+# the marks that keep values apart cannot be forged ---------------------------------------------------
+
+
+def one_row(tmp_path: Path, template: str) -> Template:
+    (tmp_path / "t.txt").write_text(template, encoding="utf-8")
+    return Template(tmp_path / "t.txt")
+
+
+@pytest.mark.parametrize("forged", ["\x02x\x03", "\x03", "\x01Bob\x1fattacker@evil.com\x03", "\x1f"])
+def test_a_value_holding_mark_characters_is_refused(tmp_path: Path, forged: str) -> None:
+    template = one_row(tmp_path, "From: a@example.com\nCc: {{ manager }}\nSubject: {{ name }}\n\nbody\n")
+    for fields in ({"name": forged, "manager": ""}, {"name": "n", "manager": forged}):
+        with pytest.raises(RowError, match="control character"):
+            template.render(Recipient(1, 2, {"email": VICTIM, **fields}, VICTIM))
+
+
+def test_macros_and_filter_blocks_keep_values_marked(tmp_path: Path) -> None:
+    template = one_row(
+        tmp_path,
+        "{% macro greet(n) %}Hi {{ n }}{% endmacro %}From: a@example.com\nTo: {{ mailbox(name, email) }}\n"
+        "Subject: {{ greet(name) }} / {% filter upper %}{{ name }}{% endfilter %}\n\nbody\n",
+    )
+    message = template.compose(Recipient(1, 2, {"email": VICTIM, "name": "Bo, <x@evil.com>"}, VICTIM))
+    assert message.envelope_to == [VICTIM]
+    assert message.parsed()["Subject"] == "Hi Bo, <x@evil.com> / BO, <X@EVIL.COM>"
+    with pytest.raises(RowError, match="line break"):
+        template.render(Recipient(1, 2, {"email": VICTIM, "name": "a\u2028b"}, VICTIM))
+
+
+def test_an_encoded_word_in_a_value_reads_as_written(tmp_path: Path) -> None:
+    template = one_row(
+        tmp_path, "From: a@example.com\nTo: {{ mailbox(name, email) }}\nSubject: {{ name }}\n\nb\n"
+    )
+    lookalike = "=?utf-8?q?Your_bank?="
+    parsed = template.compose(Recipient(1, 2, {"email": VICTIM, "name": lookalike}, VICTIM)).parsed()
+    assert parsed["Subject"] == lookalike
+    assert parsed["To"].addresses[0].display_name == lookalike
