@@ -21,17 +21,7 @@ from typer.testing import CliRunner
 
 from mailblast.cli import app
 from tests.servers import SmtpServer
-
-
-def run(*args: str | Path, cwd: Path, env: dict[str, str] | None = None) -> tuple[int, str]:
-    """mailblast in-process from ``cwd``; the exit code and stdout+stderr."""
-    old = Path.cwd()
-    os.chdir(cwd)
-    try:
-        result = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False, env=env)
-    finally:
-        os.chdir(old)
-    return result.exit_code, result.output
+from tests.test_cli import run  # mailblast in-process: (exit code, stdout+stderr)
 
 
 def rows_file(folder: Path, n: int, header: str = "email,name", sep: str = ",") -> Path:
