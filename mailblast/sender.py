@@ -80,6 +80,9 @@ class Relay:
     def __post_init__(self) -> None:
         self.pool = self.pool or self.connections
 
+    def open_now(self) -> int:
+        return sum(1 for c in self.open if c.is_open)
+
     def described(self, text: str) -> str:
         return f"{self.name}: {text}" if self.name else text
 
@@ -426,8 +429,8 @@ class Sender:
                 relay.ever_connected = True
                 relay.connect_failures = 0
                 relay.open.add(connection)
-                if len(relay.open) > relay.pool:
-                    relay.pool = len(relay.open)  # a spare got through: the server takes more again
+                if (now_open := relay.open_now()) > relay.pool:
+                    relay.pool = now_open  # a spare got through: the server takes more again
                 return connection, False
             job.attempts += 1
             verdict = error.verdict
@@ -436,7 +439,7 @@ class Sender:
             # Whether the connections opening at the same time got through decides what this meant.
             async with settled:
                 await settled.wait_for(lambda: relay.connecting == 0)
-            if relay.open:
+            if relay.open_now():
                 if self._closing:  # a recycled connection may still count at the server
                     await asyncio.gather(*self._closing, return_exceptions=True)
                     continue
@@ -472,10 +475,10 @@ class Sender:
 
     def _shrink(self, relay: Relay, verdict: Verdict) -> None:
         """The server refused a connection while others were open: it takes only those."""
-        if len(relay.open) >= relay.pool:
+        if (now_open := relay.open_now()) >= relay.pool:
             return
         first = relay.pool == relay.connections
-        relay.pool = len(relay.open)
+        relay.pool = now_open
         if first and self._on_notice is not None:
             self._on_notice(
                 relay.described(
