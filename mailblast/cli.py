@@ -174,6 +174,9 @@ def preview(
     row: Annotated[
         int, typer.Option("--row", "-r", help="Which row to show; 1 is the first after the header.")
     ] = 1,
+    open_browser: Annotated[
+        bool, typer.Option("--open", help="Open the HTML part in the default browser too.")
+    ] = False,
     from_: FromOpt = None,
     config: ConfigOpt = None,
     encoding: EncodingOpt = None,
@@ -187,8 +190,10 @@ def preview(
 
     Example: mailblast preview people.csv -t welcome.md --row 3
     """
-    settings = {k: v for k, v in locals().items() if k != "row"}
-    _run(lambda console: run_preview(_settings(settings), recipients, row, console))
+    settings = {k: v for k, v in locals().items() if k not in ("row", "open_browser")}
+    _run(
+        lambda console: run_preview(_settings(settings), recipients, row, console, open_browser=open_browser)
+    )
 
 
 @app.command()
