@@ -9,11 +9,12 @@ import html
 import os
 import re
 import tempfile
+import time
 import webbrowser
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.text import Text
@@ -313,7 +314,9 @@ class TemplateFaults:
         self.found[key] = (first, count + 1)
 
 
-def run_check(settings: Settings, recipients_path: Path, console: Console) -> int:
+def run_check(
+    settings: Settings, recipients_path: Path, console: Console, facts: dict[str, Any] | None = None
+) -> int:
     server = check_smtp_settings(settings)
     inputs = load_inputs(settings, recipients_path)
     console.print(describe_format(inputs.recipients), highlight=False, soft_wrap=True)
@@ -325,9 +328,19 @@ def run_check(settings: Settings, recipients_path: Path, console: Console) -> in
             highlight=False,
             soft_wrap=True,
         )
+    started = time.monotonic()
     tally = scan(inputs, settings, console)
     counts = tally.as_dict(suppression=inputs.suppressed is not None)
     display.print_counts(console, f"check {inputs.recipients.name}", counts)
+    if facts is not None:
+        fmt = inputs.recipients.format
+        facts.update(
+            rows=tally.as_dict(suppression=True),
+            encoding=fmt.encoding,
+            delimiter=fmt.delimiter,
+            email_column=fmt.address_column,
+            elapsed_seconds=round(time.monotonic() - started, 3),
+        )
     return verdict_of_scan(console, tally)
 
 
