@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import partial
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from rich.console import Console
 
@@ -542,20 +542,40 @@ async def _send(
                 break
         task.cancel()
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal)
     watch = asyncio.create_task(end_when_stopped())
     cut_short = False
     try:
-        async with SendProgress(console, sender.counts, quiet=settings.quiet) as progress:
-            await sender.run(recorder.track(plan.recipients), composer.compose, plan.maybe_sent)
+        with _on_signals(loop, on_signal):
+            async with SendProgress(console, sender.counts, quiet=settings.quiet) as progress:
+                await sender.run(recorder.track(plan.recipients), composer.compose, plan.maybe_sent)
     except asyncio.CancelledError:
         cut_short = True
     finally:
         watch.cancel()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
     return progress.elapsed, cut_short
+
+
+@contextmanager
+def _on_signals(loop: asyncio.AbstractEventLoop, handler: Callable[[], None]) -> Iterator[None]:
+    """Ctrl-C and SIGTERM call ``handler`` in the loop; where the loop cannot (Windows' loops have
+    no add_signal_handler), signal.signal hands them to it."""
+    signals = (signal.SIGINT, signal.SIGTERM)
+    installed: list[int] = []
+    previous: dict[int, Any] = {}
+    try:
+        for sig in signals:
+            loop.add_signal_handler(sig, handler)
+            installed.append(sig)
+    except NotImplementedError:
+        for sig in set(signals) - set(installed):
+            previous[sig] = signal.signal(sig, lambda *_: loop.call_soon_threadsafe(handler))
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _summarise(

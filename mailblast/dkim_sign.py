@@ -21,20 +21,21 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
+from mailblast.compose import RowError
 from mailblast.errors import ConfigError
 
 SIGNED_HEADERS = (
-    "from",
-    "to",
-    "cc",
-    "subject",
-    "date",
-    "message-id",
-    "mime-version",
-    "content-type",
-    "reply-to",
-    "list-unsubscribe",
-    "list-unsubscribe-post",
+    b"from",
+    b"to",
+    b"cc",
+    b"subject",
+    b"date",
+    b"message-id",
+    b"mime-version",
+    b"content-type",
+    b"reply-to",
+    b"list-unsubscribe",
+    b"list-unsubscribe-post",
 )
 KeyType = Literal["rsa", "ed25519"]
 MIN_RSA_BITS = 1024  # what receivers (and dkimpy's verifier) accept at the least; 2048 is advised
@@ -158,7 +159,6 @@ class Signer:
     """Adds a DKIM-Signature to messages as they are built."""
 
     def __init__(self, key: DkimKey) -> None:
-        self.key = key
         private = serialization.load_pem_private_key(key.pem, password=None)
         self._domain = key.domain.encode("ascii")
         self._selector = key.selector.encode("ascii")
@@ -172,7 +172,7 @@ class Signer:
         else:
             assert isinstance(private, rsa.RSAPrivateKey)
             self._rsa = _RsaByOpenSSL(private)
-            # dkimpy still parses this (quickly) before it reaches the RSA operation
+            # dkimpy still wants it, to parse (once: see the cache above) and then not use
             self._dkimpy_key = private.private_bytes(
                 serialization.Encoding.PEM,
                 serialization.PrivateFormat.TraditionalOpenSSL,
@@ -184,14 +184,16 @@ class Signer:
         signer = _Dkim(message, signature_algorithm=self._algorithm)
         signer.rsa_key = self._rsa
         present = {name.lower() for name, _ in signer.headers}
-        headers = [name.encode("ascii") for name in SIGNED_HEADERS if name.encode("ascii") in present]
-        signature = signer.sign(
-            self._selector,
-            self._domain,
-            self._dkimpy_key,
-            canonicalize=(b"relaxed", b"relaxed"),
-            include_headers=headers,
-        )
+        try:
+            signature = signer.sign(
+                self._selector,
+                self._domain,
+                self._dkimpy_key,
+                canonicalize=(b"relaxed", b"relaxed"),
+                include_headers=[name for name in SIGNED_HEADERS if name in present],
+            )
+        except dkim.DKIMException as e:  # a message mailblast built is well-formed: not expected
+            raise RowError(f"the message cannot be DKIM-signed: {e}") from None
         return signature + message
 
 

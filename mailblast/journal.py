@@ -29,11 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
+import filelock
+
 from mailblast.errors import InputError, MailblastError, StoppedError
 
 try:
     import fcntl
-except ImportError:  # Windows: no lock, as before
+except ImportError:  # Windows: filelock's lock (msvcrt) instead, see _portable_lock
     fcntl = None  # type: ignore[assignment]
 from mailblast.outcomes import Outcome, Status
 from mailblast.recipients import Recipient
@@ -165,7 +167,7 @@ class Journal:
         self._run: int | None = None
         self._allow_duplicates = False
         self._run_marked = 0.0
-        self._lock_file: BinaryIO | None = None
+        self._lock_file: BinaryIO | _PortableLock | None = None
 
     @classmethod
     def for_send(cls, path: Path, *, restart: bool = False) -> tuple[Journal, Path | None]:
@@ -584,12 +586,14 @@ def _connect_read_only(path: Path) -> sqlite3.Connection:
     return db
 
 
-def _lock(path: Path) -> BinaryIO:
+def _lock(path: Path) -> BinaryIO | _PortableLock:
     """Hold the journal for this process: two sends of one campaign at once would both send.
 
     The lock belongs to the real file, whatever path (a symlink, another spelling) names it.
     """
     lock_path = path.resolve().with_name(path.resolve().name + ".lock")
+    if fcntl is None:
+        return _portable_lock(path, lock_path)
     try:
         lock = open(lock_path, "ab")  # noqa: SIM115 - held until Journal.close()
     except PermissionError:
@@ -599,17 +603,40 @@ def _lock(path: Path) -> BinaryIO:
             raise _lock_error(lock_path, e) from None
     except OSError as e:
         raise _lock_error(lock_path, e) from None
-    if fcntl is None:  # Windows: no lock, as before
-        return lock
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         lock.close()
-        raise InputError(
-            f"another mailblast send is using {path}",
-            "wait for it to finish (mailblast status shows its progress), or pass another --journal",
-        ) from None
+        raise _busy(path) from None
     return lock
+
+
+class _PortableLock:
+    """filelock's lock where fcntl is missing (Windows: msvcrt, which the OS drops with the process)."""
+
+    def __init__(self, lock: filelock.BaseFileLock) -> None:
+        self._lock = lock
+
+    def close(self) -> None:
+        self._lock.release()
+
+
+def _portable_lock(path: Path, lock_path: Path) -> _PortableLock:
+    lock = filelock.FileLock(lock_path, timeout=0, thread_local=False)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise _busy(path) from None
+    except OSError as e:
+        raise _lock_error(lock_path, e) from None
+    return _PortableLock(lock)
+
+
+def _busy(path: Path) -> InputError:
+    return InputError(
+        f"another mailblast send is using {path}",
+        "wait for it to finish (mailblast status shows its progress), or pass another --journal",
+    )
 
 
 def _lock_error(lock_path: Path, e: OSError) -> InputError:

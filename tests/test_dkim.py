@@ -188,3 +188,18 @@ def test_keygen_writes_a_key_whose_printed_record_verifies_what_is_sent(
     assert all(dkim.verify(r.data, dnsfunc=lookup) for r in server.received)
     again = mailblast(tmp_path, "dkim-keygen", "example.com", "mb2026", "--out", "dkim.pem")
     assert again.returncode == 2 and "dkim.pem exists already; nothing was written" in again.stderr
+
+
+def test_an_smtputf8_message_verifies(tmp_path: Path) -> None:
+    lookup = make_key(tmp_path, "ed25519")
+    campaign(tmp_path, 0)
+    (tmp_path / "people.csv").write_text("email,name\nzoë@exämple.org,Zoë Ünïcode\n", encoding="utf-8")
+    template = Template(
+        tmp_path / "t.txt",
+        unsubscribe_mailto="mailto:u@example.com",
+        dkim=load_key("example.com", "mb2026", tmp_path / "dkim.pem"),
+    )
+    (recipient,) = [r.recipient for r in RecipientsFile(tmp_path / "people.csv").rows() if r.recipient]
+    message = template.compose(recipient)
+    assert message.needs_smtputf8 and "zoë".encode() in message.data
+    assert dkim.verify(message.data, dnsfunc=lookup)

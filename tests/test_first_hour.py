@@ -8,8 +8,10 @@ import email.policy
 import os
 import pty
 import re
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -475,3 +477,69 @@ def test_help_shows_defaults_groups_and_an_example() -> None:
         assert not re.search(r"\w \.\s", text), command  # "at once ." where markup ate a [bracket]
     root = help_text()
     assert "--install-completion" in root and "Example: mailblast check" in root
+
+
+# -- 16. Windows, simulated: no loop.add_signal_handler, no fcntl -------------------------
+
+AS_ON_WINDOWS = """
+import asyncio, sys
+sys.modules["fcntl"] = None  # as on Windows: importing it fails
+def no_signal_handlers(self, *args, **kwargs):
+    raise NotImplementedError  # as Windows' event loops do
+asyncio.unix_events._UnixSelectorEventLoop.add_signal_handler = no_signal_handlers
+from mailblast.cli import app
+app(sys.argv[1:], prog_name="mailblast")
+"""
+
+
+def start_as_on_windows(folder: Path, *args: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILBLAST_")}
+    return subprocess.Popen(
+        [sys.executable, "-W", "ignore", "-c", AS_ON_WINDOWS, *args], cwd=folder, env=env, text=True,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_without_loop_signal_handlers_ctrl_c_still_stops_gracefully(
+    tmp_path: Path, smtp_server: Callable[..., SmtpServer]
+) -> None:
+    server = smtp_server()
+    campaign(tmp_path, 3)
+    proc = start_as_on_windows(
+        tmp_path, "send", "people.csv", "-t", "t.txt", "--smtp", server.url, "--rate", "1/min"
+    )
+    wait_for(lambda: len(server.received) == 1)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 3, err
+    assert "Traceback" not in err and "NotImplementedError" not in err
+    assert "interrupted: 2 recipient(s) not attempted" in err
+    assert out.count("not attempted") == 2  # the report, on standard output (not a terminal)
+
+
+def test_without_fcntl_the_journal_lock_still_keeps_one_send_at_a_time(
+    tmp_path: Path, smtp_server: Callable[..., SmtpServer]
+) -> None:
+    server = smtp_server(data_latency=0.3)
+    campaign(tmp_path, 20)
+    args = ("send", "people.csv", "-t", "t.txt", "--smtp", server.url, "--connections", "1")
+    first = start_as_on_windows(tmp_path, *args)
+    wait_for(lambda: len(server.received) >= 1)
+    second = start_as_on_windows(tmp_path, *args)
+    _, err = second.communicate(timeout=30)
+    assert second.returncode == 2, err
+    assert "another mailblast send is using people.csv.mailblast.sqlite" in err
+    _, err = first.communicate(timeout=60)
+    assert first.returncode == 0, err
+    assert len(server.received) == 20  # the refused second run sent nothing
+    again = start_as_on_windows(tmp_path, *args)  # released: a later run takes the lock again
+    _, err = again.communicate(timeout=30)
+    assert again.returncode == 0 and "nothing to send: 20 sent" in err, err
