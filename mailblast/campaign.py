@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 from rich.console import Console
 
-from mailblast import capture, display
+from mailblast import capture, display, testsend
 from mailblast.check import Inputs, ScanTally, load_inputs, scan, verdict_of_scan
 from mailblast.compose import ComposedMessage
 from mailblast.config import Settings
@@ -97,6 +97,9 @@ def run_send(
         return _rehearse(settings, recipients_path, console, ask_password, stdout, resume_command)
     target = parse_smtp_url(settings.smtp_url)
     rate = parse_rate(settings.rate) if settings.rate else None
+    test_to = testsend.address_of(settings)
+    if test_to is not None:
+        settings = replace(settings, no_journal=True)  # a test send leaves the campaign as it was
     if settings.report is not None:
         _check_writable(settings.report)  # before the check pass, which may take minutes
     inputs = load_inputs(settings, recipients_path)
@@ -109,6 +112,16 @@ def run_send(
         tally, plan = _check_and_plan(journal, inputs, settings, console)
         if tally.invalid:
             return verdict_of_scan(console, tally)
+        if test_to is not None:
+            chosen = testsend.pick(plan.recipients, settings.test_count, settings.test_row)
+            plan = Plan(iter(chosen), len(chosen))
+            composer = testsend.Redirected(composer, test_to)
+            console.print(
+                f"test send: {len(chosen):,} message(s), each to {test_to} only (no Cc or Bcc), as "
+                f"{', '.join(r.address for r in chosen)} would get it; no journal, so a real send "
+                "still sends to everyone",
+                soft_wrap=True,
+            )
         if plan.total == 0:
             console.print(_nothing_to_send(journal, settings), highlight=False)
             return 0
@@ -499,7 +512,7 @@ def _check_and_plan(
 async def _send(
     sender: Sender,
     plan: Plan,
-    composer: ComposeWorker,
+    composer: ComposeWorker | testsend.Redirected,
     settings: Settings,
     console: Console,
     recorder: Recorder,

@@ -194,7 +194,7 @@ def open_outbox(path: Path) -> mailbox.Maildir:
         raise ConfigError(f"--outbox {path}: cannot create the Maildir: {e.strerror}") from None
 
 
-def store(outbox: mailbox.Maildir, envelope: Envelope) -> Captured:
+def store(outbox: mailbox.Maildir, envelope: Envelope, at: datetime) -> Captured:
     """Write the message to the Maildir, with the envelope on top as a delivery agent would."""
     data = envelope.original_content or b""
     mail_from = envelope.mail_from or ""
@@ -204,7 +204,7 @@ def store(outbox: mailbox.Maildir, envelope: Envelope) -> Captured:
     top = f"Return-path: <{mail_from}>\r\nEnvelope-to: {', '.join(rcpt_tos)}\r\n".encode()
     key = outbox.add(top + data)
     headers = email.parser.BytesHeaderParser(policy=email.policy.default).parsebytes(data)
-    return Captured(datetime.now(), mail_from, rcpt_tos, str(headers.get("Subject", "")), len(data), key)
+    return Captured(at, mail_from, rcpt_tos, str(headers.get("Subject", "")), len(data), key)
 
 
 # -- aiosmtpd glue ---------------------------------------------------------------------------
@@ -263,12 +263,13 @@ class _Handler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         assert isinstance(server, _Session)
+        at = datetime.now()  # when the rules count it, not when the disk is done
         refusal = self.server.rules.data()
         if refusal is not None:
-            self.server.report(Refused(datetime.now(), refusal, tuple(envelope.rcpt_tos)))
+            self.server.report(Refused(at, refusal, tuple(envelope.rcpt_tos)))
             return refusal
         server.accepted += 1
-        self.server.report(store(self.server.outbox, envelope))
+        self.server.report(store(self.server.outbox, envelope, at))
         return QUEUED_REPLY
 
     async def handle_exception(self, error: Exception) -> str:

@@ -21,6 +21,7 @@ from mailblast.urls import parse_rate
 
 # Panels of `send --help`; the options without one are under "Options".
 SMTP, PACE, RERUN = "SMTP server", "Rate and connections", "Journal and re-runs"
+TEST_SEND, REHEARSE = "Test send", "Rehearse a provider"
 CSV, MESSAGE = "Recipients file", "Message"
 
 app = typer.Typer(
@@ -291,6 +292,29 @@ def send(
             help="Leave out messages in flight when an earlier run died.",
         ),
     ] = None,
+    test_to: Annotated[
+        str | None,
+        typer.Option(
+            "--test-to",
+            rich_help_panel=TEST_SEND,
+            help="Send the first few messages to this address only, as their recipients would get them; "
+            "the journal is not touched.",
+        ),
+    ] = None,
+    test_count: Annotated[
+        int | None,
+        typer.Option(
+            "--test-count",
+            rich_help_panel=TEST_SEND,
+            help="With --test-to: how many messages. \\[default: 3]",
+        ),
+    ] = None,
+    test_row: Annotated[
+        int | None,
+        typer.Option(
+            "--row", rich_help_panel=TEST_SEND, help="With --test-to: send the message of this row instead."
+        ),
+    ] = None,
     wait: Annotated[
         bool | None,
         typer.Option(
@@ -397,17 +421,31 @@ def serve(
     ] = capture.DEFAULT_OUTBOX,
     rate: Annotated[
         str | None,
-        typer.Option("--rate", help="Rehearse a rate limit, e.g. 3/s: above it, Mailtrap's 550 reply."),
+        typer.Option(
+            "--rate",
+            rich_help_panel=REHEARSE,
+            help="At most this many messages per period, e.g. 3/s; above it, Mailtrap's 550 reply.",
+        ),
     ] = None,
     max_connections: Annotated[
-        int | None, typer.Option("--max-connections", help="Connections at once; above it, a 421 greeting.")
+        int | None,
+        typer.Option(
+            "--max-connections",
+            rich_help_panel=REHEARSE,
+            help="Connections at once; above it, a 421 greeting.",
+        ),
     ] = None,
     max_messages: Annotated[
         int | None,
-        typer.Option("--max-messages", rich_help_panel=PACE, help="Messages per connection; then a 421."),
+        typer.Option("--max-messages", rich_help_panel=REHEARSE, help="Messages per connection; then a 421."),
     ] = None,
     fail_rate: Annotated[
-        float, typer.Option("--fail-rate", help="Share of messages refused with a random 451, 0 to 1.")
+        float,
+        typer.Option(
+            "--fail-rate",
+            rich_help_panel=REHEARSE,
+            help="Share of messages refused with a random 451, 0 to 1.",
+        ),
     ] = 0.0,
 ) -> None:
     """Run a local SMTP server that keeps every message in a Maildir and sends nothing on.

@@ -91,6 +91,9 @@ class Settings:
     skip_uncertain: bool = False
     wait: bool = False  # wait for the account's quota instead of stopping
     outbox: Path | None = None  # deliver into this Maildir through the local capture server
+    test_to: str | None = None  # send a few messages to this address only (testsend.py)
+    test_count: int | None = None
+    test_row: int | None = None
     config_file: Path | None = None  # the file the settings came from, to name in hints
 
 

@@ -22,6 +22,7 @@ import contextlib
 import functools
 import inspect
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -83,6 +84,7 @@ CREATE INDEX IF NOT EXISTS recipients_by_row ON recipients (campaign, seen_run, 
 PENDING, SENDING = "pending", "sending"
 SUPPRESSED = "suppressed"  # on a suppression list: never sent, not a failure, not in the report
 BATCH = 5000
+ELSEWHERE = "pass --journal PATH to keep it somewhere writable"
 DAMAGED = ("SQLITE_CORRUPT", "SQLITE_NOTADB")  # sqlite3.Error.sqlite_errorname of a broken file
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -161,13 +163,13 @@ class Journal:
                 raise self._error(e) from None
             raise InputError(
                 f"{path}: cannot open the journal: {e}",
-                "pass --journal PATH to keep it somewhere writable",
+                ELSEWHERE,
             ) from None
         self._campaign: CampaignInfo | None = None
         self._run: int | None = None
         self._allow_duplicates = False
         self._run_marked = 0.0
-        self._lock_file: BinaryIO | _PortableLock | None = None
+        self._locks: list[BinaryIO | _PortableLock] = []  # held while sending; see for_send()
 
     @classmethod
     def for_send(cls, path: Path, *, restart: bool = False) -> tuple[Journal, Path | None]:
@@ -176,9 +178,10 @@ class Journal:
         A damaged or empty journal is an error; with ``restart`` it is set aside under a new
         name (returned) and a new journal takes its place.
         """
-        lock = _lock(path)
+        locks = [_lock(path)]
         set_aside = None
         try:
+            _lock_the_file(path, locks)  # before SQLite opens it
             try:
                 journal = cls(path)
                 journal.check()
@@ -189,10 +192,12 @@ class Journal:
             if journal is None:
                 set_aside = _set_aside(path)
                 journal = cls(path)
+            _lock_the_file(path, locks)  # a new file: created just now
         except BaseException:
-            lock.close()
+            for lock in locks:
+                lock.close()
             raise
-        journal._lock_file = lock
+        journal._locks = locks
         return journal, set_aside
 
     def check(self) -> None:
@@ -209,9 +214,9 @@ class Journal:
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):  # nothing is uncommitted: every write commits
             self._db.close()
-        if self._lock_file is not None:
-            self._lock_file.close()
-            self._lock_file = None
+        for lock in self._locks:
+            lock.close()
+        self._locks.clear()
 
     def _error(self, e: sqlite3.Error) -> MailblastError:
         if getattr(e, "sqlite_errorname", "") in DAMAGED:
@@ -603,12 +608,47 @@ def _lock(path: Path) -> BinaryIO | _PortableLock:
             raise _lock_error(lock_path, e) from None
     except OSError as e:
         raise _lock_error(lock_path, e) from None
+    return _flock(lock, path)
+
+
+def _lock_the_file(path: Path, locks: list[BinaryIO | _PortableLock]) -> None:
+    """Lock the journal file itself, once: a hard link is a path that resolves elsewhere.
+
+    The descriptor stays open until the journal closes: closing one would drop the POSIX locks
+    SQLite holds on the same file.
+    """
+    if fcntl is None:  # Windows: the lock file only (a hard link there is rare)
+        return
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        stat = path.stat()
+    except FileNotFoundError:
+        return  # not created yet
+    except OSError as e:
+        raise _open_error(path, e) from None
+    for lock in locks:
+        assert not isinstance(lock, _PortableLock)
+        held = os.fstat(lock.fileno())
+        if (held.st_dev, held.st_ino) == (stat.st_dev, stat.st_ino):
+            return  # locked already; opening it again would be harmful once SQLite has it open
+    try:
+        file = open(path, "rb")  # noqa: SIM115 - held until Journal.close()
+    except OSError as e:
+        raise _open_error(path, e) from None
+    locks.append(_flock(file, path))
+
+
+def _open_error(path: Path, e: OSError) -> InputError:
+    return InputError(f"{path}: cannot open the journal: {e.strerror}", ELSEWHERE)
+
+
+def _flock(file: BinaryIO, path: Path) -> BinaryIO:
+    """``file``, locked for this process alone; an error if another send holds it."""
+    try:
+        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        lock.close()
+        file.close()
         raise _busy(path) from None
-    return lock
+    return file
 
 
 class _PortableLock:
@@ -642,7 +682,7 @@ def _busy(path: Path) -> InputError:
 def _lock_error(lock_path: Path, e: OSError) -> InputError:
     return InputError(
         f"{lock_path}: cannot create the journal's lock file: {e.strerror}",
-        "pass --journal PATH in a folder you can write",
+        ELSEWHERE,
     )
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mailblast.config import SMTP_KEYS, TOP_KEYS
+from mailblast.config import SMTP_KEYS, TOP_KEYS, UNSUBSCRIBE_KEYS
 from mailblast.init import FORMATS, starter_files, starter_text
 from tests.test_send_cli import mailblast
 
@@ -45,14 +45,14 @@ def test_the_starter_config_lists_every_setting_and_names_no_server() -> None:
     text = starter_files("md")["mailblast.toml"]
     for key in TOP_KEYS:
         assert re.search(rf"^(# )?{key} = ", text, re.M), key
-    smtp = text[text.index("[smtp]") :]
-    for key in SMTP_KEYS:
-        assert re.search(rf"^# {key} = ", smtp, re.M), key  # commented: the defaults rule
     # every commented line is a valid setting once uncommented
     uncommented = re.sub(r"^# (\w+ = )", r"\1", text, flags=re.M)
     data = tomllib.loads(uncommented)
-    assert set(data) - {"smtp"} == set(TOP_KEYS) and set(data["smtp"]) == set(SMTP_KEYS)
-    assert "url" not in tomllib.loads(text).get("smtp", {})
+    assert set(data) - {"smtp", "unsubscribe"} == set(TOP_KEYS)
+    assert set(data["smtp"]) == set(SMTP_KEYS)
+    assert set(data["unsubscribe"]) == set(UNSUBSCRIBE_KEYS)
+    written = tomllib.loads(text)
+    assert written["smtp"] == {} and written["unsubscribe"] == {}  # no server: the outbox
 
 
 def test_init_refuses_to_overwrite_anything(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -123,7 +124,12 @@ def test_the_lock_belongs_to_the_file_not_the_path(tmp_path: Path) -> None:
     (tmp_path / "sub").mkdir()
     first, _ = Journal.for_send(tmp_path / "j.sqlite")
     (tmp_path / "link.sqlite").symlink_to(tmp_path / "j.sqlite")
-    for spelling in (tmp_path / "link.sqlite", tmp_path / "sub" / ".." / "j.sqlite"):
+    os.link(tmp_path / "j.sqlite", tmp_path / "hard.sqlite")
+    for spelling in (
+        tmp_path / "link.sqlite",
+        tmp_path / "sub" / ".." / "j.sqlite",
+        tmp_path / "hard.sqlite",
+    ):
         with pytest.raises(InputError, match="another mailblast send is using"):
             Journal.for_send(spelling)
     first.close()
