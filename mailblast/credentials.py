@@ -90,8 +90,8 @@ class Credentials:
 
     username: str
     method: AuthMethod | None = None
-    password: str | None = None
-    token: str | None = None  # a fixed token, or the command's latest one not used yet
+    password: str | None = field(default=None, repr=False)  # never in a repr, a log or a traceback
+    token: str | None = field(default=None, repr=False)  # a fixed token, or the command's first, unused
     token_command: SecretCommand | None = None
     chosen: str | None = None  # the method of the latest sign-in
     # the latest tokens a command gave: only a connection still open can echo its own

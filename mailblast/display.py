@@ -46,7 +46,9 @@ def print_counts(console: Console, title: str, counts: Mapping[str, object]) -> 
     table.add_column(style="bold")
     table.add_column(justify="right")
     for name, value in counts.items():
-        table.add_row(name, str(value))
+        table.add_row(
+            name, f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+        )
     console.print(table)
 
 

@@ -20,18 +20,8 @@ from aiosmtpd.smtp import Envelope
 from typer.testing import CliRunner
 
 from mailblast.cli import app
-from tests.servers import SmtpServer
-
-
-def run(*args: str | Path, cwd: Path, env: dict[str, str] | None = None) -> tuple[int, str]:
-    """mailblast in-process from ``cwd``; the exit code and stdout+stderr."""
-    old = Path.cwd()
-    os.chdir(cwd)
-    try:
-        result = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False, env=env)
-    finally:
-        os.chdir(old)
-    return result.exit_code, result.output
+from tests.servers import SmtpServer, child_environ
+from tests.test_cli import run  # mailblast in-process: (exit code, stdout+stderr)
 
 
 def rows_file(folder: Path, n: int, header: str = "email,name", sep: str = ",") -> Path:
@@ -108,7 +98,7 @@ def mailblast(
     tty_stderr: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """A real subprocess; ``tty_stdout`` / ``tty_stderr`` make that stream a terminal (a pty)."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("MAILBLAST_")}
+    full_env = child_environ()
     full_env.update(env or {}, COLUMNS="120")
     command = [sys.executable, "-m", "mailblast", *args]
     if not (tty_stdout or tty_stderr):

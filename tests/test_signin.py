@@ -256,6 +256,11 @@ def test_a_token_alone_asks_for_no_password() -> None:
         prompted.choose_method("h", ["xoauth2"])
 
 
+def test_credentials_never_show_their_secrets_in_a_repr() -> None:
+    credentials = Credentials("u", password=PASSWORD, token=TOKEN)
+    assert PASSWORD not in repr(credentials) and TOKEN not in repr(credentials)
+
+
 def test_secret_settings_need_a_user_in_the_url() -> None:
     assert gather(None, environ={"MAILBLAST_SMTP_PASSWORD": "x"}) is None
     with pytest.raises(ConfigError, match="oauth_token_command is set, but the SMTP URL names no user"):
