@@ -154,7 +154,13 @@ def run_send(
         tls_context = ssl.create_default_context()  # once: loading the CA store takes milliseconds
 
         def connect() -> Connection:
-            return Connection(target, credentials, timeout=settings.timeout, tls_context=tls_context)
+            return Connection(
+                target,
+                credentials,
+                timeout=settings.timeout,
+                tls_context=tls_context,
+                pipelining=settings.pipelining,
+            )
 
         limiter: SlidingWindowLimiter
         if book is not None:

@@ -239,6 +239,15 @@ def send(
         float | None,
         typer.Option("--timeout", rich_help_panel=SMTP, help="Seconds to wait for a reply. \\[default: 30]"),
     ] = None,
+    pipelining: Annotated[
+        bool | None,
+        typer.Option(
+            "--pipelining/--no-pipelining",
+            help="Send each message's commands in one write when the server offers PIPELINING "
+            "(on by default; MAILBLAST_PIPELINING=0 turns it off).",
+            show_default=False,
+        ),
+    ] = None,
     auth: Annotated[
         str | None,
         typer.Option(

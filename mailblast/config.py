@@ -14,14 +14,16 @@ Relative paths in the file are taken from the file's own folder.
 
 from __future__ import annotations
 
+import os
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from mailblast.errors import ConfigError, did_you_mean
 
 DEFAULT_CONFIG = "mailblast.toml"
+PIPELINING_ENV = "MAILBLAST_PIPELINING"
 MAX_CONNECTIONS = 100  # per run: servers allow a few per client, and each costs memory
 
 # key in the file -> (type, is a path)
@@ -50,7 +52,13 @@ SMTP_KEYS: dict[str, tuple[type, bool]] = {
     "auth": (str, False),
     "password_command": (str, False),
     "oauth_token_command": (str, False),
+    "pipelining": (bool, False),
 }
+
+
+def pipelining_default() -> bool:
+    """Pipelining is on unless MAILBLAST_PIPELINING says 0 (or false, no, off)."""
+    return os.environ.get(PIPELINING_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 @dataclass
@@ -84,6 +92,7 @@ class Settings:
     auth: str | None = None  # login, plain or xoauth2; None: chosen from what the server offers
     password_command: str | None = None
     oauth_token_command: str | None = None
+    pipelining: bool = field(default_factory=pipelining_default)  # when the server offers it
     # per run only, never from the file
     no_journal: bool = False
     restart: bool = False

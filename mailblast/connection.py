@@ -1,8 +1,9 @@
 """One SMTP connection (aiosmtplib), and the one place where its errors become verdicts.
 
-Everything that can go wrong on the wire leaves this module as a ``TransactionError``
+Everything that can go wrong while connecting leaves this module as a ``TransactionError``
 carrying a classified ``Verdict``; nothing above it knows aiosmtplib's exceptions. Every
 verdict leaves without the password or token, however the server echoed it (redact.py).
+Once open, messages go through ``transactions`` (mailblast.transaction), which pipelines.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import os
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import aiosmtplib
@@ -23,40 +23,14 @@ from mailblast.compose import ComposedMessage
 from mailblast.credentials import Credentials, SecretError
 from mailblast.errors import ConfigError
 from mailblast.replies import Kind, Verdict, classify, connection_lost
+from mailblast.transaction import Accepted, TransactionError, Transactions
 from mailblast.urls import SmtpTarget
 
 LOCAL_HOSTNAME = socket.gethostname() or "localhost"
 
 
-class TransactionError(Exception):
-    """A connection or message failed; ``uncertain`` when the reply to the final "." was lost.
-
-    ``refused`` lists the other recipients (Cc, Bcc) refused for good in the same transaction.
-    """
-
-    def __init__(
-        self,
-        verdict: Verdict,
-        *,
-        uncertain: bool = False,
-        refused: tuple[tuple[str, Verdict], ...] = (),
-    ) -> None:
-        super().__init__(verdict.describe())
-        self.verdict = verdict
-        self.uncertain = uncertain
-        self.refused = refused
-
-
 def _fatal(text: str) -> TransactionError:
     return TransactionError(Verdict(Kind.FATAL, None, None, None, text))
-
-
-@dataclass(frozen=True)
-class Accepted:
-    """The server took the message: its reply, and any recipients it refused for good."""
-
-    reply: Verdict
-    refused: tuple[tuple[str, Verdict], ...] = ()
 
 
 R = TypeVar("R")
@@ -73,8 +47,6 @@ def _redacting(method: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R
         except TransactionError as e:
             refused = tuple((a, clean(v)) for a, v in e.refused)
             raise TransactionError(clean(e.verdict), uncertain=e.uncertain, refused=refused) from None
-        if isinstance(result, Accepted):
-            return Accepted(clean(result.reply), tuple((a, clean(v)) for a, v in result.refused))  # type: ignore[return-value]
         return result
 
     return redacted
@@ -90,8 +62,11 @@ class Connection:
         *,
         timeout: float,
         tls_context: ssl.SSLContext | None = None,
+        pipelining: bool = True,
     ) -> None:
         self.target = target
+        self._timeout = timeout
+        self._pipelining = pipelining
         self._credentials = credentials
         self._tls_context = tls_context or ssl.create_default_context()
         self._smtp = aiosmtplib.SMTP(
@@ -103,7 +78,7 @@ class Connection:
             tls_context=self._tls_context,
             local_hostname=LOCAL_HOSTNAME,
         )
-        self.messages = 0
+        self.transactions: Transactions | None = None  # once open
 
     def __repr__(self) -> str:
         return f"Connection({self.target.display()})"
@@ -132,6 +107,16 @@ class Connection:
             raise self._connect_error(e) from None
         if self._credentials is not None:
             await self._login(self._credentials)
+        protocol = self._smtp.protocol
+        assert protocol is not None and protocol.transport is not None
+        self.transactions = Transactions(
+            protocol.transport,
+            protocol,
+            pipelining=self._pipelining and self._smtp.supports_extension("pipelining"),
+            smtputf8=self._smtp.supports_extension("smtputf8"),
+            timeout=self._timeout,
+            clean=self._clean,
+        )
 
     def _connect_error(self, error: Exception) -> TransactionError:
         self._smtp.close()
@@ -181,75 +166,10 @@ class Connection:
             self._smtp.close()
             raise TransactionError(connection_lost(f"login failed: {_reason(e)}")) from None
 
-    @_redacting
-    async def send(self, message: ComposedMessage, *, on_data: Callable[[], None] | None = None) -> Accepted:
-        """One MAIL/RCPT/DATA transaction; RSET and raise TransactionError on any refusal.
-
-        ``on_data`` runs just before DATA: until then the server cannot have the message.
-        """
-        options, encoding = [], "ascii"
-        if message.needs_smtputf8:
-            if not self._smtp.supports_extension("smtputf8"):
-                raise TransactionError(
-                    Verdict(
-                        Kind.PERMANENT,
-                        None,
-                        None,
-                        None,
-                        f"{message.recipient.address} needs SMTPUTF8, which the server does not offer",
-                    )
-                )
-            options, encoding = ["SMTPUTF8"], "utf-8"
-        stage, final_dot = "MAIL", None
-        try:
-            await self._smtp.mail(message.envelope_from, options=options, encoding=encoding)
-            stage = "RCPT"
-            own = message.own_address.casefold()
-            accepted, refused = 0, []
-            for address in message.envelope_to:
-                try:
-                    await self._smtp.rcpt(address, encoding=encoding)
-                    accepted += 1
-                except aiosmtplib.SMTPRecipientRefused as e:
-                    verdict = classify(e.code, e.message, recipient=True)
-                    if verdict.kind is not Kind.PERMANENT:
-                        raise TransactionError(verdict) from None
-                    refused.append((address, verdict))
-            # Delivery to the row's own address is what counts: refused, no copy goes out either.
-            own_refused = [v for a, v in refused if a.casefold() == own]
-            if own_refused or not accepted:
-                copies = tuple((a, v) for a, v in refused if a.casefold() != own)
-                raise TransactionError((own_refused or [refused[0][1]])[0], refused=copies)
-            stage = "DATA"
-            if on_data is not None:
-                on_data()
-            with _FinalDotWatch(self._smtp) as final_dot:
-                response = await self._smtp.data(message.data)
-        except aiosmtplib.SMTPResponseException as e:
-            await self._reset()
-            raise TransactionError(classify(e.code, e.message)) from None
-        except TransactionError:
-            await self._reset()
-            raise
-        except (aiosmtplib.SMTPException, OSError) as e:
-            self._smtp.close()
-            # Only once the final "." is written can the server have taken the message.
-            if final_dot is not None and final_dot.written:
-                lost = connection_lost(f"connection lost after the final '.': {_reason(e)}")
-                raise TransactionError(lost, uncertain=True) from None
-            where = "before the final '.'" if stage == "DATA" else f"at {stage}"
-            raise TransactionError(connection_lost(f"connection lost {where}: {_reason(e)}")) from None
-        self.messages += 1
-        return Accepted(classify(response.code, response.message), tuple(refused))
-
-    async def _reset(self) -> None:
-        # After a refusal the session must be reset before the next MAIL, as aiosmtplib's sendmail does.
-        if not self._smtp.is_connected:
-            return
-        try:
-            await self._smtp.rset()
-        except (aiosmtplib.SMTPException, OSError):
-            self._smtp.close()
+    async def send(self, message: ComposedMessage) -> Accepted:
+        """One message on its own, on the open connection; raises TransactionError."""
+        assert self.transactions is not None, "open() first"
+        return await self.transactions.send(message)
 
     def abort(self) -> None:
         """Drop the connection without QUIT."""
@@ -259,6 +179,8 @@ class Connection:
         """QUIT politely; a connection that is already gone is simply dropped."""
         if not self._smtp.is_connected:
             return
+        if self.transactions is not None:
+            self.transactions.detach()
         try:
             await self._smtp.quit()
         except (aiosmtplib.SMTPException, OSError):
@@ -266,36 +188,6 @@ class Connection:
         except asyncio.CancelledError:
             self._smtp.close()
             raise
-
-
-class _FinalDotWatch:
-    """Notes whether aiosmtplib's ``data()`` wrote the message and its final ".".
-
-    ``data()`` writes DATA, waits for 354, then writes the body with the final "." in one
-    call; aiosmtplib says nothing of how far it got when the connection drops, so this
-    watches that one write on the connection's protocol for the duration of the call.
-    """
-
-    def __init__(self, smtp: aiosmtplib.SMTP) -> None:
-        self._protocol = smtp.protocol
-        self.written = False
-
-    def __enter__(self) -> _FinalDotWatch:
-        protocol = self._protocol
-        if protocol is not None:
-            write = protocol.write
-
-            def watched(data: bytes) -> None:
-                write(data)
-                if data.endswith(b"\r\n.\r\n"):  # the body, never the DATA command itself
-                    self.written = True
-
-            protocol.write = watched  # type: ignore[method-assign]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._protocol is not None:
-            del self._protocol.write  # the class's method again
 
 
 def _tls_error(error: BaseException | None) -> str | None:

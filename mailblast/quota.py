@@ -197,6 +197,16 @@ class QuotaLimiter(SlidingWindowLimiter):
         self.exhausted_until: float | None = None  # set when the quota stopped the run
         self._waiting_for: float | None = None
 
+    def try_acquire(self) -> Slot | None:
+        """A slot now only if the quota has one now too (pipelining asks this way)."""
+        slot = super().try_acquire()
+        if slot is None:
+            return None
+        if self.book.take(self.account, self.rate.count, self.rate.period, self._wall()) is not None:
+            self.release(slot, accepted=False)  # the quota is used: acquire() waits or stops
+            return None
+        return slot
+
     async def acquire(self) -> Slot:
         slot = await super().acquire()
         while not self._stopping():

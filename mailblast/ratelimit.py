@@ -11,9 +11,10 @@ real time. The window is therefore the period plus a margin of 10% (at most 1 s)
 
 When the server still says "too fast" with a --rate given, the limit drops just below
 what the window held, and climbs back to the user's rate within a few quiet windows.
-Without --rate, the first burst goes out unlimited; when the server refuses, one probe
-at a time finds when it accepts again, and the run goes on at what the burst got
-through per that time (plus the margin). A later refusal of a full window widens it
+Without --rate, bursts go out unlimited; when the server refuses, one probe at a time
+finds when it accepts again. The second burst begins as the server's window opens, so
+what it got through, per the time until the window opened again, is the limit (plus the
+margin). A later refusal of a full window widens it
 (servers count whole seconds); of a window not full, lowers the limit below what it held.
 """
 
@@ -86,6 +87,8 @@ class SlidingWindowLimiter:
         self._probing = False
         self._probe: Slot | None = None
         self._accepted: deque[float] = deque()  # release times of the accepted, while learning
+        self._opened_at: float | None = None  # when a probe first found the server's window open
+        self._shortest = 0.0  # the least the server's window can last, from the first burst
         self._lock = asyncio.Lock()  # asyncio.Lock wakes waiters in FIFO order
         self._release_event = asyncio.Event()
 
@@ -208,6 +211,8 @@ class SlidingWindowLimiter:
             if self._burst_start is None:
                 self._burst_start = now
             self._paused_until = now + max(asked, self._probe_gap(now))
+            if self._opened_at is not None:
+                self._paused_until = max(self._paused_until, self._opened_at + self._shortest)
             return
         counted = self._counted(now)
         if self._configured is not None:
@@ -228,16 +233,29 @@ class SlidingWindowLimiter:
         return min(PROBE_GAP[1], max(PROBE_GAP[0], age / 4))
 
     def _learned(self, probe: Slot) -> None:
-        """The probe got through: the burst's accepted messages per the time until then."""
+        """The probe got through: the server's window opened again.
+
+        The first burst may have begun in the middle of a window (an earlier run, another
+        client), so it says little; the second begins as a window opens. What it got through,
+        per the time until the next opening, is the limit.
+        """
         assert self._burst_start is not None
-        self._limit = self._ceiling = max(1, self._burst_ok - 1)  # not counting the probe itself
-        self._period = max(probe.acquired_at - self._burst_start, 1e-3)
+        self._probing = False
+        self._probe = None
+        if self._opened_at is None:
+            # At least this long, less a probe's gap, the window lasted: no probing before then.
+            self._shortest = (probe.acquired_at - self._burst_start) * (1 - MARGIN)
+            self._opened_at = self._burst_start = probe.acquired_at
+            self._burst_ok = 1  # the probe, the first message of the new window
+            self._accepted.clear()
+            self._accepted.append(self._clock())
+            return
+        self._limit = self._ceiling = max(1, self._burst_ok - 1)  # not counting this probe
+        self._period = max(probe.acquired_at - self._opened_at, 1e-3)
         self._window = self._period * (1 + MARGIN)
         # Only what the server accepted counts on: refused probes were not messages it kept.
         self._released = self._accepted
         self._accepted = deque()
-        self._probing = False
-        self._probe = None
         self._burst_start = None
         self._recover_from = self._clock()
         self._step_size = 1

@@ -24,11 +24,12 @@ from collections.abc import Awaitable, Callable, Collection, Iterator
 from dataclasses import dataclass
 
 from mailblast.compose import Composed, ComposedMessage, RowError
-from mailblast.connection import Accepted, Connection, TransactionError
+from mailblast.connection import Connection
 from mailblast.outcomes import Counts, Outcome, Status
-from mailblast.ratelimit import SlidingWindowLimiter, backoff_delay
+from mailblast.ratelimit import SlidingWindowLimiter, Slot, backoff_delay
 from mailblast.recipients import Recipient
 from mailblast.replies import Kind, Verdict
+from mailblast.transaction import Accepted, Ready, TransactionError
 
 MAX_THROTTLED = 50  # throttle replies one message may get before it counts as failed
 COMPOSE_BATCH = 64  # recipients composed at a time
@@ -45,6 +46,15 @@ class _Job:
     throttled: int = 0
     maybe_delivered: str = ""  # why an earlier try may have reached the recipient already
     waiting: bool = False  # tried, and waiting to be tried again (counted in Counts.retrying)
+
+
+@dataclass
+class _Begun:
+    """A job whose transaction has started, with the rate limit's slot it holds."""
+
+    job: _Job
+    slot: Slot
+    ready: Ready | None = None  # once its DATA got 354
 
 
 @dataclass
@@ -226,24 +236,61 @@ class Sender:
 
     async def _worker(self) -> None:
         connection: Connection | None = None
+        begun: _Begun | None = None  # its DATA got 354: its content goes out in the next step
+        held: _Job | None = None  # taken from the queue, not started yet
+        ending = False  # the queue said the run is over
         spare_wait = SPARE_PROBE_AFTER
         try:
-            while (job := await self._queue.get()) is not None:
-                if self.stopping:
+            while True:
+                job, held = held, None
+                if job is None and not ending and (begun is None or self._pipelines(connection)):
+                    job, ending = await self._next(wait=begun is None)
+                if job is None and begun is None:
+                    break
+                if job is not None and self.stopping:
                     self._finish(job, Status.NOT_ATTEMPTED, self.stopped_by, "the run stopped first")
-                    continue
-                if connection is None or not connection.is_open:
-                    if connection is not None:
-                        self._open.discard(connection)
-                    connection, spare = await self._open_for(job)
-                    if spare:
-                        # The server takes no more connections: others send; try again rarely.
-                        await self._sleep(spare_wait)
-                        spare_wait = min(SPARE_PROBE_CAP, spare_wait * 2)
-                    if connection is None:
+                    job = None
+                    if begun is None:
                         continue
-                await self._transaction(connection, job)
-                if connection.messages >= self._options.max_messages:
+                if begun is not None and self.stopping:
+                    # Before its content the server cannot have it: stopping, it does not go.
+                    assert connection is not None
+                    connection.abort()
+                    self._limiter.release(begun.slot, accepted=False)
+                    self._finish(begun.job, Status.NOT_ATTEMPTED, self.stopped_by, "the run stopped first")
+                    begun = None
+                    continue
+                slot = None
+                if job is not None and begun is None:
+                    if connection is None or not connection.is_open:
+                        if connection is not None:
+                            self._open.discard(connection)
+                        connection, spare = await self._open_for(job)
+                        if spare:
+                            # The server takes no more connections: others send; try again rarely.
+                            await self._sleep(spare_wait)
+                            spare_wait = min(SPARE_PROBE_CAP, spare_wait * 2)
+                        if connection is None:
+                            continue
+                    slot = await self._limiter.acquire()
+                    if self.stopping:
+                        self._limiter.release(slot)
+                        self._finish(job, Status.NOT_ATTEMPTED, self.stopped_by, "the run stopped first")
+                        continue
+                elif job is not None:
+                    # The next envelope goes out with this content, if it may start now.
+                    assert connection is not None and connection.transactions is not None
+                    if connection.transactions.started < self._options.max_messages:
+                        slot = self._limiter.try_acquire()
+                    if slot is None:
+                        held, job = job, None
+                assert connection is not None
+                start = _Begun(job, slot) if job is not None and slot is not None else None
+                begun = await self._step(connection, begun, start)
+                transactions = connection.transactions
+                if begun is None and transactions is not None and (
+                    transactions.started >= self._options.max_messages
+                ):
                     # QUIT in the background: this worker opens its next connection meanwhile.
                     self._open.discard(connection)
                     closing = asyncio.create_task(connection.close())
@@ -258,27 +305,59 @@ class Sender:
             self._open.discard(connection)
             await connection.close()
 
-    async def _transaction(self, connection: Connection, job: _Job) -> None:
-        slot = await self._limiter.acquire()
-        if self.stopping:
-            self._limiter.release(slot)
-            self._finish(job, Status.NOT_ATTEMPTED, self.stopped_by, "the run stopped first")
-            return
-        job.attempts += 1
-        self._set_waiting(job, False)
-        on_data = (lambda: self._on_sending(job.message)) if self._on_sending is not None else None
-        delivered = False
-        try:
-            accepted = await connection.send(job.message, on_data=on_data)
-        except TransactionError as e:
-            if e.verdict.kind is Kind.THROTTLED:
-                self._limiter.throttled(e.verdict.retry_after, slot)
-            self._failed(job, e)
+    @staticmethod
+    def _pipelines(connection: Connection | None) -> bool:
+        return connection is not None and connection.transactions is not None and (
+            connection.transactions.pipelining
+        )
+
+    async def _next(self, *, wait: bool) -> tuple[_Job | None, bool]:
+        """The next job (None if ``wait`` is False and there is none yet), and whether the run is over."""
+        if not wait and self._queue.empty():
+            return None, False
+        job = await self._queue.get() if wait else self._queue.get_nowait()
+        return job, job is None
+
+    async def _step(
+        self, connection: Connection, content: _Begun | None, start: _Begun | None
+    ) -> _Begun | None:
+        """Send ``content``'s message and start ``start``'s transaction; the latter if its DATA got 354."""
+        assert connection.transactions is not None
+        if content is not None and self._on_sending is not None:
+            try:
+                self._on_sending(content.job.message)  # from its final "." on, the server may have it
+            except TransactionError as e:  # it cannot be recorded, so it must not go
+                connection.abort()  # its DATA got 354: only dropping the connection ends that unsent
+                self._settle(content, e)
+                if start is not None:
+                    self._limiter.release(start.slot, accepted=False)
+                    self._finish(start.job, Status.NOT_ATTEMPTED, self.stopped_by, "the run stopped first")
+                return None
+        if start is not None:
+            start.job.attempts += 1
+            self._set_waiting(start.job, False)
+        sent, started = await connection.transactions.step(
+            content.ready if content else None, start.job.message if start else None
+        )
+        if content is not None:
+            assert sent is not None
+            self._settle(content, sent)
+        if start is not None:
+            assert started is not None
+            if isinstance(started, Ready):
+                start.ready = started
+                return start
+            self._settle(start, started)
+        return None
+
+    def _settle(self, begun: _Begun, result: Accepted | TransactionError) -> None:
+        if isinstance(result, Accepted):
+            self._delivered(begun.job, result)
         else:
-            delivered = True
-            self._delivered(job, accepted)
-        finally:
-            self._limiter.release(slot, accepted=delivered)
+            if result.verdict.kind is Kind.THROTTLED:
+                self._limiter.throttled(result.verdict.retry_after, begun.slot)
+            self._failed(begun.job, result)
+        self._limiter.release(begun.slot, accepted=isinstance(result, Accepted))
 
     async def _open_for(self, job: _Job) -> tuple[Connection | None, bool]:
         """A new open connection for ``job``, or None (the job is handled); True: be a spare."""
@@ -306,8 +385,8 @@ class Sender:
                 self._ever_connected = True
                 self._connect_failures = 0
                 self._open.add(connection)
-                if len(self._open) > self.pool:
-                    self.pool = len(self._open)  # a spare got through: the server takes more again
+                if (now_open := self._open_now()) > self.pool:
+                    self.pool = now_open  # a spare got through: the server takes more again
                 return connection, False
             job.attempts += 1
             verdict = error.verdict
@@ -316,7 +395,7 @@ class Sender:
             # Whether the connections opening at the same time got through decides what this meant.
             async with self._settled:
                 await self._settled.wait_for(lambda: self._connecting == 0)
-            if self._open:
+            if self._open_now():
                 if self._closing:  # a recycled connection may still count at the server
                     await asyncio.gather(*self._closing, return_exceptions=True)
                     continue
@@ -334,16 +413,19 @@ class Sender:
             asked = min(verdict.retry_after or 0.0, self._options.backoff_cap)
             self._connect_after = now + max(self._backoff(self._connect_failures), asked, 0.001)
 
+    def _open_now(self) -> int:
+        return sum(1 for c in self._open if c.is_open)
+
     def _stop_with(self, job: _Job, verdict: Verdict) -> None:
         self.stop(verdict)
         self._finish(job, Status.NOT_ATTEMPTED, verdict, verdict.describe())
 
     def _shrink(self, verdict: Verdict) -> None:
         """The server refused a connection while others were open: it takes only those."""
-        if len(self._open) >= self.pool:
+        if (now_open := self._open_now()) >= self.pool:
             return
         first = self.pool == self._options.connections
-        self.pool = len(self._open)
+        self.pool = now_open
         if first and self._on_notice is not None:
             self._on_notice(
                 f"the server refused connection {self.pool + 1} ({verdict.describe()}): "

@@ -38,6 +38,10 @@ Behaviours (keyword arguments of :func:`start_server`, freely combined):
   "mail" / "rcpt" / "data"; return :data:`DROP` to close the connection silently.
 * ``data_latency``: seconds to wait after the final dot before answering.
 * ``smtputf8``, ``data_size_limit``: forwarded to aiosmtpd.
+* ``record_chunks``: keep every chunk of bytes as read from a client (``.chunks``), to see
+  which commands came in one write.
+* ``pipelining``: advertise PIPELINING (RFC 2920), as real providers do; on by default.
+  aiosmtpd reads pipelined commands in order whether it advertises them or not.
 * ``drop_at_data_every=k``: close the connection at every k-th DATA command, before
   the 354: the message was certainly not delivered.
 
@@ -64,6 +68,7 @@ import email
 import email.message
 import email.policy
 import logging
+import os
 import random
 import shutil
 import socket
@@ -99,6 +104,7 @@ __all__ = [
     "Rejection",
     "SmtpServer",
     "Stage",
+    "child_environ",
     "local_ca",
     "max_in_window",
     "start_server",
@@ -126,6 +132,13 @@ DROP = "DROP"
 Stage = Literal["mail", "rcpt", "data"]
 ReplyHook = Callable[[Stage, Envelope, int], str | None]
 _STAGES: tuple[Stage, ...] = ("mail", "rcpt", "data")
+
+
+def child_environ() -> dict[str, str]:
+    """This environment for a mailblast child, without the caller's MAILBLAST_ settings but
+    MAILBLAST_PIPELINING: the suite runs with pipelining on and off."""
+    kept = "MAILBLAST_PIPELINING"
+    return {k: v for k, v in os.environ.items() if not k.startswith("MAILBLAST_") or k == kept}
 
 
 def too_many_connections_reply(ip: str) -> str:
@@ -319,6 +332,12 @@ class _Protocol(SMTP):
         if self.transport is not None:
             self.transport.abort()
 
+    def data_received(self, data: bytes) -> None:
+        if self.owner.record_chunks:
+            with self.owner._cond:
+                self.owner._chunks.append(data)
+        super().data_received(data)
+
     async def smtp_DATA(self, arg: str) -> None:
         owner = self.owner
         if owner.drop_at_data_every is not None and self.envelope is not None and self.envelope.rcpt_tos:
@@ -381,6 +400,8 @@ class _Handler:
         responses: list[str],
     ) -> list[str]:
         session.host_name = hostname  # the 5-argument hook must do this itself
+        if self.owner.pipelining:
+            responses.insert(1, "250-PIPELINING")
         if not self.owner._offers_auth:
             responses = [r for r in responses if not r[4:].upper().startswith("AUTH")]
         return responses
@@ -521,6 +542,8 @@ class SmtpServer:
         reply_hook: ReplyHook | None = None,
         data_latency: float = 0.0,
         smtputf8: bool = False,
+        pipelining: bool = True,
+        record_chunks: bool = False,
         data_size_limit: int = 50 * 1024 * 1024,
         drop_at_data_every: int | None = None,
         greeting_reply: str | None = None,
@@ -564,6 +587,8 @@ class SmtpServer:
         self.reply_hook = reply_hook
         self.data_latency = data_latency
         self.smtputf8 = smtputf8
+        self.pipelining = pipelining
+        self.record_chunks = record_chunks
         self.data_size_limit = data_size_limit
         self.drop_at_data_every = _check_every(drop_at_data_every, "drop_at_data_every")
         if greeting_reply is not None:
@@ -592,6 +617,8 @@ class SmtpServer:
         self._accepted_at: list[float] = []  # sorted, same order as _received
         self._window = WindowCount(rate[1]) if rate is not None else None  # the rule `serve --rate` applies
         self._rejected: list[Rejection] = []
+        self._out_of_sequence: list[Rejection] = []  # 503 replies, kept apart from .rejected
+        self._chunks: list[bytes] = []
         self._dropped: list[Dropped] = []
         self._auth_attempts: list[AuthAttempt] = []
         self._connections = 0
@@ -718,6 +745,18 @@ class SmtpServer:
             return list(self._rejected)
 
     @property
+    def chunks(self) -> list[bytes]:
+        """What clients sent, as read (``record_chunks``): one write arrives as one chunk on loopback."""
+        with self._cond:
+            return list(self._chunks)
+
+    @property
+    def out_of_sequence(self) -> list[Rejection]:
+        """503 replies: a pipelining client's RCPT or DATA after its MAIL or every RCPT was refused."""
+        with self._cond:
+            return list(self._out_of_sequence)
+
+    @property
     def dropped(self) -> list[Dropped]:
         with self._cond:
             return list(self._dropped)
@@ -808,7 +847,10 @@ class SmtpServer:
 
     def _record_rejection(self, code: int, text: str) -> None:
         with self._cond:
-            self._rejected.append(Rejection(time.monotonic(), code, text))
+            if code == 503:  # a pipelined command after a refusal: that refusal is the one that counts
+                self._out_of_sequence.append(Rejection(time.monotonic(), code, text))
+            else:
+                self._rejected.append(Rejection(time.monotonic(), code, text))
             self._cond.notify_all()
 
     def _rejects_recipient(self, address: str) -> bool:

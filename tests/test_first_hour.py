@@ -20,7 +20,7 @@ from aiosmtpd.smtp import Envelope
 from typer.testing import CliRunner
 
 from mailblast.cli import app
-from tests.servers import SmtpServer
+from tests.servers import SmtpServer, child_environ
 from tests.test_cli import run  # mailblast in-process: (exit code, stdout+stderr)
 
 
@@ -98,7 +98,7 @@ def mailblast(
     tty_stderr: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """A real subprocess; ``tty_stdout`` / ``tty_stderr`` make that stream a terminal (a pty)."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("MAILBLAST_")}
+    full_env = child_environ()
     full_env.update(env or {}, COLUMNS="120")
     command = [sys.executable, "-m", "mailblast", *args]
     if not (tty_stdout or tty_stderr):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import SmtpServer
+from tests.servers import SmtpServer, child_environ
 
 TEMPLATE = "From: news@example.com\nSubject: Hi {{ name }}\n\nHello {{ name }}\n"
 
@@ -35,12 +35,12 @@ def command(url: str, *extra: str) -> list[str]:
 
 
 def run(folder: Path, args: list[str]) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILBLAST_")}
+    env = child_environ()
     return subprocess.run(args, cwd=folder, capture_output=True, text=True, timeout=120, env=env)
 
 
 def start(folder: Path, args: list[str]) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILBLAST_")}
+    env = child_environ()
     return subprocess.Popen(
         args, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import SmtpServer
+from tests.servers import SmtpServer, child_environ
 
 PASSWORD = "correct-horse-battery-staple"
 
@@ -28,7 +27,7 @@ def campaign(tmp_path: Path, n: int, extra: str = "") -> Path:
 def mailblast(
     tmp_path: Path, *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("MAILBLAST_")}
+    full_env = child_environ()
     full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "mailblast", *args],

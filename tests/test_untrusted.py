@@ -452,7 +452,8 @@ def test_report_cells_never_run_as_formulas_and_read_back_as_they_were(
     for line in cells[1:]:
         for cell in line:
             assert not cell.startswith(("=", "+", "-", "@", "\t", "\r")), cell
-        assert line[1] == line[2] == "'" + FORMULAS[cells.index(line) - 1]
+        row = int(line[0].removeprefix("u").partition("@")[0])  # connections may finish out of order
+        assert line[1] == line[2] == "'" + FORMULAS[row]
     # the report is a recipients file: read back, every value is what it was
     fixed = smtp_server()
     code, out = run(tmp_path, "send", "failed.csv", "-t", "t.txt", "--smtp", fixed.url, "--no-journal")
