@@ -88,13 +88,15 @@ def run_send(
     resume_command: str,
     *,
     quotas: bool = True,
+    facts: dict[str, Any] | None = None,
 ) -> int:
     """Check every row, then send those not sent yet; journal, report and summarise.
 
     A rate over more than a minute is a quota kept across runs (quota.py), unless ``quotas`` is off.
+    ``facts``, when given, receives what --json prints; the report then goes to a file, as on a terminal.
     """
     if settings.outbox is not None or not settings.smtp_url:
-        return _rehearse(settings, recipients_path, console, ask_password, stdout, resume_command)
+        return _rehearse(settings, recipients_path, console, ask_password, stdout, resume_command, facts)
     target = parse_smtp_url(settings.smtp_url)
     rate = parse_rate(settings.rate) if settings.rate else None
     test_to = testsend.address_of(settings)
@@ -110,6 +112,9 @@ def run_send(
     try:
         journal = None if settings.no_journal else _open_journal(settings, recipients_path, console)
         tally, plan = _check_and_plan(journal, inputs, settings, console)
+        if facts is not None:
+            facts["rows"] = tally.as_dict(suppression=True)
+            facts["to_send"] = plan.total
         if tally.invalid:
             return verdict_of_scan(console, tally)
         if test_to is not None:
@@ -179,8 +184,9 @@ def run_send(
         else:
             limiter = SlidingWindowLimiter(rate.count if rate else None, rate.period if rate else 1.0)
         options = SenderOptions(settings.connections, settings.max_messages, settings.retries)
-        # On a terminal, a long report goes to a file rather than over the screen.
-        report_path = settings.report or (default_report_path(recipients_path) if stdout.isatty() else None)
+        # On a terminal, a long report goes to a file rather than over the screen; with --json too.
+        to_file = stdout.isatty() or facts is not None
+        report_path = settings.report or (default_report_path(recipients_path) if to_file else None)
         with _report_file(settings.report) as report_stream:
             fmt = inputs.recipients.format
             report = ReportWriter(
@@ -216,6 +222,10 @@ def run_send(
         if not recorder.report.rows:
             report_path = None  # nothing was written: no hint may name it
         _summarise(console, sender.counts, tally, elapsed, window, recorder, report_path)
+        if facts is not None:
+            facts.update(
+                _send_facts(sender.counts, tally, elapsed, window, journal, report_path, recorder.report.rows)
+            )
         if journal is not None:
             console.print(f"journal: {journal.path}", highlight=False)
     finally:
@@ -268,6 +278,7 @@ def _rehearse(
     ask_password: Callable[[str], str],
     stdout: TextIO,
     resume_command: str,
+    facts: dict[str, Any] | None,
 ) -> int:
     """The whole send, into a Maildir through the capture server on a free loopback port."""
     outbox = settings.outbox or capture.DEFAULT_OUTBOX
@@ -281,7 +292,11 @@ def _rehearse(
     with capture.in_background(outbox) as server:
         local = replace(settings, smtp_url=server.url, journal=journal, outbox=None)
         # a rehearsal uses no account's quota
-        code = run_send(local, recipients_path, console, ask_password, stdout, resume_command, quotas=False)
+        code = run_send(
+            local, recipients_path, console, ask_password, stdout, resume_command, quotas=False, facts=facts
+        )
+    if facts is not None:
+        facts["outbox"] = str(outbox)
     if code == InputError.exit_code:
         return code  # a bad row: the check pass said what to fix, and nothing was sent
     console.print(
@@ -630,6 +645,35 @@ def _summarise(
         )
 
 
+def _send_facts(
+    counts: Counts,
+    tally: ScanTally,
+    elapsed: float,
+    window: float,
+    journal: Journal | None,
+    report: Path | None,
+    report_rows: int,
+) -> dict[str, Any]:
+    """What `send --json` prints: the summary's figures, measured the same way."""
+    delivered = counts.sent + counts.uncertain
+    return {
+        "counts": {
+            "total": counts.total,
+            "sent": counts.sent,
+            "failed": counts.failed,
+            "uncertain": counts.uncertain,
+            "skipped": tally.duplicates + tally.empty,
+            "suppressed": tally.suppressed,
+            "not_attempted": counts.not_attempted,
+        },
+        "elapsed_seconds": round(elapsed, 3),
+        "rate_per_second": round(average_rate(delivered, rate_seconds(elapsed, window)), 3),
+        "journal": str(journal.path) if journal is not None else None,
+        "report": str(report) if report is not None else None,
+        "report_rows": report_rows,
+    }
+
+
 def _stop_hint(reason: Verdict, resume: str, target: SmtpTarget, credentials: Credentials | None) -> str:
     """What to do about a stop; the mix-up of ports 465 and 587 is the commonest setup mistake."""
     text = reason.describe()
@@ -745,7 +789,12 @@ def _existing_journal(settings: Settings, recipients_path: Path) -> Journal:
 
 
 def run_status(
-    settings: Settings, recipients_path: Path, console: Console, *, list_suppressed: bool = False
+    settings: Settings,
+    recipients_path: Path,
+    console: Console,
+    *,
+    list_suppressed: bool = False,
+    facts: dict[str, Any] | None = None,
 ) -> int:
     journal = _existing_journal(settings, recipients_path)
     try:
@@ -780,10 +829,26 @@ def run_status(
                 highlight=False,
             )
         reasons = Reasons()
-        for row in journal.failure_reasons(campaign.id):
+        failure_rows = journal.failure_reasons(campaign.id)
+        for row in failure_rows:
             reasons.add(*row)
         if reasons:
             display.print_reasons(console, "failures by reason", reasons.lines())
+        if facts is not None:
+            facts.update(
+                journal=str(journal.path),
+                recipients=campaign.recipients,
+                template=campaign.template,
+                started=_iso(campaign.created_at),
+                last_activity=_iso(last) if last else None,
+                counts=dict(counts),
+                active_seconds=round(seconds, 3),
+                rate_per_second=round(average_rate(delivered, seconds), 3),
+                failures=[
+                    dict(zip(("status", "smtp_code", "enhanced_code", "error", "count"), row, strict=True))
+                    for row in failure_rows
+                ],
+            )
     finally:
         journal.close()
     _print_quota(settings, console)
@@ -839,6 +904,10 @@ def _format_if_readable(recipients_path: Path, settings: Settings) -> CsvFormat 
         ).format
     except InputError:
         return None
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="seconds")
 
 
 def _when(timestamp: float) -> str:

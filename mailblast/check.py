@@ -5,11 +5,16 @@ recipients (CSV rows) -> compose (message bytes); sending itself is in campaign.
 
 from __future__ import annotations
 
+import html
+import os
 import re
+import tempfile
+import time
+import webbrowser
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.text import Text
@@ -309,7 +314,9 @@ class TemplateFaults:
         self.found[key] = (first, count + 1)
 
 
-def run_check(settings: Settings, recipients_path: Path, console: Console) -> int:
+def run_check(
+    settings: Settings, recipients_path: Path, console: Console, facts: dict[str, Any] | None = None
+) -> int:
     server = check_smtp_settings(settings)
     inputs = load_inputs(settings, recipients_path)
     console.print(describe_format(inputs.recipients), highlight=False, soft_wrap=True)
@@ -321,9 +328,19 @@ def run_check(settings: Settings, recipients_path: Path, console: Console) -> in
             highlight=False,
             soft_wrap=True,
         )
+    started = time.monotonic()
     tally = scan(inputs, settings, console)
     counts = tally.as_dict(suppression=inputs.suppressed is not None)
     display.print_counts(console, f"check {inputs.recipients.name}", counts)
+    if facts is not None:
+        fmt = inputs.recipients.format
+        facts.update(
+            rows=tally.as_dict(suppression=True),
+            encoding=fmt.encoding,
+            delimiter=fmt.delimiter,
+            email_column=fmt.address_column,
+            elapsed_seconds=round(time.monotonic() - started, 3),
+        )
     return verdict_of_scan(console, tally)
 
 
@@ -348,7 +365,9 @@ def verdict_of_scan(console: Console, tally: ScanTally) -> int:
     return 0
 
 
-def run_preview(settings: Settings, recipients_path: Path, row: int, console: Console) -> int:
+def run_preview(
+    settings: Settings, recipients_path: Path, row: int, console: Console, *, open_browser: bool = False
+) -> int:
     if row < 1:
         raise ConfigError(f"--row must be 1 or more, not {row}", "row 1 is the first row after the header")
     inputs = load_inputs(settings, recipients_path)
@@ -365,11 +384,36 @@ def run_preview(settings: Settings, recipients_path: Path, row: int, console: Co
         if prepared.message is None:
             return InputError.exit_code
         display.show_message(console, prepared.message)
+        if open_browser:
+            open_in_browser(prepared.message, console)
         return 0
     raise InputError(
         f"{inputs.recipients.name} has no row {row}",
         "rows are counted from 1, the first row after the header; blank lines are not counted",
     )
+
+
+def open_in_browser(message: ComposedMessage, console: Console) -> Path:
+    """Write the message's HTML part to a temporary file and open it in the default browser."""
+    parsed = message.parsed()
+    part = parsed.get_body(("html",))
+    if part is not None:
+        page = part.get_content()
+    else:
+        plain = parsed.get_body(("plain",))
+        text = plain.get_content() if plain is not None else ""
+        page = f"<pre>{html.escape(text)}</pre>"
+        console.print("the message has no HTML part: the browser shows its plain text")
+    fd, name = tempfile.mkstemp(prefix=f"mailblast-row{message.recipient.row}-", suffix=".html")
+    path = Path(name)
+    # With a BOM, browsers read the file as UTF-8 whatever the markup says.
+    with os.fdopen(fd, "w", encoding="utf-8-sig") as f:
+        f.write(page)
+    if webbrowser.open(path.as_uri()):
+        console.print(f"opened in the browser: {path}", soft_wrap=True)
+    else:
+        console.print(f"no browser available; the HTML part is in {path}", soft_wrap=True)
+    return path
 
 
 def eml_name(message: ComposedMessage) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 from collections.abc import Callable
@@ -106,6 +107,13 @@ AttachmentsMaxOpt = Annotated[
         help="Most MB of attachments in one message. \\[default: 10]",
     ),
 ]
+JsonOpt = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        help="Print one JSON document on standard output (counts, paths, exit code); the rest on stderr.",
+    ),
+]
 DuplicatesOpt = Annotated[
     bool | None,
     typer.Option(
@@ -125,21 +133,32 @@ def _settings(options: dict[str, Any]) -> Settings:
     return load_settings(config, flags)
 
 
-def _run(work: Callable[[Console], int], *, stderr: bool = False) -> None:
-    """The one place where errors become a message and an exit code."""
+def _run(
+    work: Callable[[Console], int], *, stderr: bool = False, facts: dict[str, Any] | None = None
+) -> None:
+    """The one place where errors become a message and an exit code.
+
+    With ``facts`` (--json), everything a person reads goes to standard error, and standard
+    output gets one JSON document: the facts the command gathered, its exit code and any error.
+    """
     # No markup: paths, addresses and server replies may hold [brackets] of their own.
-    console = Console(highlight=False, markup=False, emoji=False, stderr=stderr)
+    console = Console(highlight=False, markup=False, emoji=False, stderr=stderr or facts is not None)
     errors = Console(highlight=False, markup=False, emoji=False, stderr=True)
+    error: MailblastError | None = None
     try:
         code = work(console)
     except MailblastError as e:
+        error, code = e, e.exit_code
         errors.print(Text.assemble(("error: ", "bold red"), e.message), soft_wrap=True)
         if e.hint:
             errors.print(Text.assemble(("hint: ", "bold"), e.hint), soft_wrap=True)
-        raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
+        error, code = StoppedError("interrupted"), StoppedError.exit_code
         errors.print(Text("interrupted", style="bold red"))
-        raise typer.Exit(StoppedError.exit_code) from None
+    if facts is not None:
+        problem = {"message": error.message, "hint": error.hint} if error is not None else None
+        json.dump({**facts, "exit_code": code, "error": problem}, sys.stdout, ensure_ascii=False)
+        sys.stdout.write("\n")
     raise typer.Exit(code)
 
 
@@ -156,6 +175,7 @@ def check(
     suppress: SuppressOpt = None,
     attachments_dir: AttachmentsDirOpt = None,
     attachments_max_mb: AttachmentsMaxOpt = None,
+    json_output: JsonOpt = False,
 ) -> None:
     """Read and render every row, send nothing, and report every problem at once.
 
@@ -163,8 +183,9 @@ def check(
 
     Example: mailblast check people.csv -t welcome.md
     """
-    settings = dict(locals())
-    _run(lambda console: run_check(_settings(settings), recipients, console))
+    settings = {k: v for k, v in locals().items() if k != "json_output"}
+    facts = _facts("check", recipients) if json_output else None
+    _run(lambda console: run_check(_settings(settings), recipients, console, facts), facts=facts)
 
 
 @app.command()
@@ -174,6 +195,9 @@ def preview(
     row: Annotated[
         int, typer.Option("--row", "-r", help="Which row to show; 1 is the first after the header.")
     ] = 1,
+    open_browser: Annotated[
+        bool, typer.Option("--open", help="Open the HTML part in the default browser too.")
+    ] = False,
     from_: FromOpt = None,
     config: ConfigOpt = None,
     encoding: EncodingOpt = None,
@@ -187,8 +211,10 @@ def preview(
 
     Example: mailblast preview people.csv -t welcome.md --row 3
     """
-    settings = {k: v for k, v in locals().items() if k != "row"}
-    _run(lambda console: run_preview(_settings(settings), recipients, row, console))
+    settings = {k: v for k, v in locals().items() if k not in ("row", "open_browser")}
+    _run(
+        lambda console: run_preview(_settings(settings), recipients, row, console, open_browser=open_browser)
+    )
 
 
 @app.command()
@@ -350,6 +376,7 @@ def send(
     suppress: SuppressOpt = None,
     attachments_dir: AttachmentsDirOpt = None,
     attachments_max_mb: AttachmentsMaxOpt = None,
+    json_output: JsonOpt = False,
 ) -> None:
     """Send one message per row, inside the rate limit, and report every recipient not sent.
 
@@ -357,17 +384,19 @@ def send(
 
     Example: mailblast send people.csv -t welcome.md --smtp smtp+starttls://me@smtp.example.com:587 --rate 3/s
     """
-    options = {k: v for k, v in locals().items() if k not in ("dry_run", "out")}
+    options = {k: v for k, v in locals().items() if k not in ("dry_run", "out", "json_output")}
     if dry_run:
         _run(lambda console: run_dry_run(_settings(options), recipients, out, console))
     if out is not None:
         _run(lambda console: _usage("--out goes with --dry-run", "add --dry-run to write .eml files"))
     again = shlex.join(["mailblast", *(a for a in sys.argv[1:] if a != "--restart")])
+    facts = _facts("send", recipients) if json_output else None
     _run(
         lambda console: campaign.run_send(
-            _settings(options), recipients, console, _ask_password, sys.stdout, again
+            _settings(options), recipients, console, _ask_password, sys.stdout, again, facts=facts
         ),
         stderr=True,
+        facts=facts,
     )
 
 
@@ -387,16 +416,19 @@ def status(
     rate: Annotated[
         str | None, typer.Option("--rate", help="A quota such as 500/d: show the account's use of it.")
     ] = None,
+    json_output: JsonOpt = False,
 ) -> None:
     """Show a campaign's progress from its journal: counts, start, rate, failures by reason, quota.
 
     Example: mailblast status people.csv -t welcome.md
     """
-    options = {k: v for k, v in locals().items() if k != "suppressed"}
+    options = {k: v for k, v in locals().items() if k not in ("suppressed", "json_output")}
+    facts = _facts("status", recipients) if json_output else None
     _run(
         lambda console: campaign.run_status(
-            _settings(options), recipients, console, list_suppressed=suppressed
-        )
+            _settings(options), recipients, console, list_suppressed=suppressed, facts=facts
+        ),
+        facts=facts,
     )
 
 
@@ -512,6 +544,10 @@ def dkim_keygen(
         return 0
 
     _run(work)
+
+
+def _facts(command: str, recipients: Path) -> dict[str, Any]:
+    return {"command": command, "recipients_file": str(recipients)}
 
 
 def _ask_password(prompt: str) -> str:

@@ -89,6 +89,24 @@ class _WirePolicy(Compat32):
 
 
 WIRE = _WirePolicy(linesep="\r\n")
+
+
+class _AsWritten(str):
+    """A header value for an SMTPUTF8 message that holds an encoded-word lookalike. That policy
+    would decode "=?utf-8?q?x?=" and write "x"; this writes the value encoded, to read as written."""
+
+    name: str
+
+    def __new__(cls, name: str, value: str) -> _AsWritten:
+        self = super().__new__(cls, value)
+        self.name = name
+        return self
+
+    def fold(self, *, policy: Any) -> str:
+        text = str(self)
+        if self.name.lower() not in ADDRESS_HEADERS:  # address values come encoded already
+            text = Header(text, UTF8, header_name=self.name).encode(linesep=policy.linesep)
+        return f"{self.name}: {text}{policy.linesep}"
 T = TypeVar("T")
 # Small and safe for mail clients: readable line length and spacing, nothing that needs a network.
 MARKDOWN_STYLE = (
@@ -521,7 +539,7 @@ class Template:
             msg = MIMEMultipart("mixed", f"=_{digest}_m", [msg, *(part for part, _ in files)])
             parts = [info for _, info in files]
         for name, value in rendered.headers:
-            msg[name] = value
+            msg[name] = _AsWritten(name, value) if rendered.needs_smtputf8 and "=?" in value else value
         domain = rendered.envelope_from.rpartition("@")[2] or "mailblast.invalid"
         message_id = f"<{digest}@{domain}>"
         msg["Date"] = format_datetime(date or datetime.now(UTC).astimezone())
@@ -662,6 +680,8 @@ def _format_address(display_name: str, address: str) -> str:
     if address.isascii():
         return formataddr((display_name, address), charset=UTF8)
     # Only in an SMTPUTF8 message, where raw UTF-8 is allowed in every header.
+    if "=?" in display_name:
+        return f"{Header(display_name, UTF8).encode()} <{address}>"
     return f'"{quote(display_name)}" <{address}>' if display_name else address
 
 
