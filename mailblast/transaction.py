@@ -243,7 +243,9 @@ class Transactions:
             with contextlib.suppress(_Lost):  # a lost connection shows as a reply that never comes
                 self._write(b"".join(command for _, command in commands))
             written = True
-        own = message.own_address.casefold()
+        own = message.recipient.address.casefold()
+        if own not in (a.casefold() for a in message.envelope_to):
+            own = message.own_address.casefold()  # in another form on the wire (IDN): validating costs
         accepted, refused = 0, []
         failure: Verdict | None = None  # the first refusal that fails the message
         own_failed = False  # the failure is the refusal of the row's own address (or of them all)
