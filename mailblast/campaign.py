@@ -361,6 +361,8 @@ class Recorder:
             yield recipient
 
     def sending(self, message: ComposedMessage) -> None:
+        if self.journal_error is not None:  # the journal is gone: what goes now could not be recorded
+            raise TransactionError(JOURNAL_FAILED)
         if self.journal is not None:
             try:
                 self.journal.mark_sending(message.recipient, message.message_id)

@@ -291,14 +291,6 @@ class Sender:
                     job = None
                     if begun is None:
                         continue
-                if begun is not None and self.stopping:
-                    # Before its content the server cannot have it: stopping, it does not go.
-                    assert connection is not None
-                    connection.abort()
-                    relay.limiter.release(begun.slot, accepted=False)
-                    self._finish(begun.job, Status.NOT_ATTEMPTED, self.stopped_by, "the run stopped first")
-                    begun = None
-                    continue
                 slot = None
                 if job is not None and begun is None:
                     if connection is None or not connection.is_open:
