@@ -141,7 +141,7 @@ def test_stores_each_message_with_its_envelope(tmp_path: Path) -> None:
     [event] = events
     assert isinstance(event, Captured)
     assert event.line().endswith(
-        "news@example.com -> ada@example.com, bcc@x.org  'Grüße'  " + f"{event.size} B"
+        "news@example.com -> ada@example.com, bcc@x.org  'Grüße'  " + f"{event.size} bytes"
     )
 
 
