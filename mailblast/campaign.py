@@ -42,9 +42,11 @@ from mailblast.quota import (
 )
 from mailblast.ratelimit import SlidingWindowLimiter
 from mailblast.recipients import CsvFormat, Recipient, RecipientsFile
+from mailblast.relay import describe as describe_relays
+from mailblast.relay import relays_of
 from mailblast.replies import Kind, Verdict
 from mailblast.report import ReportWriter
-from mailblast.sender import Sender, SenderOptions
+from mailblast.sender import Relay, Sender, SenderOptions
 from mailblast.urls import SmtpTarget, parse_rate, parse_smtp_url
 from mailblast.worker import ComposeWorker
 
@@ -95,10 +97,10 @@ def run_send(
     A rate over more than a minute is a quota kept across runs (quota.py), unless ``quotas`` is off.
     ``facts``, when given, receives what --json prints; the report then goes to a file, as on a terminal.
     """
-    if settings.outbox is not None or not settings.smtp_url:
+    if settings.outbox is not None or not (settings.smtp_url or settings.relays):
         return _rehearse(settings, recipients_path, console, ask_password, stdout, resume_command, facts)
-    target = parse_smtp_url(settings.smtp_url)
-    rate = parse_rate(settings.rate) if settings.rate else None
+    target = parse_smtp_url(settings.smtp_url or settings.relays[0].url)
+    rate = parse_rate(settings.rate) if settings.rate and not settings.relays else None  # relays: their own
     test_to = testsend.address_of(settings)
     if test_to is not None:
         settings = replace(settings, no_journal=True)  # a test send leaves the campaign as it was
@@ -141,7 +143,16 @@ def run_send(
                     _quota_hint(journal, resume_command),
                 )
         # asked only now: a bad row should not cost typing a password
-        credentials = gather_credentials(
+        tls_context = ssl.create_default_context()  # once: loading the CA store takes milliseconds
+        relays = relays_of(
+            settings.relays,
+            timeout=settings.timeout,
+            pipelining=settings.pipelining,
+            tls_context=tls_context,
+            environ=os.environ,
+            ask_password=ask_password,
+        )
+        credentials = None if relays else gather_credentials(
             target.username,
             method=settings.auth,
             password_command=settings.password_command,
@@ -152,11 +163,13 @@ def run_send(
         )
         pace = f"at most {rate}" if rate else "no --rate given, so at the pace the server allows"
         console.print(
-            f"sending {plan.total:,} message(s) to {target.display()}, {pace}, "
+            f"sending {plan.total:,} message(s) through {len(relays)} relays: "
+            f"{describe_relays(settings.relays)}"
+            if relays
+            else f"sending {plan.total:,} message(s) to {target.display()}, {pace}, "
             f"over {settings.connections} connection(s)",
             highlight=False,
         )
-        tls_context = ssl.create_default_context()  # once: loading the CA store takes milliseconds
 
         def connect() -> Connection:
             return Connection(
@@ -183,7 +196,7 @@ def run_send(
             )
         else:
             limiter = SlidingWindowLimiter(rate.count if rate else None, rate.period if rate else 1.0)
-        options = SenderOptions(settings.connections, settings.max_messages, settings.retries)
+        options = SenderOptions(settings.retries)
         # On a terminal, a long report goes to a file rather than over the screen; with --json too.
         to_file = stdout.isatty() or facts is not None
         report_path = settings.report or (default_report_path(recipients_path) if to_file else None)
@@ -197,8 +210,7 @@ def run_send(
             )
             recorder = Recorder(journal, report, plan.maybe_sent)
             sender = Sender(
-                connect,
-                limiter,
+                relays or [Relay(connect, limiter, settings.connections, settings.max_messages)],
                 options,
                 recorder.outcome,
                 on_sending=recorder.sending,
@@ -822,6 +834,8 @@ def run_status(
                 "average rate": f"{average_rate(delivered, seconds):.2f} msg/s",
             },
         )
+        if relays := journal.relay_counts(campaign.id):
+            display.print_counts(console, "sent through", {name: f"{n:,}" for name, n in relays})
         if counts["sending"]:
             console.print(
                 f"{counts['sending']:,} message(s) were in flight when a run stopped: the next send "

@@ -9,6 +9,15 @@ The file has top-level keys for the campaign and an [smtp] table for the server:
     url = "smtp://user@smtp.example.com:587"
     rate = "3/s"
 
+To send through several accounts in one run, give one [[relay]] table each instead of
+[smtp] url (the command line's --smtp still means one server):
+
+    [[relay]]
+    url = "smtp+starttls://user@smtp.example.com"
+    rate = "3/s"
+    connections = 2
+    password_env = "EXAMPLE_PASSWORD"    # or password_command = "pass show example"
+
 Relative paths in the file are taken from the file's own folder.
 """
 
@@ -56,6 +65,30 @@ SMTP_KEYS: dict[str, tuple[type, bool]] = {
 }
 
 
+RELAY_KEYS: dict[str, tuple[type, bool]] = {
+    "name": (str, False),
+    "url": (str, False),
+    "rate": (str, False),
+    "connections": (int, False),
+    "max_messages": (int, False),
+    "password_env": (str, False),
+    "password_command": (str, False),
+}
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    """One [[relay]] table: a server of its own, with its own limit, connections and secret."""
+
+    name: str
+    url: str
+    rate: str | None = None
+    connections: int = 2
+    max_messages: int = 100
+    password_env: str | None = None  # the environment variable holding its password
+    password_command: str | None = None
+
+
 def pipelining_default() -> bool:
     """Pipelining is on unless MAILBLAST_PIPELINING says 0 (or false, no, off)."""
     return os.environ.get(PIPELINING_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
@@ -93,6 +126,7 @@ class Settings:
     password_command: str | None = None
     oauth_token_command: str | None = None
     pipelining: bool = field(default_factory=pipelining_default)  # when the server offers it
+    relays: tuple[RelaySettings, ...] = ()  # [[relay]] tables; none: the one server of smtp_url
     # per run only, never from the file
     no_journal: bool = False
     restart: bool = False
@@ -191,6 +225,42 @@ def _unknown_setting(path: Path, name: str) -> ConfigError:
     return ConfigError(f"{path}: unknown setting {name}", f"the settings are: {', '.join(every)}")
 
 
+def _relays(path: Path, tables: Any, smtp_url: str | None) -> tuple[RelaySettings, ...]:
+    if tables is None:
+        return ()
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise ConfigError(f"{path}: relay should be tables ([[relay]])")
+    if smtp_url is not None:
+        raise ConfigError(
+            f"{path}: [smtp] url and [[relay]] tables are both set", "keep one: the relays, or the one url"
+        )
+    relays = []
+    for number, table in enumerate(tables, 1):
+        where = f"relay {number}"
+        values = _take(path, table, RELAY_KEYS, f"{where}: ")
+        url = values.pop("url", None)
+        if not url:
+            raise ConfigError(f"{path}: {where} has no url", 'write url = "smtp://HOST:PORT" in it')
+        if values.get("password_env") and values.get("password_command"):
+            raise ConfigError(f"{path}: {where} sets both password_env and password_command", "keep one")
+        relay = RelaySettings(name=values.pop("name", "") or _host(url), url=url, **values)
+        if relay.connections < 1 or relay.max_messages < 1 or relay.connections > MAX_CONNECTIONS:
+            raise ConfigError(
+                f"{path}: {where}: connections must be 1 to {MAX_CONNECTIONS} and max_messages at least 1"
+            )
+        relays.append(relay)
+    names = [r.name for r in relays]
+    if len(set(names)) < len(names):
+        raise ConfigError(f"{path}: two relays have the same name", "give each a name = ... of its own")
+    return tuple(relays)
+
+
+def _host(url: str) -> str:
+    """A relay's name when it has none: its host and port, without the user."""
+    rest = url.partition("://")[2].rpartition("@")[2]
+    return rest.split("/")[0] or url
+
+
 def load_settings(config: Path | None, flags: dict[str, Any]) -> Settings:
     """Merge the config file (``config``, else ./mailblast.toml if present) with flags not None."""
     path = config if config is not None else Path(DEFAULT_CONFIG)
@@ -206,13 +276,17 @@ def load_settings(config: Path | None, flags: dict[str, Any]) -> Settings:
         dkim = data.pop("dkim", {})
         if not isinstance(dkim, dict):
             raise ConfigError(f"{path}: dkim should be a table ([dkim])")
+        relay_tables = data.pop("relay", None)
         values.update(_take(path, data, TOP_KEYS, ""))
         values.update(_take(path, smtp, SMTP_KEYS, "smtp."))
         values.update(_take(path, unsubscribe, UNSUBSCRIBE_KEYS, "unsubscribe."))
         values.update(_take(path, dkim, DKIM_KEYS, "dkim."))
+        values["relays"] = _relays(path, relay_tables, smtp.get("url"))
         values["config_file"] = path
     values["suppress"] = (*values.get("suppress", ()), *(flags.get("suppress") or ()))
     values.update({k: v for k, v in flags.items() if v is not None and k != "suppress"})
+    if flags.get("smtp_url") is not None:
+        values["relays"] = ()  # --smtp (or MAILBLAST_SMTP_URL) means one server
     names = {f.name for f in fields(Settings)}
     unknown = set(values) - names
     assert not unknown, f"flags not in Settings: {unknown}"

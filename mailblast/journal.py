@@ -419,13 +419,14 @@ class Journal:
         self._update(
             outcome.recipient,
             "state = ?, message_id = COALESCE(NULLIF(?, ''), message_id), attempts = attempts + ?, "
-            "smtp_code = ?, enhanced_code = ?, error = ?",
+            "smtp_code = ?, enhanced_code = ?, error = ?, relay = NULLIF(?, '')",
             state,
             outcome.message_id,
             outcome.attempts,
             outcome.smtp_code,
             outcome.enhanced_code,
             outcome.error,
+            outcome.relay,
         )
 
     def _update(self, recipient: Recipient, assignments: str, *values: object) -> None:
@@ -444,6 +445,18 @@ class Journal:
             raise self._error(e) from None
 
     # -- reading, for status and report --------------------------------------------------
+
+    @_sql_errors
+    def relay_counts(self, campaign: int) -> list[tuple[str, int]]:
+        """(relay, messages it took) of the campaign's latest file, when the runs had several relays."""
+        if "relay" not in {row[1] for row in self._db.execute("PRAGMA table_info(recipients)")}:
+            return []  # a journal from before relays, opened read-only
+        run = self._latest_run(campaign)
+        return self._db.execute(
+            "SELECT relay, COUNT(*) FROM recipients WHERE campaign = ? AND seen_run = ? "
+            "AND relay IS NOT NULL GROUP BY relay ORDER BY relay",
+            (campaign, run),
+        ).fetchall()
 
     @_sql_errors
     def counts(self, campaign: int | None = None) -> dict[str, int]:
@@ -563,6 +576,8 @@ def _connect(path: Path) -> sqlite3.Connection:
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
     db.executescript(SCHEMA)
+    if "relay" not in {row[1] for row in db.execute("PRAGMA table_info(recipients)")}:
+        db.execute("ALTER TABLE recipients ADD COLUMN relay TEXT")  # which relay took it, if several
     if "rate_window" not in {row[1] for row in db.execute("PRAGMA table_info(runs)")}:
         db.executescript(  # a journal from before the average rate was measured this way
             "ALTER TABLE runs ADD COLUMN sending_from REAL;"

@@ -26,6 +26,7 @@ class Outcome:
     attempts: int
     reply: Verdict | None = None  # the last reply, or the reason for the status
     error: str = ""
+    relay: str = ""  # the relay that took it, when the run has several
 
     @property
     def smtp_code(self) -> str:

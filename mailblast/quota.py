@@ -41,7 +41,7 @@ def is_quota(rate: Rate | None) -> bool:
 def account_of(target: SmtpTarget) -> str:
     """The account a quota belongs to: the login at the host (the port does not make another)."""
     host = target.host.lower()
-    return f"{target.username}@{host}" if target.username else host
+    return f"{target.username} at {host}" if target.username else host
 
 
 # -- the rule, free of I/O ------------------------------------------------------------------

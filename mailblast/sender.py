@@ -20,8 +20,8 @@ import asyncio
 import contextlib
 import itertools
 import random
-from collections.abc import Awaitable, Callable, Collection, Iterator
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
+from dataclasses import dataclass, field
 
 from mailblast.compose import Composed, ComposedMessage, RowError
 from mailblast.connection import Connection
@@ -46,6 +46,7 @@ class _Job:
     throttled: int = 0
     maybe_delivered: str = ""  # why an earlier try may have reached the recipient already
     waiting: bool = False  # tried, and waiting to be tried again (counted in Counts.retrying)
+    relay: str = ""  # the relay of its latest try
 
 
 @dataclass
@@ -57,10 +58,37 @@ class _Begun:
     ready: Ready | None = None  # once its DATA got 354
 
 
-@dataclass
-class SenderOptions:
+@dataclass(eq=False)
+class Relay:
+    """One server the run sends through, with its own rate limit and connections."""
+
+    connect: Callable[[], Connection]
+    limiter: SlidingWindowLimiter
     connections: int = 2
     max_messages: int = 100
+    name: str = ""  # as the journal records it; "" for a run's only server
+    # what the run learns of it
+    dropped: Verdict | None = None  # it failed fatally: its messages go through the others
+    pool: int = 0  # connections it takes, as far as we know
+    ever_connected: bool = False
+    connect_failures: int = 0  # in a row, with no connection open
+    connect_after: float = 0.0  # loop time before which no worker connects (a backoff)
+    open: set[Connection] = field(default_factory=set)
+    connecting: int = 0
+    settled: asyncio.Condition | None = None
+
+    def __post_init__(self) -> None:
+        self.pool = self.pool or self.connections
+
+    def open_now(self) -> int:
+        return sum(1 for c in self.open if c.is_open)
+
+    def described(self, text: str) -> str:
+        return f"{self.name}: {text}" if self.name else text
+
+
+@dataclass
+class SenderOptions:
     retries: int = 5
     backoff_base: float = 1.0
     backoff_cap: float = 60.0
@@ -68,12 +96,16 @@ class SenderOptions:
 
 
 class Sender:
-    """Deliver every recipient through up to ``connections`` connections."""
+    """Deliver every recipient through the relays, each with up to its ``connections`` connections.
+
+    Each relay's workers take the next message when its limiter lets them, so the work spreads
+    across relays in proportion to what each takes. A relay that fails fatally is dropped and its
+    messages go through the others; the run stops when none is left.
+    """
 
     def __init__(
         self,
-        connect: Callable[[], Connection],
-        limiter: SlidingWindowLimiter,
+        relays: Sequence[Relay],
         options: SenderOptions,
         on_outcome: Callable[[Outcome], None],
         *,
@@ -82,8 +114,7 @@ class Sender:
         on_notice: Callable[[str], None] | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        self._connect = connect
-        self._limiter = limiter
+        self.relays = list(relays)
         self._options = options
         self._on_outcome = on_outcome
         self._on_sending = on_sending
@@ -92,14 +123,13 @@ class Sender:
         self._rng = rng or random.Random()
         self.counts = Counts()
         self.stopped_by: Verdict | None = None
-        self.pool = options.connections  # connections the server takes, as far as we know
-        self._ever_connected = False
-        self._connect_failures = 0  # in a row, with no connection open
-        self._connect_after = 0.0  # loop time before which no worker connects (a backoff)
-        self._open: set[Connection] = set()
-        self._connecting = 0
-        self._settled: asyncio.Condition | None = None
+        self._workers = sum(r.connections for r in self.relays)
         self._wake: asyncio.Event | None = None  # set when the run stops or ends: sleepers wake
+
+    @property
+    def pool(self) -> int:
+        """Connections the relays take, as far as we know."""
+        return sum(r.pool for r in self.relays if r.dropped is None)
 
     @property
     def stopping(self) -> bool:
@@ -124,16 +154,17 @@ class Sender:
     ) -> Counts:
         """Send to every recipient; ``maybe_sent`` rows were in flight when an earlier run died."""
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
-        self._room = asyncio.Semaphore(self._options.buffer or 4 * self._options.connections + COMPOSE_BATCH)
+        self._room = asyncio.Semaphore(self._options.buffer or 4 * self._workers + COMPOSE_BATCH)
         self._waiting: dict[asyncio.TimerHandle, _Job] = {}
         self._closing: set[asyncio.Task[None]] = set()
-        self._settled = asyncio.Condition()
+        for relay in self.relays:
+            relay.settled = asyncio.Condition()
         self._wake = asyncio.Event()
         if self.stopping:
             self._wake.set()
         self._outstanding = 0
         self._producing = True
-        workers = [asyncio.create_task(self._worker()) for _ in range(self._options.connections)]
+        workers = [asyncio.create_task(self._worker(r)) for r in self.relays for _ in range(r.connections)]
         try:
             await self._produce(recipients, compose, maybe_sent)
             self._producing = False
@@ -198,7 +229,9 @@ class Sender:
             status = Status.UNCERTAIN  # an earlier try may have been delivered
             error = f"{job.maybe_delivered}; then: {error}"
         message = job.message
-        self._report(Outcome(message.recipient, status, message.message_id, job.attempts, reply, error))
+        relay = job.relay if status in (Status.SENT, Status.UNCERTAIN) else ""
+        outcome = Outcome(message.recipient, status, message.message_id, job.attempts, reply, error, relay)
+        self._report(outcome)
         self._outstanding -= 1
         self._room.release()
         self._maybe_done()
@@ -207,7 +240,7 @@ class Sender:
         if not self._producing and self._outstanding == 0:
             assert self._wake is not None
             self._wake.set()  # spare workers stop waiting for their next probe
-            for _ in range(self._options.connections):
+            for _ in range(self._workers):
                 self._queue.put_nowait(None)
 
     def _set_waiting(self, job: _Job, waiting: bool) -> None:
@@ -234,7 +267,7 @@ class Sender:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), seconds)
 
-    async def _worker(self) -> None:
+    async def _worker(self, relay: Relay) -> None:
         connection: Connection | None = None
         begun: _Begun | None = None  # its DATA got 354: its content goes out in the next step
         held: _Job | None = None  # taken from the queue, not started yet
@@ -243,6 +276,12 @@ class Sender:
         try:
             while True:
                 job, held = held, None
+                if relay.dropped is not None and not self.stopping:
+                    if job is not None:
+                        self._retry_later(job, 0)  # for the other relays
+                    if begun is None:
+                        break
+                    job, ending = None, True  # its content goes (the connection is fine), then this ends
                 if job is None and not ending and (begun is None or self._pipelines(connection)):
                     job, ending = await self._next(wait=begun is None)
                 if job is None and begun is None:
@@ -256,7 +295,7 @@ class Sender:
                     # Before its content the server cannot have it: stopping, it does not go.
                     assert connection is not None
                     connection.abort()
-                    self._limiter.release(begun.slot, accepted=False)
+                    relay.limiter.release(begun.slot, accepted=False)
                     self._finish(begun.job, Status.NOT_ATTEMPTED, self.stopped_by, "the run stopped first")
                     begun = None
                     continue
@@ -264,35 +303,38 @@ class Sender:
                 if job is not None and begun is None:
                     if connection is None or not connection.is_open:
                         if connection is not None:
-                            self._open.discard(connection)
-                        connection, spare = await self._open_for(job)
+                            relay.open.discard(connection)
+                        connection, spare = await self._open_for(relay, job)
                         if spare:
                             # The server takes no more connections: others send; try again rarely.
                             await self._sleep(spare_wait)
                             spare_wait = min(SPARE_PROBE_CAP, spare_wait * 2)
                         if connection is None:
                             continue
-                    slot = await self._limiter.acquire()
-                    if self.stopping:
-                        self._limiter.release(slot)
+                    slot = await relay.limiter.acquire()
+                    if self.stopping or relay.dropped is not None:
+                        relay.limiter.release(slot)
+                        if relay.dropped is not None and not self.stopping:
+                            self._retry_later(job, 0)
+                            continue
                         self._finish(job, Status.NOT_ATTEMPTED, self.stopped_by, "the run stopped first")
                         continue
                 elif job is not None:
                     # The next envelope goes out with this content, if it may start now.
                     assert connection is not None and connection.transactions is not None
-                    if connection.transactions.started < self._options.max_messages:
-                        slot = self._limiter.try_acquire()
+                    if connection.transactions.started < relay.max_messages:
+                        slot = relay.limiter.try_acquire()
                     if slot is None:
                         held, job = job, None
                 assert connection is not None
                 start = _Begun(job, slot) if job is not None and slot is not None else None
-                begun = await self._step(connection, begun, start)
+                begun = await self._step(relay, connection, begun, start)
                 transactions = connection.transactions
                 if begun is None and transactions is not None and (
-                    transactions.started >= self._options.max_messages
+                    transactions.started >= relay.max_messages
                 ):
                     # QUIT in the background: this worker opens its next connection meanwhile.
-                    self._open.discard(connection)
+                    relay.open.discard(connection)
                     closing = asyncio.create_task(connection.close())
                     self._closing.add(closing)
                     closing.add_done_callback(self._closing.discard)
@@ -302,7 +344,7 @@ class Sender:
                 connection.abort()  # stopping at once: no QUIT, no waiting for a reply
             raise
         if connection is not None:
-            self._open.discard(connection)
+            relay.open.discard(connection)
             await connection.close()
 
     @staticmethod
@@ -319,7 +361,7 @@ class Sender:
         return job, job is None
 
     async def _step(
-        self, connection: Connection, content: _Begun | None, start: _Begun | None
+        self, relay: Relay, connection: Connection, content: _Begun | None, start: _Begun | None
     ) -> _Begun | None:
         """Send ``content``'s message and start ``start``'s transaction; the latter if its DATA got 354."""
         assert connection.transactions is not None
@@ -328,12 +370,13 @@ class Sender:
                 self._on_sending(content.job.message)  # from its final "." on, the server may have it
             except TransactionError as e:  # it cannot be recorded, so it must not go
                 connection.abort()  # its DATA got 354: only dropping the connection ends that unsent
-                self._settle(content, e)
+                self._settle(relay, content, e)
                 if start is not None:
-                    self._limiter.release(start.slot, accepted=False)
+                    relay.limiter.release(start.slot, accepted=False)
                     self._finish(start.job, Status.NOT_ATTEMPTED, self.stopped_by, "the run stopped first")
                 return None
         if start is not None:
+            start.job.relay = relay.name
             start.job.attempts += 1
             self._set_waiting(start.job, False)
         sent, started = await connection.transactions.step(
@@ -341,36 +384,37 @@ class Sender:
         )
         if content is not None:
             assert sent is not None
-            self._settle(content, sent)
+            self._settle(relay, content, sent)
         if start is not None:
             assert started is not None
             if isinstance(started, Ready):
                 start.ready = started
                 return start
-            self._settle(start, started)
+            self._settle(relay, start, started)
         return None
 
-    def _settle(self, begun: _Begun, result: Accepted | TransactionError) -> None:
+    def _settle(self, relay: Relay, begun: _Begun, result: Accepted | TransactionError) -> None:
         if isinstance(result, Accepted):
             self._delivered(begun.job, result)
         else:
             if result.verdict.kind is Kind.THROTTLED:
-                self._limiter.throttled(result.verdict.retry_after, begun.slot)
-            self._failed(begun.job, result)
-        self._limiter.release(begun.slot, accepted=isinstance(result, Accepted))
+                relay.limiter.throttled(result.verdict.retry_after, begun.slot)
+            self._failed(relay, begun.job, result)
+        relay.limiter.release(begun.slot, accepted=isinstance(result, Accepted))
 
-    async def _open_for(self, job: _Job) -> tuple[Connection | None, bool]:
+    async def _open_for(self, relay: Relay, job: _Job) -> tuple[Connection | None, bool]:
         """A new open connection for ``job``, or None (the job is handled); True: be a spare."""
-        assert self._settled is not None
+        settled = relay.settled
+        assert settled is not None
         while True:
-            if (wait := self._connect_after - asyncio.get_running_loop().time()) > 0:
+            if (wait := relay.connect_after - asyncio.get_running_loop().time()) > 0:
                 self._set_waiting(job, True)
                 await self._sleep(wait)
             if self.stopping:
                 self._finish(job, Status.NOT_ATTEMPTED, self.stopped_by, "the run stopped first")
                 return None, False
-            connection = self._connect()
-            self._connecting += 1
+            connection = relay.connect()
+            relay.connecting += 1
             try:
                 await connection.open()
             except TransactionError as e:
@@ -378,58 +422,69 @@ class Sender:
             else:
                 error = None
             finally:
-                self._connecting -= 1
-                async with self._settled:
-                    self._settled.notify_all()
+                relay.connecting -= 1
+                async with settled:
+                    settled.notify_all()
             if error is None:
-                self._ever_connected = True
-                self._connect_failures = 0
-                self._open.add(connection)
-                if (now_open := self._open_now()) > self.pool:
-                    self.pool = now_open  # a spare got through: the server takes more again
+                relay.ever_connected = True
+                relay.connect_failures = 0
+                relay.open.add(connection)
+                if (now_open := relay.open_now()) > relay.pool:
+                    relay.pool = now_open  # a spare got through: the server takes more again
                 return connection, False
             job.attempts += 1
             verdict = error.verdict
             if verdict.kind is Kind.FATAL:  # TLS or login refused
-                return self._stop_with(job, verdict), False
+                return self._fatal(relay, job, verdict), False
             # Whether the connections opening at the same time got through decides what this meant.
-            async with self._settled:
-                await self._settled.wait_for(lambda: self._connecting == 0)
-            if self._open_now():
+            async with settled:
+                await settled.wait_for(lambda: relay.connecting == 0)
+            if relay.open_now():
                 if self._closing:  # a recycled connection may still count at the server
                     await asyncio.gather(*self._closing, return_exceptions=True)
                     continue
-                self._shrink(verdict)
+                self._shrink(relay, verdict)
                 self._retry_later(job, 0)
                 return None, True
             now = asyncio.get_running_loop().time()
-            if self._connect_after > now:
+            if relay.connect_after > now:
                 continue  # another worker failed alongside and counted this round already
-            self._connect_failures += 1
-            if (not self._ever_connected and verdict.code is None) or (
-                self._connect_failures > self._options.retries
+            relay.connect_failures += 1
+            if (not relay.ever_connected and verdict.code is None) or (
+                relay.connect_failures > self._options.retries
             ):  # nothing listening, or the server went away for good
-                return self._stop_with(job, verdict), False
+                return self._fatal(relay, job, verdict), False
             asked = min(verdict.retry_after or 0.0, self._options.backoff_cap)
-            self._connect_after = now + max(self._backoff(self._connect_failures), asked, 0.001)
+            relay.connect_after = now + max(self._backoff(relay.connect_failures), asked, 0.001)
 
-    def _open_now(self) -> int:
-        return sum(1 for c in self._open if c.is_open)
+    def _fatal(self, relay: Relay, job: _Job, verdict: Verdict) -> None:
+        """Nothing more goes through ``relay``: drop it, and stop the run if it was the last."""
+        if relay.dropped is None:
+            relay.dropped = verdict
+            left = [r.name for r in self.relays if r.dropped is None]
+            if left and not self.stopping and self._on_notice is not None:
+                self._on_notice(
+                    f"warning: dropped relay {relay.name} ({verdict.describe()}); "
+                    f"its messages go through {', '.join(left)}"
+                )
+        if self.stopping or all(r.dropped is not None for r in self.relays):
+            self.stop(verdict)
+            self._finish(job, Status.NOT_ATTEMPTED, verdict, relay.described(verdict.describe()))
+        else:
+            self._retry_later(job, 0)
 
-    def _stop_with(self, job: _Job, verdict: Verdict) -> None:
-        self.stop(verdict)
-        self._finish(job, Status.NOT_ATTEMPTED, verdict, verdict.describe())
-
-    def _shrink(self, verdict: Verdict) -> None:
+    def _shrink(self, relay: Relay, verdict: Verdict) -> None:
         """The server refused a connection while others were open: it takes only those."""
-        if (now_open := self._open_now()) >= self.pool:
+        if (now_open := relay.open_now()) >= relay.pool:
             return
-        first = self.pool == self._options.connections
-        self.pool = now_open
+        first = relay.pool == relay.connections
+        relay.pool = now_open
         if first and self._on_notice is not None:
             self._on_notice(
-                f"the server refused connection {self.pool + 1} ({verdict.describe()}): "
-                f"sending over {self.pool} connection(s), trying one more now and then"
+                relay.described(
+                    f"the server refused connection {relay.pool + 1} ({verdict.describe()}): "
+                    f"sending over {relay.pool} connection(s), trying one more now and then"
+                )
             )
 
     def _backoff(self, attempt: int) -> float:
@@ -444,7 +499,7 @@ class Sender:
         else:
             self._finish(job, Status.SENT, accepted.reply, refused and f"refused: {refused}")
 
-    def _failed(self, job: _Job, error: TransactionError) -> None:
+    def _failed(self, relay: Relay, job: _Job, error: TransactionError) -> None:
         verdict = error.verdict
         if error.uncertain:
             if not job.maybe_delivered:
@@ -472,8 +527,7 @@ class Sender:
                     self._not_delivered(job)
                     self._retry_later(job, self._backoff(job.failures))
             case Kind.FATAL:
-                self.stop(verdict)
-                self._finish(job, Status.NOT_ATTEMPTED, verdict, verdict.describe())
+                self._fatal(relay, job, verdict)
             case _:
                 also = f"; also refused: {_listed(error.refused)}" if error.refused else ""
                 self._finish(job, Status.FAILED, verdict, verdict.describe() + also)

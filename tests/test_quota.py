@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from mailblast.quota import QuotaBook, QuotaLimiter, is_quota, next_free, used
-from mailblast.urls import Rate, parse_rate
+from mailblast.quota import QuotaBook, QuotaLimiter, account_of, is_quota, next_free, used
+from mailblast.urls import Rate, parse_rate, parse_smtp_url
 from tests.servers import SmtpServer
 from tests.test_send_cli import campaign, mailblast
 
@@ -32,6 +32,13 @@ def test_only_rates_over_a_minute_are_quotas() -> None:
     assert [is_quota(parse_rate(r)) for r in ("500/d", "2000/day", "100/h", "10/2min")] == [True] * 4
     assert [is_quota(parse_rate(r)) for r in ("3/s", "180/min")] == [False, False]
     assert not is_quota(None)
+
+
+def test_an_account_is_the_login_at_the_host() -> None:
+    assert account_of(parse_smtp_url("smtps://Me%40Example.com@SMTP.Gmail.com:465")) == (
+        "Me@Example.com at smtp.gmail.com"
+    )
+    assert account_of(parse_smtp_url("smtp://127.0.0.1:2525")) == "127.0.0.1"
 
 
 def test_the_book_is_shared_by_every_process(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from mailblast.outcomes import Counts, Outcome, Status
 from mailblast.progress import SendProgress
 from mailblast.ratelimit import SlidingWindowLimiter
 from mailblast.recipients import RecipientsFile
-from mailblast.sender import Sender, SenderOptions
+from mailblast.sender import Relay, Sender, SenderOptions
 from mailblast.urls import parse_smtp_url
 from mailblast.worker import ComposeWorker
 from tests.servers import SmtpServer
@@ -60,12 +60,15 @@ def send(
     target = parse_smtp_url(url.replace("://", f"://{user}@") if user else url)
     limiter = limiter or SlidingWindowLimiter(*(rate or (None, 1.0)))
     login = Credentials(target.username, password=password) if target.username else None
+    pool = {k: options.pop(k) for k in ("connections", "max_messages") if k in options}
     opts = SenderOptions(**{"backoff_base": 0.01, "backoff_cap": 0.05, **options})  # type: ignore[arg-type]
     outcomes: list[Outcome] = []
     pipelines = pipelining_default() if pipelining is None else pipelining
+    def connect() -> Connection:
+        return Connection(target, login, timeout=5, tls_context=tls_context, pipelining=pipelines)
+
     sender = Sender(
-        lambda: Connection(target, login, timeout=5, tls_context=tls_context, pipelining=pipelines),
-        limiter,
+        [Relay(connect, limiter, **pool)],  # type: ignore[arg-type]
         opts,
         outcomes.append,
         on_notice=notices.append if notices is not None else None,
