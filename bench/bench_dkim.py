@@ -4,6 +4,7 @@
     python bench/bench_dkim.py --quick      # 1,000 messages, 1 run per case
     python bench/bench_dkim.py --sink aiosmtpd   # only the in-process aiosmtpd sink
     python bench/bench_dkim.py --sink smtp-sink  # only Postfix's smtp-sink (apt-get install postfix)
+    python bench/bench_dkim.py --sink remote     # only aiosmtpd answering each DATA after 10 ms
 
 Each case is a whole `mailblast send` (startup and check pass included) in its own process,
 5 connections, on a fresh recipients file; the cases alternate (no DKIM, RSA 2048, Ed25519) so
@@ -35,6 +36,7 @@ from tests.servers import start_server  # noqa: E402
 
 CASES = ("no DKIM", "DKIM rsa-sha256 (2048)", "DKIM ed25519-sha256")
 LIMIT = 1.30
+REMOTE_LATENCY = 0.010  # seconds before each DATA reply: a server across a network
 
 
 def write_configs(work: Path) -> dict[str, tuple[Path, bytes | None]]:
@@ -95,13 +97,14 @@ def verify_sample(received: list[bytes], record: bytes) -> str:
     return f"{good}/{len(sample)} sampled signatures verify"
 
 
-def on_aiosmtpd(messages: int, repeat: int, work: Path, configs: dict) -> list[str]:
-    with start_server() as server:
+def on_aiosmtpd(messages: int, repeat: int, work: Path, configs: dict, latency: float = 0.0) -> list[str]:
+    with start_server(data_latency=latency) as server:
         walls, notes = run_cases(server.url, messages, repeat, work, configs)
         received = server.received
     expected = messages * repeat * len(CASES)
+    kind = f"answering each DATA after {latency * 1000:.0f} ms, as a remote server" if latency else "sink"
     title = (
-        f"In-process aiosmtpd sink, {messages:,} messages, 5 connections, median of {repeat} "
+        f"In-process aiosmtpd {kind}, {messages:,} messages, 5 connections, median of {repeat} "
         f"alternating runs ({len(received):,} of {expected:,} messages received)"
     )
     report(title, messages, walls)
@@ -139,7 +142,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="1,000 messages, one run per case")
-    parser.add_argument("--sink", choices=("aiosmtpd", "smtp-sink"), help="only this sink")
+    parser.add_argument("--sink", choices=("aiosmtpd", "smtp-sink", "remote"), help="only this sink")
     parser.add_argument("--messages", type=int, help="messages per run [default: 5,000]")
     parser.add_argument("--repeat", type=int, help="runs per case [default: 3]")
     options = parser.parse_args()
@@ -156,6 +159,10 @@ def main() -> None:
             print()
         if options.sink in (None, "aiosmtpd"):
             notes.extend(on_aiosmtpd(messages, repeat, work, configs))
+        if options.sink is None:
+            print()
+        if options.sink in (None, "remote"):
+            notes.extend(on_aiosmtpd(messages, repeat, work, configs, latency=REMOTE_LATENCY))
     for note in notes:
         print(note)
 

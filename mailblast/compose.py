@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import html2text
 import jinja2
 from email_validator import EmailNotValidError, validate_email
+from jinja2.sandbox import SecurityError
 from markdown_it import MarkdownIt
 
 from mailblast import headers as hdr
@@ -593,7 +594,9 @@ class Template:
                 f"the template uses a variable this row does not have: {e.message} "
                 f"(the columns are: {', '.join(context['row'])})"
             ) from None
-        except jinja2.TemplateError as e:  # also the sandbox's SecurityError
+        except (SecurityError, jinja2.TemplateNotFound) as e:  # written in the template: said once
+            raise RowError(f"the template is refused: {e}", template=self.name) from None
+        except jinja2.TemplateError as e:
             raise RowError(f"the template failed for this row: {e}") from None
         except RenderLimit as e:
             raise RowError(str(e)) from None
