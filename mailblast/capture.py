@@ -29,6 +29,7 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 from rich.console import Console
 
+from mailblast.display import human_size
 from mailblast.errors import ConfigError
 from mailblast.urls import Rate
 
@@ -153,7 +154,7 @@ class Captured:
         subject = " ".join(self.subject.split()) or "(no subject)"
         return (
             f"{self.at:%H:%M:%S}  {self.mail_from or '<>'} -> {', '.join(self.rcpt_tos)}  "
-            f"{subject!r}  {_size(self.size)}"
+            f"{subject!r}  {human_size(self.size)}"
         )
 
 
@@ -171,10 +172,6 @@ class Refused:
 
 
 Event = Captured | Refused
-
-
-def _size(n: int) -> str:
-    return f"{n:,} B" if n < 1024 else f"{n / 1024:,.1f} KiB"
 
 
 def open_outbox(path: Path) -> mailbox.Maildir:

@@ -385,6 +385,8 @@ def send(
     Example: mailblast send people.csv -t welcome.md --smtp smtp+starttls://me@smtp.example.com:587 --rate 3/s
     """
     options = {k: v for k, v in locals().items() if k not in ("dry_run", "out", "json_output")}
+    if dry_run and json_output:
+        _run(lambda console: _usage("--json does not go with --dry-run", "check --json checks every row"))
     if dry_run:
         _run(lambda console: run_dry_run(_settings(options), recipients, out, console))
     if out is not None:

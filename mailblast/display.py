@@ -117,7 +117,7 @@ def show_message(console: Console, composed: ComposedMessage) -> None:
         syntax = Syntax(_part_text(html), "html", word_wrap=True, background_color="default")
         console.print(Panel(syntax, title="HTML", title_align="left"))
     if composed.attachments:
-        rows = [Text(f"{a.filename}  {a.content_type}  {_size(a.size)}") for a in composed.attachments]
+        rows = [Text(f"{a.filename}  {a.content_type}  {human_size(a.size)}") for a in composed.attachments]
         console.print(Panel(Group(*rows), title="attachments", title_align="left"))
     if composed.needs_smtputf8:
         print_warning(console, "this message has a non-ASCII address: the server must support SMTPUTF8")
@@ -128,7 +128,8 @@ def _addrs(msg: EmailMessage, name: str) -> tuple:
     return header.addresses if header is not None else ()
 
 
-def _size(n: int) -> str:
+def human_size(n: int) -> str:
+    """A size as a person reads it: bytes, KiB or MiB."""
     if n < 1024:
         return f"{n:,} bytes"
     if n < 1024 * 1024:

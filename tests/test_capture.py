@@ -141,7 +141,7 @@ def test_stores_each_message_with_its_envelope(tmp_path: Path) -> None:
     [event] = events
     assert isinstance(event, Captured)
     assert event.line().endswith(
-        "news@example.com -> ada@example.com, bcc@x.org  'Grüße'  " + f"{event.size} B"
+        "news@example.com -> ada@example.com, bcc@x.org  'Grüße'  " + f"{event.size} bytes"
     )
 
 
@@ -239,7 +239,18 @@ def free_port() -> int:
 def test_serve_prints_a_line_per_message_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     port = free_port()
     serve = subprocess.Popen(
-        [sys.executable, "-m", "mailblast", "serve", "--port", str(port), "--rate", "3/s"],
+        [
+            sys.executable,
+            "-m",
+            "mailblast",
+            "serve",
+            "--port",
+            str(port),
+            "--rate",
+            "3/s",
+            "--max-connections",
+            "2",
+        ],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -248,20 +259,24 @@ def test_serve_prints_a_line_per_message_and_stops_on_ctrl_c(tmp_path: Path) -> 
     try:
         first = serve.stdout.readline() if serve.stdout else ""
         assert f"capturing mail on smtp://127.0.0.1:{port} into outbox/" in first
-        campaign(tmp_path, 3)
-        proc = mailblast(tmp_path, "send", "people.csv", "-t", "t.txt", "--smtp", f"smtp://127.0.0.1:{port}")
+        campaign(tmp_path, 9)
+        # more connections than the rehearsed provider allows, and no --rate: every message arrives
+        url = f"smtp://127.0.0.1:{port}"
+        proc = mailblast(tmp_path, "send", "people.csv", "-t", "t.txt", "--smtp", url, "--connections", "3")
         assert proc.returncode == 0, proc.stderr
     finally:
         serve.send_signal(signal.SIGINT)
         out, err = serve.communicate(timeout=30)
     assert serve.returncode == 0, err
-    lines = [line for line in out.splitlines() if "->" in line]
-    assert len(lines) == 3
+    lines = [line for line in out.splitlines() if "->" in line and "refused" not in line]
+    assert len(lines) == 9
     datetime.strptime(lines[0][:8], "%H:%M:%S")
     assert "news@example.com -> user0@example.com  'Hi User 0'" in out
-    assert "stopped: 3 message(s) captured in outbox/, 0 refused" in out
+    assert "stopped: 9 message(s) captured in outbox/" in out
     assert err == ""
-    assert len(stored(tmp_path / "outbox")) == 3
+    assert sorted(str(m["Envelope-to"]) for m in stored(tmp_path / "outbox")) == sorted(
+        f"user{i}@example.com" for i in range(9)
+    )
 
 
 def test_serve_on_a_port_in_use_says_so(tmp_path: Path) -> None:

@@ -68,3 +68,10 @@ def test_an_error_is_in_the_document_too(tmp_path: Path) -> None:
     assert proc.returncode == doc["exit_code"] == 2
     assert doc["error"]["message"] == "no journal at people.csv.mailblast.sqlite"
     assert proc.stderr.startswith("error: no journal")
+
+
+def test_json_does_not_go_with_a_dry_run(tmp_path: Path) -> None:
+    campaign(tmp_path, 1)
+    proc = mailblast(tmp_path, "send", "people.csv", "-t", "t.txt", "--dry-run", "--json")
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[0] == "error: --json does not go with --dry-run"
