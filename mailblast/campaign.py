@@ -302,7 +302,8 @@ def _rehearse(
     # The rehearsal keeps its own journal, so that a real send later still sends to everyone.
     journal = settings.journal or outbox / REHEARSAL_JOURNAL
     with capture.in_background(outbox) as server:
-        local = replace(settings, smtp_url=server.url, journal=journal, outbox=None)
+        # only the capture server: no relay of mailblast.toml either
+        local = replace(settings, smtp_url=server.url, relays=(), journal=journal, outbox=None)
         # a rehearsal uses no account's quota
         code = run_send(
             local, recipients_path, console, ask_password, stdout, resume_command, quotas=False, facts=facts

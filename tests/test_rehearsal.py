@@ -91,3 +91,15 @@ def test_a_bad_row_sends_nothing_into_the_outbox_either(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "nothing left this machine" not in proc.stderr
     assert stored(tmp_path / "outbox") == []
+
+
+def test_outbox_sends_nothing_through_the_configured_relays(
+    tmp_path: Path, smtp_server: Callable[..., SmtpServer]
+) -> None:
+    relay = smtp_server()
+    campaign(tmp_path, 2)
+    (tmp_path / "mailblast.toml").write_text(f'[[relay]]\nurl = "{relay.url}"\n')
+    proc = mailblast(tmp_path, "send", "people.csv", "-t", "t.txt", "--outbox", "rehearsal")
+    assert proc.returncode == 0, proc.stderr
+    assert relay.received == [] and relay.connections == 0
+    assert len(stored(tmp_path / "rehearsal")) == 2
