@@ -31,7 +31,7 @@ import dkim  # noqa: E402
 from bench_render import TEMPLATE  # noqa: E402
 from bench_send import check_failed, free_port, fresh_csv, measure, smtp_sink_path  # noqa: E402
 
-from mailblast.dkim_sign import dns_record, new_key  # noqa: E402
+from mailblast.message.dkim_sign import dns_record, new_key  # noqa: E402
 from tests.servers import start_server  # noqa: E402
 
 CASES = ("no DKIM", "DKIM rsa-sha256 (2048)", "DKIM ed25519-sha256")

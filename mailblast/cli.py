@@ -13,12 +13,15 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from mailblast import __version__, campaign, capture, init
-from mailblast.check import run_check, run_dry_run, run_preview
+from mailblast import __version__, init
+from mailblast.campaign.check import run_check, run_dry_run, run_preview
+from mailblast.campaign.send import run_send
+from mailblast.campaign.status import run_report, run_status
 from mailblast.config import Settings, load_settings
-from mailblast.credentials import PASSWORD_ENV
 from mailblast.errors import ConfigError, InputError, MailblastError, StoppedError
-from mailblast.urls import parse_rate
+from mailblast.server import capture
+from mailblast.smtp.credentials import PASSWORD_ENV
+from mailblast.smtp.urls import parse_rate
 
 # Panels of `send --help`; the options without one are under "Options".
 SMTP, PACE, RERUN = "SMTP server", "Rate and connections", "Journal and re-runs"
@@ -394,7 +397,7 @@ def send(
     again = shlex.join(["mailblast", *(a for a in sys.argv[1:] if a != "--restart")])
     facts = _facts("send", recipients) if json_output else None
     _run(
-        lambda console: campaign.run_send(
+        lambda console: run_send(
             _settings(options), recipients, console, _ask_password, sys.stdout, again, facts=facts
         ),
         stderr=True,
@@ -427,7 +430,7 @@ def status(
     options = {k: v for k, v in locals().items() if k not in ("suppressed", "json_output")}
     facts = _facts("status", recipients) if json_output else None
     _run(
-        lambda console: campaign.run_status(
+        lambda console: run_status(
             _settings(options), recipients, console, list_suppressed=suppressed, facts=facts
         ),
         facts=facts,
@@ -450,7 +453,7 @@ def report(
     """
     options = {k: v for k, v in locals().items() if k != "out"}
     _run(
-        lambda console: campaign.run_report(_settings(options), recipients, out, console, sys.stdout),
+        lambda console: run_report(_settings(options), recipients, out, console, sys.stdout),
         stderr=True,
     )
 
@@ -529,7 +532,7 @@ def dkim_keygen(
     """Write a new DKIM private key and print the DNS TXT record to publish; never overwrites."""
 
     def work(console: Console) -> int:
-        from mailblast.dkim_sign import write_new_key, zone_line  # dkimpy is slow to import
+        from mailblast.message.dkim_sign import write_new_key, zone_line  # dkimpy is slow to import
 
         path = out or Path(f"{domain}.{selector}.pem")
         name, value = write_new_key(domain, selector, key_type, path)

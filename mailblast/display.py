@@ -16,8 +16,8 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
-from mailblast.compose import ComposedMessage
-from mailblast.recipients import RowProblem
+from mailblast.message.compose import ComposedMessage
+from mailblast.message.recipients import RowProblem
 
 
 def print_problem(console: Console, problem: RowProblem) -> None:

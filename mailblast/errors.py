@@ -12,7 +12,7 @@ Only the command layer (``mailblast.cli``) turns them into output and exit codes
                               an interruption, nothing listening       (exit 3)
 
 Problems with single rows are not exceptions: they are collected as
-``mailblast.recipients.RowProblem`` so that ``check`` can report all of them at once.
+``mailblast.message.recipients.RowProblem`` so that ``check`` can report all of them at once.
 """
 
 from __future__ import annotations

@@ -86,7 +86,7 @@ import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from mailblast.capture import MAILTRAP_THROTTLE_REPLY, WindowCount
+from mailblast.server.capture import MAILTRAP_THROTTLE_REPLY, WindowCount
 
 __all__ = [
     "AUTH_INVALID_REPLY",
@@ -462,7 +462,6 @@ class _Handler:
             return reply
         owner._accept(server, session, envelope)
         return QUEUED_REPLY
-
 
     async def auth_XOAUTH2(self, server: SMTP, args: list[str]) -> AuthResult:
         """RFC-less but universal: base64("user=U^Aauth=Bearer TOKEN^A^A"), as Gmail and Microsoft take it."""

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from mailblast.capture import (
+from mailblast.errors import ConfigError
+from mailblast.server.capture import (
     MAILTRAP_THROTTLE_REPLY,
     RANDOM_FAILURE_REPLY,
     TOO_MANY_CONNECTIONS_REPLY,
@@ -32,9 +33,8 @@ from mailblast.capture import (
     in_background,
     open_outbox,
 )
-from mailblast.errors import ConfigError
-from mailblast.replies import Kind, classify
-from mailblast.urls import Rate
+from mailblast.smtp.replies import Kind, classify
+from mailblast.smtp.urls import Rate
 from tests.servers import max_in_window
 from tests.test_send_cli import campaign, mailblast
 

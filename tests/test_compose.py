@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from mailblast.compose import ComposedMessage, RowError, Template, body_kind, compose_rows
 from mailblast.errors import TemplateError
-from mailblast.recipients import Recipient, RecipientsFile
+from mailblast.message.compose import ComposedMessage, RowError, Template, body_kind, compose_rows
+from mailblast.message.recipients import Recipient, RecipientsFile
 
 
 def make_template(tmp_path: Path, text: str, name: str = "t.txt", **kwargs) -> Template:

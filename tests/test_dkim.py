@@ -12,11 +12,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from mailblast.compose import Template
-from mailblast.dkim_sign import KeyType, dns_record, load_key, new_key
 from mailblast.errors import ConfigError
-from mailblast.recipients import RecipientsFile
-from mailblast.worker import ComposeWorker
+from mailblast.message.compose import Template
+from mailblast.message.dkim_sign import KeyType, dns_record, load_key, new_key
+from mailblast.message.recipients import RecipientsFile
+from mailblast.message.worker import ComposeWorker
 from tests.servers import SmtpServer
 from tests.test_send_cli import mailblast
 

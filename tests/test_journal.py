@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from mailblast.campaign.journal import DamagedJournal, Journal, RunChanges, default_path, recipient_key
 from mailblast.errors import InputError
-from mailblast.journal import DamagedJournal, Journal, RunChanges, default_path, recipient_key
-from mailblast.outcomes import Outcome, Status
-from mailblast.recipients import Recipient
-from mailblast.replies import classify
+from mailblast.message.recipients import Recipient
+from mailblast.smtp.outcomes import Outcome, Status
+from mailblast.smtp.replies import classify
 
 
 def person(row: int, address: str | None = None) -> Recipient:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from aiosmtpd.smtp import Envelope
 
-from mailblast.outcomes import Status
+from mailblast.smtp.outcomes import Status
 from tests.servers import DROP, TEMP_FAILURE_REPLY, SmtpServer, Stage
 from tests.test_sender import addresses, send, statuses
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from mailblast.quota import QuotaBook, QuotaLimiter, account_of, is_quota, next_free, used
-from mailblast.urls import Rate, parse_rate, parse_smtp_url
+from mailblast.smtp.quota import QuotaBook, QuotaLimiter, account_of, is_quota, next_free, used
+from mailblast.smtp.urls import Rate, parse_rate, parse_smtp_url
 from tests.servers import SmtpServer
 from tests.test_send_cli import campaign, mailblast
 

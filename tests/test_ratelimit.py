@@ -1,4 +1,4 @@
-"""Tests for mailblast.ratelimit, all on fake time: nothing here really sleeps."""
+"""Tests for mailblast.smtp.ratelimit, all on fake time: nothing here really sleeps."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailblast.ratelimit import MAX_PAUSE, SlidingWindowLimiter, Slot, backoff_delay
+from mailblast.smtp.ratelimit import MAX_PAUSE, SlidingWindowLimiter, Slot, backoff_delay
 
 
 class FakeClock:

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mailblast.errors import RecipientsError
-from mailblast.recipients import RecipientsFile
+from mailblast.message.recipients import RecipientsFile
 
 
 def write(tmp_path: Path, content: bytes | str, name: str = "r.csv") -> Path:

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from mailblast.redact import REDACTED, Redactor
-from mailblast.spreadsheet import defuse, is_report, restore
+from mailblast.message.spreadsheet import defuse, is_report, restore
+from mailblast.smtp.redact import REDACTED, Redactor
 
 
 def test_every_form_of_the_password_is_removed() -> None:

@@ -1,4 +1,4 @@
-"""Tests for mailblast.replies."""
+"""Tests for mailblast.smtp.replies."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mailblast.replies import Kind, Verdict, classify, connection_lost
+from mailblast.smtp.replies import Kind, Verdict, classify, connection_lost
 
 OK, THROTTLED, TRANSIENT, PERMANENT, FATAL = (
     Kind.OK,

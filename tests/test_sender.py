@@ -15,17 +15,17 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from mailblast.compose import RowError, Template
+from mailblast.campaign.progress import SendProgress
 from mailblast.config import pipelining_default
-from mailblast.connection import Connection
-from mailblast.credentials import Credentials
-from mailblast.outcomes import Counts, Outcome, Status
-from mailblast.progress import SendProgress
-from mailblast.ratelimit import SlidingWindowLimiter
-from mailblast.recipients import RecipientsFile
-from mailblast.sender import Relay, Sender, SenderOptions
-from mailblast.urls import parse_smtp_url
-from mailblast.worker import ComposeWorker
+from mailblast.message.compose import RowError, Template
+from mailblast.message.recipients import RecipientsFile
+from mailblast.message.worker import ComposeWorker
+from mailblast.smtp.connection import Connection
+from mailblast.smtp.credentials import Credentials
+from mailblast.smtp.outcomes import Counts, Outcome, Status
+from mailblast.smtp.ratelimit import SlidingWindowLimiter
+from mailblast.smtp.sender import Relay, Sender, SenderOptions
+from mailblast.smtp.urls import parse_smtp_url
 from tests.servers import SmtpServer
 
 TEMPLATE = "From: Sender <sender@example.com>\nSubject: Hello {{ name }}\n\nHi {{ name }}!\n"
@@ -64,6 +64,7 @@ def send(
     opts = SenderOptions(**{"backoff_base": 0.01, "backoff_cap": 0.05, **options})  # type: ignore[arg-type]
     outcomes: list[Outcome] = []
     pipelines = pipelining_default() if pipelining is None else pipelining
+
     def connect() -> Connection:
         return Connection(target, login, timeout=5, tls_context=tls_context, pipelining=pipelines)
 

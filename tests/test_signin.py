@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from mailblast.credentials import Credentials, SecretCommand, SecretError, gather_credentials
 from mailblast.errors import ConfigError
+from mailblast.smtp.credentials import Credentials, SecretCommand, SecretError, gather_credentials
 from tests.servers import SmtpServer
 from tests.test_send_cli import campaign, mailblast
 

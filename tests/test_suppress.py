@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from mailblast.campaign.suppress import SuppressionList
 from mailblast.errors import InputError
-from mailblast.suppress import SuppressionList
 from tests.servers import SmtpServer
 from tests.test_send_cli import campaign, mailblast
 

@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 import pytest
 
-from mailblast import unsubscribe as unsub
+from mailblast.message import unsubscribe as unsub
 from tests.servers import SmtpServer
 from tests.test_send_cli import mailblast
 

@@ -21,8 +21,8 @@ from aiosmtpd.smtp import AuthResult
 from typer.testing import CliRunner
 
 from mailblast.cli import app
-from mailblast.compose import RowError, Template
-from mailblast.recipients import Recipient, RecipientsFile
+from mailblast.message.compose import RowError, Template
+from mailblast.message.recipients import Recipient, RecipientsFile
 from tests.servers import SmtpServer
 
 Server = Callable[..., SmtpServer]

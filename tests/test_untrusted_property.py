@@ -23,11 +23,11 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from mailblast.compose import Template, compose_rows
-from mailblast.connection import Connection
-from mailblast.headers import FORBIDDEN
-from mailblast.recipients import RecipientsFile
-from mailblast.urls import parse_smtp_url
+from mailblast.message.compose import Template, compose_rows
+from mailblast.message.headers import FORBIDDEN
+from mailblast.message.recipients import RecipientsFile
+from mailblast.smtp.connection import Connection
+from mailblast.smtp.urls import parse_smtp_url
 from tests.servers import SmtpServer, start_server
 
 TEMPLATE = """\

@@ -1,4 +1,4 @@
-"""Tests for mailblast.urls."""
+"""Tests for mailblast.smtp.urls."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mailblast.errors import ConfigError
-from mailblast.urls import Rate, SmtpTarget, parse_rate, parse_smtp_url
+from mailblast.smtp.urls import Rate, SmtpTarget, parse_rate, parse_smtp_url
 
 # --- SMTP URLs -----------------------------------------------------------------------------
 

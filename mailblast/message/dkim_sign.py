@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-from mailblast.compose import RowError
 from mailblast.errors import ConfigError
+from mailblast.message.compose import RowError
 
 SIGNED_HEADERS = (
     b"from",

@@ -23,13 +23,13 @@ import random
 from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from mailblast.compose import Composed, ComposedMessage, RowError
-from mailblast.connection import Connection
-from mailblast.outcomes import Counts, Outcome, Status
-from mailblast.ratelimit import SlidingWindowLimiter, Slot, backoff_delay
-from mailblast.recipients import Recipient
-from mailblast.replies import Kind, Verdict
-from mailblast.transaction import Accepted, Ready, TransactionError
+from mailblast.message.compose import Composed, ComposedMessage, RowError
+from mailblast.message.recipients import Recipient
+from mailblast.smtp.connection import Connection
+from mailblast.smtp.outcomes import Counts, Outcome, Status
+from mailblast.smtp.ratelimit import SlidingWindowLimiter, Slot, backoff_delay
+from mailblast.smtp.replies import Kind, Verdict
+from mailblast.smtp.transaction import Accepted, Ready, TransactionError
 
 MAX_THROTTLED = 50  # throttle replies one message may get before it counts as failed
 COMPOSE_BATCH = 64  # recipients composed at a time
@@ -322,8 +322,10 @@ class Sender:
                 start = _Begun(job, slot) if job is not None and slot is not None else None
                 begun = await self._step(relay, connection, begun, start)
                 transactions = connection.transactions
-                if begun is None and transactions is not None and (
-                    transactions.started >= relay.max_messages
+                if (
+                    begun is None
+                    and transactions is not None
+                    and (transactions.started >= relay.max_messages)
                 ):
                     # QUIT in the background: this worker opens its next connection meanwhile.
                     relay.open.discard(connection)
@@ -341,8 +343,10 @@ class Sender:
 
     @staticmethod
     def _pipelines(connection: Connection | None) -> bool:
-        return connection is not None and connection.transactions is not None and (
-            connection.transactions.pipelining
+        return (
+            connection is not None
+            and connection.transactions is not None
+            and (connection.transactions.pipelining)
         )
 
     async def _next(self, *, wait: bool) -> tuple[_Job | None, bool]:

@@ -19,8 +19,12 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.text import Text
 
-from mailblast import display, unsubscribe
-from mailblast.compose import (
+from mailblast import display
+from mailblast.campaign.suppress import SuppressionList, load_suppression
+from mailblast.config import Settings
+from mailblast.errors import ConfigError, InputError, did_you_mean
+from mailblast.message import unsubscribe
+from mailblast.message.compose import (
     ADDRESS_HEADERS,
     RESERVED_HEADERS,
     ComposedMessage,
@@ -29,14 +33,11 @@ from mailblast.compose import (
     check_address_header,
     prepare,
 )
-from mailblast.config import Settings
-from mailblast.errors import ConfigError, InputError, did_you_mean
-from mailblast.recipients import Recipient, RecipientsFile, RowProblem
-from mailblast.suppress import SuppressionList, load_suppression
-from mailblast.urls import parse_rate, parse_smtp_url
+from mailblast.message.recipients import Recipient, RecipientsFile, RowProblem
+from mailblast.smtp.urls import parse_rate, parse_smtp_url
 
 if TYPE_CHECKING:
-    from mailblast.dkim_sign import DkimKey
+    from mailblast.message.dkim_sign import DkimKey
 
 
 @dataclass
@@ -133,7 +134,7 @@ def _dkim_key(settings: Settings) -> DkimKey | None:
             f"[dkim] needs domain, selector and private_key; {', '.join(missing)} is missing",
             "set all three in the [dkim] table of mailblast.toml",
         )
-    from mailblast.dkim_sign import load_key  # only then: dkimpy takes a while to import
+    from mailblast.message.dkim_sign import load_key  # only then: dkimpy takes a while to import
 
     assert settings.dkim_domain and settings.dkim_selector and settings.dkim_private_key
     return load_key(settings.dkim_domain, settings.dkim_selector, settings.dkim_private_key)

@@ -3,7 +3,7 @@
 Everything that can go wrong while connecting leaves this module as a ``TransactionError``
 carrying a classified ``Verdict``; nothing above it knows aiosmtplib's exceptions. Every
 verdict leaves without the password or token, however the server echoed it (redact.py).
-Once open, messages go through ``transactions`` (mailblast.transaction), which pipelines.
+Once open, messages go through ``transactions`` (mailblast.smtp.transaction), which pipelines.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from typing import Any, TypeVar
 
 import aiosmtplib
 
-from mailblast.compose import ComposedMessage
-from mailblast.credentials import Credentials, SecretError
 from mailblast.errors import ConfigError
-from mailblast.replies import Kind, Verdict, classify, connection_lost
-from mailblast.transaction import Accepted, TransactionError, Transactions
-from mailblast.urls import SmtpTarget
+from mailblast.message.compose import ComposedMessage
+from mailblast.smtp.credentials import Credentials, SecretError
+from mailblast.smtp.replies import Kind, Verdict, classify, connection_lost
+from mailblast.smtp.transaction import Accepted, TransactionError, Transactions
+from mailblast.smtp.urls import SmtpTarget
 
 LOCAL_HOSTNAME = socket.gethostname() or "localhost"
 

@@ -18,8 +18,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mailblast.compose import ComposedMessage
-from mailblast.replies import Kind, Verdict, classify, connection_lost
+from mailblast.message.compose import ComposedMessage
+from mailblast.smtp.replies import Kind, Verdict, classify, connection_lost
 
 _LINE_ENDINGS = re.compile(rb"\r\n|\n|\r(?!\n)")
 _LEADING_DOT = re.compile(rb"(?m)^\.")

@@ -7,12 +7,12 @@ from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 
 from mailblast.config import RelaySettings
-from mailblast.connection import Connection
-from mailblast.credentials import PASSWORD_ENV, gather_credentials
 from mailblast.errors import ConfigError
-from mailblast.ratelimit import SlidingWindowLimiter
-from mailblast.sender import Relay
-from mailblast.urls import parse_rate, parse_smtp_url
+from mailblast.smtp.connection import Connection
+from mailblast.smtp.credentials import PASSWORD_ENV, gather_credentials
+from mailblast.smtp.ratelimit import SlidingWindowLimiter
+from mailblast.smtp.sender import Relay
+from mailblast.smtp.urls import parse_rate, parse_smtp_url
 
 
 def relays_of(

@@ -38,9 +38,9 @@ try:
     import fcntl
 except ImportError:  # Windows: filelock's lock (msvcrt) instead, see _portable_lock
     fcntl = None  # type: ignore[assignment]
-from mailblast.outcomes import Outcome, Status
-from mailblast.recipients import Recipient
-from mailblast.replies import classify
+from mailblast.message.recipients import Recipient
+from mailblast.smtp.outcomes import Outcome, Status
+from mailblast.smtp.replies import classify
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS campaigns (

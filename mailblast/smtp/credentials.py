@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import Literal, cast, get_args
 
 from mailblast.errors import ConfigError
-from mailblast.redact import Redactor
-from mailblast.replies import Verdict
+from mailblast.smtp.redact import Redactor
+from mailblast.smtp.replies import Verdict
 
 PASSWORD_ENV = "MAILBLAST_SMTP_PASSWORD"
 TOKEN_ENV = "MAILBLAST_SMTP_OAUTH_TOKEN"

@@ -21,7 +21,7 @@ import email_validator
 from email_validator import EmailNotValidError, validate_email
 
 from mailblast.errors import RecipientsError
-from mailblast.spreadsheet import is_report, restore
+from mailblast.message.spreadsheet import is_report, restore
 
 # Internal relays deliver to .local and .test: accept them (check warns), as email-validator's docs
 # allow by editing this list. Still refused: .invalid, .onion, .arpa, localhost.

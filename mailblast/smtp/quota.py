@@ -24,8 +24,8 @@ from pathlib import Path
 import platformdirs
 
 from mailblast.errors import ConfigError
-from mailblast.ratelimit import SlidingWindowLimiter, Slot
-from mailblast.urls import Rate, SmtpTarget
+from mailblast.smtp.ratelimit import SlidingWindowLimiter, Slot
+from mailblast.smtp.urls import Rate, SmtpTarget
 
 QUOTA_FROM = 60.0  # seconds: a rate over a longer period is a quota kept across runs
 WAIT_AT_MOST = 300.0  # seconds: a free slot further away stops the run, unless --wait

@@ -1,36 +1,46 @@
-"""Campaign runners: `send` with its journal, and `status` / `report` from the journal alone."""
+"""`send`: the check pass, then the sender, with the journal, the report and the summary."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import shutil
 import signal
 import ssl
-import tempfile
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
 from rich.console import Console
 
-from mailblast import capture, display, testsend
-from mailblast.check import Inputs, ScanTally, load_inputs, scan, verdict_of_scan
-from mailblast.compose import ComposedMessage
+from mailblast import display
+from mailblast.campaign import testsend
+from mailblast.campaign.check import Inputs, ScanTally, load_inputs, scan, verdict_of_scan
+from mailblast.campaign.journal import Journal, default_path
+from mailblast.campaign.progress import SendProgress
+from mailblast.campaign.recorder import Recorder, describe_unrecorded
+from mailblast.campaign.report import (
+    REPORT_HINT,
+    ReportWriter,
+    check_writable,
+    copy_report,
+    default_report_path,
+    report_file,
+    wants_bom,
+)
 from mailblast.config import Settings
-from mailblast.connection import Connection, TransactionError
-from mailblast.credentials import Credentials, gather_credentials, sign_in_hint
-from mailblast.errors import ConfigError, InputError, MailblastError, StoppedError
-from mailblast.journal import Journal, default_path
-from mailblast.outcomes import Counts, Outcome, Reasons, Status, average_rate, rate_seconds
-from mailblast.progress import SendProgress
-from mailblast.quota import (
+from mailblast.errors import InputError, StoppedError
+from mailblast.message.recipients import Recipient
+from mailblast.message.worker import ComposeWorker
+from mailblast.server import capture
+from mailblast.smtp.connection import Connection
+from mailblast.smtp.credentials import Credentials, gather_credentials, sign_in_hint
+from mailblast.smtp.outcomes import Counts, average_rate, rate_seconds
+from mailblast.smtp.quota import (
     WAIT_AT_MOST,
     QuotaBook,
     QuotaLimiter,
@@ -40,28 +50,18 @@ from mailblast.quota import (
     stop_message,
     when,
 )
-from mailblast.ratelimit import SlidingWindowLimiter
-from mailblast.recipients import CsvFormat, Recipient, RecipientsFile
-from mailblast.relay import describe as describe_relays
-from mailblast.relay import relays_of
-from mailblast.replies import Kind, Verdict
-from mailblast.report import ReportWriter
-from mailblast.sender import Relay, Sender, SenderOptions
-from mailblast.urls import SmtpTarget, parse_rate, parse_smtp_url
-from mailblast.worker import ComposeWorker
+from mailblast.smtp.ratelimit import SlidingWindowLimiter
+from mailblast.smtp.relay import describe as describe_relays
+from mailblast.smtp.relay import relays_of
+from mailblast.smtp.replies import Kind, Verdict
+from mailblast.smtp.sender import Relay, Sender, SenderOptions
+from mailblast.smtp.urls import SmtpTarget, parse_rate, parse_smtp_url
 
 # A recipients file this large is composed in a worker process, started before the check pass so
 # that its start-up overlaps it; for smaller ones the start-up would cost more than it saves.
 COMPOSE_IN_WORKER_FROM = 64 * 1024  # bytes, about a thousand rows
 INTERRUPTED = Verdict(Kind.FATAL, None, None, None, "interrupted")
 QUOTA_USED = Verdict(Kind.FATAL, None, None, None, "the account's quota is used")
-JOURNAL_FAILED = Verdict(Kind.FATAL, None, None, None, "the journal cannot be written")
-REPORT_FAILED = Verdict(Kind.FATAL, None, None, None, "the report cannot be written")
-STOPPED = "the run stopped first"
-REPORT_HINT = (
-    "free some disk space; the journal has every outcome (mailblast report writes the report from it), "
-    "and the same command again resumes"
-)
 STOP_POLL = 0.05  # seconds between looks at a stopping run
 STOP_GRACE = 1.0  # seconds a stopping run with nothing in flight gets to close its connections
 
@@ -105,7 +105,7 @@ def run_send(
     if test_to is not None:
         settings = replace(settings, no_journal=True)  # a test send leaves the campaign as it was
     if settings.report is not None:
-        _check_writable(settings.report)  # before the check pass, which may take minutes
+        check_writable(settings.report)  # before the check pass, which may take minutes
     inputs = load_inputs(settings, recipients_path)
     # Started before the check pass, so that a worker process's start-up overlaps it.
     composer = ComposeWorker(inputs.template, in_worker=inputs.recipients.size >= COMPOSE_IN_WORKER_FROM)
@@ -152,14 +152,18 @@ def run_send(
             environ=os.environ,
             ask_password=ask_password,
         )
-        credentials = None if relays else gather_credentials(
-            target.username,
-            method=settings.auth,
-            password_command=settings.password_command,
-            token_command=settings.oauth_token_command,
-            environ=os.environ,
-            ask_password=ask_password,
-            prompt=f"Password for {target.username} at {target.host}",
+        credentials = (
+            None
+            if relays
+            else gather_credentials(
+                target.username,
+                method=settings.auth,
+                password_command=settings.password_command,
+                token_command=settings.oauth_token_command,
+                environ=os.environ,
+                ask_password=ask_password,
+                prompt=f"Password for {target.username} at {target.host}",
+            )
         )
         pace = f"at most {rate}" if rate else "no --rate given, so at the pace the server allows"
         console.print(
@@ -200,7 +204,7 @@ def run_send(
         # On a terminal, a long report goes to a file rather than over the screen; with --json too.
         to_file = stdout.isatty() or facts is not None
         report_path = settings.report or (default_report_path(recipients_path) if to_file else None)
-        with _report_file(settings.report) as report_stream:
+        with report_file(settings.report) as report_stream:
             fmt = inputs.recipients.format
             report = ReportWriter(
                 report_stream,
@@ -230,7 +234,7 @@ def run_send(
                 if report_path is None:
                     shutil.copyfileobj(report_stream, stdout)
                 else:
-                    _copy_report(report_stream, report_path)
+                    copy_report(report_stream, report_path)
         if not recorder.report.rows:
             report_path = None  # nothing was written: no hint may name it
         _summarise(console, sender.counts, tally, elapsed, window, recorder, report_path)
@@ -255,7 +259,7 @@ def run_send(
         resume = "send the rows of the report printed above again (--report FILE keeps it in a file)"
     if recorder.journal_error is not None:
         raise StoppedError(
-            recorder.journal_error.message + _unrecorded(recorder), recorder.journal_error.hint
+            recorder.journal_error.message + describe_unrecorded(recorder), recorder.journal_error.hint
         )
     if recorder.report_error is not None:
         raise StoppedError(
@@ -319,148 +323,6 @@ def _rehearse(
     )
     console.print(f"to send for real: {REAL_SERVER_HINT}", soft_wrap=True)
     return code
-
-
-@dataclass
-class _Open:
-    """A recipient handed to the sender, with no outcome yet."""
-
-    recipient: Recipient
-    tries: int = 0
-    in_flight: bool = False  # its DATA began, and neither an outcome nor a refusal came back
-
-
-class Recorder:
-    """Outcomes -> journal and report: each outcome is recorded before the sender counts it.
-
-    It also keeps the few recipients the sender holds without an outcome, so that however
-    the run ends, ``finish()`` reports every one of them.
-    """
-
-    def __init__(
-        self, journal: Journal | None, report: ReportWriter, maybe_sent: Collection[int] = ()
-    ) -> None:
-        self.journal = journal
-        self.report = report
-        self.maybe_sent = maybe_sent  # rows an earlier run left in flight
-        self.reasons = Reasons()
-        self.unconfirmed = 0  # uncertain, and not accepted on a resend either
-        self.stop: Callable[[Verdict], None] = lambda reason: None  # the sender's stop()
-        self.journal_error: MailblastError | None = None
-        self.report_error: str | None = None
-        self.unrecorded: list[Recipient] = []  # accepted by the server, but not in the journal
-        self._open: dict[int, _Open] = {}
-
-    @property
-    def in_flight(self) -> int:
-        return sum(o.in_flight for o in self._open.values())
-
-    def track(self, recipients: Iterator[Recipient]) -> Iterator[Recipient]:
-        """``recipients``, remembering each one until its outcome comes."""
-        for recipient in recipients:
-            self._open[recipient.row] = _Open(recipient)
-            yield recipient
-
-    def sending(self, message: ComposedMessage) -> None:
-        if self.journal_error is not None:  # the journal is gone: what goes now could not be recorded
-            raise TransactionError(JOURNAL_FAILED)
-        if self.journal is not None:
-            try:
-                self.journal.mark_sending(message.recipient, message.message_id)
-            except MailblastError as e:
-                self._journal_failed(e)
-                raise TransactionError(JOURNAL_FAILED) from None  # not sent: it could not be recorded
-        entry = self._open.get(message.recipient.row)
-        if entry is not None:
-            entry.tries += 1
-            entry.in_flight = True
-
-    def not_delivered(self, message: ComposedMessage) -> None:
-        """A reply proved the try was not delivered: it is to be sent again, not in flight."""
-        entry = self._open.get(message.recipient.row)
-        if entry is not None:
-            entry.tries += not entry.in_flight  # refused before DATA: sending() did not count it
-            entry.in_flight = False
-        if self.journal is not None:
-            try:
-                self.journal.mark_pending(message.recipient)
-            except MailblastError as e:
-                self._journal_failed(e)
-
-    def outcome(self, outcome: Outcome) -> None:
-        self._open.pop(outcome.recipient.row, None)
-        if self.journal is not None:
-            try:
-                self.journal.record(outcome, was_in_flight=outcome.recipient.row in self.maybe_sent)
-            except MailblastError as e:
-                self._journal_failed(e)
-                if outcome.status is not Status.NOT_ATTEMPTED:
-                    self.unrecorded.append(outcome.recipient)
-        self._write(outcome)
-        if outcome.status is Status.FAILED:
-            text = outcome.reply.describe() if outcome.reply else outcome.error
-            self.reasons.add("failed", outcome.smtp_code, outcome.enhanced_code, text)
-        elif outcome.status is Status.UNCERTAIN:
-            self.reasons.add("uncertain", "", "", outcome.error)
-            self.unconfirmed += outcome.reply is None or outcome.reply.kind is not Kind.OK
-
-    def finish(self, rest: Iterator[Recipient], counts: Counts) -> int:
-        """Report what the run left without an outcome; return how many were in flight.
-
-        The journal already has them right: in flight ones "sending", the others pending.
-        """
-        if self.journal is not None:  # None once it failed
-            try:
-                self.journal.end_sending()
-            except MailblastError as e:
-                self._journal_failed(e)
-        unknown = 0
-        for entry in sorted(self._open.values(), key=lambda o: o.recipient.row):
-            if entry.in_flight:
-                unknown += 1
-                error = "in flight when the run stopped at once: may or may not have been delivered"
-                self._left(Outcome(entry.recipient, Status.UNCERTAIN, "", entry.tries, None, error), counts)
-            else:
-                self._left(
-                    Outcome(entry.recipient, Status.NOT_ATTEMPTED, "", entry.tries, None, STOPPED), counts
-                )
-        self._open.clear()
-        for recipient in rest:
-            self._left(Outcome(recipient, Status.NOT_ATTEMPTED, "", 0, None, STOPPED), counts)
-        return unknown
-
-    def _left(self, outcome: Outcome, counts: Counts) -> None:
-        """An outcome the sender never gave: reported and counted, not journaled (the journal has it)."""
-        if outcome.status is Status.UNCERTAIN:
-            self.reasons.add("uncertain", "", "", outcome.error)
-            self.unconfirmed += 1
-        self._write(outcome)
-        counts.add(outcome)
-
-    def _write(self, outcome: Outcome) -> None:
-        if self.report_error is not None:
-            return
-        try:
-            self.report.write(outcome)
-        except OSError as e:
-            self.report_error = e.strerror or str(e)
-            self.stop(REPORT_FAILED)
-
-    def _journal_failed(self, error: MailblastError) -> None:
-        if self.journal_error is None:
-            self.journal_error = error
-            self.journal = None  # nothing more is written to it; the report still gets everything
-            self.stop(JOURNAL_FAILED)
-
-
-def _unrecorded(recorder: Recorder) -> str:
-    if not recorder.unrecorded:
-        return ""
-    names = ", ".join(f"row {r.row} {r.address}" for r in recorder.unrecorded[:10])
-    return (
-        f"; {len(recorder.unrecorded):,} message(s) had their outcome but could not record it "
-        f"({names}): the next run counts them as in flight"
-    )
 
 
 def _open_journal(settings: Settings, recipients_path: Path, console: Console) -> Journal:
@@ -720,11 +582,6 @@ def _stop_hint(reason: Verdict, resume: str, target: SmtpTarget, credentials: Cr
     return f"{cause}; then {resume}"
 
 
-def wants_bom(fmt: CsvFormat) -> bool:
-    """A report file gets a BOM when its recipients file had one, or was not UTF-8 (a spreadsheet's)."""
-    return fmt.encoding.replace("_", "-").lower() != "utf-8"
-
-
 def _quota_hint(journal: Journal | None, resume_command: str) -> str:
     again = (
         f"run the same command again then, to resume: {resume_command}"
@@ -732,19 +589,6 @@ def _quota_hint(journal: Journal | None, resume_command: str) -> str:
         else "send the report's rows again then"
     )
     return f"{again}; or pass --wait to wait for it"
-
-
-def default_report_path(recipients_path: Path) -> Path:
-    """Where the report goes when it should not flood a terminal: beside the recipients file."""
-    return recipients_path.with_name(f"{recipients_path.stem}.not-sent.csv")
-
-
-def _copy_report(stream: TextIO, path: Path) -> None:
-    try:
-        with path.open("w", encoding="utf-8", newline="") as f:
-            shutil.copyfileobj(stream, f)
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot write the report: {e.strerror}", "pass --report PATH") from None
 
 
 def _nothing_to_send(journal: Journal | None, settings: Settings) -> str:
@@ -759,173 +603,3 @@ def _nothing_to_send(journal: Journal | None, settings: Settings) -> str:
     if counts["sending"] and settings.skip_uncertain:
         text += f", {counts['sending']:,} left out as uncertain (--skip-uncertain)"
     return text
-
-
-@contextmanager
-def _report_file(path: Path | None) -> Iterator[TextIO]:
-    if path is None:
-        with tempfile.TemporaryFile("w+", encoding="utf-8", newline="") as f:
-            yield f
-        return
-    try:
-        f = path.open("w", encoding="utf-8", newline="")
-    except OSError as e:
-        raise ConfigError(f"--report {path}: cannot write: {e.strerror}") from None
-    try:
-        yield f
-    except BaseException:
-        with contextlib.suppress(OSError):
-            f.close()
-        raise
-    try:
-        f.close()  # flushes the last rows
-    except OSError as e:
-        raise StoppedError(f"{path}: the report cannot be written: {e.strerror}", REPORT_HINT) from None
-
-
-def _check_writable(path: Path) -> None:
-    """Fail now, not after the check pass, if the report cannot be written; leave the file as it is."""
-    existed = path.exists()
-    try:
-        path.open("a").close()
-    except OSError as e:
-        raise ConfigError(
-            f"--report {path}: cannot write: {e.strerror}", "pass --report with a path you can write"
-        ) from None
-    if not existed:
-        path.unlink()
-
-
-# -- status and report, from the journal alone ---------------------------------------------
-
-
-def _existing_journal(settings: Settings, recipients_path: Path) -> Journal:
-    return Journal(settings.journal or default_path(recipients_path), read_only=True)
-
-
-def run_status(
-    settings: Settings,
-    recipients_path: Path,
-    console: Console,
-    *,
-    list_suppressed: bool = False,
-    facts: dict[str, Any] | None = None,
-) -> int:
-    journal = _existing_journal(settings, recipients_path)
-    try:
-        campaign = journal.find(recipients_path, settings.template)
-        if list_suppressed:  # one address a line: itself a suppression file
-            for _, address in journal.suppressed(campaign.id):
-                console.print(address, highlight=False, soft_wrap=True)
-            return 0
-        counts = journal.counts(campaign.id)
-        seconds = journal.active_seconds(campaign.id)  # rate_seconds of every run, as in send's summary
-        last = journal.last_activity(campaign.id)
-        delivered = counts["sent"] + counts["uncertain"]
-        display.print_counts(
-            console,
-            f"campaign {campaign.recipients} with {campaign.template}",
-            {
-                "journal": str(journal.path),
-                "started": _when(campaign.created_at),
-                "last activity": _when(last) if last else "never",
-                "sent": f"{counts['sent']:,}",
-                "failed": f"{counts['failed']:,}",
-                "uncertain": f"{counts['uncertain'] + counts['sending']:,}",
-                "pending": f"{counts['pending']:,}",
-                **({"suppressed": f"{counts['suppressed']:,}"} if counts["suppressed"] else {}),
-                "average rate": f"{average_rate(delivered, seconds):.2f} msg/s",
-            },
-        )
-        if relays := journal.relay_counts(campaign.id):
-            display.print_counts(console, "sent through", {name: f"{n:,}" for name, n in relays})
-        if counts["sending"]:
-            console.print(
-                f"{counts['sending']:,} message(s) were in flight when a run stopped: the next send "
-                "sends them again (or leaves them out with --skip-uncertain)",
-                highlight=False,
-            )
-        reasons = Reasons()
-        failure_rows = journal.failure_reasons(campaign.id)
-        for row in failure_rows:
-            reasons.add(*row)
-        if reasons:
-            display.print_reasons(console, "failures by reason", reasons.lines())
-        if facts is not None:
-            facts.update(
-                journal=str(journal.path),
-                recipients=campaign.recipients,
-                template=campaign.template,
-                started=_iso(campaign.created_at),
-                last_activity=_iso(last) if last else None,
-                counts=dict(counts),
-                active_seconds=round(seconds, 3),
-                rate_per_second=round(average_rate(delivered, seconds), 3),
-                failures=[
-                    dict(zip(("status", "smtp_code", "enhanced_code", "error", "count"), row, strict=True))
-                    for row in failure_rows
-                ],
-            )
-    finally:
-        journal.close()
-    _print_quota(settings, console)
-    return 0
-
-
-def _print_quota(settings: Settings, console: Console) -> None:
-    """The account's use of its quota, when the settings name one."""
-    rate = parse_rate(settings.rate) if settings.rate else None
-    if not settings.smtp_url or not is_quota(rate):
-        return
-    assert rate is not None
-    book = QuotaBook()
-    try:
-        use = quota_use(book, account_of(parse_smtp_url(settings.smtp_url)), rate, time.time())
-    finally:
-        book.close()
-    console.print(use.describe(), highlight=False)
-
-
-def run_report(
-    settings: Settings, recipients_path: Path, out: Path | None, console: Console, stdout: TextIO
-) -> int:
-    journal = _existing_journal(settings, recipients_path)
-    try:
-        campaign = journal.find(recipients_path, settings.template)
-
-        fmt = _format_if_readable(recipients_path, settings)
-
-        def write(stream: TextIO, bom: bool) -> int:
-            delimiter = fmt.delimiter if fmt else ","
-            report = ReportWriter(stream, campaign.header, delimiter=delimiter, bom=bom)
-            for outcome in journal.not_sent(campaign.id):
-                report.write(outcome)
-            return report.rows
-
-        if out is None:
-            write(stdout, bom=False)
-            return 0
-        with _report_file(out) as stream:
-            rows = write(stream, bom=fmt is not None and wants_bom(fmt))
-    finally:
-        journal.close()
-    console.print(f"wrote {rows:,} recipient(s) not sent to {out}", highlight=False)
-    return 0
-
-
-def _format_if_readable(recipients_path: Path, settings: Settings) -> CsvFormat | None:
-    """The recipients file's format, to write the report like it; None when it is gone or changed."""
-    try:
-        return RecipientsFile(
-            recipients_path, encoding=settings.encoding, delimiter=settings.delimiter
-        ).format
-    except InputError:
-        return None
-
-
-def _iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="seconds")
-
-
-def _when(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")

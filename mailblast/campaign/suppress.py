@@ -16,7 +16,7 @@ from pathlib import Path
 from email_validator import EmailNotValidError, validate_email
 
 from mailblast.errors import InputError, RecipientsError
-from mailblast.recipients import SeenAddresses, detect_encoding, find_address_column, pick_delimiter
+from mailblast.message.recipients import SeenAddresses, detect_encoding, find_address_column, pick_delimiter
 
 BATCH = 5000
 _HINT = "check the --suppress path (or suppress in mailblast.toml); nothing was sent"

@@ -18,8 +18,8 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
-from mailblast.compose import Composed, RowError, Template
-from mailblast.recipients import Recipient
+from mailblast.message.compose import Composed, RowError, Template
+from mailblast.message.recipients import Recipient
 
 _worker_template: Template | None = None
 

@@ -13,11 +13,11 @@ from dataclasses import replace
 
 from email_validator import EmailNotValidError, validate_email
 
-from mailblast.compose import Composed, ComposedMessage
 from mailblast.config import Settings
 from mailblast.errors import ConfigError, InputError
-from mailblast.recipients import Recipient
-from mailblast.worker import ComposeWorker
+from mailblast.message.compose import Composed, ComposedMessage
+from mailblast.message.recipients import Recipient
+from mailblast.message.worker import ComposeWorker
 
 DEFAULT_COUNT = 3
 

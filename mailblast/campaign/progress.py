@@ -14,7 +14,7 @@ from types import TracebackType
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from mailblast.outcomes import Counts
+from mailblast.smtp.outcomes import Counts
 
 # Seconds over which messages/s and the time left are measured: long enough to hold several of the
 # bursts a server's message limit makes (Postfix: 30 at once, then nothing for 10 s).

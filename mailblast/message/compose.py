@@ -38,14 +38,14 @@ from email_validator import EmailNotValidError, validate_email
 from jinja2.sandbox import SecurityError
 from markdown_it import MarkdownIt
 
-from mailblast import headers as hdr
-from mailblast import unsubscribe as unsub
 from mailblast.errors import ConfigError, TemplateError, did_you_mean
-from mailblast.recipients import Recipient, RecipientsFile, RowProblem, RowResult
-from mailblast.sandbox import RenderLimit, make_environment, render_bounded
+from mailblast.message import headers as hdr
+from mailblast.message import unsubscribe as unsub
+from mailblast.message.recipients import Recipient, RecipientsFile, RowProblem, RowResult
+from mailblast.message.sandbox import RenderLimit, make_environment, render_bounded
 
 if TYPE_CHECKING:
-    from mailblast.dkim_sign import DkimKey
+    from mailblast.message.dkim_sign import DkimKey
 
 ADDRESS_HEADERS = ("from", "to", "cc", "bcc", "reply-to")
 SINGLE_HEADERS = {"from", "to", "cc", "bcc", "reply-to", "subject"}
@@ -108,6 +108,8 @@ class _AsWritten(str):
         if self.name.lower() not in ADDRESS_HEADERS:  # address values come encoded already
             text = Header(text, UTF8, header_name=self.name).encode(linesep=policy.linesep)
         return f"{self.name}: {text}{policy.linesep}"
+
+
 T = TypeVar("T")
 # Small and safe for mail clients: readable line length and spacing, nothing that needs a network.
 MARKDOWN_STYLE = (
@@ -290,7 +292,7 @@ class Template:
         self.dkim = dkim
         self._signer = None
         if dkim is not None:
-            from mailblast.dkim_sign import Signer  # only then: dkimpy takes a while to import
+            from mailblast.message.dkim_sign import Signer  # only then: dkimpy takes a while to import
 
             self._signer = Signer(dkim)
         self.attachments_root = _attachments_root(self.path.parent, attachments_dir)

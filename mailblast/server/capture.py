@@ -31,12 +31,12 @@ from rich.console import Console
 
 from mailblast.display import human_size
 from mailblast.errors import ConfigError
-from mailblast.urls import Rate
+from mailblast.smtp.urls import Rate
 
 LOOPBACK = "127.0.0.1"
 DEFAULT_PORT = 2525
 DEFAULT_OUTBOX = Path("outbox")
-SERVER_NAME = "mailblast.capture"
+SERVER_NAME = "mailblast.server.capture"
 
 MAILTRAP_THROTTLE_REPLY = "550 5.7.0 Requested action not taken: too many emails per second"
 TOO_MANY_CONNECTIONS_REPLY = "421 4.7.0 Too many connections, closing"

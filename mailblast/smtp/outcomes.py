@@ -5,8 +5,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from mailblast.recipients import Recipient
-from mailblast.replies import Verdict
+from mailblast.message.recipients import Recipient
+from mailblast.smtp.replies import Verdict
 
 
 class Status(enum.StrEnum):

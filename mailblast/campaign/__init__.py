@@ -1,0 +1,1 @@
+"""Outcomes -> journal / report / progress, and the commands that run a campaign."""

@@ -1,0 +1,152 @@
+"""`status` and `report`: a campaign read from its journal alone (opened read-only)."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from rich.console import Console
+
+from mailblast import display
+from mailblast.campaign.journal import Journal, default_path
+from mailblast.campaign.report import ReportWriter, report_file, wants_bom
+from mailblast.config import Settings
+from mailblast.errors import InputError
+from mailblast.message.recipients import CsvFormat, RecipientsFile
+from mailblast.smtp.outcomes import Reasons, average_rate
+from mailblast.smtp.quota import QuotaBook, account_of, is_quota, quota_use
+from mailblast.smtp.urls import parse_rate, parse_smtp_url
+
+
+def _existing_journal(settings: Settings, recipients_path: Path) -> Journal:
+    return Journal(settings.journal or default_path(recipients_path), read_only=True)
+
+
+def run_status(
+    settings: Settings,
+    recipients_path: Path,
+    console: Console,
+    *,
+    list_suppressed: bool = False,
+    facts: dict[str, Any] | None = None,
+) -> int:
+    journal = _existing_journal(settings, recipients_path)
+    try:
+        campaign = journal.find(recipients_path, settings.template)
+        if list_suppressed:  # one address a line: itself a suppression file
+            for _, address in journal.suppressed(campaign.id):
+                console.print(address, highlight=False, soft_wrap=True)
+            return 0
+        counts = journal.counts(campaign.id)
+        seconds = journal.active_seconds(campaign.id)  # rate_seconds of every run, as in send's summary
+        last = journal.last_activity(campaign.id)
+        delivered = counts["sent"] + counts["uncertain"]
+        display.print_counts(
+            console,
+            f"campaign {campaign.recipients} with {campaign.template}",
+            {
+                "journal": str(journal.path),
+                "started": _when(campaign.created_at),
+                "last activity": _when(last) if last else "never",
+                "sent": f"{counts['sent']:,}",
+                "failed": f"{counts['failed']:,}",
+                "uncertain": f"{counts['uncertain'] + counts['sending']:,}",
+                "pending": f"{counts['pending']:,}",
+                **({"suppressed": f"{counts['suppressed']:,}"} if counts["suppressed"] else {}),
+                "average rate": f"{average_rate(delivered, seconds):.2f} msg/s",
+            },
+        )
+        if relays := journal.relay_counts(campaign.id):
+            display.print_counts(console, "sent through", {name: f"{n:,}" for name, n in relays})
+        if counts["sending"]:
+            console.print(
+                f"{counts['sending']:,} message(s) were in flight when a run stopped: the next send "
+                "sends them again (or leaves them out with --skip-uncertain)",
+                highlight=False,
+            )
+        reasons = Reasons()
+        failure_rows = journal.failure_reasons(campaign.id)
+        for row in failure_rows:
+            reasons.add(*row)
+        if reasons:
+            display.print_reasons(console, "failures by reason", reasons.lines())
+        if facts is not None:
+            facts.update(
+                journal=str(journal.path),
+                recipients=campaign.recipients,
+                template=campaign.template,
+                started=_iso(campaign.created_at),
+                last_activity=_iso(last) if last else None,
+                counts=dict(counts),
+                active_seconds=round(seconds, 3),
+                rate_per_second=round(average_rate(delivered, seconds), 3),
+                failures=[
+                    dict(zip(("status", "smtp_code", "enhanced_code", "error", "count"), row, strict=True))
+                    for row in failure_rows
+                ],
+            )
+    finally:
+        journal.close()
+    _print_quota(settings, console)
+    return 0
+
+
+def _print_quota(settings: Settings, console: Console) -> None:
+    """The account's use of its quota, when the settings name one."""
+    rate = parse_rate(settings.rate) if settings.rate else None
+    if not settings.smtp_url or not is_quota(rate):
+        return
+    assert rate is not None
+    book = QuotaBook()
+    try:
+        use = quota_use(book, account_of(parse_smtp_url(settings.smtp_url)), rate, time.time())
+    finally:
+        book.close()
+    console.print(use.describe(), highlight=False)
+
+
+def run_report(
+    settings: Settings, recipients_path: Path, out: Path | None, console: Console, stdout: TextIO
+) -> int:
+    journal = _existing_journal(settings, recipients_path)
+    try:
+        campaign = journal.find(recipients_path, settings.template)
+
+        fmt = _format_if_readable(recipients_path, settings)
+
+        def write(stream: TextIO, bom: bool) -> int:
+            delimiter = fmt.delimiter if fmt else ","
+            report = ReportWriter(stream, campaign.header, delimiter=delimiter, bom=bom)
+            for outcome in journal.not_sent(campaign.id):
+                report.write(outcome)
+            return report.rows
+
+        if out is None:
+            write(stdout, bom=False)
+            return 0
+        with report_file(out) as stream:
+            rows = write(stream, bom=fmt is not None and wants_bom(fmt))
+    finally:
+        journal.close()
+    console.print(f"wrote {rows:,} recipient(s) not sent to {out}", highlight=False)
+    return 0
+
+
+def _format_if_readable(recipients_path: Path, settings: Settings) -> CsvFormat | None:
+    """The recipients file's format, to write the report like it; None when it is gone or changed."""
+    try:
+        return RecipientsFile(
+            recipients_path, encoding=settings.encoding, delimiter=settings.delimiter
+        ).format
+    except InputError:
+        return None
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="seconds")
+
+
+def _when(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")

@@ -1,0 +1,1 @@
+"""Recipients (CSV rows) -> compose (template -> message bytes): reading rows, rendering, signing."""

@@ -1,0 +1,1 @@
+"""The local capture SMTP server: `serve`, and `send` with no server configured."""

@@ -1,0 +1,1 @@
+"""Send (throttle + pool) -> outcomes: URLs and rates, replies, the limiter, connections, the sender."""
