@@ -75,3 +75,31 @@ def test_kill_9_during_throttling_leaves_at_most_one_uncertain_per_connection(
     missing = {a for a, _ in people(24)} - set(received)
     assert len(missing) <= states["sending"]
     assert all(address in again.stderr for address in missing)  # named as left out
+
+
+def test_a_lost_final_reply_then_a_stop_stays_in_flight_for_the_next_run(
+    tmp_path: Path, smtp_server: Callable[..., SmtpServer]
+) -> None:
+    from tests.servers import DROP
+
+    stages: Counter[str] = Counter()
+
+    def hook(stage: str, envelope: object, accepted: int) -> str | None:
+        stages[stage] += 1
+        if stage == "data" and stages[stage] == 1:
+            return DROP  # the final "." was written; its reply never comes
+        if stage == "mail" and stages[stage] == 2:
+            return "554 5.4.5 Daily sending quota exceeded"  # the resend's MAIL: the run stops
+        return None
+
+    server = smtp_server(reply_hook=hook)
+    write_campaign(tmp_path, people(1))
+    result = run(tmp_path, command(server.url, "--connections", "1", "--report", "report.csv"))
+    assert result.returncode == 3, result.stderr
+    report = (tmp_path / "report.csv").read_text().splitlines()
+    assert len(report) == 2 and ",uncertain," in report[1], report
+    assert "stopped before a resend" in report[1]
+    assert journal_states(tmp_path) == Counter({"sending": 1})  # may have been delivered: said next time
+    again = run(tmp_path, command(smtp_server().url))
+    assert again.returncode == 0, again.stderr
+    assert "possible duplicates: row 1 user0@example.com" in again.stderr

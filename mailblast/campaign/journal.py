@@ -410,10 +410,13 @@ class Journal:
         """Committed before the outcome is counted anywhere.
 
         "not attempted" is pending again (the next run sends it), unless ``was_in_flight``: an
-        earlier run may have delivered it, and the next run must still say so.
+        earlier run may have delivered it, and the next run must still say so. Likewise an outcome
+        ``left_in_flight``: its reply was lost in this run, which stopped before sending it again.
         """
         if outcome.status is Status.NOT_ATTEMPTED:
             state = SENDING if was_in_flight else PENDING
+        elif outcome.left_in_flight:
+            state = SENDING
         else:
             state = outcome.status.value
         self._update(

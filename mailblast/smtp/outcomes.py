@@ -27,6 +27,9 @@ class Outcome:
     reply: Verdict | None = None  # the last reply, or the reason for the status
     error: str = ""
     relay: str = ""  # the relay that took it, when the run has several
+    # Uncertain, and the run ended before it was sent again: the journal keeps it in flight, so
+    # that the next run resends it as a possible duplicate rather than as never sent.
+    left_in_flight: bool = False
 
     @property
     def smtp_code(self) -> str:

@@ -228,9 +228,14 @@ class Sender:
         if job.maybe_delivered and status is Status.FAILED:
             status = Status.UNCERTAIN  # an earlier try may have been delivered
             error = f"{job.maybe_delivered}; then: {error}"
+        left_in_flight = job.maybe_delivered != "" and job.attempts > 0 and status is Status.NOT_ATTEMPTED
+        if left_in_flight:  # tried, perhaps delivered, and stopped before the resend
+            status, error = Status.UNCERTAIN, f"{job.maybe_delivered}, and the run stopped before a resend"
         message = job.message
         relay = job.relay if status in (Status.SENT, Status.UNCERTAIN) else ""
-        outcome = Outcome(message.recipient, status, message.message_id, job.attempts, reply, error, relay)
+        outcome = Outcome(
+            message.recipient, status, message.message_id, job.attempts, reply, error, relay, left_in_flight
+        )
         self._report(outcome)
         self._outstanding -= 1
         self._room.release()
