@@ -17,6 +17,7 @@ failures with nothing open count against ``retries`` like any temporary failure.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import random
@@ -151,8 +152,11 @@ class Sender:
         recipients: Iterator[Recipient],
         compose: ComposeBatch,
         maybe_sent: Collection[int] = (),
+        parallel: int = 1,
     ) -> Counts:
-        """Send to every recipient; ``maybe_sent`` rows were in flight when an earlier run died."""
+        """Send to every recipient; ``maybe_sent`` rows were in flight when an earlier run died.
+
+        ``compose`` is given ``parallel`` batches at a time (one more, ready when one finishes)."""
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
         self._room = asyncio.Semaphore(self._options.buffer or 4 * self._workers + COMPOSE_BATCH)
         self._waiting: dict[asyncio.TimerHandle, _Job] = {}
@@ -166,7 +170,7 @@ class Sender:
         self._producing = True
         workers = [asyncio.create_task(self._worker(r)) for r in self.relays for _ in range(r.connections)]
         try:
-            await self._produce(recipients, compose, maybe_sent)
+            await self._produce(recipients, compose, maybe_sent, parallel + 1)
             self._producing = False
             self._maybe_done()
             await asyncio.gather(*workers)
@@ -177,14 +181,31 @@ class Sender:
         return self.counts
 
     async def _produce(
-        self, recipients: Iterator[Recipient], compose: ComposeBatch, maybe_sent: Collection[int]
+        self, recipients: Iterator[Recipient], compose: ComposeBatch, maybe_sent: Collection[int], ahead: int
     ) -> None:
-        # The next batch is composed (perhaps in another process) while this one is sent.
+        # The next batches are composed (perhaps in other processes) while this one is sent.
         ready: asyncio.Queue[tuple[list[Recipient], list[Composed]] | None] = asyncio.Queue(maxsize=1)
 
+        async def hand_on(batch: list[Recipient], task: asyncio.Future[list[Composed]] | None) -> None:
+            if task is not None and self.stopping:
+                task.cancel()
+            await ready.put((batch, [] if task is None or self.stopping else await task))
+
         async def compose_ahead() -> None:
-            for batch in _batches(recipients, COMPOSE_BATCH):
-                await ready.put((batch, [] if self.stopping else await compose(batch)))
+            under_way: collections.deque[tuple[list[Recipient], asyncio.Future[list[Composed]] | None]]
+            under_way = collections.deque()
+            try:
+                for batch in _batches(recipients, COMPOSE_BATCH):
+                    task = None if self.stopping else asyncio.ensure_future(compose(batch))
+                    under_way.append((batch, task))
+                    if len(under_way) >= ahead:
+                        await hand_on(*under_way.popleft())
+                while under_way:
+                    await hand_on(*under_way.popleft())
+            finally:
+                for _, task in under_way:
+                    if task is not None:
+                        task.cancel()
             await ready.put(None)
 
         composing = asyncio.create_task(compose_ahead())
