@@ -5,6 +5,7 @@ from __future__ import annotations
 import email
 import email.policy
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -73,6 +74,62 @@ def test_check_reports_every_problem_and_exits_2(tmp_path: Path) -> None:
     )
     assert counts == {"rows": "5", "valid": "1", "invalid": "3", "duplicates": "1", "empty": "0"}
     assert "nothing was sent" in out
+
+
+def test_rows_checked_in_worker_processes_give_the_same_verdicts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large file's rows are rendered by worker processes, in batches; every problem comes back
+    to its own row, in file order, with the same counts as checking in this process."""
+    from mailblast.campaign import check
+
+    monkeypatch.setattr(check, "CHECK_BATCH", 3)  # rows of one kind fall into several batches
+    rows = []
+    for i in range(40):
+        kind = i % 8
+        if kind == 1:
+            rows.append(f"broken{i},Bad {i},x")  # read badly: never rendered
+        elif kind == 3:
+            rows.append(f"u{i}@example.com,Evil,\"a\nBcc: victim@example.com\"")  # refused at render
+        elif kind == 5:
+            rows.append(f"u{i}@example.com,Quiet {i},x")  # suppressed
+        elif kind == 6:
+            rows.append(f"u{i - 6}@example.com,Dup,x")  # a duplicate of an earlier row
+        else:
+            rows.append(f"u{i}@example.com,User {i},x")
+    (tmp_path / "people.csv").write_text("email,name,note\n" + "\n".join(rows) + "\n")
+    (tmp_path / "quiet.txt").write_text("".join(f"u{i}@example.com\n" for i in range(5, 40, 8)))
+    (tmp_path / "t.txt").write_text("From: me@example.com\nSubject: Hi {{ name }} {{ note }}\n\nHello\n")
+    outputs = []
+    for threshold in (10**12, 0):  # in this process, then in workers
+        monkeypatch.setattr(check, "CHECK_IN_WORKERS_FROM", threshold)
+        code, out = run("check", "people.csv", "--template", "t.txt", "--suppress", "quiet.txt", cwd=tmp_path)
+        assert code == 2
+        outputs.append(out)
+    assert outputs[0] == outputs[1]
+    assert "row 4 (line 5)" in outputs[1] and "line break would reach a header" in outputs[1]
+    assert "row 2 (line 3)" in outputs[1] and "'broken1' is not a valid address" in outputs[1]
+    assert outputs[1].index("row 2 (line 3)") < outputs[1].index("row 4 (line 5)")
+
+
+def test_a_dry_run_built_in_worker_processes_writes_the_same_messages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mailblast.campaign import check
+
+    rows = "".join(f"u{i}@example.com,User {i}\n" for i in range(30)) + "bad,Bad\n"
+    (tmp_path / "people.csv").write_text("email,name\n" + rows)
+    (tmp_path / "t.md").write_text("From: me@example.com\nSubject: Hi {{ name }}\n\n# Hello {{ name }}\n")
+    written = []
+    for threshold, out in ((10**12, "here"), (0, "workers")):
+        monkeypatch.setattr(check, "DRY_RUN_IN_WORKERS_FROM", threshold)
+        code, output = run("send", "people.csv", "-t", "t.md", "--dry-run", "--out", out, cwd=tmp_path)
+        assert code == 2 and "'bad' is not a valid address" in output
+        files = sorted((tmp_path / out).iterdir())
+        assert len(files) == 30
+        # the same messages, but for the Date header (the time they were built)
+        written.append({f.name: re.sub(rb"Date: [^\r]*", b"", f.read_bytes()) for f in files})
+    assert written[0] == written[1]
 
 
 def test_preview_shows_headers_bodies_and_attachments(example: Path) -> None:

@@ -288,3 +288,47 @@ def test_compose_rows_collects_row_problems(tmp_path: Path) -> None:
     assert "row 2 (line 3)" in str(prepared[1].row.problems[0])
     assert "line break" in str(prepared[1].row.problems[0])
     assert prepared[2].message is None and "not a valid address" in str(prepared[2].row.problems[0])
+
+
+# -- text-part messages are put together without the email package's generator ------------------
+
+_WIRE_TEMPLATES = {
+    "t.txt": "From: Zoë <team@example.com>\nTo: {{ mailbox(name, email) }}\nSubject: Hi {{ name }}\n\n"
+    "Hello {{ name }},\n.a line with a dot\n{{ note }}\n",
+    "t.md": "From: team@example.com\nReply-To: {{ email }}\nSubject: {{ note }}\n\n# Hi {{ name }}\n\n"
+    "- {{ note }}\n- **bold**\n",
+    "t.html": "From: team@example.com\nSubject: News for {{ name }}\n\n<p>Hi {{ name }}</p><p>{{ note }}</p>",
+}
+
+
+@pytest.mark.parametrize("name", sorted(_WIRE_TEMPLATES))
+def test_wire_bytes_are_those_of_the_email_package(tmp_path: Path, name: str) -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    template = make_template(tmp_path, _WIRE_TEMPLATES[name], name)
+    one_line = st.text(st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp")), max_size=120)
+
+    @settings(max_examples=60, deadline=None)
+    @given(display=one_line, note=st.text(max_size=300))
+    def same(display: str, note: str) -> None:
+        try:
+            rendered = template.render(person(name=display, note=note))
+        except RowError:
+            return  # refused: nothing is built
+        headers = [*rendered.headers, ("Date", "Thu, 01 Jan 2026 00:00:00 +0000"), ("Message-ID", "<x@y>")]
+        assert not rendered.needs_smtputf8 and not rendered.attachments
+        direct = template._build_wire(rendered.body, rendered.digest, headers)
+        assert direct == template._build_mime(rendered, headers)[0]
+
+    same()
+
+
+def test_a_body_without_row_values_is_built_once(tmp_path: Path) -> None:
+    text = "From: a@example.com\nSubject: Hi {{ name }}\n\n# The same for all\n"
+    template = make_template(tmp_path, text, "t.md")
+    first, second = (template.compose(person(f"u{i}@example.com", name=f"U{i}")) for i in range(2))
+    assert parse(first)["Subject"] == "Hi U0" and parse(second)["Subject"] == "Hi U1"
+    assert template._content.cache_info().hits == 1
+    html = parse(second).get_body(("html",))
+    assert html is not None and "<h1>The same for all</h1>" in html.get_content()

@@ -329,6 +329,13 @@ def test_quiet_progress_prints_nothing() -> None:
     assert out.getvalue() == ""
 
 
+def test_messages_with_attachments_are_composed_a_few_at_a_time(tmp_path: Path) -> None:
+    (tmp_path / "t.txt").write_text("From: a@example.com\nAttachment: {{ doc }}\n\nHi\n")
+    (tmp_path / "u.txt").write_text("From: a@example.com\n\nHi\n")
+    assert ComposeWorker(Template(tmp_path / "t.txt"), in_worker=False).batch == 4  # memory stays bounded
+    assert ComposeWorker(Template(tmp_path / "u.txt"), in_worker=False).batch == 64
+
+
 def test_composing_in_a_worker_process_gives_the_same_messages(tmp_path: Path) -> None:
     (tmp_path / "t.md").write_text("From: a@example.com\nSubject: Hi {{ name }}\n\n# Hello {{ name }}\n")
     (tmp_path / "r.csv").write_text("email,name\n" + "".join(f"u{i}@example.com,U{i}\n" for i in range(5)))
@@ -336,9 +343,14 @@ def test_composing_in_a_worker_process_gives_the_same_messages(tmp_path: Path) -
     people = [r.recipient for r in RecipientsFile(tmp_path / "r.csv").rows() if r.recipient is not None]
     people.append(replace(people[0], fields={"email": "x@example.com"}, address="x@example.com"))  # no name
     here = asyncio.run(ComposeWorker(template, in_worker=False).compose(people))
-    worker = ComposeWorker(template, in_worker=True)
+    worker = ComposeWorker(template, in_worker=True, processes=2)
     try:
         there = asyncio.run(worker.compose(people))
+        # checking: batches come back in order, each row with its sender or its error
+        batches = [(n, people[n : n + 2]) for n in range(0, len(people), 2)]
+        checked = [c for _, batch in worker.check_batches(batches) for c in batch]
+        assert checked[:-1] == ["a@example.com"] * (len(people) - 1)
+        assert isinstance(checked[-1], RowError) and 'uses "name"' in checked[-1].message
         # a worker that dies is replaced by composing in this process
         for process in list(worker._pool._processes.values()):  # type: ignore[union-attr]
             process.kill()

@@ -113,7 +113,7 @@ def run_send(
     book = QuotaBook() if quotas and is_quota(rate) else None
     try:
         journal = None if settings.no_journal else _open_journal(settings, recipients_path, console)
-        tally, plan = _check_and_plan(journal, inputs, settings, console)
+        tally, plan = _check_and_plan(journal, inputs, settings, console, composer)
         if facts is not None:
             facts["rows"] = tally.as_dict(suppression=True)
             facts["to_send"] = plan.total
@@ -334,12 +334,12 @@ def _open_journal(settings: Settings, recipients_path: Path, console: Console) -
 
 
 def _check_and_plan(
-    journal: Journal | None, inputs: Inputs, settings: Settings, console: Console
+    journal: Journal | None, inputs: Inputs, settings: Settings, console: Console, composer: ComposeWorker
 ) -> tuple[ScanTally, Plan]:
     """The check pass, which also records the file's rows in the journal if every row is good."""
     recipients = inputs.recipients
     if journal is None:
-        tally = scan(inputs, settings, console)
+        tally = scan(inputs, settings, console, worker=composer)
         rows = (
             r.recipient
             for r in recipients.rows(allow_duplicates=settings.allow_duplicates)
@@ -361,6 +361,7 @@ def _check_and_plan(
             console,
             on_valid=journal.add,
             on_suppressed=partial(journal.add, suppressed=True),
+            worker=composer,
         )
     except BaseException:
         journal.abandon_run()
@@ -458,7 +459,13 @@ async def _send(
     try:
         with _on_signals(loop, on_signal):
             async with SendProgress(console, sender.counts, quiet=settings.quiet) as progress:
-                await sender.run(recorder.track(plan.recipients), composer.compose, plan.maybe_sent)
+                await sender.run(
+                    recorder.track(plan.recipients),
+                    composer.compose,
+                    plan.maybe_sent,
+                    composer.parallel,
+                    composer.batch,
+                )
     except asyncio.CancelledError:
         cut_short = True
     finally:

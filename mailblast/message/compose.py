@@ -230,6 +230,9 @@ class _Missing(jinja2.StrictUndefined):
 _JINJA = re.compile(r"\{[{%#]")
 
 
+_ATTACHMENT_LINE = re.compile(r"^\s*attachment\s*:", re.IGNORECASE | re.MULTILINE)
+
+
 def _literal_headers(source: str) -> frozenset[str]:
     """Names of the headers written as plain text: their values are the template's on every row."""
     literal, dynamic = set(), set()
@@ -333,10 +336,12 @@ class Template:
         self.body_source = "\n".join(lines[blank + 1 :])
         self.body_line = blank + 2  # the body's first line in the file
         self._literal = _literal_headers(header_source)
+        self.attaches = _ATTACHMENT_LINE.search(header_source) is not None  # some rows may attach files
         self._headers = self._compile(header_env, header_source, 0)
         self._body = self._compile(body_env, self.body_source, blank + 1)
         # breaks: a single line break stays one ("See you soon,\nThe team"), as the author sees it
         self._markdown = MarkdownIt("commonmark", {"html": False, "breaks": True}).enable("table")
+        self._content = lru_cache(maxsize=4)(self._text_parts)  # a body with no row values: built once
 
     def _compile_unsubscribe(
         self, header_source: str, sandbox: bool, written: dict[str, str | None]
@@ -531,23 +536,18 @@ class Template:
     def build(self, rendered: Rendered, *, date: datetime | None = None) -> ComposedMessage:
         """The message's bytes, as they go on the wire."""
         digest = rendered.digest
-        # A boundary with "=_" can never occur in quoted-printable or base64 content.
-        msg = self._body_part(rendered.body, f"=_{digest}_a")
-        parts = []
-        if rendered.attachments:
-            files = [
-                _attachment(written, path, self.max_attachment_bytes)
-                for written, path in rendered.attachments
-            ]
-            msg = MIMEMultipart("mixed", f"=_{digest}_m", [msg, *(part for part, _ in files)])
-            parts = [info for _, info in files]
-        for name, value in rendered.headers:
-            msg[name] = _AsWritten(name, value) if rendered.needs_smtputf8 and "=?" in value else value
         domain = rendered.envelope_from.rpartition("@")[2] or "mailblast.invalid"
         message_id = f"<{digest}@{domain}>"
-        msg["Date"] = format_datetime(date or datetime.now(UTC).astimezone())
-        msg["Message-ID"] = message_id
-        data = msg.as_bytes(policy=policy.SMTPUTF8 if rendered.needs_smtputf8 else WIRE)
+        headers = [
+            *rendered.headers,
+            ("Date", format_datetime(date or datetime.now(UTC).astimezone())),
+            ("Message-ID", message_id),
+        ]
+        parts: list[Attachment] = []
+        if rendered.attachments or rendered.needs_smtputf8:
+            data, parts = self._build_mime(rendered, headers)
+        else:
+            data = self._build_wire(rendered.body, digest, headers)
         if self._signer is not None:
             data = self._signer.sign(data)
         return ComposedMessage(
@@ -560,18 +560,62 @@ class Template:
             parts,
         )
 
+    def _build_mime(
+        self, rendered: Rendered, headers: list[tuple[str, str]]
+    ) -> tuple[bytes, list[Attachment]]:
+        """Built with the email package: any message (attachments, SMTPUTF8)."""
+        # A boundary with "=_" can never occur in quoted-printable or base64 content.
+        msg = self._body_part(rendered.body, f"=_{rendered.digest}_a")
+        parts = []
+        if rendered.attachments:
+            files = [
+                _attachment(written, path, self.max_attachment_bytes)
+                for written, path in rendered.attachments
+            ]
+            msg = MIMEMultipart("mixed", f"=_{rendered.digest}_m", [msg, *(part for part, _ in files)])
+            parts = [info for _, info in files]
+        for name, value in headers:
+            msg[name] = _AsWritten(name, value) if rendered.needs_smtputf8 and "=?" in value else value
+        return msg.as_bytes(policy=policy.SMTPUTF8 if rendered.needs_smtputf8 else WIRE), parts
+
+    def _build_wire(self, body: str, digest: str, headers: list[tuple[str, str]]) -> bytes:
+        """The bytes _build_mime makes of a message of text parts only, put together directly: the
+        email package's generator costs as much as rendering, and the part headers never vary."""
+        if self.kind == "text":
+            head, (content,) = _TEXT_HEAD, self._content(body)
+        else:
+            boundary = f"=_{digest}_a"
+            head = WIRE.fold_binary("Content-Type", f'multipart/alternative; boundary="{boundary}"') + _MIME_1
+            delimiter = f"\r\n--{boundary}".encode("ascii")
+            plain, html = self._content(body)
+            content = b"".join((delimiter[2:], b"\r\n", plain, delimiter, b"\r\n", html, delimiter))
+            content += b"--\r\n"
+        return b"".join((head, *(WIRE.fold_binary(name, value) for name, value in headers), b"\r\n", content))
+
+    def _text_parts(self, body: str) -> tuple[bytes, ...]:
+        """A text message's content, or the text parts of a multipart one, each with its headers."""
+        if self.kind == "text":
+            return (_qp_lines(body),)
+        if self.kind == "html":
+            plain, html = _html_to_text(body), body
+        else:
+            plain, html = body, self._markdown_html(body)
+        return _part_bytes("plain", plain), _part_bytes("html", html)
+
     def _body_part(self, body: str, boundary: str) -> Message:
         if self.kind == "text":
             return _text_part(body, "plain")
         if self.kind == "html":
             plain, html = _html_to_text(body), body
         else:
-            plain = body
-            html = (
-                f'<!DOCTYPE html>\n<html><head><meta charset="utf-8">{MARKDOWN_STYLE}</head><body>\n'
-                f"{self._markdown.render(body)}</body></html>\n"
-            )
+            plain, html = body, self._markdown_html(body)
         return MIMEMultipart("alternative", boundary, [_text_part(plain, "plain"), _text_part(html, "html")])
+
+    def _markdown_html(self, body: str) -> str:
+        return (
+            f'<!DOCTYPE html>\n<html><head><meta charset="utf-8">{MARKDOWN_STYLE}</head><body>\n'
+            f"{self._markdown.render(body)}</body></html>\n"
+        )
 
     def _render(self, template: jinja2.Template, context: dict[str, Any], max_chars: int) -> str:
         try:
@@ -671,6 +715,22 @@ def _addresses(name: str, marked: str, checked: str) -> tuple[list[tuple[str, st
     return result, needs_utf8
 
 
+_MIME_1 = b"MIME-Version: 1.0\r\n"
+_QP = b"Content-Transfer-Encoding: quoted-printable\r\n"
+_TEXT_HEAD = b'Content-Type: text/plain; charset="utf-8"\r\n' + _MIME_1 + _QP  # as MIMEBase orders them
+_LINE_BREAK = re.compile(rb"\r\n|\r|\n")  # what the email package's generator takes for one
+
+
+def _qp_lines(text: str) -> bytes:
+    return _LINE_BREAK.sub(b"\r\n", binascii.b2a_qp(text.encode("utf-8")))
+
+
+def _part_bytes(subtype: str, text: str) -> bytes:
+    """A text part of a multipart message, headers and all, as _text_part's is written."""
+    head = f'Content-Type: text/{subtype}; charset="utf-8"\r\n'.encode("ascii") + _MIME_1 + _QP
+    return head + b"\r\n" + _qp_lines(text)
+
+
 def _text_part(text: str, subtype: str) -> Message:
     # binascii's quoted-printable is C; email.quoprimime's is much slower pure Python.
     part = MIMENonMultipart("text", subtype, charset="utf-8")
@@ -736,16 +796,26 @@ def compose_rows(
 
 def prepare(file: str, result: RowResult, template: Template, *, build: bool = True) -> Prepared:
     """Render one row read from ``file``; a row that cannot become a message gets its problem."""
-    message, ok, sender = None, False, ""
-    if result.recipient is not None:
-        try:
-            if build:
-                message = template.compose(result.recipient)
-                sender = message.envelope_from
-            else:
-                sender = template.render(result.recipient).envelope_from
-            ok = True
-        except RowError as e:
-            problem = RowProblem(file, result.row, result.line, e.column, e.message, template=e.template)
-            result.problems.append(problem)
-    return Prepared(result, message, ok, sender)
+    if result.recipient is None:
+        return Prepared(result, None, False)
+    checked: str | ComposedMessage | RowError
+    try:
+        recipient = result.recipient
+        checked = template.compose(recipient) if build else template.render(recipient).envelope_from
+    except RowError as e:
+        checked = e
+    return settle(file, result, checked)
+
+
+def settle(file: str, result: RowResult, checked: str | ComposedMessage | RowError) -> Prepared:
+    """A row whose check gave ``checked``: its From address (or its message), or the RowError that
+    stops it."""
+    if isinstance(checked, ComposedMessage):
+        return Prepared(result, checked, True, checked.envelope_from)
+    if isinstance(checked, RowError):
+        problem = RowProblem(
+            file, result.row, result.line, checked.column, checked.message, template=checked.template
+        )
+        result.problems.append(problem)
+        return Prepared(result, None, False)
+    return Prepared(result, None, True, checked)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import codecs
 import csv
+import functools
+import importlib
 import io
 import sqlite3
 import tempfile
@@ -28,6 +30,19 @@ from mailblast.message.spreadsheet import is_report, restore
 for _name in ("local", "test"):
     if _name in email_validator.SPECIAL_USE_DOMAIN_NAMES:
         email_validator.SPECIAL_USE_DOMAIN_NAMES.remove(_name)
+
+
+def _check_each_domain_once() -> None:
+    """email-validator checks an address's domain afresh each time (IDNA, a Unicode lookup a
+    character), most of its work; a file's addresses share a few domains, and the check is a pure
+    function of the name (and of the list above, edited first), so each is checked once."""
+    module = importlib.import_module("email_validator.validate_email")
+    check = getattr(module, "validate_email_domain_name", None)
+    if callable(check) and not hasattr(check, "cache_info"):
+        module.validate_email_domain_name = functools.lru_cache(maxsize=4096)(check)
+
+
+_check_each_domain_once()
 ADDRESS_COLUMN_NAMES = ("email", "e-mail", "email address", "e-mail address", "mail", "address")
 DELIMITERS = (",", ";", "\t")
 SAMPLE_BYTES = 1 << 20

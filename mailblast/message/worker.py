@@ -1,25 +1,32 @@
 """Compose ahead of the sender, in a second process for long runs.
 
-Building MIME messages costs about as much CPU as sending them, so on a long run
-it happens in a worker process on the other core while the main process keeps the
-SMTP connections busy. Short runs compose in-process: starting a worker takes a
-few tenths of a second.
+Building MIME messages costs more CPU than sending them, so on a long run it happens
+in worker processes, one per core, while the main process keeps the SMTP connections
+busy; the check pass renders its rows there too. Short runs compose in-process:
+starting a worker takes a few tenths of a second.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import multiprocessing
 import multiprocessing.connection
 import os
 import threading
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from mailblast.message.compose import Composed, RowError, Template
 from mailblast.message.recipients import Recipient
+
+MAX_WORKERS = 4  # past this the main process, which sends, is the bottleneck
+Checked = str | RowError  # what checking a row gives: its sender address, or why it cannot be sent
+K = TypeVar("K")
+T = TypeVar("T")
 
 _worker_template: Template | None = None
 
@@ -51,36 +58,118 @@ def _compose_all(template: Template, recipients: list[Recipient]) -> list[Compos
     return results
 
 
+def _check_all(template: Template, recipients: list[Recipient]) -> list[Checked]:
+    results: list[Checked] = []
+    for recipient in recipients:
+        try:
+            results.append(template.render(recipient).envelope_from)
+        except RowError as e:
+            results.append(e)
+    return results
+
+
 def _compose_in_worker(recipients: list[Recipient]) -> list[Composed]:
     assert _worker_template is not None
     return _compose_all(_worker_template, recipients)
 
 
-class ComposeWorker:
-    """Turns batches of recipients into messages (or the RowError that stops each one)."""
+def _check_in_worker(recipients: list[Recipient]) -> list[Checked]:
+    assert _worker_template is not None
+    return _check_all(_worker_template, recipients)
 
-    def __init__(self, template: Template, *, in_worker: bool) -> None:
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # what this process may use (a container's share)
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+class ComposeWorker:
+    """Turns batches of recipients into messages (or the RowError that stops each one).
+
+    With ``in_worker``, batches (of ``batch`` recipients) go to one worker process per core, at
+    most MAX_WORKERS, and ``parallel`` batches are worth having under way at once. Should the
+    workers die (killed, out of memory), the work goes on in this process: slower, but sure.
+    """
+
+    def __init__(self, template: Template, *, in_worker: bool, processes: int | None = None) -> None:
         self._template = template
         self._pool: ProcessPoolExecutor | None = None
+        self.parallel = 1
+        # messages with attachments are large: fewer at a time keeps memory bounded
+        self.batch = 4 if template.attaches else 64
         if in_worker:
+            self.parallel = processes or min(MAX_WORKERS, usable_cores())
             # "spawn": a clean interpreter, safe whatever threads this process has running.
             self._pool = ProcessPoolExecutor(
-                1,
+                self.parallel,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_start_worker,
                 initargs=(template.path, template.options),
             )
-            self._pool.submit(int)  # start it now, while the caller does other work
+            for _ in range(self.parallel):
+                self._pool.submit(int)  # start them now, while the caller does other work
 
     async def compose(self, recipients: list[Recipient]) -> list[Composed]:
-        if self._pool is not None:
+        future = self._submit(_compose_in_worker, recipients)
+        if future is not None:
             try:
-                return await asyncio.wrap_future(self._pool.submit(_compose_in_worker, recipients))
+                return await asyncio.wrap_future(future)
             except BrokenProcessPool:
-                # The worker died (killed, out of memory): go on in this process, slower but sure.
-                self._pool.shutdown(wait=False)
-                self._pool = None
+                self._lost_pool()
         return _compose_all(self._template, recipients)
+
+    def check_batches(
+        self, batches: Iterable[tuple[K, list[Recipient]]]
+    ) -> Iterator[tuple[K, list[Checked]]]:
+        """Each batch's rows rendered and checked, not built, in order; ``K`` is the caller's tag."""
+        return self._in_order(batches, _check_in_worker, _check_all)
+
+    def compose_batches(
+        self, batches: Iterable[tuple[K, list[Recipient]]]
+    ) -> Iterator[tuple[K, list[Composed]]]:
+        """Each batch's messages, in order, as compose() makes them."""
+        return self._in_order(batches, _compose_in_worker, _compose_all)
+
+    def _in_order(
+        self,
+        batches: Iterable[tuple[K, list[Recipient]]],
+        in_worker: Callable[[list[Recipient]], list[T]],
+        here: Callable[[Template, list[Recipient]], list[T]],
+    ) -> Iterator[tuple[K, list[T]]]:
+        under_way: collections.deque[tuple[K, list[Recipient], Future[list[T]] | None]]
+        under_way = collections.deque()
+
+        def result(key: K, recipients: list[Recipient], future: Future[list[T]] | None) -> tuple[K, list[T]]:
+            if future is not None:
+                try:
+                    return key, future.result()
+                except BrokenProcessPool:
+                    self._lost_pool()
+            return key, here(self._template, recipients)
+
+        for key, recipients in batches:
+            under_way.append((key, recipients, self._submit(in_worker, recipients)))
+            if len(under_way) > self.parallel:
+                yield result(*under_way.popleft())
+        while under_way:
+            yield result(*under_way.popleft())
+
+    def _submit(self, work: Callable[[list[Recipient]], T], recipients: list[Recipient]) -> Future[T] | None:
+        if self._pool is None:
+            return None
+        try:
+            return self._pool.submit(work, recipients)
+        except BrokenProcessPool:
+            self._lost_pool()
+            return None
+
+    def _lost_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
+            self.parallel = 1
 
     def close(self) -> None:
         if self._pool is not None:
