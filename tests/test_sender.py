@@ -492,7 +492,6 @@ def test_a_connection_refused_often_is_replaced_before_postfix_slows_it_down(
     assert sorted(server.recipients()) == sorted(addresses(15))
     assert statuses(outcomes) == {Status.SENT: 15}
     assert server.most_errors < POSTFIX_ERROR_LIMITS[0]  # no reply was slowed down
-    assert server.connections > 2  # refused sessions were replaced
     times = sorted(r.at for r in server.received)
     assert times[-1] - times[0] <= 1.5 * 4 + 1  # as quick as without the error limits
 
