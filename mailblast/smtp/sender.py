@@ -208,16 +208,16 @@ class Sender:
             under_way = collections.deque()
             try:
                 for batch in _batches(recipients, size):
-                    task = None if self.stopping else asyncio.ensure_future(compose(batch))
-                    under_way.append((batch, task))
+                    started = None if self.stopping else asyncio.ensure_future(compose(batch))
+                    under_way.append((batch, started))
                     if len(under_way) >= ahead:
                         await hand_on(*under_way.popleft())
                 while under_way:
                     await hand_on(*under_way.popleft())
             finally:
-                for _, task in under_way:
-                    if task is not None:
-                        task.cancel()
+                for _, left in under_way:
+                    if left is not None:
+                        left.cancel()
             await ready.put(None)
 
         composing = asyncio.create_task(compose_ahead())
