@@ -467,15 +467,19 @@ def test_a_refused_learned_window_not_full_lowers_the_limit() -> None:
     assert limiter.current_limit == 2
 
 
+def burst_refused_after(limiter: SlidingWindowLimiter, accepted: int) -> None:
+    """A burst at once: ``accepted`` messages the server took, then one it refused."""
+    burst = granted(limiter, accepted + 1)
+    for slot in burst[:accepted]:
+        limiter.release(slot)
+    limiter.throttled(slot=burst[accepted])
+    limiter.release(burst[accepted], accepted=False)
+
+
 def test_the_next_probe_is_due_a_gap_after_the_last_went_out_not_after_its_reply() -> None:
     clock = FakeClock()
     limiter = SlidingWindowLimiter(None, clock=clock)
-    burst = granted(limiter, 11)
-    for slot in burst[:10]:
-        limiter.release(slot)
-    clock.now = 4.0
-    limiter.throttled(slot=burst[10])
-    limiter.release(burst[10], accepted=False)
+    burst_refused_after(limiter, 10)
     clock.now = 5.0
     probe = limiter.try_acquire()
     assert probe is not None
@@ -496,20 +500,12 @@ def test_a_late_refusal_of_a_probe_does_not_lengthen_the_learned_period() -> Non
     such a refusal goes out late, but the window may have opened when it was due."""
     clock = FakeClock()
     limiter = SlidingWindowLimiter(None, clock=clock)
-    burst = granted(limiter, 31)
-    for slot in burst[:30]:
-        limiter.release(slot)
-    limiter.throttled(slot=burst[30])
-    limiter.release(burst[30], accepted=False)
+    burst_refused_after(limiter, 30)
     clock.now = 11.0
     probe = limiter.try_acquire()
     assert probe is not None
     limiter.release(probe)  # the server's window opened: the second burst begins
-    second = granted(limiter, 30)
-    for slot in second[:29]:
-        limiter.release(slot)
-    limiter.throttled(slot=second[29])
-    limiter.release(second[29], accepted=False)
+    burst_refused_after(limiter, 29)
     clock.now = 21.9
     probe = limiter.try_acquire()
     assert probe is not None
