@@ -5,6 +5,7 @@
     python bench/bench_dkim.py --sink aiosmtpd   # only the in-process aiosmtpd sink
     python bench/bench_dkim.py --sink smtp-sink  # only Postfix's smtp-sink (apt-get install postfix)
     python bench/bench_dkim.py --sink remote     # only aiosmtpd answering each DATA after 10 ms
+    python bench/bench_dkim.py --sink postfix    # only a real Postfix (root; configured, then restored)
 
 Each case is a whole `mailblast send` (startup and check pass included) in its own process,
 5 connections, on a fresh recipients file; the cases alternate (no DKIM, RSA 2048, Ed25519) so
@@ -16,6 +17,8 @@ the signed ones is verified with dkimpy against the key's record.
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -137,12 +140,35 @@ def on_smtp_sink(messages: int, repeat: int, work: Path, configs: dict) -> list[
     return notes
 
 
+def on_postfix(messages: int, repeat: int, work: Path, configs: dict) -> list[str]:
+    """A real Postfix, with no limits, delivering to discard: a local relay, as many send through."""
+    if shutil.which("postfix") is None or os.geteuid() != 0:
+        print("Postfix skipped: it needs root and Postfix installed (apt-get install postfix)")
+        return []
+    from bench_postfix import PORT, postfix_configured
+
+    with postfix_configured(limits=False) as postfix:
+        postfix.mark()
+        walls, notes = run_cases(f"smtp://127.0.0.1:{PORT}", messages, repeat, work, configs)
+        delivered = sum(postfix.delivered().values())
+    expected = messages * repeat * len(CASES)
+    report(
+        f"Postfix 3 smtpd (no limits, discard transport), {messages:,} messages, 5 connections, median "
+        f"of {repeat} alternating runs ({delivered:,} of {expected:,} delivered)",
+        messages,
+        walls,
+    )
+    return notes
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="1,000 messages, one run per case")
-    parser.add_argument("--sink", choices=("aiosmtpd", "smtp-sink", "remote"), help="only this sink")
+    parser.add_argument(
+        "--sink", choices=("aiosmtpd", "smtp-sink", "remote", "postfix"), help="only this sink"
+    )
     parser.add_argument("--messages", type=int, help="messages per run [default: 5,000]")
     parser.add_argument("--repeat", type=int, help="runs per case [default: 3]")
     options = parser.parse_args()
@@ -163,6 +189,10 @@ def main() -> None:
             print()
         if options.sink in (None, "remote"):
             notes.extend(on_aiosmtpd(messages, repeat, work, configs, latency=REMOTE_LATENCY))
+        if options.sink is None:
+            print()
+        if options.sink in (None, "postfix"):
+            notes.extend(on_postfix(messages, repeat, work, configs))
     for note in notes:
         print(note)
 

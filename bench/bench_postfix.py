@@ -63,6 +63,8 @@ relay_transport = discard:mailblast bench
 alias_maps =
 alias_database =
 maillog_file = {LOG}
+"""
+LIMITS_CF = """\
 smtpd_client_message_rate_limit = 30
 anvil_rate_time_unit = 10s
 smtpd_client_connection_count_limit = 3
@@ -186,15 +188,15 @@ def _queue_size() -> int:
 
 
 @contextlib.contextmanager
-def postfix_configured() -> Iterator[Postfix]:
-    """Postfix with the issue's limits; the earlier configuration is back afterwards."""
+def postfix_configured(limits: bool = True) -> Iterator[Postfix]:
+    """Postfix with the issue's limits (or none); the earlier configuration is back afterwards."""
     saved = {
         name: (CONFIG / name).read_bytes() if (CONFIG / name).exists() else None
         for name in ("main.cf", "master.cf")
     }
     was_running = subprocess.run(["postfix", "status"], capture_output=True, check=False).returncode == 0
     try:
-        (CONFIG / "main.cf").write_text(MAIN_CF)
+        (CONFIG / "main.cf").write_text(MAIN_CF + (LIMITS_CF if limits else ""))
         (CONFIG / "master.cf").write_text(MASTER_CF)
         LOG.unlink(missing_ok=True)
         subprocess.run(["postfix", "stop"], capture_output=True, check=False)

@@ -66,7 +66,11 @@ def fresh_csv(work: Path, rows: int) -> Path:
 
 @dataclass
 class Run:
-    """One child process: when it started (time.monotonic), how long it took, what it left."""
+    """One child process: when it started (time.monotonic), how long it took, what it left.
+
+    ``peak_mib`` is the largest single process's peak RSS (the child's, or a worker's); ``tree_mib``
+    the peak of the whole tree's proportional set size (PSS: shared pages split between processes),
+    sampled every 0.1 s, so the child and its compose workers together."""
 
     started: float
     wall: float
@@ -74,6 +78,7 @@ class Run:
     code: int
     stdout: str
     stderr: str
+    tree_mib: float = 0.0
 
 
 def measure(args: Sequence[str], cwd: Path, timeout: float = TIMEOUT) -> Run:
@@ -83,10 +88,13 @@ def measure(args: Sequence[str], cwd: Path, timeout: float = TIMEOUT) -> Run:
         started = time.monotonic()
         proc = subprocess.Popen(list(args), cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
         deadline = started + timeout
+        tree_kib, next_sample = 0, started
         while True:  # bounded by the deadline
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
+            if time.monotonic() >= next_sample:
+                tree_kib, next_sample = max(tree_kib, tree_pss_kib(proc.pid)), time.monotonic() + 0.1
             if time.monotonic() > deadline:
                 os.kill(proc.pid, signal.SIGKILL)
                 _, status, usage = os.wait4(proc.pid, 0)
@@ -101,7 +109,24 @@ def measure(args: Sequence[str], cwd: Path, timeout: float = TIMEOUT) -> Run:
         proc.returncode,
         out_path.read_text("utf-8", "replace"),
         err_path.read_text("utf-8", "replace"),
+        tree_kib / 1024,
     )
+
+
+def tree_pss_kib(pid: int) -> int:
+    """The PSS of ``pid`` and all its descendants, in KiB (0 where /proc does not tell)."""
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            for line in Path(f"/proc/{current}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue  # it ended meanwhile
+    return total
 
 
 def send_args(csv_path: Path, server: SmtpServer, extra: Sequence[str]) -> list[str]:

@@ -1,4 +1,15 @@
-from mailblast.cli import main
+"""`python -m mailblast`, and the `mailblast` command.
 
-if __name__ == "__main__":  # guarded: the compose worker process imports this module too
+A compose worker process imports the main module again (multiprocessing's "spawn" does), so the
+CLI, and all it brings (typer, rich, aiosmtplib), is imported only when the command runs.
+"""
+
+
+def main() -> None:
+    from mailblast.cli import main as run_cli
+
+    run_cli()
+
+
+if __name__ == "__main__":
     main()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import email
 import email.policy
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -109,6 +110,26 @@ def test_rows_checked_in_worker_processes_give_the_same_verdicts(
     assert "row 4 (line 5)" in outputs[1] and "line break would reach a header" in outputs[1]
     assert "row 2 (line 3)" in outputs[1] and "'broken1' is not a valid address" in outputs[1]
     assert outputs[1].index("row 2 (line 3)") < outputs[1].index("row 4 (line 5)")
+
+
+def test_a_dry_run_built_in_worker_processes_writes_the_same_messages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mailblast.campaign import check
+
+    rows = "".join(f"u{i}@example.com,User {i}\n" for i in range(30)) + "bad,Bad\n"
+    (tmp_path / "people.csv").write_text("email,name\n" + rows)
+    (tmp_path / "t.md").write_text("From: me@example.com\nSubject: Hi {{ name }}\n\n# Hello {{ name }}\n")
+    written = []
+    for threshold, out in ((10**12, "here"), (0, "workers")):
+        monkeypatch.setattr(check, "DRY_RUN_IN_WORKERS_FROM", threshold)
+        code, output = run("send", "people.csv", "-t", "t.md", "--dry-run", "--out", out, cwd=tmp_path)
+        assert code == 2 and "'bad' is not a valid address" in output
+        files = sorted((tmp_path / out).iterdir())
+        assert len(files) == 30
+        # the same messages, but for the Date header (the time they were built)
+        written.append({f.name: re.sub(rb"Date: [^\r]*", b"", f.read_bytes()) for f in files})
+    assert written[0] == written[1]
 
 
 def test_preview_shows_headers_bodies_and_attachments(example: Path) -> None:

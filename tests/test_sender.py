@@ -329,6 +329,13 @@ def test_quiet_progress_prints_nothing() -> None:
     assert out.getvalue() == ""
 
 
+def test_messages_with_attachments_are_composed_a_few_at_a_time(tmp_path: Path) -> None:
+    (tmp_path / "t.txt").write_text("From: a@example.com\nAttachment: {{ doc }}\n\nHi\n")
+    (tmp_path / "u.txt").write_text("From: a@example.com\n\nHi\n")
+    assert ComposeWorker(Template(tmp_path / "t.txt"), in_worker=False).batch == 4  # memory stays bounded
+    assert ComposeWorker(Template(tmp_path / "u.txt"), in_worker=False).batch == 64
+
+
 def test_composing_in_a_worker_process_gives_the_same_messages(tmp_path: Path) -> None:
     (tmp_path / "t.md").write_text("From: a@example.com\nSubject: Hi {{ name }}\n\n# Hello {{ name }}\n")
     (tmp_path / "r.csv").write_text("email,name\n" + "".join(f"u{i}@example.com,U{i}\n" for i in range(5)))

@@ -114,6 +114,7 @@ def load_inputs(settings: Settings, recipients_path: Path) -> Inputs:
 
 CHECK_BATCH = 256  # rows a worker process renders at a time in the check pass
 CHECK_IN_WORKERS_FROM = 1024 * 1024  # bytes (some 15,000 rows): below, workers start slower than it ends
+DRY_RUN_IN_WORKERS_FROM = 64 * 1024  # bytes (about a thousand rows): building costs five times checking
 KNOWN_HEADERS = (
     *ADDRESS_HEADERS, "subject", "attachment", "sender", "list-unsubscribe", "list-unsubscribe-post",
     "list-id", "precedence", "importance", "priority", "in-reply-to", "references", "keywords",
@@ -313,23 +314,24 @@ def scan(
 def _prepared(
     inputs: Inputs, settings: Settings, build: bool, worker: ComposeWorker | None
 ) -> Iterator[tuple[RowResult, Prepared | None]]:
-    """Every row in file order, rendered (by ``worker``'s processes when it has them, unless
-    ``build``); a suppressed row comes with None: it is never rendered."""
+    """Every row in file order, rendered (and built, with ``build``), by ``worker``'s processes when
+    it has them; a suppressed row comes with None: it is never rendered."""
     name, template = inputs.recipients.name, inputs.template
     rows = inputs.recipients.rows(allow_duplicates=settings.allow_duplicates)
 
     def suppressed(result: RowResult) -> bool:
         return result.recipient is not None and inputs.is_suppressed(result.recipient)
 
-    if build or worker is None:
+    if worker is None:
         for result in rows:
             yield result, None if suppressed(result) else prepare(name, result, template, build=build)
         return
     batches = (
         (batch, [r.recipient for r in batch if r.recipient is not None and not suppressed(r)])
-        for batch in _batches(rows, CHECK_BATCH)
+        for batch in _batches(rows, worker.batch if build else CHECK_BATCH)
     )
-    for batch, checked in worker.check_batches(batches):
+    done = worker.compose_batches(batches) if build else worker.check_batches(batches)
+    for batch, checked in done:
         outcomes = iter(checked)
         for result in batch:
             if suppressed(result):
@@ -482,7 +484,11 @@ def run_dry_run(settings: Settings, recipients_path: Path, out: Path | None, con
         if out is not None:
             (out / eml_name(message)).write_bytes(message.data)
 
-    tally = scan(inputs, settings, console, keep)
+    worker = ComposeWorker(inputs.template, in_worker=inputs.recipients.size >= DRY_RUN_IN_WORKERS_FROM)
+    try:
+        tally = scan(inputs, settings, console, keep, worker=worker)
+    finally:
+        worker.close()
     counts = tally.as_dict(suppression=inputs.suppressed is not None)
     display.print_counts(console, f"dry run of {inputs.recipients.name}: nothing sent", counts)
     if out is not None:

@@ -446,7 +446,11 @@ async def _send(
         with _on_signals(loop, on_signal):
             async with SendProgress(console, sender.counts, quiet=settings.quiet) as progress:
                 await sender.run(
-                    recorder.track(plan.recipients), composer.compose, plan.maybe_sent, composer.parallel
+                    recorder.track(plan.recipients),
+                    composer.compose,
+                    plan.maybe_sent,
+                    composer.parallel,
+                    composer.batch,
                 )
     except asyncio.CancelledError:
         cut_short = True

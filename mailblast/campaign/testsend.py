@@ -68,7 +68,7 @@ class Redirected:
     def __init__(self, composer: ComposeWorker, address: str) -> None:
         self._composer = composer
         self._address = address
-        self.parallel = composer.parallel
+        self.parallel, self.batch = composer.parallel, composer.batch
 
     async def compose(self, recipients: list[Recipient]) -> list[Composed]:
         return [redirect(m, self._address) for m in await self._composer.compose(recipients)]

@@ -230,6 +230,9 @@ class _Missing(jinja2.StrictUndefined):
 _JINJA = re.compile(r"\{[{%#]")
 
 
+_ATTACHMENT_LINE = re.compile(r"^\s*attachment\s*:", re.IGNORECASE | re.MULTILINE)
+
+
 def _literal_headers(source: str) -> frozenset[str]:
     """Names of the headers written as plain text: their values are the template's on every row."""
     literal, dynamic = set(), set()
@@ -333,6 +336,7 @@ class Template:
         self.body_source = "\n".join(lines[blank + 1 :])
         self.body_line = blank + 2  # the body's first line in the file
         self._literal = _literal_headers(header_source)
+        self.attaches = _ATTACHMENT_LINE.search(header_source) is not None  # some rows may attach files
         self._headers = self._compile(header_env, header_source, 0)
         self._body = self._compile(body_env, self.body_source, blank + 1)
         # breaks: a single line break stays one ("See you soon,\nThe team"), as the author sees it
@@ -794,18 +798,20 @@ def prepare(file: str, result: RowResult, template: Template, *, build: bool = T
     """Render one row read from ``file``; a row that cannot become a message gets its problem."""
     if result.recipient is None:
         return Prepared(result, None, False)
+    checked: str | ComposedMessage | RowError
     try:
-        if build:
-            message = template.compose(result.recipient)
-            return Prepared(result, message, True, message.envelope_from)
-        checked: str | RowError = template.render(result.recipient).envelope_from
+        recipient = result.recipient
+        checked = template.compose(recipient) if build else template.render(recipient).envelope_from
     except RowError as e:
         checked = e
     return settle(file, result, checked)
 
 
-def settle(file: str, result: RowResult, checked: str | RowError) -> Prepared:
-    """A row whose check gave ``checked``: its From address, or the RowError that stops it."""
+def settle(file: str, result: RowResult, checked: str | ComposedMessage | RowError) -> Prepared:
+    """A row whose check gave ``checked``: its From address (or its message), or the RowError that
+    stops it."""
+    if isinstance(checked, ComposedMessage):
+        return Prepared(result, checked, True, checked.envelope_from)
     if isinstance(checked, RowError):
         problem = RowProblem(
             file, result.row, result.line, checked.column, checked.message, template=checked.template

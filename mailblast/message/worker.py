@@ -88,15 +88,17 @@ def usable_cores() -> int:
 class ComposeWorker:
     """Turns batches of recipients into messages (or the RowError that stops each one).
 
-    With ``in_worker``, batches go to one worker process per core (at most MAX_WORKERS), and
-    ``parallel`` batches are worth having under way at once. Should the workers die (killed, out
-    of memory), the work goes on in this process: slower, but sure.
+    With ``in_worker``, batches (of ``batch`` recipients) go to one worker process per core, at
+    most MAX_WORKERS, and ``parallel`` batches are worth having under way at once. Should the
+    workers die (killed, out of memory), the work goes on in this process: slower, but sure.
     """
 
     def __init__(self, template: Template, *, in_worker: bool, processes: int | None = None) -> None:
         self._template = template
         self._pool: ProcessPoolExecutor | None = None
         self.parallel = 1
+        # messages with attachments are large: fewer at a time keeps memory bounded
+        self.batch = 4 if template.attaches else 64
         if in_worker:
             self.parallel = processes or min(MAX_WORKERS, usable_cores())
             # "spawn": a clean interpreter, safe whatever threads this process has running.
@@ -122,24 +124,37 @@ class ComposeWorker:
         self, batches: Iterable[tuple[K, list[Recipient]]]
     ) -> Iterator[tuple[K, list[Checked]]]:
         """Each batch's rows rendered and checked, not built, in order; ``K`` is the caller's tag."""
-        under_way: collections.deque[tuple[K, list[Recipient], Future[list[Checked]] | None]]
-        under_way = collections.deque()
-        for key, recipients in batches:
-            under_way.append((key, recipients, self._submit(_check_in_worker, recipients)))
-            if len(under_way) > self.parallel:
-                yield self._checked(*under_way.popleft())
-        while under_way:
-            yield self._checked(*under_way.popleft())
+        return self._in_order(batches, _check_in_worker, _check_all)
 
-    def _checked(
-        self, key: K, recipients: list[Recipient], future: Future[list[Checked]] | None
-    ) -> tuple[K, list[Checked]]:
-        if future is not None:
-            try:
-                return key, future.result()
-            except BrokenProcessPool:
-                self._lost_pool()
-        return key, _check_all(self._template, recipients)
+    def compose_batches(
+        self, batches: Iterable[tuple[K, list[Recipient]]]
+    ) -> Iterator[tuple[K, list[Composed]]]:
+        """Each batch's messages, in order, as compose() makes them."""
+        return self._in_order(batches, _compose_in_worker, _compose_all)
+
+    def _in_order(
+        self,
+        batches: Iterable[tuple[K, list[Recipient]]],
+        in_worker: Callable[[list[Recipient]], list[T]],
+        here: Callable[[Template, list[Recipient]], list[T]],
+    ) -> Iterator[tuple[K, list[T]]]:
+        under_way: collections.deque[tuple[K, list[Recipient], Future[list[T]] | None]]
+        under_way = collections.deque()
+
+        def result(key: K, recipients: list[Recipient], future: Future[list[T]] | None) -> tuple[K, list[T]]:
+            if future is not None:
+                try:
+                    return key, future.result()
+                except BrokenProcessPool:
+                    self._lost_pool()
+            return key, here(self._template, recipients)
+
+        for key, recipients in batches:
+            under_way.append((key, recipients, self._submit(in_worker, recipients)))
+            if len(under_way) > self.parallel:
+                yield result(*under_way.popleft())
+        while under_way:
+            yield result(*under_way.popleft())
 
     def _submit(self, work: Callable[[list[Recipient]], T], recipients: list[Recipient]) -> Future[T] | None:
         if self._pool is None:

@@ -33,7 +33,7 @@ from mailblast.smtp.replies import Kind, Verdict
 from mailblast.smtp.transaction import Accepted, Ready, TransactionError
 
 MAX_THROTTLED = 50  # throttle replies one message may get before it counts as failed
-COMPOSE_BATCH = 64  # recipients composed at a time
+COMPOSE_BATCH = 64  # recipients composed at a time (the composer may say fewer)
 SPARE_PROBE_AFTER = 30.0  # seconds before a refused connection is tried again; doubles each time
 SPARE_PROBE_CAP = 600.0
 ComposeBatch = Callable[[list[Recipient]], Awaitable[list[Composed]]]
@@ -155,12 +155,14 @@ class Sender:
         compose: ComposeBatch,
         maybe_sent: Collection[int] = (),
         parallel: int = 1,
+        batch: int = COMPOSE_BATCH,
     ) -> Counts:
         """Send to every recipient; ``maybe_sent`` rows were in flight when an earlier run died.
 
-        ``compose`` is given ``parallel`` batches at a time (one more, ready when one finishes)."""
+        ``compose`` is given ``parallel`` batches of ``batch`` at a time (and one more, ready when
+        one finishes)."""
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
-        self._room = asyncio.Semaphore(self._options.buffer or 4 * self._workers + COMPOSE_BATCH)
+        self._room = asyncio.Semaphore(self._options.buffer or 4 * self._workers + batch)
         self._waiting: dict[asyncio.TimerHandle, _Job] = {}
         self._closing: set[asyncio.Task[None]] = set()
         for relay in self.relays:
@@ -172,7 +174,7 @@ class Sender:
         self._producing = True
         workers = [asyncio.create_task(self._worker(r)) for r in self.relays for _ in range(r.connections)]
         try:
-            await self._produce(recipients, compose, maybe_sent, parallel + 1)
+            await self._produce(recipients, compose, maybe_sent, parallel + 1, batch)
             self._producing = False
             self._maybe_done()
             await asyncio.gather(*workers)
@@ -183,7 +185,12 @@ class Sender:
         return self.counts
 
     async def _produce(
-        self, recipients: Iterator[Recipient], compose: ComposeBatch, maybe_sent: Collection[int], ahead: int
+        self,
+        recipients: Iterator[Recipient],
+        compose: ComposeBatch,
+        maybe_sent: Collection[int],
+        ahead: int,
+        size: int,
     ) -> None:
         # The next batches are composed (perhaps in other processes) while this one is sent.
         ready: asyncio.Queue[tuple[list[Recipient], list[Composed]] | None] = asyncio.Queue(maxsize=1)
@@ -197,7 +204,7 @@ class Sender:
             under_way: collections.deque[tuple[list[Recipient], asyncio.Future[list[Composed]] | None]]
             under_way = collections.deque()
             try:
-                for batch in _batches(recipients, COMPOSE_BATCH):
+                for batch in _batches(recipients, size):
                     task = None if self.stopping else asyncio.ensure_future(compose(batch))
                     under_way.append((batch, task))
                     if len(under_way) >= ahead:
