@@ -129,6 +129,14 @@ def quota_env(tmp_path: Path) -> dict[str, str]:
     return {"MAILBLAST_STATE_DIR": str(tmp_path / "state"), "ALICE_PASSWORD": "a-pw", "BOB_PASSWORD": "b-pw"}
 
 
+def used_earlier(tmp_path: Path, account: str, limit: int, period: float, at: float) -> None:
+    """An earlier run used all of ``account``'s quota of ``limit`` per ``period``, at ``at``."""
+    book = QuotaBook(tmp_path / "state")
+    for _ in range(limit):
+        assert book.take(account, limit, period, at) is None
+    book.close()
+
+
 def quota_servers(smtp_server: Server) -> tuple[SmtpServer, SmtpServer]:
     return smtp_server(auth={"alice": "a-pw"}), smtp_server(auth={"bob": "b-pw"})
 
@@ -195,10 +203,7 @@ def test_a_relay_used_up_by_an_earlier_run_sends_nothing_and_the_other_sends_all
 ) -> None:
     a, b = quota_servers(smtp_server)
     env = quota_env(tmp_path)
-    book = QuotaBook(tmp_path / "state")
-    for _ in range(3):
-        assert book.take("alice at 127.0.0.1", 3, DAY, time.time()) is None
-    book.close()
+    used_earlier(tmp_path, "alice at 127.0.0.1", 3, DAY, time.time())
     campaign(tmp_path, 6)
     (tmp_path / "mailblast.toml").write_text(
         quota_relay(a, "a", "alice", "3/d") + quota_relay(b, "b", "bob", "50/d")
@@ -223,10 +228,8 @@ def test_a_relay_whose_next_slot_is_minutes_away_lets_the_others_send(
 ) -> None:
     a, b = quota_servers(smtp_server)
     env = quota_env(tmp_path)
-    book = QuotaBook(tmp_path / "state")
-    for _ in range(2):  # both leave the hour's window in 60 s: within the wait, so a waits, not stops
-        assert book.take("alice at 127.0.0.1", 2, 3600.0, time.time() - 3600.0 + 60.0) is None
-    book.close()
+    # both leave the hour's window in 60 s: within the wait, so a waits (or rests), not stops
+    used_earlier(tmp_path, "alice at 127.0.0.1", 2, 3600.0, time.time() - 3600.0 + 60.0)
     campaign(tmp_path, 5)
     (tmp_path / "mailblast.toml").write_text(
         quota_relay(a, "a", "alice", "2/h") + quota_relay(b, "b", "bob", "100/s")
@@ -245,10 +248,7 @@ def test_a_resting_relay_takes_messages_again_once_its_slot_is_free(
 ) -> None:
     a, b = quota_servers(smtp_server)
     env = quota_env(tmp_path)
-    book = QuotaBook(tmp_path / "state")
-    for _ in range(2):  # both leave the hour's window in 3 s
-        assert book.take("alice at 127.0.0.1", 2, 3600.0, time.time() - 3600.0 + 3.0) is None
-    book.close()
+    used_earlier(tmp_path, "alice at 127.0.0.1", 2, 3600.0, time.time() - 3600.0 + 3.0)  # free in 3 s
     campaign(tmp_path, 6)
     (tmp_path / "mailblast.toml").write_text(
         quota_relay(a, "a", "alice", "2/h") + quota_relay(b, "b", "bob", "1/s")
@@ -263,10 +263,7 @@ def test_a_resting_relay_takes_messages_again_once_its_slot_is_free(
 def test_with_wait_a_used_up_relay_rests_while_the_other_sends(tmp_path: Path, smtp_server: Server) -> None:
     a, b = quota_servers(smtp_server)
     env = quota_env(tmp_path)
-    book = QuotaBook(tmp_path / "state")
-    for _ in range(3):
-        assert book.take("alice at 127.0.0.1", 3, DAY, time.time()) is None
-    book.close()
+    used_earlier(tmp_path, "alice at 127.0.0.1", 3, DAY, time.time())
     campaign(tmp_path, 4)
     (tmp_path / "mailblast.toml").write_text(
         quota_relay(a, "a", "alice", "3/d") + quota_relay(b, "b", "bob", "50/d")
