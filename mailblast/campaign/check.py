@@ -375,11 +375,8 @@ def run_check(
         )
     started = time.monotonic()
     # A worker process for each core renders the rows of a large file; starting them takes a while.
-    worker = ComposeWorker(inputs.template, in_worker=inputs.recipients.size >= CHECK_IN_WORKERS_FROM)
-    try:
+    with ComposeWorker(inputs.template, in_worker=inputs.recipients.size >= CHECK_IN_WORKERS_FROM) as worker:
         tally = scan(inputs, settings, console, worker=worker)
-    finally:
-        worker.close()
     counts = tally.as_dict(suppression=inputs.suppressed is not None)
     display.print_counts(console, f"check {inputs.recipients.name}", counts)
     if facts is not None:
@@ -484,11 +481,9 @@ def run_dry_run(settings: Settings, recipients_path: Path, out: Path | None, con
         if out is not None:
             (out / eml_name(message)).write_bytes(message.data)
 
-    worker = ComposeWorker(inputs.template, in_worker=inputs.recipients.size >= DRY_RUN_IN_WORKERS_FROM)
-    try:
+    large = inputs.recipients.size >= DRY_RUN_IN_WORKERS_FROM
+    with ComposeWorker(inputs.template, in_worker=large) as worker:
         tally = scan(inputs, settings, console, keep, worker=worker)
-    finally:
-        worker.close()
     counts = tally.as_dict(suppression=inputs.suppressed is not None)
     display.print_counts(console, f"dry run of {inputs.recipients.name}: nothing sent", counts)
     if out is not None:

@@ -48,24 +48,22 @@ def _exit_with(parent_sentinel: int) -> None:
     os._exit(0)
 
 
-def _compose_all(template: Template, recipients: list[Recipient]) -> list[Composed]:
-    results: list[Composed] = []
+def _each(make: Callable[[Recipient], T], recipients: list[Recipient]) -> list[T | RowError]:
+    results: list[T | RowError] = []
     for recipient in recipients:
         try:
-            results.append(template.compose(recipient))
+            results.append(make(recipient))
         except RowError as e:
             results.append(e)
     return results
+
+
+def _compose_all(template: Template, recipients: list[Recipient]) -> list[Composed]:
+    return _each(template.compose, recipients)
 
 
 def _check_all(template: Template, recipients: list[Recipient]) -> list[Checked]:
-    results: list[Checked] = []
-    for recipient in recipients:
-        try:
-            results.append(template.render(recipient).envelope_from)
-        except RowError as e:
-            results.append(e)
-    return results
+    return _each(lambda recipient: template.render(recipient).envelope_from, recipients)
 
 
 def _compose_in_worker(recipients: list[Recipient]) -> list[Composed]:
@@ -174,3 +172,9 @@ class ComposeWorker:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def __enter__(self) -> ComposeWorker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
