@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import tempfile
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -318,8 +320,9 @@ def test_wire_bytes_are_those_of_the_email_package(tmp_path: Path, name: str) ->
             return  # refused: nothing is built
         headers = [*rendered.headers, ("Date", "Thu, 01 Jan 2026 00:00:00 +0000"), ("Message-ID", "<x@y>")]
         assert not rendered.needs_smtputf8 and not rendered.attachments
-        direct = template._build_wire(rendered.body, rendered.digest, headers)
-        assert direct == template._build_mime(rendered, headers)[0]
+        markdown = template._markdown_of(rendered)
+        direct = template._build_wire(rendered.body, markdown, rendered.digest, headers)
+        assert direct == template._build_mime(rendered, markdown, headers)[0]
 
     same()
 
@@ -332,3 +335,49 @@ def test_a_body_without_row_values_is_built_once(tmp_path: Path) -> None:
     assert template._content.cache_info().hits == 1
     html = parse(second).get_body(("html",))
     assert html is not None and "<h1>The same for all</h1>" in html.get_content()
+
+
+# -- a Markdown body's values are text: they cannot make links or images --------------------------
+
+_MARKDOWN_TEMPLATE = (
+    "From: team@example.com\nSubject: Hi\n\nHi {{ name }}!\n\n"
+    "[Your page](https://example.com/u/{{ slug }}) and <https://example.com/{{ slug }}>\n"
+)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "[Reset your password](https://evil.example/x)",
+        "![](https://tracker.example/pixel.gif)",
+        "<https://evil.example>",
+        "<ann@evil.example>",
+        "[ref]\n\n[ref]: https://evil.example",
+        "\\[x](https://evil.example)",
+        "<a href='https://evil.example'>x</a>",
+    ],
+)
+def test_a_markdown_value_cannot_make_a_link_or_an_image(tmp_path: Path, value: str) -> None:
+    template = make_template(tmp_path, _MARKDOWN_TEMPLATE, "t.md")
+    msg = parse(template.compose(person(name=value, slug="a-b.c_d")))
+    html = msg.get_body(("html",)).get_content()
+    assert not re.search(r'(href|src)="[^"]*evil', html)  # the value shows as text, if at all
+    assert html.count("<a ") == 2 and "<img" not in html  # the template's own two links
+    assert 'href="https://example.com/u/a-b.c_d"' in html and 'href="https://example.com/a-b.c_d"' in html
+    assert value in msg.get_body(("plain",)).get_content()  # the plain part has it as written
+
+
+def test_any_markdown_value_stays_text() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    with tempfile.TemporaryDirectory() as folder:
+        template = make_template(Path(folder), _MARKDOWN_TEMPLATE, "t.md")
+
+        @settings(max_examples=200, deadline=None)
+        @given(value=st.text(alphabet=st.sampled_from("[]()<>!\\:*_`#-@ \nahttps/.exmpl"), max_size=60))
+        def stays_text(value: str) -> None:
+            html = parse(template.compose(person(name=value, slug="x"))).get_body(("html",)).get_content()
+            assert html.count("<a ") == 2 and "<img" not in html
+
+        stays_text()

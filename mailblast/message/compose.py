@@ -162,6 +162,7 @@ class Rendered:
     attachments: list[tuple[str, Path]]
     needs_smtputf8: bool
     digest: str  # of everything that makes the message: its Message-ID and MIME boundaries
+    context: dict[str, Any] = field(default_factory=dict)  # what the body was rendered with
 
 
 @dataclass
@@ -339,6 +340,18 @@ class Template:
         self.attaches = _ATTACHMENT_LINE.search(header_source) is not None  # some rows may attach files
         self._headers = self._compile(header_env, header_source, 0)
         self._body = self._compile(body_env, self.body_source, blank + 1)
+        # Markdown's HTML part is rendered from a copy whose values cannot make links or images.
+        self._body_markdown = None
+        if self.kind == "markdown":
+            markdown_env = make_environment(
+                self.path.parent,
+                sandbox=sandbox,
+                undefined=_Missing,
+                finalize=markdown_literal,
+                autoescape=False,
+            )
+            markdown_env.globals["mailbox"] = hdr.mailbox
+            self._body_markdown = self._compile(markdown_env, self.body_source, blank + 1)
         # breaks: a single line break stays one ("See you soon,\nThe team"), as the author sees it
         self._markdown = MarkdownIt("commonmark", {"html": False, "breaks": True}).enable("table")
         self._content = lru_cache(maxsize=4)(self._text_parts)  # a body with no row values: built once
@@ -495,7 +508,9 @@ class Template:
                 [*envelope_to, hdr.unmark(header_text), body, *(str(p) for _, p in attachments)]
             ).encode()
         ).hexdigest()[:32]
-        return Rendered(recipient, envelope_from, envelope_to, out, body, attachments, needs_utf8, digest)
+        return Rendered(
+            recipient, envelope_from, envelope_to, out, body, attachments, needs_utf8, digest, context
+        )
 
     def _attachment_path(self, written: str) -> tuple[Path, int]:
         """The file an Attachment: header names, and its size; only inside the attachments root."""
@@ -544,10 +559,11 @@ class Template:
             ("Message-ID", message_id),
         ]
         parts: list[Attachment] = []
+        markdown = self._markdown_of(rendered)
         if rendered.attachments or rendered.needs_smtputf8:
-            data, parts = self._build_mime(rendered, headers)
+            data, parts = self._build_mime(rendered, markdown, headers)
         else:
-            data = self._build_wire(rendered.body, digest, headers)
+            data = self._build_wire(rendered.body, markdown, digest, headers)
         if self._signer is not None:
             data = self._signer.sign(data)
         return ComposedMessage(
@@ -560,12 +576,18 @@ class Template:
             parts,
         )
 
+    def _markdown_of(self, rendered: Rendered) -> str:
+        """A Markdown body rendered again with its values literal, for the HTML part ("" for others)."""
+        if self._body_markdown is None:
+            return ""
+        return self._render(self._body_markdown, rendered.context, MAX_BODY_CHARS)
+
     def _build_mime(
-        self, rendered: Rendered, headers: list[tuple[str, str]]
+        self, rendered: Rendered, markdown: str, headers: list[tuple[str, str]]
     ) -> tuple[bytes, list[Attachment]]:
         """Built with the email package: any message (attachments, SMTPUTF8)."""
         # A boundary with "=_" can never occur in quoted-printable or base64 content.
-        msg = self._body_part(rendered.body, f"=_{rendered.digest}_a")
+        msg = self._body_part(rendered.body, markdown, f"=_{rendered.digest}_a")
         parts = []
         if rendered.attachments:
             files = [
@@ -578,38 +600,42 @@ class Template:
             msg[name] = _AsWritten(name, value) if rendered.needs_smtputf8 and "=?" in value else value
         return msg.as_bytes(policy=policy.SMTPUTF8 if rendered.needs_smtputf8 else WIRE), parts
 
-    def _build_wire(self, body: str, digest: str, headers: list[tuple[str, str]]) -> bytes:
+    def _build_wire(self, body: str, markdown: str, digest: str, headers: list[tuple[str, str]]) -> bytes:
         """The bytes _build_mime makes of a message of text parts only, put together directly: the
         email package's generator costs as much as rendering, and the part headers never vary."""
         if self.kind == "text":
-            head, (content,) = _TEXT_HEAD, self._content(body)
+            head, (content,) = _TEXT_HEAD, self._content(body, markdown)
         else:
             boundary = f"=_{digest}_a"
             head = WIRE.fold_binary("Content-Type", f'multipart/alternative; boundary="{boundary}"') + _MIME_1
             delimiter = f"\r\n--{boundary}".encode("ascii")
-            plain, html = self._content(body)
+            plain, html = self._content(body, markdown)
             content = b"".join((delimiter[2:], b"\r\n", plain, delimiter, b"\r\n", html, delimiter))
             content += b"--\r\n"
         return b"".join((head, *(WIRE.fold_binary(name, value) for name, value in headers), b"\r\n", content))
 
-    def _text_parts(self, body: str) -> tuple[bytes, ...]:
+    def _text_parts(self, body: str, markdown: str) -> tuple[bytes, ...]:
         """A text message's content, or the text parts of a multipart one, each with its headers."""
-        if self.kind == "text":
-            return (_qp_lines(body),)
-        if self.kind == "html":
-            plain, html = _html_to_text(body), body
-        else:
-            plain, html = body, self._markdown_html(body)
+        plain, html = self._texts(body, markdown)
+        if html is None:
+            return (_qp_lines(plain),)
         return _part_bytes("plain", plain), _part_bytes("html", html)
 
-    def _body_part(self, body: str, boundary: str) -> Message:
-        if self.kind == "text":
-            return _text_part(body, "plain")
-        if self.kind == "html":
-            plain, html = _html_to_text(body), body
-        else:
-            plain, html = body, self._markdown_html(body)
+    def _body_part(self, body: str, markdown: str, boundary: str) -> Message:
+        plain, html = self._texts(body, markdown)
+        if html is None:
+            return _text_part(plain, "plain")
         return MIMEMultipart("alternative", boundary, [_text_part(plain, "plain"), _text_part(html, "html")])
+
+    def _texts(self, body: str, markdown: str) -> tuple[str, str | None]:
+        """The plain text of a body, and its HTML (None for a text message).
+
+        ``markdown`` is the body rendered with its values made literal, for the HTML part."""
+        if self.kind == "text":
+            return body, None
+        if self.kind == "html":
+            return _html_to_text(body), body
+        return body, self._markdown_html(markdown)
 
     def _markdown_html(self, body: str) -> str:
         return (
@@ -719,6 +745,16 @@ _MIME_1 = b"MIME-Version: 1.0\r\n"
 _QP = b"Content-Transfer-Encoding: quoted-printable\r\n"
 _TEXT_HEAD = b'Content-Type: text/plain; charset="utf-8"\r\n' + _MIME_1 + _QP  # as MIMEBase orders them
 _LINE_BREAK = re.compile(rb"\r\n|\r|\n")  # what the email package's generator takes for one
+
+
+_MARKDOWN_SYNTAX = re.compile(r"[\\\[\]<>]")  # what makes links, images and autolinks, and escapes
+
+
+def markdown_literal(value: Any) -> str:
+    """The finalize of a Markdown body's HTML rendering: a value reads as written and cannot make a
+    link, an image or an autolink (a row may come from a web form), for "[" "]" "<" ">" are
+    escaped. Emphasis and the like stay as they are: they cannot take the reader anywhere."""
+    return _MARKDOWN_SYNTAX.sub(r"\\\g<0>", str(value))
 
 
 def _qp_lines(text: str) -> bytes:
