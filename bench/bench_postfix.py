@@ -2,6 +2,7 @@
 
     python bench/bench_postfix.py            # the four cases: Postfix (if installed), then the test servers
     python bench/bench_postfix.py --servers  # only the test servers (no Postfix needed)
+    python bench/bench_postfix.py --case 3 --repeat 5  # one case (1-4), five times on each server
 
 Postfix is configured for the run exactly as in the issue and restored afterwards:
 smtpd_client_message_rate_limit = 30, anvil_rate_time_unit = 10s (30 messages per 10 s per
@@ -11,7 +12,8 @@ discard transport; what it delivered is read from its log. Needs root (it starts
 apt-get install postfix (debconf "No configuration") brings it.
 
 The test servers' figures come from tests/servers.py: one aiosmtpd server that refuses a 4th
-connection (max_connections=3) and counts messages like anvil (postfix_rate=(30, 10)).
+connection (max_connections=3), counts messages like anvil (postfix_rate=(30, 10)) and
+errors like smtpd (postfix_errors: slow replies from 10 errors on, dropped at 20).
 
 Cases, 120 recipients each: --connections 5 without --rate; --rate 30/10s over 3 connections;
 no --rate over 2 connections; kill -9 after 14 s, then the same command again.
@@ -40,7 +42,7 @@ if str(ROOT) not in sys.path:
 
 from bench_render import TEMPLATE, make_csv  # noqa: E402 - the same message as the other benchmarks
 
-from tests.servers import start_server  # noqa: E402
+from tests.servers import POSTFIX_ERROR_LIMITS, start_server  # noqa: E402
 
 RECIPIENTS = 120
 PORT = 2525
@@ -130,7 +132,9 @@ class Server:
 
 class TestServer(Server):
     def __init__(self) -> None:
-        self._server = start_server(max_connections=3, postfix_rate=(30, 10))
+        self._server = start_server(
+            max_connections=3, postfix_rate=(30, 10), postfix_errors=POSTFIX_ERROR_LIMITS
+        )
         self.url = self._server.url
         self._from = 0
         self._rejected_from = 0
@@ -259,13 +263,16 @@ def run_case(server: Server, work: Path, index: int, extra: list[str], kill: boo
     )  # fmt: skip
 
 
-def run_all(make: Callable[[], contextlib.AbstractContextManager[Server]], work: Path) -> list[Result]:
+def run_all(
+    make: Callable[[], contextlib.AbstractContextManager[Server]], work: Path, runs: list[int]
+) -> list[Result]:
+    """Run the cases ``runs`` (indexes into CASES, in order) on one server."""
     results = []
     with make() as server:
-        for index, (_, extra) in enumerate(CASES):
-            if index:
+        for number, index in enumerate(runs):
+            if number:
                 time.sleep(QUIET_BETWEEN)
-            results.append(run_case(server, work, index, extra, kill=index == 3))
+            results.append(run_case(server, work, index, CASES[index][1], kill=index == 3))
     return results
 
 
@@ -292,7 +299,16 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--servers", action="store_true", help="only the test servers, not Postfix")
+    parser.add_argument(
+        "--case", type=int, action="append", choices=range(1, len(CASES) + 1), metavar="N",
+        help=f"run only case N (1-{len(CASES)}, in the order above); may be given more than once",
+    )  # fmt: skip
+    parser.add_argument("--repeat", type=int, default=1, metavar="K", help="run each case K times")
     options = parser.parse_args()
+    if options.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    chosen = [n - 1 for n in options.case] if options.case else list(range(len(CASES)))
+    runs = [index for index in chosen for _ in range(options.repeat)]
     with tempfile.TemporaryDirectory(prefix="mailblast-bench-") as tmp:
         work = Path(tmp)
         columns: list[tuple[str, list[Result]]] = []
@@ -302,15 +318,15 @@ def main() -> None:
                     "Postfix is not installed (or not root): only the test servers' figures", file=sys.stderr
                 )
             else:
-                columns.append(("Postfix", run_all(postfix_configured, work)))
-        columns.append(("test server", run_all(test_server, work)))
+                columns.append(("Postfix", run_all(postfix_configured, work, runs)))
+        columns.append(("test server", run_all(test_server, work, runs)))
     print(f"| case ({RECIPIENTS} recipients) | server | " + " | ".join(HEADER) + " | done when |")
     print("|---" * (len(HEADER) + 3) + "|")
-    for index, (name, _) in enumerate(CASES):
+    for number, index in enumerate(runs):
         for server_name, results in columns:
             print(
-                f"| {name} | {server_name} | "
-                + " | ".join(results[index].cells())
+                f"| {CASES[index][0]} | {server_name} | "
+                + " | ".join(results[number].cells())
                 + f" | {DONE_WHEN[index]} |"
             )
 

@@ -56,6 +56,12 @@ Postfix's limits, answered exactly as Postfix 3.7 does (``smtpd_client_*`` with 
   client's connect or MAIL FROM and lasts until an event more than ``period`` seconds
   after its start; the (n+1)-th MAIL FROM of a window (refused ones count too) gets
   ``450 4.7.1 Error: too much mail from <ip>``.
+* ``postfix_errors=(soft, hard, sleep)``: smtpd's error counting (``smtpd_soft_error_limit``,
+  ``smtpd_hard_error_limit``, ``smtpd_error_sleep_time``; Postfix's defaults are
+  :data:`POSTFIX_ERROR_LIMITS`): every reply that refuses a command, 503s to pipelined
+  commands after a refused MAIL included, is an error of the session, and a delivered
+  message forgives them all. From ``soft`` errors on, every reply waits ``sleep`` seconds;
+  at ``hard`` the session gets ``421 4.7.0 <host> Error: too many errors`` and is closed.
 """
 
 from __future__ import annotations
@@ -95,6 +101,7 @@ __all__ = [
     "DROP",
     "HOST",
     "MAILTRAP_THROTTLE_REPLY",
+    "POSTFIX_ERROR_LIMITS",
     "SES_THROTTLE_REPLY",
     "TEMP_FAILURE_REPLY",
     "AuthAttempt",
@@ -109,6 +116,7 @@ __all__ = [
     "max_in_window",
     "start_server",
     "too_many_connections_reply",
+    "too_many_errors_reply",
     "too_much_mail_reply",
     "unknown_user_reply",
 ]
@@ -125,6 +133,8 @@ XOAUTH2_REFUSED_REPLY = "535 5.7.8 Username and Password not accepted. For more 
 XOAUTH2_CHALLENGE = '{"status":"401","schemes":"bearer","scope":"https://mail.google.com/"}'
 OK_REPLY = "250 OK"
 QUEUED_REPLY = "250 2.0.0 Ok: queued"
+
+POSTFIX_ERROR_LIMITS = (10, 20, 1.0)  # Postfix 3.7's defaults: (soft, hard, seconds)
 
 DROP = "DROP"
 """Return this from a ``reply_hook`` to close the connection without replying."""
@@ -147,6 +157,10 @@ def too_many_connections_reply(ip: str) -> str:
 
 def too_much_mail_reply(ip: str) -> str:
     return f"450 4.7.1 Error: too much mail from {ip}"
+
+
+def too_many_errors_reply() -> str:
+    return f"421 4.7.0 {SERVER_NAME} Error: too many errors"
 
 
 def unknown_user_reply(address: str) -> str:
@@ -298,6 +312,8 @@ class _Protocol(SMTP):
         self.owner = owner  # before super(): aiosmtpd's __init__ inspects our members
         self.greeting: str | None = None  # replaces the 220 greeting (a refusal)
         self.counted_ip: str | None = None  # set while counted as an open client connection
+        self.errors = 0  # Postfix's error count of this session (postfix_errors)
+        self.in_data = False  # replies to DATA and its content: a 250 is a delivery
         super().__init__(*args, **kwargs)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -322,11 +338,27 @@ class _Protocol(SMTP):
         if line.startswith("220 ") and self.greeting is not None:
             line = status = self.greeting
         code = line[:3]
-        if code.isdigit() and code[0] in "45" and line[3:4] in (" ", ""):
+        last = line[3:4] in (" ", "")  # the last line of its reply
+        refusal = code.isdigit() and code[0] in "45" and last
+        limits = self.owner.postfix_errors
+        if limits is not None and last:
+            if self.in_data and code == "250":
+                self.errors = 0  # a delivered message forgives the session's errors
+            if self.errors >= limits[0]:
+                await asyncio.sleep(limits[2])  # Postfix slows every reply of a session making errors
+                if self.transport is None or self.transport.is_closing():
+                    return
+        if refusal:
             self.owner._record_rejection(int(code), line[4:])
         await super().push(status)
         if code == "421" and line[3:4] == " " and self.transport is not None:
             self.transport.close()  # 421: "closing transmission channel", like real servers
+            return
+        if limits is not None and refusal:
+            self.errors += 1
+            self.owner._session_errors(self.errors)
+            if self.errors >= limits[1]:
+                await self.push(too_many_errors_reply())
 
     def drop(self) -> None:
         if self.transport is not None:
@@ -339,6 +371,13 @@ class _Protocol(SMTP):
         super().data_received(data)
 
     async def smtp_DATA(self, arg: str) -> None:
+        self.in_data = True
+        try:
+            await self._data(arg)
+        finally:
+            self.in_data = False
+
+    async def _data(self, arg: str) -> None:
         owner = self.owner
         if owner.drop_at_data_every is not None and self.envelope is not None and self.envelope.rcpt_tos:
             owner._data_command_count += 1
@@ -548,6 +587,7 @@ class SmtpServer:
         greeting_reply: str | None = None,
         max_connections: int | None = None,
         postfix_rate: tuple[int, int] | None = None,
+        postfix_errors: tuple[int, int, float] | None = None,
         ready_timeout: float = 10.0,
     ) -> None:
         if rate is not None and (rate[0] < 1 or rate[1] <= 0):
@@ -597,6 +637,9 @@ class SmtpServer:
         if postfix_rate is not None and (postfix_rate[0] < 1 or postfix_rate[1] < 1):
             raise ValueError("postfix_rate must be (n >= 1, whole seconds >= 1)")
         self.postfix_rate = postfix_rate
+        if postfix_errors is not None and not (1 <= postfix_errors[0] <= postfix_errors[1]):
+            raise ValueError("postfix_errors must be (soft >= 1, hard >= soft, sleep seconds)")
+        self.postfix_errors = postfix_errors
         self.ready_timeout = ready_timeout
 
         if isinstance(reject_recipients, str):
@@ -628,6 +671,7 @@ class SmtpServer:
         self._open_clients: dict[str, int] = {}  # ip -> connections open now
         self._most_open = 0
         self._anvil: dict[str, list[int]] = {}  # ip -> [window start (whole seconds), messages]
+        self._most_errors = 0
         self._controller: _Controller | None = None
         self.host = HOST
         self.port = 0
@@ -801,6 +845,16 @@ class SmtpServer:
         """The most client connections that were open (and greeted with 220) at once."""
         with self._cond:
             return self._most_open
+
+    @property
+    def most_errors(self) -> int:
+        """The most errors one session had made (``postfix_errors``) since its last delivery."""
+        with self._cond:
+            return self._most_errors
+
+    def _session_errors(self, errors: int) -> None:
+        with self._cond:
+            self._most_errors = max(self._most_errors, errors)
 
     def _connection_opened(self, proto: _Protocol, peer: Any) -> str | None:
         """Count a new connection; returns the refusal to greet it with, if any."""

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailblast.smtp.ratelimit import MAX_PAUSE, SlidingWindowLimiter, Slot, backoff_delay
+from mailblast.smtp.sender import REFUSALS_PER_CONNECTION
 
 
 class FakeClock:
@@ -425,7 +426,7 @@ def test_without_a_rate_a_throttle_starts_probing_one_message_at_a_time() -> Non
     limiter.release(probe)
     assert limiter.current_limit == 26  # the opening probe and the 25 after it
     assert limiter.period == pytest.approx(10.5)  # from one opening to the next
-    assert limiter.window == pytest.approx(10.5 * 1.1)
+    assert limiter.window == pytest.approx(10.5 + 1.0)  # a tenth of the period, at most a second
 
 
 def learned(limit: int, period: float, clock: FakeClock) -> SlidingWindowLimiter:
@@ -466,6 +467,64 @@ def test_a_refused_learned_window_not_full_lowers_the_limit() -> None:
     assert limiter.current_limit == 2
 
 
+def test_the_next_probe_is_due_a_gap_after_the_last_went_out_not_after_its_reply() -> None:
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(None, clock=clock)
+    burst = granted(limiter, 11)
+    for slot in burst[:10]:
+        limiter.release(slot)
+    clock.now = 4.0
+    limiter.throttled(slot=burst[10])
+    limiter.release(burst[10], accepted=False)
+    clock.now = 5.0
+    probe = limiter.try_acquire()
+    assert probe is not None
+    clock.now = 8.0  # the server took 3 s to say "still closed"
+    limiter.throttled(slot=probe)
+    limiter.release(probe, accepted=False)
+    assert limiter.delay() == 0  # due 1 s after it went out: long past
+    clock.now = 8.1
+    probe = limiter.try_acquire()
+    assert probe is not None
+    limiter.throttled(slot=probe)  # answered at once: due a gap after it went out
+    limiter.release(probe, accepted=False)
+    assert limiter.delay() == pytest.approx(1.0)
+
+
+def test_a_late_refusal_of_a_probe_does_not_lengthen_the_learned_period() -> None:
+    """Postfix answers a session that made many errors a second late per reply: the probe after
+    such a refusal goes out late, but the window may have opened when it was due."""
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(None, clock=clock)
+    burst = granted(limiter, 31)
+    for slot in burst[:30]:
+        limiter.release(slot)
+    limiter.throttled(slot=burst[30])
+    limiter.release(burst[30], accepted=False)
+    clock.now = 11.0
+    probe = limiter.try_acquire()
+    assert probe is not None
+    limiter.release(probe)  # the server's window opened: the second burst begins
+    second = granted(limiter, 30)
+    for slot in second[:29]:
+        limiter.release(slot)
+    limiter.throttled(slot=second[29])
+    limiter.release(second[29], accepted=False)
+    clock.now = 21.9
+    probe = limiter.try_acquire()
+    assert probe is not None
+    clock.now = 25.9  # refused, 4 s late
+    limiter.throttled(slot=probe)
+    limiter.release(probe, accepted=False)
+    probe = limiter.try_acquire()
+    assert probe is not None  # at once: it was due at 22.9
+    limiter.release(probe)
+    assert limiter.current_limit == 30
+    # From the opening at 11.0 to 22.9, when this probe was due: not to 25.9, its late start.
+    assert limiter.period == pytest.approx(11.9)
+    assert limiter.window == pytest.approx(12.9)
+
+
 class PostfixAnvil:
     """Postfix's smtpd_client_message_rate_limit as anvil counts it: whole seconds, and a new
     window only at an event more than ``period`` after the window's start; refused MAILs count."""
@@ -476,10 +535,14 @@ class PostfixAnvil:
         self.count = 0
         self.refused = 0
 
-    def mail(self, now: float) -> bool:
+    def event(self, now: float) -> None:
+        """A connect or a MAIL: it opens a new window if more than a period after the start."""
         second = math.floor(now)
         if self.start is None or self.start + self.period < second:
             self.start, self.count = second, 0
+
+    def mail(self, now: float) -> bool:
+        self.event(now)
         self.count += 1
         self.refused += self.count > self.limit
         return self.count <= self.limit
@@ -550,6 +613,105 @@ def test_a_limit_is_learned_right_when_the_first_window_was_half_used_already() 
     seconds = send_to(limiter, clock, server, 120, connections=2)
     assert limiter.current_limit == 30  # not the 5 the first window had left
     assert seconds <= 1.5 * 4 * 11.0
+
+
+SOFT_ERRORS, HARD_ERRORS, ERROR_SLEEP = 10, 20, 1.0  # Postfix's smtpd error limits, its defaults
+
+
+def send_through_postfix(
+    limiter: SlidingWindowLimiter,
+    clock: FakeClock,
+    server: PostfixAnvil,
+    n: int,
+    connections: int,
+    *,
+    replace_after: int | None = REFUSALS_PER_CONNECTION,
+) -> tuple[float, int]:
+    """Send ``n`` messages as the sender does, to Postfix's smtpd sessions.
+
+    Each message is MAIL, RCPT and DATA in one write (RSET first after a refusal), then its
+    content. Every refused command is an error of the session and a delivery forgives them:
+    from 10 on every reply comes a second late, at 20 the session is dropped (and opened again
+    a second later). The sender replaces a session after ``replace_after`` refusals since its
+    last delivery. Returns when the last message was accepted, and the most errors a session
+    had when a reply left.
+    """
+    left = n
+    done_at = 0.0
+    most_errors = 0
+
+    async def connection() -> None:
+        nonlocal left, done_at, most_errors
+        errors, reset = 0, False
+        server.event(clock.now)
+
+        async def reply() -> None:
+            nonlocal most_errors
+            most_errors = max(most_errors, errors)
+            await asyncio.sleep(0.001 + (ERROR_SLEEP if errors >= SOFT_ERRORS else 0.0))
+
+        while left > 0:
+            left -= 1
+            slot = await limiter.acquire()
+            if reset:
+                await reply()  # RSET
+            accepted = server.mail(clock.now)
+            dropped = False
+            for _ in ("MAIL", "RCPT", "DATA"):
+                if errors >= HARD_ERRORS:
+                    dropped = True  # 421 too many errors: a throttle, and the session is gone
+                    break
+                await reply()
+                errors += not accepted
+            if accepted:
+                errors = 0
+                await reply()  # the final "."
+                done_at = clock.now
+            else:
+                left += 1  # back in the queue
+                limiter.throttled(slot=slot)
+            limiter.release(slot, accepted=accepted)
+            reset = not accepted
+            if dropped or (replace_after is not None and errors >= replace_after):
+                errors, reset = 0, False
+                await asyncio.sleep(1.0 if dropped else 0.01)
+                server.event(clock.now)
+
+    async def main() -> None:
+        await asyncio.gather(*(connection() for _ in range(connections)))
+
+    run_virtual(clock, main)
+    return done_at, most_errors
+
+
+@pytest.mark.parametrize("connections", [1, 2, 3])
+@pytest.mark.parametrize("start", [0.0, 0.5, 0.99])
+def test_against_postfixs_sessions_the_limit_is_learned_and_no_reply_is_slowed(
+    start: float, connections: int
+) -> None:
+    clock = FakeClock(start)
+    server = PostfixAnvil(30, 10)
+    limiter = SlidingWindowLimiter(None, clock=clock)
+    seconds, most_errors = send_through_postfix(limiter, clock, server, 120, connections)
+    assert most_errors < SOFT_ERRORS  # sessions are replaced before Postfix slows them down
+    assert limiter.current_limit == 30
+    ideal = 3 * 11.0  # the fourth window's 30 go as it opens, 3 windows of up to 11 s after the first
+    assert seconds - start <= 1.2 * ideal
+    assert server.refused <= 35  # probes, growing apart, while the first two windows last
+
+
+@pytest.mark.parametrize("connections", [1, 2, 3])
+@pytest.mark.parametrize("start", [0.0, 0.5, 0.99])
+def test_a_limit_is_learned_within_half_again_the_ideal_time_from_postfix_slowing_its_replies(
+    start: float, connections: int
+) -> None:
+    clock = FakeClock(start)
+    server = PostfixAnvil(30, 10)
+    limiter = SlidingWindowLimiter(None, clock=clock)
+    seconds, most_errors = send_through_postfix(limiter, clock, server, 120, connections, replace_after=None)
+    assert most_errors >= SOFT_ERRORS  # the server did slow its replies down
+    assert limiter.current_limit == 30
+    assert seconds - start <= 1.5 * 3 * 11.0
 
 
 # --- backoff -------------------------------------------------------------------------------

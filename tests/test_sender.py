@@ -26,7 +26,7 @@ from mailblast.smtp.outcomes import Counts, Outcome, Status
 from mailblast.smtp.ratelimit import SlidingWindowLimiter
 from mailblast.smtp.sender import Relay, Sender, SenderOptions
 from mailblast.smtp.urls import parse_smtp_url
-from tests.servers import SmtpServer
+from tests.servers import POSTFIX_ERROR_LIMITS, SmtpServer
 
 TEMPLATE = "From: Sender <sender@example.com>\nSubject: Hello {{ name }}\n\nHi {{ name }}!\n"
 
@@ -479,6 +479,21 @@ def test_postfixs_message_limit_is_learned_without_a_rate(
     times = sorted(r.at for r in server.received)
     # three windows of up to 2 s each: ideally about 4 s from the first to the last
     assert times[-1] - times[0] <= 1.5 * 4 + 1
+
+
+def test_a_connection_refused_often_is_replaced_before_postfix_slows_it_down(
+    tmp_path: Path, smtp_server: Callable[..., SmtpServer]
+) -> None:
+    # Postfix counts every refused command as an error of the session (a refused pipelined
+    # envelope makes 3), answers a second late from 10 on and drops the session at 20.
+    server = smtp_server(postfix_rate=(5, 1), postfix_errors=POSTFIX_ERROR_LIMITS)
+    limiter = SlidingWindowLimiter(None)
+    _, outcomes = send(tmp_path, server.url, 15, connections=2, limiter=limiter)
+    assert sorted(server.recipients()) == sorted(addresses(15))
+    assert statuses(outcomes) == {Status.SENT: 15}
+    assert server.most_errors < POSTFIX_ERROR_LIMITS[0]  # no reply was slowed down
+    times = sorted(r.at for r in server.received)
+    assert times[-1] - times[0] <= 1.5 * 4 + 1  # as quick as without the error limits
 
 
 def test_a_throttle_under_a_given_rate_slows_down_only_as_needed(

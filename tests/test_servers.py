@@ -25,6 +25,7 @@ from tests.servers import (
     LocalCA,
     SmtpServer,
     max_in_window,
+    too_many_errors_reply,
     unknown_user_reply,
 )
 
@@ -174,6 +175,37 @@ def test_421_closes_the_connection(smtp_server: Make) -> None:
         assert converse(sock, b"MAIL FROM:<s@example.com>") == b"421 4.4.2 Slow down\r\n"
         assert sock.recv(1024) == b""
     assert server.rejected[0][1:] == (421, "4.4.2 Slow down")
+
+
+def test_postfix_errors_slow_a_session_down_and_then_drop_it(smtp_server: Make) -> None:
+    server = smtp_server(postfix_errors=(2, 4, 0.3))
+
+    def timed(sock: socket.socket, line: bytes) -> tuple[bytes, float]:
+        started = time.monotonic()
+        reply = converse(sock, line)
+        return reply, time.monotonic() - started
+
+    with socket.create_connection((server.host, server.port), timeout=5) as sock:
+        assert read_reply(sock).startswith(b"220 ")
+        assert converse(sock, b"EHLO client").startswith(b"250")
+        assert converse(sock, b"RCPT TO:<r@example.com>").startswith(b"503")  # error 1
+        assert converse(sock, b"DATA").startswith(b"503")  # error 2: the soft limit
+        for line, code in ((b"MAIL FROM:<s@example.com>", b"250"), (b"RCPT TO:<r@example.com>", b"250")):
+            reply, seconds = timed(sock, line)
+            assert reply.startswith(code) and seconds >= 0.3  # every reply, refusal or not, waits
+        assert timed(sock, b"DATA")[1] >= 0.3
+        assert converse(sock, b"hi\r\n.").startswith(b"250")  # delivered: the errors are forgiven
+        assert server.most_errors == 2
+        for _ in range(3):
+            assert converse(sock, b"DATA").startswith(b"503")
+        # the fourth error since the delivery: the hard limit
+        reply = converse(sock, b"DATA")
+        if reply.count(b"\r\n") == 1:
+            reply += read_reply(sock)
+        assert reply.endswith((too_many_errors_reply() + "\r\n").encode())
+        assert sock.recv(1024) == b""
+    assert server.most_errors == 4
+    assert len(server.received) == 1
 
 
 def test_max_in_window_is_exact() -> None:

@@ -14,7 +14,9 @@ what the window held, and climbs back to the user's rate within a few quiet wind
 Without --rate, bursts go out unlimited; when the server refuses, one probe at a time
 finds when it accepts again. The second burst begins as the server's window opens, so
 what it got through, per the time until the window opened again, is the limit (plus the
-margin). A later refusal of a full window widens it
+margin). A probe is due a gap after the last went out, however late its refusal came:
+a server that answers late (Postfix, once a session made 10 errors) would otherwise
+stretch the period learned. A later refusal of a full window widens it
 (servers count whole seconds); of a window not full, lowers the limit below what it held.
 """
 
@@ -89,6 +91,7 @@ class SlidingWindowLimiter:
         self._accepted: deque[float] = deque()  # release times of the accepted, while learning
         self._opened_at: float | None = None  # when a probe first found the server's window open
         self._shortest = 0.0  # the least the server's window can last, from the first burst
+        self._late = 0.0  # how much later than due the last refused probe's reply came
         self._lock = asyncio.Lock()  # asyncio.Lock wakes waiters in FIFO order
         self._release_event = asyncio.Event()
 
@@ -198,7 +201,11 @@ class SlidingWindowLimiter:
             slot.throttled = True
             if slot is self._probe:  # still closed: probe again a little later
                 self._probe = None
-                self._paused_until = now + max(asked, self._probe_gap(now))
+                # Due a gap after this probe went out, not after its reply: a server that is
+                # slow to answer (Postfix, after many refusals) must not space probes apart.
+                due = slot.acquired_at + self._probe_gap(slot.acquired_at)
+                self._late = max(0.0, now - due)
+                self._paused_until = max(now + asked, due)
                 return
             if slot.acquired_at < self._reacted_at:
                 return  # sent before the last reaction: the same overload, reported again
@@ -211,6 +218,7 @@ class SlidingWindowLimiter:
             if self._burst_start is None:
                 self._burst_start = now
             self._paused_until = now + max(asked, self._probe_gap(now))
+            self._late = 0.0
             if self._opened_at is not None:
                 self._paused_until = max(self._paused_until, self._opened_at + self._shortest)
             return
@@ -242,17 +250,20 @@ class SlidingWindowLimiter:
         assert self._burst_start is not None
         self._probing = False
         self._probe = None
+        # The window had opened when this probe went out, or as much earlier as the last
+        # refusal came late: it would have gone out then.
+        opened = probe.acquired_at - self._late
         if self._opened_at is None:
             # At least this long, less a probe's gap, the window lasted: no probing before then.
-            self._shortest = (probe.acquired_at - self._burst_start) * (1 - MARGIN)
+            self._shortest = (opened - self._burst_start) * (1 - MARGIN)
             self._opened_at = self._burst_start = probe.acquired_at
             self._burst_ok = 1  # the probe, the first message of the new window
             self._accepted.clear()
             self._accepted.append(self._clock())
             return
         self._limit = self._ceiling = max(1, self._burst_ok - 1)  # not counting this probe
-        self._period = max(probe.acquired_at - self._opened_at, 1e-3)
-        self._window = self._period * (1 + MARGIN)
+        self._period = max(opened - self._opened_at, 1e-3)
+        self._window = _with_margin(self._period)
         # Only what the server accepted counts on: refused probes were not messages it kept.
         self._released = self._accepted
         self._accepted = deque()

@@ -9,6 +9,8 @@ flat however long the file. Each reply is classified:
 - fatal: no new message starts, the ones in flight finish, the rest are "not attempted";
 - reply lost after the final ".": sent once more, and reported as uncertain.
 
+A connection is replaced after ``max_messages`` messages, or after many refusals since its
+last delivery (servers slow such sessions down, then drop them).
 A connection the server refuses while others are open means it takes fewer connections:
 the pool shrinks to the ones open, and a spare worker tries again only rarely. Connect
 failures with nothing open count against ``retries`` like any temporary failure.
@@ -36,6 +38,9 @@ MAX_THROTTLED = 50  # throttle replies one message may get before it counts as f
 COMPOSE_BATCH = 64  # recipients composed at a time (the composer may say fewer)
 SPARE_PROBE_AFTER = 30.0  # seconds before a refused connection is tried again; doubles each time
 SPARE_PROBE_CAP = 600.0
+# A connection refused this often since its last delivery is replaced by a new one before
+# Postfix slows it down: a refused pipelined envelope costs up to 3 of the 10 it allows.
+REFUSALS_PER_CONNECTION = 8
 ComposeBatch = Callable[[list[Recipient]], Awaitable[list[Composed]]]
 
 
@@ -358,7 +363,10 @@ class Sender:
                 if (
                     begun is None
                     and transactions is not None
-                    and (transactions.started >= relay.max_messages)
+                    and (
+                        transactions.started >= relay.max_messages
+                        or transactions.refusals >= REFUSALS_PER_CONNECTION
+                    )
                 ):
                     # QUIT in the background: this worker opens its next connection meanwhile.
                     relay.open.discard(connection)

@@ -133,7 +133,12 @@ class _Replies(asyncio.Protocol):
 
 
 class Transactions:
-    """Messages over one open connection; ``started`` counts the MAIL commands written."""
+    """Messages over one open connection; ``started`` counts the MAIL commands written.
+
+    ``refusals`` counts the replies that refused a command since the last message was
+    delivered: Postfix counts them as the session's errors, answers every command a second
+    late from 10 on (smtpd_soft_error_limit) and drops the session at 20.
+    """
 
     def __init__(
         self,
@@ -154,6 +159,7 @@ class Transactions:
         self._timeout = timeout
         self._reset_first = False  # a refused envelope may have left the server mid-transaction
         self.started = 0
+        self.refusals = 0
 
     def detach(self) -> None:
         """Give the transport back to aiosmtplib (for QUIT)."""
@@ -232,7 +238,9 @@ class Transactions:
             return TransactionError(lost, uncertain=True), str(e)
         reply = self._classify(code, text)
         if reply.kind is not Kind.OK:
+            self.refusals += 1
             return TransactionError(reply), None
+        self.refusals = 0
         return Accepted(reply, ready.refused), None
 
     async def _begin(
@@ -263,6 +271,7 @@ class Transactions:
                 if stage == "MAIL":
                     self.started += 1
                 code, text = await self._replies.read(self._timeout)
+                self.refusals += code >= 400
                 if stage == "RSET":
                     self._reset_first = False
                 elif stage == "MAIL" and code != 250:
