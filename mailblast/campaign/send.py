@@ -19,7 +19,7 @@ from rich.console import Console
 from mailblast import display
 from mailblast.campaign import testsend
 from mailblast.campaign.check import Inputs, ScanTally, load_inputs, scan, verdict_of_scan
-from mailblast.campaign.journal import Journal, default_path
+from mailblast.campaign.journal import Journal, default_path, rehearsal_path
 from mailblast.campaign.progress import SendProgress
 from mailblast.campaign.quotas import QUOTA_USED, RunQuotas, quota_accounts
 from mailblast.campaign.recorder import Recorder, describe_unrecorded
@@ -56,7 +56,6 @@ STOP_POLL = 0.05  # seconds between looks at a stopping run
 STOP_GRACE = 1.0  # seconds a stopping run with nothing in flight gets to close its connections
 
 
-REHEARSAL_JOURNAL = "journal.mailblast.sqlite"
 REAL_SERVER_HINT = (
     "pass --smtp smtp://HOST:PORT, set MAILBLAST_SMTP_URL, or set url in the [smtp] table of mailblast.toml"
 )
@@ -290,7 +289,7 @@ def _rehearse(
         soft_wrap=True,
     )
     # The rehearsal keeps its own journal, so that a real send later still sends to everyone.
-    journal = settings.journal or outbox / REHEARSAL_JOURNAL
+    journal = settings.journal or rehearsal_path(outbox)
     with capture.in_background(outbox) as server:
         # only the capture server: no relay of mailblast.toml either
         local = replace(settings, smtp_url=server.url, relays=(), journal=journal, outbox=None)
