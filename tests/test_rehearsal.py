@@ -60,7 +60,9 @@ def test_the_quick_start_sends_the_examples_into_the_local_outbox(tmp_path: Path
 
 def test_status_and_report_after_a_rehearsal_read_its_journal(tmp_path: Path) -> None:
     examples = copy_examples(tmp_path)
-    assert mailblast(examples, "send", "recipients.csv").returncode == 0
+    sent = mailblast(examples, "send", "recipients.csv")
+    assert sent.returncode == 0
+    assert "message(s) to outbox/ (the capture server)" in sent.stderr  # not its loopback URL
     status = mailblast(examples, "status", "recipients.csv")
     assert status.returncode == 0, status.stderr
     said = " ".join((status.stdout + status.stderr).split())

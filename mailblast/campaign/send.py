@@ -80,10 +80,12 @@ def run_send(
     *,
     quotas: bool = True,
     facts: dict[str, Any] | None = None,
+    destination: str | None = None,
 ) -> int:
     """Check every row, then send those not sent yet; journal, report and summarise.
 
     A rate over more than a minute is a quota kept across runs (quota.py), unless ``quotas`` is off.
+    ``destination`` names where the messages go, when the server's URL would not say (a rehearsal).
     ``facts``, when given, receives what --json prints; the report then goes to a file, as on a terminal.
     """
     if settings.outbox is not None or not (settings.smtp_url or settings.relays):
@@ -162,7 +164,7 @@ def run_send(
             f"sending {plan.total:,} message(s) through {len(relays)} relays: "
             f"{describe_relays(settings.relays)}"
             if relays
-            else f"sending {plan.total:,} message(s) to {target.display()}, {pace}, "
+            else f"sending {plan.total:,} message(s) to {destination or target.display()}, {pace}, "
             f"over {settings.connections} connection(s)",
             highlight=False,
         )
@@ -295,7 +297,15 @@ def _rehearse(
         local = replace(settings, smtp_url=server.url, relays=(), journal=journal, outbox=None)
         # a rehearsal uses no account's quota
         code = run_send(
-            local, recipients_path, console, ask_password, stdout, resume_command, quotas=False, facts=facts
+            local,
+            recipients_path,
+            console,
+            ask_password,
+            stdout,
+            resume_command,
+            quotas=False,
+            facts=facts,
+            destination=f"{outbox}/ (the capture server)",
         )
     if facts is not None:
         facts["outbox"] = str(outbox)
