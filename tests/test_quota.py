@@ -102,6 +102,33 @@ def test_a_slot_soon_free_is_waited_for_and_a_later_one_stops(tmp_path: Path) ->
     book.close()
 
 
+def test_a_relay_that_can_give_way_hands_its_slot_back_rather_than_wait(tmp_path: Path) -> None:
+    book = QuotaBook(tmp_path, clock=lambda: 10_000.0)
+    fake, events, asked = FakeTime(10_000.0), [], []
+    gate = QuotaLimiter(
+        book,
+        "me@host",
+        Rate(1, 3600.0),
+        wait=False,
+        stopping=lambda: False,
+        on_exhausted=lambda at: events.append(("exhausted", at)),
+        on_wait=lambda at: events.append(("wait", at)),
+        give_way=lambda seconds: asked.append(seconds) or True,  # another relay sends meanwhile
+        wall_clock=fake.clock,
+        clock=fake.clock,
+        sleep=fake.sleep,
+    )
+    book.take("me@host", 1, 3600.0, 10_000.0 - 3600.0 + 120.0)  # leaves the window in 120 s
+    slot = asyncio.run(gate.acquire())
+    assert slot.refused and asked == [120.0]
+    assert fake.slept == [] and events == []  # neither waited nor stopped
+    assert book.times("me@host", 3600.0, fake.now) == [6520.0]  # and nothing was taken
+    fake.now += 120.0
+    slot = asyncio.run(gate.acquire())
+    assert not slot.refused and book.times("me@host", 3600.0, fake.now) == [10_120.0]
+    book.close()
+
+
 def test_with_wait_even_an_hour_is_waited_for(tmp_path: Path) -> None:
     book = QuotaBook(tmp_path, clock=lambda: 0.0)
     fake, events = FakeTime(50_000.0), []

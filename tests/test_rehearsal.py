@@ -58,6 +58,20 @@ def test_the_quick_start_sends_the_examples_into_the_local_outbox(tmp_path: Path
     assert len(stored(examples / "outbox")) == 4  # nothing twice
 
 
+def test_status_and_report_after_a_rehearsal_read_its_journal(tmp_path: Path) -> None:
+    examples = copy_examples(tmp_path)
+    sent = mailblast(examples, "send", "recipients.csv")
+    assert sent.returncode == 0
+    assert "message(s) to outbox/ (the capture server)" in sent.stderr  # not its loopback URL
+    status = mailblast(examples, "status", "recipients.csv")
+    assert status.returncode == 0, status.stderr
+    said = " ".join((status.stdout + status.stderr).split())
+    assert "the rehearsal's journal" in said and f"sent {len(EXAMPLE_ADDRESSES)}" in said
+    report = mailblast(examples, "report", "recipients.csv")
+    assert report.returncode == 0, report.stderr
+    assert report.stdout.splitlines()[1:] == []  # the header only: every one was sent
+
+
 def test_a_real_send_after_the_rehearsal_still_sends_to_everyone(
     tmp_path: Path, smtp_server: Callable[..., SmtpServer]
 ) -> None:

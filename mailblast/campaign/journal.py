@@ -116,6 +116,11 @@ def default_path(recipients: Path) -> Path:
     return recipients.with_name(recipients.name + ".mailblast.sqlite")
 
 
+def rehearsal_path(outbox: Path) -> Path:
+    """Where a rehearsal (a send with no server, into the outbox) keeps its journal."""
+    return outbox / "journal.mailblast.sqlite"
+
+
 def recipient_key(recipient: Recipient, allow_duplicates: bool) -> str:
     """Who a row is across edits of the file: its address, or with duplicates allowed its row."""
     address = recipient.address.casefold()

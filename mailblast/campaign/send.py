@@ -7,7 +7,6 @@ import os
 import shutil
 import signal
 import ssl
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -20,8 +19,9 @@ from rich.console import Console
 from mailblast import display
 from mailblast.campaign import testsend
 from mailblast.campaign.check import Inputs, ScanTally, load_inputs, scan, verdict_of_scan
-from mailblast.campaign.journal import Journal, default_path
+from mailblast.campaign.journal import Journal, default_path, rehearsal_path
 from mailblast.campaign.progress import SendProgress
+from mailblast.campaign.quotas import QUOTA_USED, RunQuotas, quota_accounts
 from mailblast.campaign.recorder import Recorder, describe_unrecorded
 from mailblast.campaign.report import (
     REPORT_HINT,
@@ -40,16 +40,7 @@ from mailblast.server import capture
 from mailblast.smtp.connection import Connection
 from mailblast.smtp.credentials import Credentials, gather_credentials, sign_in_hint
 from mailblast.smtp.outcomes import Counts, average_rate, rate_seconds
-from mailblast.smtp.quota import (
-    WAIT_AT_MOST,
-    QuotaBook,
-    QuotaLimiter,
-    account_of,
-    is_quota,
-    quota_use,
-    stop_message,
-    when,
-)
+from mailblast.smtp.quota import QuotaBook
 from mailblast.smtp.ratelimit import SlidingWindowLimiter
 from mailblast.smtp.relay import describe as describe_relays
 from mailblast.smtp.relay import relays_of
@@ -61,12 +52,10 @@ from mailblast.smtp.urls import SmtpTarget, parse_rate, parse_smtp_url
 # that its start-up overlaps it; for smaller ones the start-up would cost more than it saves.
 COMPOSE_IN_WORKER_FROM = 64 * 1024  # bytes, about a thousand rows
 INTERRUPTED = Verdict(Kind.FATAL, None, None, None, "interrupted")
-QUOTA_USED = Verdict(Kind.FATAL, None, None, None, "the account's quota is used")
 STOP_POLL = 0.05  # seconds between looks at a stopping run
 STOP_GRACE = 1.0  # seconds a stopping run with nothing in flight gets to close its connections
 
 
-REHEARSAL_JOURNAL = "journal.mailblast.sqlite"
 REAL_SERVER_HINT = (
     "pass --smtp smtp://HOST:PORT, set MAILBLAST_SMTP_URL, or set url in the [smtp] table of mailblast.toml"
 )
@@ -91,10 +80,12 @@ def run_send(
     *,
     quotas: bool = True,
     facts: dict[str, Any] | None = None,
+    destination: str | None = None,
 ) -> int:
     """Check every row, then send those not sent yet; journal, report and summarise.
 
     A rate over more than a minute is a quota kept across runs (quota.py), unless ``quotas`` is off.
+    ``destination`` names where the messages go, when the server's URL would not say (a rehearsal).
     ``facts``, when given, receives what --json prints; the report then goes to a file, as on a terminal.
     """
     if settings.outbox is not None or not (settings.smtp_url or settings.relays):
@@ -102,6 +93,10 @@ def run_send(
     target = parse_smtp_url(settings.smtp_url or settings.relays[0].url)
     rate = parse_rate(settings.rate) if settings.rate and not settings.relays else None  # relays: their own
     test_to = testsend.address_of(settings)
+
+    def notice(text: str) -> None:
+        console.print(text, highlight=False, soft_wrap=True)
+
     if test_to is not None:
         settings = replace(settings, no_journal=True)  # a test send leaves the campaign as it was
     if settings.report is not None:
@@ -110,7 +105,8 @@ def run_send(
     # Started before the check pass, so that a worker process's start-up overlaps it.
     composer = ComposeWorker(inputs.template, in_worker=inputs.recipients.size >= COMPOSE_IN_WORKER_FROM)
     journal = None
-    book = QuotaBook() if quotas and is_quota(rate) else None
+    accounts = quota_accounts(settings) if quotas else []
+    book = QuotaBook() if accounts else None
     try:
         journal = None if settings.no_journal else _open_journal(settings, recipients_path, console)
         tally, plan = _check_and_plan(journal, inputs, settings, console, composer)
@@ -132,16 +128,12 @@ def run_send(
         if plan.total == 0:
             console.print(_nothing_to_send(journal, settings), highlight=False)
             return 0
-        account = account_of(target)
+        run_quotas = None
         if book is not None:
-            assert rate is not None
-            use = quota_use(book, account, rate, time.time())
-            console.print(use.describe(), highlight=False)
-            if use.next_free - use.now > WAIT_AT_MOST and not settings.wait:
-                raise StoppedError(
-                    stop_message(account, rate, 0, plan.total, use.next_free),
-                    _quota_hint(journal, resume_command),
-                )
+            run_quotas = RunQuotas(book, accounts, wait=settings.wait, notice=notice)
+            run_quotas.check()
+            if len(run_quotas.exhausted) == max(1, len(settings.relays)):  # no relay can send
+                raise StoppedError(run_quotas.stop_text(0, plan.total), _quota_hint(journal, resume_command))
         # asked only now: a bad row should not cost typing a password
         tls_context = ssl.create_default_context()  # once: loading the CA store takes milliseconds
         relays = relays_of(
@@ -151,6 +143,8 @@ def run_send(
             tls_context=tls_context,
             environ=os.environ,
             ask_password=ask_password,
+            limiter_of=run_quotas.limiter if run_quotas else lambda _: None,
+            unused=run_quotas.unused() if run_quotas else {},
         )
         credentials = (
             None
@@ -170,7 +164,7 @@ def run_send(
             f"sending {plan.total:,} message(s) through {len(relays)} relays: "
             f"{describe_relays(settings.relays)}"
             if relays
-            else f"sending {plan.total:,} message(s) to {target.display()}, {pace}, "
+            else f"sending {plan.total:,} message(s) to {destination or target.display()}, {pace}, "
             f"over {settings.connections} connection(s)",
             highlight=False,
         )
@@ -184,22 +178,9 @@ def run_send(
                 pipelining=settings.pipelining,
             )
 
-        limiter: SlidingWindowLimiter
-        if book is not None:
-            assert rate is not None
-            limiter = QuotaLimiter(
-                book,
-                account,
-                rate,
-                wait=settings.wait,
-                stopping=lambda: sender.stopping,
-                on_exhausted=lambda _: sender.stop(QUOTA_USED),
-                on_wait=lambda at: console.print(
-                    f"the quota of {rate} for {account} is used: waiting until {when(at)}", highlight=False
-                ),
-            )
-        else:
-            limiter = SlidingWindowLimiter(rate.count if rate else None, rate.period if rate else 1.0)
+        limiter = (run_quotas.limiter("") if run_quotas else None) or SlidingWindowLimiter(
+            rate.count if rate else None, rate.period if rate else 1.0
+        )
         options = SenderOptions(settings.retries)
         # On a terminal, a long report goes to a file rather than over the screen; with --json too.
         to_file = stdout.isatty() or facts is not None
@@ -219,8 +200,10 @@ def run_send(
                 recorder.outcome,
                 on_sending=recorder.sending,
                 on_not_delivered=recorder.not_delivered,
-                on_notice=lambda text: console.print(text, highlight=False),
+                on_notice=notice,
             )
+            if run_quotas is not None:
+                run_quotas.sender = sender
             recorder.stop = sender.stop
             sender.counts.total = plan.total
             window = rate.period if rate and book is None else 1.0
@@ -237,11 +220,17 @@ def run_send(
                     copy_report(report_stream, report_path)
         if not recorder.report.rows:
             report_path = None  # nothing was written: no hint may name it
-        _summarise(console, sender.counts, tally, elapsed, window, recorder, report_path)
+        several = [r for r in sender.relays if r.name]  # the [[relay]] tables; none for the one server
+        _summarise(console, sender.counts, tally, elapsed, window, recorder, report_path, several)
         if facts is not None:
             facts.update(
                 _send_facts(sender.counts, tally, elapsed, window, journal, report_path, recorder.report.rows)
             )
+            if several:
+                facts["relays"] = [
+                    {"name": r.name, "took": r.took, "dropped": r.dropped.describe() if r.dropped else None}
+                    for r in several
+                ]
         if journal is not None:
             console.print(f"journal: {journal.path}", highlight=False)
     finally:
@@ -273,12 +262,10 @@ def run_send(
         )
     if sender.stopped_by is INTERRUPTED or (cut_short and sender.stopped_by is None):
         raise StoppedError(f"interrupted: {sender.counts.not_attempted:,} recipient(s) not attempted", resume)
-    if sender.stopped_by is QUOTA_USED and isinstance(limiter, QuotaLimiter):
-        assert rate is not None and limiter.exhausted_until is not None
+    if sender.stopped_by is QUOTA_USED and run_quotas is not None:
         counts = sender.counts
         raise StoppedError(
-            stop_message(account, rate, counts.sent, counts.not_attempted, limiter.exhausted_until),
-            _quota_hint(journal, resume_command),
+            run_quotas.stop_text(counts.sent, counts.not_attempted), _quota_hint(journal, resume_command)
         )
     if sender.stopped_by is not None:
         hint = _stop_hint(sender.stopped_by, resume, target, credentials)
@@ -304,13 +291,21 @@ def _rehearse(
         soft_wrap=True,
     )
     # The rehearsal keeps its own journal, so that a real send later still sends to everyone.
-    journal = settings.journal or outbox / REHEARSAL_JOURNAL
+    journal = settings.journal or rehearsal_path(outbox)
     with capture.in_background(outbox) as server:
         # only the capture server: no relay of mailblast.toml either
         local = replace(settings, smtp_url=server.url, relays=(), journal=journal, outbox=None)
         # a rehearsal uses no account's quota
         code = run_send(
-            local, recipients_path, console, ask_password, stdout, resume_command, quotas=False, facts=facts
+            local,
+            recipients_path,
+            console,
+            ask_password,
+            stdout,
+            resume_command,
+            quotas=False,
+            facts=facts,
+            destination=f"{outbox}/ (the capture server)",
         )
     if facts is not None:
         facts["outbox"] = str(outbox)
@@ -504,6 +499,7 @@ def _summarise(
     window: float,
     recorder: Recorder,
     report: Path | None,
+    relays: list[Relay],
 ) -> None:
     delivered = counts.sent + counts.uncertain
     display.print_counts(
@@ -520,6 +516,8 @@ def _summarise(
             "average rate": f"{average_rate(delivered, rate_seconds(elapsed, window)):.2f} msg/s",
         },
     )
+    if relays:
+        _summarise_relays(console, relays)
     if recorder.reasons:
         display.print_reasons(console, "failures by reason", recorder.reasons.lines())
     if recorder.report.rows:
@@ -527,6 +525,16 @@ def _summarise(
         console.print(
             f"report of the {recorder.report.rows:,} recipient(s) not sent: {where}", highlight=False
         )
+
+
+def _summarise_relays(console: Console, relays: list[Relay]) -> None:
+    """How many messages each relay took (sent, or uncertain), and why any of them stopped taking more."""
+    display.print_counts(console, "sent through", {r.name: f"{r.took:,}" for r in relays})
+    for relay in relays:
+        if relay.dropped is not None:
+            console.print(
+                f"  {relay.name} dropped: {relay.dropped.describe()}", highlight=False, soft_wrap=True
+            )
 
 
 def _send_facts(

@@ -10,18 +10,26 @@ from typing import Any, TextIO
 from rich.console import Console
 
 from mailblast import display
-from mailblast.campaign.journal import Journal, default_path
+from mailblast.campaign.journal import Journal, default_path, rehearsal_path
+from mailblast.campaign.quotas import quota_accounts
 from mailblast.campaign.report import ReportWriter, report_file, wants_bom
 from mailblast.config import Settings
 from mailblast.errors import InputError
 from mailblast.message.recipients import CsvFormat, RecipientsFile
+from mailblast.server.capture import DEFAULT_OUTBOX
 from mailblast.smtp.outcomes import Reasons, average_rate
-from mailblast.smtp.quota import QuotaBook, account_of, is_quota, quota_use
-from mailblast.smtp.urls import parse_rate, parse_smtp_url
+from mailblast.smtp.quota import QuotaBook, quota_use
 
 
-def _existing_journal(settings: Settings, recipients_path: Path) -> Journal:
-    return Journal(settings.journal or default_path(recipients_path), read_only=True)
+def _existing_journal(settings: Settings, recipients_path: Path, console: Console) -> Journal:
+    """The journal given, or the file's; if only a rehearsal ran (no server), the rehearsal's."""
+    path = settings.journal or default_path(recipients_path)
+    rehearsal = rehearsal_path(settings.outbox or DEFAULT_OUTBOX)
+    if settings.journal is None and not path.exists() and rehearsal.is_file():
+        text = f"no send to a server yet: the rehearsal's journal, {rehearsal}"
+        console.print(text, highlight=False, soft_wrap=True)
+        path = rehearsal
+    return Journal(path, read_only=True)
 
 
 def run_status(
@@ -32,7 +40,7 @@ def run_status(
     list_suppressed: bool = False,
     facts: dict[str, Any] | None = None,
 ) -> int:
-    journal = _existing_journal(settings, recipients_path)
+    journal = _existing_journal(settings, recipients_path, console)
     try:
         campaign = journal.find(recipients_path, settings.template)
         if list_suppressed:  # one address a line: itself a suppression file
@@ -94,23 +102,24 @@ def run_status(
 
 
 def _print_quota(settings: Settings, console: Console) -> None:
-    """The account's use of its quota, when the settings name one."""
-    rate = parse_rate(settings.rate) if settings.rate else None
-    if not settings.smtp_url or not is_quota(rate):
+    """Each account's use of its quota, when the settings name one: the one server's, or each relay's."""
+    accounts = quota_accounts(settings)
+    if not accounts:
         return
-    assert rate is not None
     book = QuotaBook()
     try:
-        use = quota_use(book, account_of(parse_smtp_url(settings.smtp_url)), rate, time.time())
+        now = time.time()
+        for account in accounts:
+            use = quota_use(book, account.account, account.rate, now)
+            console.print(account.said(use.describe()), highlight=False, soft_wrap=True)
     finally:
         book.close()
-    console.print(use.describe(), highlight=False)
 
 
 def run_report(
     settings: Settings, recipients_path: Path, out: Path | None, console: Console, stdout: TextIO
 ) -> int:
-    journal = _existing_journal(settings, recipients_path)
+    journal = _existing_journal(settings, recipients_path, console)
     try:
         campaign = journal.find(recipients_path, settings.template)
 

@@ -166,8 +166,9 @@ class QuotaLimiter(SlidingWindowLimiter):
     """The run's limiter (no limit of its own: it learns the server's), behind the account's quota.
 
     When the next free slot is at most WAIT_AT_MOST away (or always, with ``wait``), a slot
-    waits for it; further away, ``on_exhausted(free_at)`` is called once (it stops the
-    sender) and the slot is handed back untaken: the stopping sender does not use it.
+    waits for it, unless ``give_way(seconds)`` says another relay sends meanwhile; further
+    away, ``on_exhausted(free_at)`` is called once (it drops the relay, or stops the sender).
+    Either way the slot comes back ``refused``: nothing is sent with it.
     """
 
     def __init__(
@@ -180,6 +181,7 @@ class QuotaLimiter(SlidingWindowLimiter):
         stopping: Callable[[], bool],
         on_exhausted: Callable[[float], None],
         on_wait: Callable[[float], None],
+        give_way: Callable[[float], bool] = lambda _: False,
         wall_clock: Callable[[], float] = time.time,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -192,6 +194,7 @@ class QuotaLimiter(SlidingWindowLimiter):
         self._stopping = stopping
         self._on_exhausted = on_exhausted
         self._on_wait = on_wait
+        self._give_way = give_way
         self._wall = wall_clock
         self._quota_sleep = sleep
         self.exhausted_until: float | None = None  # set when the quota stopped the run
@@ -219,8 +222,11 @@ class QuotaLimiter(SlidingWindowLimiter):
                     self.exhausted_until = free_at
                     self._on_exhausted(free_at)
                 break
+            if self._give_way(free_at - now):
+                break
             if self._waiting_for is None or free_at > self._waiting_for:
                 self._waiting_for = free_at
                 self._on_wait(free_at)
             await self._quota_sleep(min(free_at - now, WAIT_STEP))
-        return slot  # not taken: the sender is stopping and gives it back unused
+        slot.refused = True  # not taken from the quota: the sender gives it back unused
+        return slot

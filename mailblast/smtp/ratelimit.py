@@ -40,6 +40,7 @@ class Slot:
     released_at: float | None = None
     throttled: bool = False  # the server said "too fast" to this message
     probe: bool = False  # sent alone, to find whether the server accepts again
+    refused: bool = False  # handed back without permission (a quota's: quota.py): send nothing with it
 
 
 MARGIN = 0.1  # of the period, added to the window: servers count in whole seconds

@@ -5,12 +5,14 @@ from __future__ import annotations
 import ssl
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
+from types import MappingProxyType
 
 from mailblast.config import RelaySettings
 from mailblast.errors import ConfigError
 from mailblast.smtp.connection import Connection
 from mailblast.smtp.credentials import PASSWORD_ENV, gather_credentials
 from mailblast.smtp.ratelimit import SlidingWindowLimiter
+from mailblast.smtp.replies import Verdict
 from mailblast.smtp.sender import Relay
 from mailblast.smtp.urls import parse_rate, parse_smtp_url
 
@@ -23,12 +25,26 @@ def relays_of(
     tls_context: ssl.SSLContext,
     environ: Mapping[str, str],
     ask_password: Callable[[str], str],
+    limiter_of: Callable[[str], SlidingWindowLimiter | None] = lambda _: None,
+    unused: Mapping[str, Verdict] = MappingProxyType({}),
 ) -> list[Relay]:
-    """The sender's relays, each signed in with its own secret (read now, before anything is sent)."""
+    """The sender's relays, each signed in with its own secret (read now, before anything is sent).
+
+    ``limiter_of(name)`` may give a relay's limiter (a quota's); the others limit to their rate.
+    The ``unused`` relays take no part in the run, for the reason given: their secret is not read.
+    """
     relays = []
     for relay in settings:
         target = parse_smtp_url(relay.url)
         rate = parse_rate(relay.rate) if relay.rate else None
+        limiter = limiter_of(relay.name) or SlidingWindowLimiter(
+            rate.count if rate else None, rate.period if rate else 1.0
+        )
+        if relay.name in unused:
+            connect = partial(Connection, target, None, timeout=timeout, tls_context=tls_context)
+            why = unused[relay.name]
+            relays.append(Relay(connect, limiter, relay.connections, name=relay.name, dropped=why))
+            continue
         secret = {}
         if relay.password_env is not None:
             if not environ.get(relay.password_env):
@@ -49,7 +65,6 @@ def relays_of(
         connect = partial(
             Connection, target, credentials, timeout=timeout, tls_context=tls_context, pipelining=pipelining
         )
-        limiter = SlidingWindowLimiter(rate.count if rate else None, rate.period if rate else 1.0)
         relays.append(Relay(connect, limiter, relay.connections, relay.max_messages, relay.name))
     return relays
 

@@ -52,7 +52,7 @@ class _Job:
     throttled: int = 0
     maybe_delivered: str = ""  # why an earlier try may have reached the recipient already
     waiting: bool = False  # tried, and waiting to be tried again (counted in Counts.retrying)
-    relay: str = ""  # the relay of its latest try
+    relay: Relay | None = None  # the relay of its latest try
 
 
 @dataclass
@@ -75,6 +75,8 @@ class Relay:
     name: str = ""  # as the journal records it; "" for a run's only server
     # what the run learns of it
     dropped: Verdict | None = None  # it failed fatally: its messages go through the others
+    resting_until: float = 0.0  # loop time before which it takes no message (its quota has none)
+    took: int = 0  # messages it took in this run (sent, or uncertain: perhaps delivered)
     pool: int = 0  # connections it takes, as far as we know
     ever_connected: bool = False
     connect_failures: int = 0  # in a row, with no connection open
@@ -265,9 +267,18 @@ class Sender:
         if left_in_flight:  # tried, perhaps delivered, and stopped before the resend
             status, error = Status.UNCERTAIN, f"{job.maybe_delivered}, and the run stopped before a resend"
         message = job.message
-        relay = job.relay if status in (Status.SENT, Status.UNCERTAIN) else ""
+        relay = job.relay if status in (Status.SENT, Status.UNCERTAIN) else None
+        if relay is not None:
+            relay.took += 1
         outcome = Outcome(
-            message.recipient, status, message.message_id, job.attempts, reply, error, relay, left_in_flight
+            message.recipient,
+            status,
+            message.message_id,
+            job.attempts,
+            reply,
+            error,
+            relay.name if relay is not None else "",
+            left_in_flight,
         )
         self._report(outcome)
         self._outstanding -= 1
@@ -306,6 +317,7 @@ class Sender:
             await asyncio.wait_for(self._wake.wait(), seconds)
 
     async def _worker(self, relay: Relay) -> None:
+        assert self._wake is not None  # set once the run stops or ends
         connection: Connection | None = None
         begun: _Begun | None = None  # its DATA got 354: its content goes out in the next step
         held: _Job | None = None  # taken from the queue, not started yet
@@ -320,6 +332,15 @@ class Sender:
                     if begun is None:
                         break
                     job, ending = None, True  # its content goes (the connection is fine), then this ends
+                if begun is None and not ending and not self._wake.is_set() and self._resting(relay):
+                    if job is not None:
+                        self._retry_later(job, 0)  # for the other relays
+                        job = None
+                    if connection is not None:  # it would only sit idle
+                        self._close_later(relay, connection)
+                        connection = None
+                    await self._sleep(relay.resting_until - asyncio.get_running_loop().time())
+                    continue
                 if job is None and not ending and (begun is None or self._pipelines(connection)):
                     job, ending = await self._next(wait=begun is None)
                 if job is None and begun is None:
@@ -342,9 +363,9 @@ class Sender:
                         if connection is None:
                             continue
                     slot = await relay.limiter.acquire()
-                    if self.stopping or relay.dropped is not None:
-                        relay.limiter.release(slot)
-                        if relay.dropped is not None and not self.stopping:
+                    if slot.refused or self.stopping or relay.dropped is not None:
+                        relay.limiter.release(slot, accepted=not slot.refused)
+                        if not self.stopping:  # dropped, or resting: the other relays send it
                             self._retry_later(job, 0)
                             continue
                         self._finish(job, Status.NOT_ATTEMPTED, self.stopped_by, "the run stopped first")
@@ -368,11 +389,7 @@ class Sender:
                         or transactions.refusals >= REFUSALS_PER_CONNECTION
                     )
                 ):
-                    # QUIT in the background: this worker opens its next connection meanwhile.
-                    relay.open.discard(connection)
-                    closing = asyncio.create_task(connection.close())
-                    self._closing.add(closing)
-                    closing.add_done_callback(self._closing.discard)
+                    self._close_later(relay, connection)
                     connection = None
         except asyncio.CancelledError:
             if connection is not None:
@@ -381,6 +398,17 @@ class Sender:
         if connection is not None:
             relay.open.discard(connection)
             await connection.close()
+
+    def _close_later(self, relay: Relay, connection: Connection) -> None:
+        """QUIT in the background: the worker goes on (opens its next connection) meanwhile."""
+        relay.open.discard(connection)
+        closing = asyncio.create_task(connection.close())
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
+
+    @staticmethod
+    def _resting(relay: Relay) -> bool:
+        return relay.resting_until > asyncio.get_running_loop().time()
 
     @staticmethod
     def _pipelines(connection: Connection | None) -> bool:
@@ -413,7 +441,7 @@ class Sender:
                     self._finish(start.job, Status.NOT_ATTEMPTED, self.stopped_by, "the run stopped first")
                 return None
         if start is not None:
-            start.job.relay = relay.name
+            start.job.relay = relay
             start.job.attempts += 1
             self._set_waiting(start.job, False)
         sent, started = await connection.transactions.step(
@@ -494,8 +522,9 @@ class Sender:
             asked = min(verdict.retry_after or 0.0, self._options.backoff_cap)
             relay.connect_after = now + max(self._backoff(relay.connect_failures), asked, 0.001)
 
-    def _fatal(self, relay: Relay, job: _Job, verdict: Verdict) -> None:
-        """Nothing more goes through ``relay``: drop it, and stop the run if it was the last."""
+    def drop(self, relay: Relay, verdict: Verdict, *, last: Verdict | None = None) -> None:
+        """Nothing more goes through ``relay``: its messages go through the others, and when none
+        is left the run stops, for ``last`` if given (else ``verdict``)."""
         if relay.dropped is None:
             relay.dropped = verdict
             left = [r.name for r in self.relays if r.dropped is None]
@@ -504,8 +533,23 @@ class Sender:
                     f"warning: dropped relay {relay.name} ({verdict.describe()}); "
                     f"its messages go through {', '.join(left)}"
                 )
-        if self.stopping or all(r.dropped is not None for r in self.relays):
-            self.stop(verdict)
+        if all(r.dropped is not None for r in self.relays):
+            self.stop(last or verdict)
+
+    def rest(self, relay: Relay, seconds: float) -> bool:
+        """Let ``relay`` take no message for ``seconds`` if another relay can send meanwhile.
+
+        False: none can, so ``relay`` had better wait for its own next slot."""
+        now = asyncio.get_running_loop().time()
+        if not any(r is not relay and r.dropped is None and r.resting_until <= now for r in self.relays):
+            return False
+        relay.resting_until = now + seconds
+        return True
+
+    def _fatal(self, relay: Relay, job: _Job, verdict: Verdict) -> None:
+        """Nothing more goes through ``relay``: drop it, and stop the run if it was the last."""
+        self.drop(relay, verdict)
+        if self.stopping:
             self._finish(job, Status.NOT_ATTEMPTED, verdict, relay.described(verdict.describe()))
         else:
             self._retry_later(job, 0)

@@ -1,0 +1,167 @@
+"""A run's quotas (smtp/quota.py): the one server's account, or each [[relay]]'s.
+
+Before sending, each account's use is printed, and a relay whose next slot is more than
+WAIT_AT_MOST away (unless --wait) takes no part in the run. While sending, each quota relay
+has a QuotaLimiter on its own account: when its quota is used up the relay is dropped and its
+messages go through the others; when its next slot is only minutes away it rests while another
+relay can send, and otherwise waits for it. The run stops when no relay is left.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mailblast.config import Settings
+from mailblast.smtp.quota import (
+    WAIT_AT_MOST,
+    QuotaBook,
+    QuotaLimiter,
+    account_of,
+    is_quota,
+    quota_use,
+    stop_message,
+    when,
+)
+from mailblast.smtp.replies import Kind, Verdict
+from mailblast.smtp.sender import Relay, Sender
+from mailblast.smtp.urls import Rate, parse_rate, parse_smtp_url
+
+QUOTA_USED = Verdict(Kind.FATAL, None, None, None, "the account's quota is used")
+
+
+@dataclass(frozen=True)
+class QuotaAccount:
+    """A relay whose rate is a quota, and the account that quota belongs to."""
+
+    relay: str  # the relay's name; "" for the run's one server
+    account: str
+    rate: Rate
+
+    @property
+    def quota(self) -> str:
+        return f"the quota of {self.rate} for {self.account}"
+
+    def said(self, text: str) -> str:
+        return f"relay {self.relay}: {text}" if self.relay else text
+
+
+def quota_accounts(settings: Settings) -> list[QuotaAccount]:
+    """The run's quota relays: each [[relay]] whose rate is a quota, or the one server's --rate."""
+    if settings.relays:
+        given = [(r.name, r.url, r.rate) for r in settings.relays]
+    else:
+        given = [("", settings.smtp_url, settings.rate)] if settings.smtp_url else []
+    accounts = []
+    for name, url, text in given:
+        rate = parse_rate(text) if text else None
+        if rate is not None and is_quota(rate):
+            accounts.append(QuotaAccount(name, account_of(parse_smtp_url(url)), rate))
+    return accounts
+
+
+def used_verdict(account: QuotaAccount, free_at: float) -> Verdict:
+    """Why a relay takes no more messages: its quota is used until ``free_at``."""
+    text = f"{account.quota} is used; the next may go at {when(free_at)}"
+    return Verdict(Kind.FATAL, None, None, None, text)
+
+
+class RunQuotas:
+    """The quotas of one run, in the shared QuotaBook.
+
+    The limiters' callbacks reach the run's Sender, which is made after them: ``sender`` is set then.
+    """
+
+    def __init__(
+        self,
+        book: QuotaBook,
+        accounts: list[QuotaAccount],
+        *,
+        wait: bool,
+        notice: Callable[[str], None],
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.book = book
+        self.accounts = {a.relay: a for a in accounts}
+        self.wait = wait
+        self.notice = notice
+        self._wall = wall_clock
+        self.sender: Sender | None = None
+        self.exhausted: dict[str, float] = {}  # relay: when its next slot frees, for those used up
+        self._told_resting: set[str] = set()
+
+    def check(self) -> None:
+        """Print each account's use, and note the relays used up (a free slot too far off)."""
+        now = self._wall()
+        for name, account in self.accounts.items():
+            use = quota_use(self.book, account.account, account.rate, now)
+            used_up = use.next_free - use.now > WAIT_AT_MOST and not self.wait
+            if used_up:
+                self.exhausted[name] = use.next_free
+            self.notice(
+                account.said(use.describe() + ("; it sends nothing in this run" if used_up and name else ""))
+            )
+
+    def unused(self) -> dict[str, Verdict]:
+        """The relays that take no part in this run, and why: their quota is used up already."""
+        return {name: used_verdict(self.accounts[name], at) for name, at in self.exhausted.items()}
+
+    def limiter(self, name: str) -> QuotaLimiter | None:
+        """The limiter of relay ``name`` if its rate is a quota."""
+        account = self.accounts.get(name)
+        if account is None:
+            return None
+        return QuotaLimiter(
+            self.book,
+            account.account,
+            account.rate,
+            wait=self.wait,
+            stopping=lambda: self._sender.stopping or self._relay(name).dropped is not None,
+            on_exhausted=lambda at: self._used_up(account, at),
+            on_wait=lambda at: self.notice(
+                account.said(f"{account.quota} is used: waiting until {when(at)}")
+            ),
+            give_way=lambda seconds: self._give_way(account, seconds),
+        )
+
+    def stop_text(self, sent: int, left: int) -> str:
+        """Why the run stopped, when every relay's quota is used up."""
+        if list(self.exhausted) == [""]:
+            account = self.accounts[""]
+            return stop_message(account.account, account.rate, sent, left, self.exhausted[""])
+        used_up = [name for name in self.accounts if name in self.exhausted]  # in the config's order
+        first = min(used_up, key=self.exhausted.__getitem__)
+        quotas = ", ".join(
+            f"{name} ({self.accounts[name].rate} for {self.accounts[name].account})" for name in used_up
+        )
+        return (
+            f"the quotas of relays {quotas} are used: {sent:,} sent in this run, {left:,} left; "
+            f"the next may go at {when(self.exhausted[first])} through {first}"
+        )
+
+    @property
+    def _sender(self) -> Sender:
+        assert self.sender is not None, "set sender before the run starts"
+        return self.sender
+
+    def _relay(self, name: str) -> Relay:
+        return next(r for r in self._sender.relays if r.name == name)
+
+    def _used_up(self, account: QuotaAccount, free_at: float) -> None:
+        self.exhausted[account.relay] = free_at
+        self._sender.drop(self._relay(account.relay), used_verdict(account, free_at), last=QUOTA_USED)
+
+    def _give_way(self, account: QuotaAccount, seconds: float) -> bool:
+        """Let the other relays send while this one's next slot is ``seconds`` away, if one can."""
+        if not self._sender.rest(self._relay(account.relay), seconds):
+            return False
+        if account.relay not in self._told_resting:
+            self._told_resting.add(account.relay)
+            self.notice(
+                account.said(
+                    f"{account.quota} is used until {when(self._wall() + seconds)}: "
+                    "the other relays send meanwhile"
+                )
+            )
+        return True
