@@ -196,7 +196,6 @@ class QuotaLimiter(SlidingWindowLimiter):
         self._on_wait = on_wait
         self._give_way = give_way
         self._wall = wall_clock
-        self._quota_sleep = sleep
         self.exhausted_until: float | None = None  # set when the quota stopped the run
         self._waiting_for: float | None = None
 
@@ -227,6 +226,6 @@ class QuotaLimiter(SlidingWindowLimiter):
             if self._waiting_for is None or free_at > self._waiting_for:
                 self._waiting_for = free_at
                 self._on_wait(free_at)
-            await self._quota_sleep(min(free_at - now, WAIT_STEP))
+            await self._sleep(min(free_at - now, WAIT_STEP))
         slot.refused = True  # not taken from the quota: the sender gives it back unused
         return slot
