@@ -318,14 +318,14 @@ class Template:
                 )
         header_source = "\n".join(lines[:blank])
         self.source_sha = hashlib.sha256(source.encode()).hexdigest()
-        header_env = make_environment(
-            self.path.parent, sandbox=sandbox, undefined=_Missing, finalize=hdr.Marker(), autoescape=False
-        )
-        body_env = make_environment(
-            self.path.parent, sandbox=sandbox, undefined=_Missing, autoescape=self.kind == "html"
-        )
-        for env in (header_env, body_env):
-            env.globals["mailbox"] = hdr.mailbox
+
+        def environment(**options: Any) -> jinja2.Environment:
+            made = make_environment(self.path.parent, sandbox=sandbox, undefined=_Missing, **options)
+            made.globals["mailbox"] = hdr.mailbox
+            return made
+
+        header_env = environment(finalize=hdr.Marker(), autoescape=False)
+        body_env = environment(autoescape=self.kind == "html")
         self._unsubscribe = self._compile_unsubscribe(
             header_source, sandbox, {"url": unsubscribe_url, "mailto": unsubscribe_mailto}
         )
@@ -343,14 +343,7 @@ class Template:
         # Markdown's HTML part is rendered from a copy whose values cannot make links or images.
         self._body_markdown = None
         if self.kind == "markdown":
-            markdown_env = make_environment(
-                self.path.parent,
-                sandbox=sandbox,
-                undefined=_Missing,
-                finalize=markdown_literal,
-                autoescape=False,
-            )
-            markdown_env.globals["mailbox"] = hdr.mailbox
+            markdown_env = environment(finalize=markdown_literal, autoescape=False)
             self._body_markdown = self._compile(markdown_env, self.body_source, blank + 1)
         # breaks: a single line break stays one ("See you soon,\nThe team"), as the author sees it
         self._markdown = MarkdownIt("commonmark", {"html": False, "breaks": True}).enable("table")
