@@ -6,7 +6,6 @@ recipients (CSV rows) -> compose (message bytes); sending itself is in campaign.
 from __future__ import annotations
 
 import html
-import itertools
 import os
 import re
 import tempfile
@@ -37,7 +36,7 @@ from mailblast.message.compose import (
     settle,
 )
 from mailblast.message.recipients import Recipient, RecipientsFile, RowProblem, RowResult
-from mailblast.message.worker import ComposeWorker
+from mailblast.message.worker import ComposeWorker, batches
 from mailblast.smtp.urls import parse_rate, parse_smtp_url
 
 if TYPE_CHECKING:
@@ -223,12 +222,13 @@ def scan(
     on_message: Callable[[ComposedMessage], None] | None = None,
     on_valid: Callable[[Recipient], None] | None = None,
     on_suppressed: Callable[[Recipient], None] | None = None,
-    worker: ComposeWorker | None = None,
+    *,
+    worker: ComposeWorker,
 ) -> ScanTally:
     """Check every row (and build its message for ``on_message``), print every problem, count.
 
-    A suppressed row is counted and given to ``on_suppressed``, never rendered. Given ``worker``,
-    rows are rendered in its processes.
+    A suppressed row is counted and given to ``on_suppressed``, never rendered. ``worker``
+    renders the rows (in its processes, if it has them).
     """
     for warning in [*inputs.recipients.format.warnings, *template_warnings(inputs.template)]:
         display.print_warning(console, warning)
@@ -312,39 +312,29 @@ def scan(
 
 
 def _prepared(
-    inputs: Inputs, settings: Settings, build: bool, worker: ComposeWorker | None
+    inputs: Inputs, settings: Settings, build: bool, worker: ComposeWorker
 ) -> Iterator[tuple[RowResult, Prepared | None]]:
-    """Every row in file order, rendered (and built, with ``build``), by ``worker``'s processes when
-    it has them; a suppressed row comes with None: it is never rendered."""
-    name, template = inputs.recipients.name, inputs.template
+    """Every row in file order, rendered (and built, with ``build``) by ``worker``; a suppressed
+    row comes with None: it is never rendered."""
+    name = inputs.recipients.name
     rows = inputs.recipients.rows(allow_duplicates=settings.allow_duplicates)
 
     def suppressed(result: RowResult) -> bool:
         return result.recipient is not None and inputs.is_suppressed(result.recipient)
 
-    if worker is None:
-        for result in rows:
-            yield result, None if suppressed(result) else prepare(name, result, template, build=build)
-        return
-    batches = (
-        (batch, [r.recipient for r in batch if r.recipient is not None and not suppressed(r)])
-        for batch in _batches(rows, worker.batch if build else CHECK_BATCH)
-    )
-    done = worker.compose_batches(batches) if build else worker.check_batches(batches)
-    for batch, checked in done:
+    size = worker.batch if build else CHECK_BATCH
+    # each row with whether it is suppressed: a lookup in the list on disk, made once a row
+    marked = ([(r, suppressed(r)) for r in batch] for batch in batches(rows, size))
+    work = ((m, [r.recipient for r, out in m if r.recipient is not None and not out]) for m in marked)
+    for batch, checked in worker.compose_batches(work) if build else worker.check_batches(work):
         outcomes = iter(checked)
-        for result in batch:
-            if suppressed(result):
+        for result, out in batch:
+            if out:
                 yield result, None
             elif result.recipient is None:
                 yield result, Prepared(result, None, False)  # it read badly: its problems are found
             else:
                 yield result, settle(name, result, next(outcomes))
-
-
-def _batches(rows: Iterator[RowResult], size: int) -> Iterator[list[RowResult]]:
-    while batch := list(itertools.islice(rows, size)):
-        yield batch
 
 
 class TemplateFaults:

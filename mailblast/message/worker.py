@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -24,6 +25,8 @@ from mailblast.message.compose import Composed, RowError, Template
 from mailblast.message.recipients import Recipient
 
 MAX_WORKERS = 4  # past this the main process, which sends, is the bottleneck
+BATCH = 64  # recipients composed at a time
+ATTACHING_BATCH = 4  # the same when messages may carry attachments: they are large
 Checked = str | RowError  # what checking a row gives: its sender address, or why it cannot be sent
 K = TypeVar("K")
 T = TypeVar("T")
@@ -76,6 +79,13 @@ def _check_in_worker(recipients: list[Recipient]) -> list[Checked]:
     return _check_all(_worker_template, recipients)
 
 
+def batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """``items`` in lists of ``size`` (the last may be shorter)."""
+    it = iter(items)
+    while batch := list(itertools.islice(it, size)):
+        yield batch
+
+
 def usable_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))  # what this process may use (a container's share)
@@ -95,8 +105,7 @@ class ComposeWorker:
         self._template = template
         self._pool: ProcessPoolExecutor | None = None
         self.parallel = 1
-        # messages with attachments are large: fewer at a time keeps memory bounded
-        self.batch = 4 if template.attaches else 64
+        self.batch = ATTACHING_BATCH if template.attaches else BATCH
         if in_worker:
             self.parallel = processes or min(MAX_WORKERS, usable_cores())
             # "spawn": a clean interpreter, safe whatever threads this process has running.

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 from mailblast.message.compose import Composed, ComposedMessage, RowError
 from mailblast.message.recipients import Recipient
+from mailblast.message.worker import BATCH, batches
 from mailblast.smtp.connection import Connection
 from mailblast.smtp.outcomes import Counts, Outcome, Status
 from mailblast.smtp.ratelimit import SlidingWindowLimiter, Slot, backoff_delay
@@ -35,7 +36,6 @@ from mailblast.smtp.replies import Kind, Verdict
 from mailblast.smtp.transaction import Accepted, Ready, TransactionError
 
 MAX_THROTTLED = 50  # throttle replies one message may get before it counts as failed
-COMPOSE_BATCH = 64  # recipients composed at a time (the composer may say fewer)
 SPARE_PROBE_AFTER = 30.0  # seconds before a refused connection is tried again; doubles each time
 SPARE_PROBE_CAP = 600.0
 # A connection refused this often since its last delivery is replaced by a new one before
@@ -160,7 +160,7 @@ class Sender:
         compose: ComposeBatch,
         maybe_sent: Collection[int] = (),
         parallel: int = 1,
-        batch: int = COMPOSE_BATCH,
+        batch: int = BATCH,
     ) -> Counts:
         """Send to every recipient; ``maybe_sent`` rows were in flight when an earlier run died.
 
@@ -209,7 +209,7 @@ class Sender:
             under_way: collections.deque[tuple[list[Recipient], asyncio.Future[list[Composed]] | None]]
             under_way = collections.deque()
             try:
-                for batch in _batches(recipients, size):
+                for batch in batches(recipients, size):
                     started = None if self.stopping else asyncio.ensure_future(compose(batch))
                     under_way.append((batch, started))
                     if len(under_way) >= ahead:
@@ -621,8 +621,3 @@ class Sender:
 
 def _listed(refused: tuple[tuple[str, Verdict], ...]) -> str:
     return "; ".join(f"{address}: {v.describe()}" for address, v in refused)
-
-
-def _batches(items: Iterator[Recipient], size: int) -> Iterator[list[Recipient]]:
-    while batch := list(itertools.islice(items, size)):
-        yield batch
