@@ -17,6 +17,23 @@ class Kind(enum.Enum):
     FATAL = "fatal"  # no message will go through (auth, daily quota): stop the run
 
 
+class Cause(enum.Enum):
+    """Why the server refused, as far as its reply says; NONE when it does not say (or accepted).
+
+    The Kind says what to do with the message; the Cause says what to do with the run: a THROTTLE
+    slows it, a CONNECTION_CAP opens fewer connections, a PER_CONNECTION_CAP reconnects after fewer
+    messages (without slowing down), QUOTA_USED_UP and SIGN_IN stop it, RECIPIENT is one address's.
+    """
+
+    NONE = "none"
+    THROTTLE = "throttle"  # too fast: messages or recipients per unit of time
+    QUOTA_USED_UP = "quota used up"  # the account's allowance (per day, rolling 24 h) is spent
+    CONNECTION_CAP = "connection cap"  # too many connections at once, or opened too fast
+    PER_CONNECTION_CAP = "per-connection cap"  # too many messages in one connection: reconnect
+    RECIPIENT = "recipient"  # this recipient only (unknown, mailbox full, too many in one message)
+    SIGN_IN = "sign-in"  # authentication required or refused
+
+
 @dataclass(frozen=True)
 class Verdict:
     """A classified SMTP reply; ``code`` is None when no reply came at all."""
@@ -26,6 +43,9 @@ class Verdict:
     enhanced_code: str | None
     retry_after: float | None
     text: str
+    cause: Cause = Cause.NONE
+    provider: str | None = None  # whose reply this is, when its wording names one (e.g. "Amazon SES")
+    reset_hint: str | None = None  # when a used-up quota frees, in that provider's terms
 
     @property
     def is_retryable(self) -> bool:
@@ -57,6 +77,20 @@ _QUOTA_EXCEEDED = re.compile(r"quota\s*exceeded", re.IGNORECASE)
 _RECIPIENT_MAILBOX = re.compile(r"mailbox|inbox|recipient", re.IGNORECASE)
 # Words that speak of the client's rate or connections: "too many recipients" is one message's
 # problem, "too much mail from" is Postfix's message rate limit.
+# Exim's smtp_accept_max_per_connection: "421 ... too many messages in this connection".
+_PER_CONNECTION = re.compile(
+    r"too\s+many\s+(?:messages|mails?)\s+(?:in|on|per|for)\s+(?:this|one|a|the)?\s*(?:connection|session)"
+    r"|(?:messages|mails?)\s+per\s+(?:connection|session)",
+    re.IGNORECASE,
+)
+# Postfix anvil's "too many connections from", Exim's "Too many concurrent SMTP connections".
+_CONNECTIONS = re.compile(
+    r"too\s+many\s+(?:\w+\s+){0,2}connections|connection\s+(?:rate\s+)?limit|\bconcurrent\s+connections",
+    re.IGNORECASE,
+)
+_TOO_MANY_RECIPIENTS = re.compile(r"too\s+many\s+recipients", re.IGNORECASE)
+# "Too many messages per hour" is a rate, not an allowance that is spent until tomorrow.
+_PER_HOUR_OR_FASTER = re.compile(r"per[\s-](?:second|minute|hour)\b|\brate\b", re.IGNORECASE)
 _TOO_FAST = re.compile(
     r"too\s+many(?!\s+recipients)|too\s+much\s+mail|too\s+(?:quickly|fast)|slow\s+down"
     r"|\brate\b|\brate[-_]?limit|per[\s-](?:second|minute|hour)\b|throttl",
@@ -74,7 +108,11 @@ def classify(code: int | None, text: str, *, recipient: bool = False) -> Verdict
         code = None
     match = _ENHANCED.match(text)
     enhanced = match.group(1) if match else None
-    return Verdict(_kind(code, enhanced, text, recipient), code, enhanced, _retry_after(text), text)
+    kind = _kind(code, enhanced, text, recipient)
+    cause = _cause(kind, code, enhanced, text, recipient)
+    if cause is Cause.QUOTA_USED_UP:
+        kind = Kind.FATAL  # even as a 4xx (SES's 454): retrying cannot help until the quota frees
+    return Verdict(kind, code, enhanced, _retry_after(text), text, cause)
 
 
 def connection_lost(text: str = "connection lost") -> Verdict:
@@ -98,16 +136,44 @@ def _kind(code: int | None, enhanced: str | None, text: str, recipient: bool) ->
 
 
 def _is_fatal(code: int, enhanced: str | None, text: str) -> bool:
+    return _is_sign_in(code, enhanced, text) or _is_quota_used_up(enhanced, text)
+
+
+def _is_sign_in(code: int, enhanced: str | None, text: str) -> bool:
     if code in _AUTH_FATAL_CODES or enhanced in ("5.7.8", "5.7.9"):
         return True
-    if enhanced == "5.7.0" and _AUTH_TEXT.search(text):
-        return True
+    return enhanced == "5.7.0" and bool(_AUTH_TEXT.search(text))
+
+
+def _is_quota_used_up(enhanced: str | None, text: str) -> bool:
     if enhanced == "5.4.5":
         return True
-    if enhanced == "5.2.2" or _RECIPIENT_MAILBOX.search(text):
+    if enhanced in ("5.2.2", "4.2.2") or _RECIPIENT_MAILBOX.search(text):
         return False
     daily_quota = _DAILY.search(text) and _QUOTA_OR_LIMIT.search(text)
     return bool(daily_quota or _QUOTA_EXCEEDED.search(text))
+
+
+def _cause(kind: Kind, code: int | None, enhanced: str | None, text: str, recipient: bool) -> Cause:
+    if code is None or kind is Kind.OK:
+        return Cause.NONE
+    if code >= 500 and _is_sign_in(code, enhanced, text):
+        return Cause.SIGN_IN
+    if 400 <= code < 600 and _is_quota_used_up(enhanced, text) and not _PER_HOUR_OR_FASTER.search(text):
+        return Cause.QUOTA_USED_UP
+    if _PER_CONNECTION.search(text):
+        return Cause.PER_CONNECTION_CAP
+    if _CONNECTIONS.search(text):
+        return Cause.CONNECTION_CAP
+    if kind is Kind.THROTTLED:
+        return Cause.THROTTLE
+    if (
+        _TOO_MANY_RECIPIENTS.search(text)
+        or (enhanced or "")[1:4] in (".1.", ".2.")
+        or (recipient and kind is Kind.TRANSIENT)
+    ):
+        return Cause.RECIPIENT  # x.1.x addresses, x.2.x mailboxes, or a RCPT's own trouble
+    return Cause.NONE
 
 
 def _is_throttled(code: int, enhanced: str | None, text: str, recipient: bool) -> bool:
