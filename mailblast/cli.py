@@ -236,11 +236,12 @@ def send(
         ),
     ] = None,
     rate: Annotated[
-        str | None,
+        list[str] | None,
         typer.Option(
             "--rate",
             help="Most messages per period, e.g. 3/s, 180/min, 5/2s; over a minute (500/d, 100/h) it is "
-            "the account's quota, kept across runs. \\[default: none; slow down when the server says so]",
+            "the account's quota, kept across runs. Repeat it for several limits at once: "
+            "--rate 3/s --rate 500/d. \\[default: none; learn the server's limit from its replies]",
             rich_help_panel=PACE,
         ),
     ] = None,
@@ -419,7 +420,8 @@ def status(
         typer.Option("--smtp", envvar="MAILBLAST_SMTP_URL", help="With a --rate quota: the account to show."),
     ] = None,
     rate: Annotated[
-        str | None, typer.Option("--rate", help="A quota such as 500/d: show the account's use of it.")
+        list[str] | None,
+        typer.Option("--rate", help="A quota such as 500/d (repeatable): show the account's use of each."),
     ] = None,
     json_output: JsonOpt = False,
 ) -> None:

@@ -37,7 +37,7 @@ from mailblast.message.compose import (
 )
 from mailblast.message.recipients import Recipient, RecipientsFile, RowProblem, RowResult
 from mailblast.message.worker import ComposeWorker, batches
-from mailblast.smtp.urls import parse_rate, parse_smtp_url
+from mailblast.smtp.urls import parse_smtp_url
 
 if TYPE_CHECKING:
     from mailblast.message.dkim_sign import DkimKey
@@ -198,10 +198,9 @@ def reserved_domain(domain: str) -> bool:
 def check_smtp_settings(settings: Settings) -> str | None:
     """The [smtp] settings checked as send would (numbers are checked when loading); a line for check."""
     target = parse_smtp_url(settings.smtp_url) if settings.smtp_url else None
-    rate = parse_rate(settings.rate) if settings.rate else None
     if target is None:
         return None
-    pace = f"at most {rate}" if rate else "no rate limit"
+    pace = f"at most {settings.rate}" if settings.rate else "no rate limit"
     return f"server: {target.display()}, {pace}, {settings.connections} connection(s)"
 
 

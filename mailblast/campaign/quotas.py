@@ -19,14 +19,13 @@ from mailblast.smtp.quota import (
     QuotaBook,
     QuotaLimiter,
     account_of,
-    is_quota,
     quota_use,
     stop_message,
     when,
 )
 from mailblast.smtp.replies import Kind, Verdict
 from mailblast.smtp.sender import Relay, Sender
-from mailblast.smtp.urls import Rate, parse_rate, parse_smtp_url
+from mailblast.smtp.urls import Pace, Rate, parse_smtp_url
 
 QUOTA_USED = Verdict(Kind.FATAL, None, None, None, "the account's quota is used")
 
@@ -37,7 +36,16 @@ class QuotaAccount:
 
     relay: str  # the relay's name; "" for the run's one server
     account: str
-    rate: Rate
+    pace: Pace  # the relay's every limit: its quotas, and what paces it within a run
+
+    @property
+    def rates(self) -> tuple[Rate, ...]:
+        return self.pace.quotas
+
+    @property
+    def rate(self) -> Pace:
+        """The quotas, as one line says them: 500/d, or 100/h and 500/d."""
+        return Pace(self.rates)
 
     @property
     def quota(self) -> str:
@@ -49,16 +57,11 @@ class QuotaAccount:
 
 def quota_accounts(settings: Settings) -> list[QuotaAccount]:
     """The run's quota relays: each [[relay]] whose rate is a quota, or the one server's --rate."""
-    if settings.relays:
-        given = [(r.name, r.url, r.rate) for r in settings.relays]
-    else:
-        given = [("", settings.smtp_url, settings.rate)] if settings.smtp_url else []
-    accounts = []
-    for name, url, text in given:
-        rate = parse_rate(text) if text else None
-        if rate is not None and is_quota(rate):
-            accounts.append(QuotaAccount(name, account_of(parse_smtp_url(url)), rate))
-    return accounts
+    return [
+        QuotaAccount(r.name, account_of(parse_smtp_url(r.url)), r.rate)
+        for r in settings.relay_list()
+        if r.rate.quotas
+    ]
 
 
 def used_verdict(account: QuotaAccount, free_at: float) -> Verdict:
@@ -95,13 +98,17 @@ class RunQuotas:
         """Print each account's use, and note the relays used up (a free slot too far off)."""
         now = self._wall()
         for name, account in self.accounts.items():
-            use = quota_use(self.book, account.account, account.rate, now)
-            used_up = use.next_free - use.now > WAIT_AT_MOST and not self.wait
+            uses = [quota_use(self.book, account.account, rate, now) for rate in account.rates]
+            next_free = max(use.next_free for use in uses)
+            used_up = next_free - now > WAIT_AT_MOST and not self.wait
             if used_up:
-                self.exhausted[name] = use.next_free
-            self.notice(
-                account.said(use.describe() + ("; it sends nothing in this run" if used_up and name else ""))
-            )
+                self.exhausted[name] = next_free
+            for use in uses:
+                self.notice(
+                    account.said(
+                        use.describe() + ("; it sends nothing in this run" if used_up and name else "")
+                    )
+                )
 
     def unused(self) -> dict[str, Verdict]:
         """The relays that take no part in this run, and why: their quota is used up already."""
@@ -112,10 +119,12 @@ class RunQuotas:
         account = self.accounts.get(name)
         if account is None:
             return None
+        pacing = account.pace.pacing
         return QuotaLimiter(
             self.book,
             account.account,
-            account.rate,
+            account.rates,
+            pacing=min(pacing, key=lambda r: r.per_second) if pacing else None,
             wait=self.wait,
             stopping=lambda: self._sender.stopping or self._relay(name).dropped is not None,
             on_exhausted=lambda at: self._used_up(account, at),

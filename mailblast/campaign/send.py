@@ -37,16 +37,14 @@ from mailblast.errors import InputError, StoppedError
 from mailblast.message.recipients import Recipient
 from mailblast.message.worker import ComposeWorker
 from mailblast.server import capture
-from mailblast.smtp.connection import Connection
-from mailblast.smtp.credentials import Credentials, gather_credentials, sign_in_hint
+from mailblast.smtp.credentials import Credentials, sign_in_hint
 from mailblast.smtp.outcomes import Counts, average_rate, rate_seconds
 from mailblast.smtp.quota import QuotaBook
-from mailblast.smtp.ratelimit import SlidingWindowLimiter
 from mailblast.smtp.relay import describe as describe_relays
 from mailblast.smtp.relay import relays_of
 from mailblast.smtp.replies import Kind, Verdict
 from mailblast.smtp.sender import Relay, Sender, SenderOptions
-from mailblast.smtp.urls import SmtpTarget, parse_rate, parse_smtp_url
+from mailblast.smtp.urls import SmtpTarget, parse_smtp_url
 
 # A recipients file this large is composed in a worker process, started before the check pass so
 # that its start-up overlaps it; for smaller ones the start-up would cost more than it saves.
@@ -91,7 +89,7 @@ def run_send(
     if settings.outbox is not None or not (settings.smtp_url or settings.relays):
         return _rehearse(settings, recipients_path, console, ask_password, stdout, resume_command, facts)
     target = parse_smtp_url(settings.smtp_url or settings.relays[0].url)
-    rate = parse_rate(settings.rate) if settings.rate and not settings.relays else None  # relays: their own
+    rate = settings.rate if not settings.relays else None  # relays: their own
     test_to = testsend.address_of(settings)
 
     def notice(text: str) -> None:
@@ -137,7 +135,7 @@ def run_send(
         # asked only now: a bad row should not cost typing a password
         tls_context = ssl.create_default_context()  # once: loading the CA store takes milliseconds
         relays = relays_of(
-            settings.relays,
+            settings.relay_list(),
             timeout=settings.timeout,
             pipelining=settings.pipelining,
             tls_context=tls_context,
@@ -146,40 +144,15 @@ def run_send(
             limiter_of=run_quotas.limiter if run_quotas else lambda _: None,
             unused=run_quotas.unused() if run_quotas else {},
         )
-        credentials = (
-            None
-            if relays
-            else gather_credentials(
-                target.username,
-                method=settings.auth,
-                password_command=settings.password_command,
-                token_command=settings.oauth_token_command,
-                environ=os.environ,
-                ask_password=ask_password,
-                prompt=f"Password for {target.username} at {target.host}",
-            )
-        )
+        credentials = relays[0].credentials
         pace = f"at most {rate}" if rate else "no --rate given, so at the pace the server allows"
         console.print(
             f"sending {plan.total:,} message(s) through {len(relays)} relays: "
             f"{describe_relays(settings.relays)}"
-            if relays
+            if settings.relays
             else f"sending {plan.total:,} message(s) to {destination or target.display()}, {pace}, "
             f"over {settings.connections} connection(s)",
             highlight=False,
-        )
-
-        def connect() -> Connection:
-            return Connection(
-                target,
-                credentials,
-                timeout=settings.timeout,
-                tls_context=tls_context,
-                pipelining=settings.pipelining,
-            )
-
-        limiter = (run_quotas.limiter("") if run_quotas else None) or SlidingWindowLimiter(
-            rate.count if rate else None, rate.period if rate else 1.0
         )
         options = SenderOptions(settings.retries)
         # On a terminal, a long report goes to a file rather than over the screen; with --json too.
@@ -195,7 +168,7 @@ def run_send(
             )
             recorder = Recorder(journal, report, plan.maybe_sent)
             sender = Sender(
-                relays or [Relay(connect, limiter, settings.connections, settings.max_messages)],
+                relays,
                 options,
                 recorder.outcome,
                 on_sending=recorder.sending,
@@ -206,7 +179,7 @@ def run_send(
                 run_quotas.sender = sender
             recorder.stop = sender.stop
             sender.counts.total = plan.total
-            window = rate.period if rate and book is None else 1.0
+            window = min((r.period for r in rate.pacing), default=1.0) if rate else 1.0
             if journal is not None:
                 journal.start_sending(window)
             elapsed, cut_short = asyncio.run(_send(sender, plan, composer, settings, console, recorder))

@@ -41,6 +41,8 @@ class Slot:
     throttled: bool = False  # the server said "too fast" to this message
     probe: bool = False  # sent alone, to find whether the server accepts again
     refused: bool = False  # handed back without permission (a quota's: quota.py): send nothing with it
+    quota_at: float | None = None  # when a quota (quota.py) counted it, until the server refuses it
+    maybe_delivered: bool = False  # its reply was lost: the server may have taken it
 
 
 MARGIN = 0.1  # of the period, added to the window: servers count in whole seconds

@@ -30,6 +30,7 @@ from mailblast.message.compose import Composed, ComposedMessage, RowError
 from mailblast.message.recipients import Recipient
 from mailblast.message.worker import BATCH, batches
 from mailblast.smtp.connection import Connection
+from mailblast.smtp.credentials import Credentials
 from mailblast.smtp.outcomes import Counts, Outcome, Status
 from mailblast.smtp.ratelimit import SlidingWindowLimiter, Slot, backoff_delay
 from mailblast.smtp.replies import Kind, Verdict
@@ -73,6 +74,7 @@ class Relay:
     connections: int = 2
     max_messages: int = 100
     name: str = ""  # as the journal records it; "" for a run's only server
+    credentials: Credentials | None = None  # what it signs in with, for a sign-in hint
     # what the run learns of it
     dropped: Verdict | None = None  # it failed fatally: its messages go through the others
     resting_until: float = 0.0  # loop time before which it takes no message (its quota has none)
