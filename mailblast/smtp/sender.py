@@ -32,11 +32,15 @@ from mailblast.message.worker import BATCH, batches
 from mailblast.smtp.connection import Connection
 from mailblast.smtp.credentials import Credentials
 from mailblast.smtp.outcomes import Counts, Outcome, Status
+from mailblast.smtp.policy import Action, Attempt, ThrottleSense, decide
 from mailblast.smtp.ratelimit import SlidingWindowLimiter, Slot, backoff_delay
 from mailblast.smtp.replies import Kind, Verdict
 from mailblast.smtp.transaction import Accepted, Ready, TransactionError
 
-MAX_THROTTLED = 50  # throttle replies one message may get before it counts as failed
+# A relay that lost this many replies to the final "." in a row (it drops every connection
+# there) is dropped while another can send: each lost reply costs a resend, perhaps a duplicate.
+LOST_REPLIES_TO_DROP = 3
+SAME_INDEX_SESSIONS = 3  # sessions in a row first refused at their Nth message: N per connection
 SPARE_PROBE_AFTER = 30.0  # seconds before a refused connection is tried again; doubles each time
 SPARE_PROBE_CAP = 600.0
 # A connection refused this often since its last delivery is replaced by a new one before
@@ -63,6 +67,8 @@ class _Begun:
     job: _Job
     slot: Slot
     ready: Ready | None = None  # once its DATA got 354
+    index: int = 0  # messages started on its connection before it
+    session: object = None  # its connection
 
 
 @dataclass(eq=False)
@@ -83,6 +89,13 @@ class Relay:
     ever_connected: bool = False
     connect_failures: int = 0  # in a row, with no connection open
     connect_after: float = 0.0  # loop time before which no worker connects (a backoff)
+    lost_replies: int = 0  # replies to the final "." lost in a row
+    capped: bool = False  # max_messages was learned from its refusals (said once)
+    # (connection, index) of the first refusal of its latest sessions: the same index each time
+    # is a cap on messages per connection that the server's reply did not name
+    first_refusals: collections.deque[tuple[int, int]] = field(
+        default_factory=lambda: collections.deque(maxlen=SAME_INDEX_SESSIONS)
+    )
     open: set[Connection] = field(default_factory=set)
     connecting: int = 0
     settled: asyncio.Condition | None = None
@@ -134,6 +147,7 @@ class Sender:
         self.counts = Counts()
         self.stopped_by: Verdict | None = None
         self._workers = sum(r.connections for r in self.relays)
+        self._sense = ThrottleSense()
         self._wake: asyncio.Event | None = None  # set when the run stops or ends: sleepers wake
 
     @property
@@ -380,7 +394,10 @@ class Sender:
                     if slot is None:
                         held, job = job, None
                 assert connection is not None
-                start = _Begun(job, slot) if job is not None and slot is not None else None
+                start = None
+                if job is not None and slot is not None:
+                    index = connection.transactions.started if connection.transactions is not None else 0
+                    start = _Begun(job, slot, index=index, session=connection)
                 begun = await self._step(relay, connection, begun, start)
                 transactions = connection.transactions
                 if (
@@ -462,11 +479,13 @@ class Sender:
 
     def _settle(self, relay: Relay, begun: _Begun, result: Accepted | TransactionError) -> None:
         if isinstance(result, Accepted):
+            relay.lost_replies = 0
             self._delivered(begun.job, result)
         else:
-            if result.verdict.kind is Kind.THROTTLED:
+            begun.slot.maybe_delivered = result.uncertain  # a quota keeps counting it
+            at_cap = self._session_cap(relay, begun, result.verdict)
+            if self._failed(relay, begun.job, result, begun.index, at_cap=at_cap) is Action.SLOW_DOWN:
                 relay.limiter.throttled(result.verdict.retry_after, begun.slot)
-            self._failed(relay, begun.job, result)
         relay.limiter.release(begun.slot, accepted=isinstance(result, Accepted))
 
     async def _open_for(self, relay: Relay, job: _Job) -> tuple[Connection | None, bool]:
@@ -582,38 +601,97 @@ class Sender:
         else:
             self._finish(job, Status.SENT, accepted.reply, refused and f"refused: {refused}")
 
-    def _failed(self, relay: Relay, job: _Job, error: TransactionError) -> None:
+    def _failed(
+        self, relay: Relay, job: _Job, error: TransactionError, index: int = 0, *, at_cap: bool = False
+    ) -> Action:
+        """Carry out what the policy decides for this failed try; returns the action."""
         verdict = error.verdict
-        if error.uncertain:
-            if not job.maybe_delivered:
-                # It may have been delivered: send it once more, as MTAs do (RFC 1047).
+        now = asyncio.get_running_loop().time()
+        server_wide = self._sense.note(verdict, id(job), now)
+        attempt = Attempt(
+            verdict,
+            uncertain=error.uncertain,
+            maybe_delivered=job.maybe_delivered,
+            attempts=job.attempts,
+            failures=job.failures,
+            throttled=job.throttled,
+            retries=self._options.retries,
+            server_wide=server_wide,
+            session_index=index,
+            at_cap=at_cap,
+        )
+        decision = decide(attempt)
+        if decision.per_connection_cap is not None:
+            self._cap(relay, decision.per_connection_cap, verdict)
+        match decision.action:
+            case Action.REQUEUE if decision.lost_reply:
                 job.maybe_delivered = "the reply to the final '.' was lost"
                 self._retry_later(job, 0)
-                return
-            self._finish(job, Status.UNCERTAIN, verdict, f"{job.maybe_delivered}, and again on the resend")
-            return
-        match verdict.kind:
-            case Kind.THROTTLED:
-                job.throttled += 1
-                if job.throttled > MAX_THROTTLED:
-                    self._finish(
-                        job, Status.FAILED, verdict, f"still throttled after {job.attempts} attempts"
-                    )
+                self._lost_reply(relay)
+            case Action.REQUEUE:
+                self._not_delivered(job)
+                self._retry_later(job, 0)
+            case Action.SLOW_DOWN:
+                if verdict.kind is Kind.THROTTLED:
+                    job.throttled += 1
                 else:
-                    self._not_delivered(job)
-                    self._retry_later(job, 0)
-            case Kind.TRANSIENT:
+                    job.failures += 1  # a reply not worded as throttling: see policy.decide
+                self._not_delivered(job)
+                self._retry_later(job, 0)
+            case Action.RETRY:
                 job.failures += 1
-                if job.failures > self._options.retries:
-                    self._finish(job, Status.FAILED, verdict, f"gave up after {job.attempts} attempts")
-                else:
-                    self._not_delivered(job)
-                    self._retry_later(job, self._backoff(job.failures))
-            case Kind.FATAL:
+                self._not_delivered(job)
+                self._retry_later(job, self._backoff(decision.backoff))
+            case Action.DROP_RELAY:
                 self._fatal(relay, job, verdict)
-            case _:
+            case Action.FAIL if decision.status is Status.UNCERTAIN:
+                self._finish(job, Status.UNCERTAIN, verdict, f"{job.maybe_delivered}, and {decision.error}")
+                self._lost_reply(relay)
+            case Action.FAIL:
                 also = f"; also refused: {_listed(error.refused)}" if error.refused else ""
-                self._finish(job, Status.FAILED, verdict, verdict.describe() + also)
+                self._finish(job, Status.FAILED, verdict, decision.error + also)
+        return decision.action
+
+    def _session_cap(self, relay: Relay, begun: _Begun, verdict: Verdict) -> bool:
+        """Whether sessions in a row were first refused at the same message: a per-connection cap."""
+        if not verdict.is_retryable or begun.index < 2:
+            return False
+        session = id(begun.session)
+        if relay.first_refusals and relay.first_refusals[-1][0] == session:
+            return False  # not this session's first refusal
+        relay.first_refusals.append((session, begun.index))
+        indexes = {index for _, index in relay.first_refusals}
+        return len(relay.first_refusals) == SAME_INDEX_SESSIONS and len(indexes) == 1
+
+    def _cap(self, relay: Relay, cap: int, verdict: Verdict) -> None:
+        """The server takes at most ``cap`` messages per connection: reconnect after that many."""
+        if cap >= relay.max_messages:
+            return
+        relay.max_messages = cap
+        if not relay.capped and self._on_notice is not None:
+            self._on_notice(
+                relay.described(
+                    f"the server takes {cap} message(s) per connection ({verdict.describe()}): "
+                    f"reconnecting after every {cap} (--max-messages {cap} says so from the start)"
+                )
+            )
+        relay.capped = True
+
+    def _lost_reply(self, relay: Relay) -> None:
+        """Another reply to the final "." lost: a relay that keeps losing them is dropped."""
+        relay.lost_replies += 1
+        if relay.lost_replies < LOST_REPLIES_TO_DROP or not relay.name:
+            return
+        if any(r is not relay and r.dropped is None for r in self.relays):
+            why = Verdict(
+                Kind.FATAL,
+                None,
+                None,
+                None,
+                f"{relay.lost_replies} replies to the final '.' were lost in a row "
+                "(it drops the connection there): each costs a resend, perhaps a duplicate",
+            )
+            self.drop(relay, why)
 
     def _not_delivered(self, job: _Job) -> None:
         """A reply proved this try was not delivered: the journal says pending again, not sending."""
