@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 from mailblast.config import load_settings
 from mailblast.errors import ConfigError
 from mailblast.smtp.quota import QuotaBook, QuotaLimiter
-from mailblast.smtp.urls import Pace, Rate, parse_pace
+from mailblast.smtp.urls import Pace, Rate, parse_pace, parse_rate
 from tests.servers import SmtpServer
 from tests.test_ratelimit import FakeClock, run_virtual
 from tests.test_send_cli import campaign, mailblast
@@ -122,3 +123,18 @@ def test_a_quota_does_not_count_the_attempts_a_server_refused(tmp_path: Path, sm
     assert len(server.received) == 12 and server.rejected  # it was refused on the way
     book = QuotaBook(tmp_path / "state")
     assert len(book.times("127.0.0.1", DAY, time.time())) == 12
+
+
+def test_without_a_rate_the_summary_says_what_was_learned_and_the_rate_to_pass(
+    tmp_path: Path, smtp_server: Server
+) -> None:
+    server = smtp_server(rate=(5, 1.0))
+    campaign(tmp_path, 30)
+    proc = mailblast(tmp_path, "send", "people.csv", "-t", "t.txt", "--smtp", server.url, "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert len(server.received) == 30
+    (learned,) = json.loads(proc.stdout)["learned"]
+    limit, suggested = parse_rate(learned["limit"]), parse_rate(learned["suggested_rate"])
+    assert limit.count == 5 and 1.0 <= limit.period <= 2.0  # whole seconds, rounded up
+    assert suggested.count < limit.count and suggested.period == limit.period
+    assert f"learned the server's limit, about {limit}: next time pass --rate {suggested}" in proc.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import shutil
 import signal
@@ -44,7 +45,7 @@ from mailblast.smtp.relay import describe as describe_relays
 from mailblast.smtp.relay import relays_of
 from mailblast.smtp.replies import Kind, Verdict
 from mailblast.smtp.sender import Relay, Sender, SenderOptions
-from mailblast.smtp.urls import SmtpTarget, parse_smtp_url
+from mailblast.smtp.urls import Rate, SmtpTarget, parse_smtp_url
 
 # A recipients file this large is composed in a worker process, started before the check pass so
 # that its start-up overlaps it; for smaller ones the start-up would cost more than it saves.
@@ -195,10 +196,22 @@ def run_send(
             report_path = None  # nothing was written: no hint may name it
         several = [r for r in sender.relays if r.name]  # the [[relay]] tables; none for the one server
         _summarise(console, sender.counts, tally, elapsed, window, recorder, report_path, several)
+        learned = _learned(sender.relays)
+        for name, limit, suggested in learned:
+            console.print(
+                f"{name + ': ' if name else ''}learned the server's limit, about {limit}: "
+                f"next time pass --rate {suggested}",
+                highlight=False,
+                soft_wrap=True,
+            )
         if facts is not None:
             facts.update(
                 _send_facts(sender.counts, tally, elapsed, window, journal, report_path, recorder.report.rows)
             )
+            facts["learned"] = [
+                {"relay": name, "limit": str(limit), "suggested_rate": str(suggested)}
+                for name, limit, suggested in learned
+            ]
             if several:
                 facts["relays"] = [
                     {"name": r.name, "took": r.took, "dropped": r.dropped.describe() if r.dropped else None}
@@ -498,6 +511,18 @@ def _summarise(
         console.print(
             f"report of the {recorder.report.rows:,} recipient(s) not sent: {where}", highlight=False
         )
+
+
+def _learned(relays: list[Relay]) -> list[tuple[str, Rate, Rate]]:
+    """What each relay without a --rate learned of its server's limit, and the --rate to pass."""
+    found = []
+    for relay in relays:
+        learned, suggested = relay.limiter.learned, relay.limiter.suggested()
+        if learned is not None and suggested is not None:
+            # whole seconds, rounded up: a longer period is the safer side
+            seconds = float(math.ceil(learned[1] - 1e-6))
+            found.append((relay.name, Rate(learned[0], seconds), Rate(suggested[0], seconds)))
+    return found
 
 
 def _summarise_relays(console: Console, relays: list[Relay]) -> None:

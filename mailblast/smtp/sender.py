@@ -34,7 +34,7 @@ from mailblast.smtp.credentials import Credentials
 from mailblast.smtp.outcomes import Counts, Outcome, Status
 from mailblast.smtp.policy import Action, Attempt, ThrottleSense, decide
 from mailblast.smtp.ratelimit import SlidingWindowLimiter, Slot, backoff_delay
-from mailblast.smtp.replies import Kind, Verdict
+from mailblast.smtp.replies import Cause, Kind, Verdict
 from mailblast.smtp.transaction import Accepted, Ready, TransactionError
 
 # A relay that lost this many replies to the final "." in a row (it drops every connection
@@ -654,8 +654,8 @@ class Sender:
 
     def _session_cap(self, relay: Relay, begun: _Begun, verdict: Verdict) -> bool:
         """Whether sessions in a row were first refused at the same message: a per-connection cap."""
-        if not verdict.is_retryable or begun.index < 2:
-            return False
+        if not verdict.is_retryable or verdict.cause is not Cause.NONE or begun.index < 2:
+            return False  # a reply that names its cause (a rate: THROTTLE) is taken at its word
         session = id(begun.session)
         if relay.first_refusals and relay.first_refusals[-1][0] == session:
             return False  # not this session's first refusal
