@@ -114,6 +114,7 @@ class FakeServer:
     limit: Limit | None = None
     max_connections: int | None = None
     per_connection: int | None = None
+    per_connection_reply: str = PER_CONNECTION_REPLY  # it closes the connection if a 421
     postfix_errors: bool = False
     rtt: float = 0.02
     open_time: float = 0.03
@@ -171,8 +172,9 @@ class FakeTransactions:
             session.is_open = False
             return sent, server.refuse(POSTFIX_ERRORS_REPLY)
         if server.per_connection is not None and self.started > server.per_connection:
-            session.close_now()
-            return sent, server.refuse(PER_CONNECTION_REPLY)
+            if server.per_connection_reply.startswith("421"):
+                session.close_now()
+            return sent, server.refuse(server.per_connection_reply)
         reply = server.limit.mail(server.clock.now) if server.limit is not None else None
         if reply is not None:
             self.refusals += 3  # MAIL refused, then RCPT and DATA out of sequence

@@ -70,6 +70,16 @@ def test_a_cap_on_messages_per_connection_is_learned_not_taken_for_a_rate() -> N
     assert len([n for n in run.notices if "10 message(s) per connection" in n]) == 1
 
 
+def test_a_cap_on_messages_per_connection_that_no_reply_names_is_learned_from_the_sessions() -> None:
+    """Every session refused only at its 11th MAIL, with a neutral reply: 10 per connection."""
+    server = lambda c: FakeServer(c, None, per_connection=10, per_connection_reply=NEUTRAL_REPLY)  # noqa: E731
+    run = simulate(server, 200, connections=1)
+    delivered_once(run, 200)
+    assert run.sender.relays[0].max_messages == 10
+    assert run.refusals <= 4 and run.seconds <= 10
+    assert len([n for n in run.notices if "10 message(s) per connection" in n]) == 1
+
+
 @pytest.mark.parametrize("start", [0.0, 0.5, 0.99])
 def test_postfix_anvil_over_three_connections(start: float) -> None:
     """anvil 30/10s with Postfix's error counting, 3 connections: 35 s and 26 refusals before."""

@@ -71,10 +71,7 @@ def used_verdict(account: QuotaAccount, free_at: float) -> Verdict:
 
 
 class RunQuotas:
-    """The quotas of one run, in the shared QuotaBook.
-
-    The limiters' callbacks reach the run's Sender, which is made after them: ``sender`` is set then.
-    """
+    """The quotas of one run, in the shared QuotaBook; the Sender asks it for each relay's limiter."""
 
     def __init__(
         self,
@@ -90,7 +87,6 @@ class RunQuotas:
         self.wait = wait
         self.notice = notice
         self._wall = wall_clock
-        self.sender: Sender | None = None
         self.exhausted: dict[str, float] = {}  # relay: when its next slot frees, for those used up
         self._told_resting: set[str] = set()
 
@@ -114,9 +110,10 @@ class RunQuotas:
         """The relays that take no part in this run, and why: their quota is used up already."""
         return {name: used_verdict(self.accounts[name], at) for name, at in self.exhausted.items()}
 
-    def limiter(self, name: str) -> QuotaLimiter | None:
-        """The limiter of relay ``name`` if its rate is a quota."""
-        account = self.accounts.get(name)
+    def limiter(self, relay: Relay, sender: Sender) -> QuotaLimiter | None:
+        """The limiter of ``relay`` if its rate is a quota: when used up it drops the relay (and the
+        sender stops when none is left); when its next slot is minutes away the relay rests."""
+        account = self.accounts.get(relay.name)
         if account is None:
             return None
         pacing = account.pace.pacing
@@ -126,12 +123,12 @@ class RunQuotas:
             account.rates,
             pacing=min(pacing, key=lambda r: r.per_second) if pacing else None,
             wait=self.wait,
-            stopping=lambda: self._sender.stopping or self._relay(name).dropped is not None,
-            on_exhausted=lambda at: self._used_up(account, at),
+            stopping=lambda: sender.stopping or relay.dropped is not None,
+            on_exhausted=lambda at: self._used_up(sender, relay, account, at),
             on_wait=lambda at: self.notice(
                 account.said(f"{account.quota} is used: waiting until {when(at)}")
             ),
-            give_way=lambda seconds: self._give_way(account, seconds),
+            give_way=lambda seconds: self._give_way(sender, relay, account, seconds),
         )
 
     def stop_text(self, sent: int, left: int) -> str:
@@ -149,21 +146,13 @@ class RunQuotas:
             f"the next may go at {when(self.exhausted[first])} through {first}"
         )
 
-    @property
-    def _sender(self) -> Sender:
-        assert self.sender is not None, "set sender before the run starts"
-        return self.sender
-
-    def _relay(self, name: str) -> Relay:
-        return next(r for r in self._sender.relays if r.name == name)
-
-    def _used_up(self, account: QuotaAccount, free_at: float) -> None:
+    def _used_up(self, sender: Sender, relay: Relay, account: QuotaAccount, free_at: float) -> None:
         self.exhausted[account.relay] = free_at
-        self._sender.drop(self._relay(account.relay), used_verdict(account, free_at), last=QUOTA_USED)
+        sender.drop(relay, used_verdict(account, free_at), last=QUOTA_USED)
 
-    def _give_way(self, account: QuotaAccount, seconds: float) -> bool:
+    def _give_way(self, sender: Sender, relay: Relay, account: QuotaAccount, seconds: float) -> bool:
         """Let the other relays send while this one's next slot is ``seconds`` away, if one can."""
-        if not self._sender.rest(self._relay(account.relay), seconds):
+        if not sender.rest(relay, seconds):
             return False
         if account.relay not in self._told_resting:
             self._told_resting.add(account.relay)

@@ -142,7 +142,6 @@ def run_send(
             tls_context=tls_context,
             environ=os.environ,
             ask_password=ask_password,
-            limiter_of=run_quotas.limiter if run_quotas else lambda _: None,
             unused=run_quotas.unused() if run_quotas else {},
         )
         credentials = relays[0].credentials
@@ -175,9 +174,8 @@ def run_send(
                 on_sending=recorder.sending,
                 on_not_delivered=recorder.not_delivered,
                 on_notice=notice,
+                limiter_of=run_quotas.limiter if run_quotas is not None else None,
             )
-            if run_quotas is not None:
-                run_quotas.sender = sender
             recorder.stop = sender.stop
             sender.counts.total = plan.total
             window = min((r.period for r in rate.pacing), default=1.0) if rate else 1.0

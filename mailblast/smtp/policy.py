@@ -127,6 +127,10 @@ class ThrottleSense:
         self._seen: dict[tuple[int | None, str], deque[tuple[float, int]]] = {}
         self.server_wide_replies: set[tuple[int | None, str]] = set()
 
+    def known(self, verdict: Verdict) -> bool:
+        """Whether this reply was found server-wide already."""
+        return reply_key(verdict) in self.server_wide_replies
+
     def note(self, verdict: Verdict, message: int, now: float) -> bool:
         """Record that ``verdict`` refused message ``message`` (any id) at ``now``; True if server-wide."""
         if verdict.kind is not Kind.TRANSIENT or verdict.code is None or recipients_own(verdict):

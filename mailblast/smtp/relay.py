@@ -25,20 +25,19 @@ def relays_of(
     tls_context: ssl.SSLContext,
     environ: Mapping[str, str],
     ask_password: Callable[[str], str],
-    limiter_of: Callable[[str], SlidingWindowLimiter | None] = lambda _: None,
     unused: Mapping[str, Verdict] = MappingProxyType({}),
 ) -> list[Relay]:
     """The sender's relays, each signed in with its own secret (read now, before anything is sent).
 
     One path for both: a single [smtp] url (or --smtp) is a one-entry list whose relay has no
     name, and takes its secret from MAILBLAST_SMTP_PASSWORD and the [smtp] table.
-    ``limiter_of(name)`` may give a relay's limiter (a quota's); the others limit to their pace.
+    Each limits to its pace; a quota's limiter is the Sender's to give (Sender's limiter_of).
     The ``unused`` relays take no part in the run, for the reason given: their secret is not read.
     """
     relays = []
     for relay in settings:
         target = parse_smtp_url(relay.url)
-        limiter = limiter_of(relay.name) or limiter_for(relay.rate)
+        limiter = limiter_for(relay.rate)
         if relay.name in unused:
             connect = partial(Connection, target, None, timeout=timeout, tls_context=tls_context)
             why = unused[relay.name]

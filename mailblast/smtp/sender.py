@@ -1,18 +1,25 @@
-"""Send: a pool of SMTP connections behind one shared rate limiter.
+"""Send: lanes of SMTP connections behind one shared rate limiter per relay.
 
 Recipients are composed just ahead of sending into a bounded buffer, so memory stays
-flat however long the file. Each reply is classified:
+flat however long the file. One queue assigns the work; each ``Lane`` is one connection's
+worth of it, with an explicit state (idle -> connecting -> ready -> in flight -> closing),
+and counts its own messages and refusals, so that it recycles its connection itself: after
+``max_messages`` messages, or after many refusals since its last delivery (Postfix slows
+such sessions down, then drops them). What a failed try means is decided by ``policy.decide``
+(pure); the sender carries it out:
 
-- throttled: the message goes back in the queue and the whole run slows down;
-- transient: that message alone is retried with exponential backoff, up to ``retries`` times;
-- permanent: that recipient fails and the rest go on;
-- fatal: no new message starts, the ones in flight finish, the rest are "not attempted";
-- reply lost after the final ".": sent once more, and reported as uncertain.
+- slow down (throttled, or the same temporary reply across several messages): the message
+  goes back in the queue and the whole run slows down;
+- retry: that message alone is retried with exponential backoff, up to ``retries`` times;
+- fail: that recipient fails and the rest go on;
+- drop relay (fatal): its messages go through the other relays; with none left no new
+  message starts, the ones in flight finish, the rest are "not attempted";
+- requeue: a reply lost after the final "." is sent once more, and reported as uncertain;
+  a relay that keeps losing them is dropped while another can send. A cap on messages per
+  connection is requeued too, and the relay reconnects sooner, no slower.
 
-A connection is replaced after ``max_messages`` messages, or after many refusals since its
-last delivery (servers slow such sessions down, then drop them).
 A connection the server refuses while others are open means it takes fewer connections:
-the pool shrinks to the ones open, and a spare worker tries again only rarely. Connect
+the pool shrinks to the ones open, and a spare lane tries again only rarely. Connect
 failures with nothing open count against ``retries`` like any temporary failure.
 """
 
@@ -21,7 +28,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import enum
 import itertools
+import math
 import random
 from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +55,7 @@ SPARE_PROBE_CAP = 600.0
 # A connection refused this often since its last delivery is replaced by a new one before
 # Postfix slows it down: a refused pipelined envelope costs up to 3 of the 10 it allows.
 REFUSALS_PER_CONNECTION = 8
+ENVELOPE_ERRORS = 3  # a refused pipelined envelope: MAIL, then RCPT and DATA out of sequence
 ComposeBatch = Callable[[list[Recipient]], Awaitable[list[Composed]]]
 
 
@@ -68,7 +78,7 @@ class _Begun:
     slot: Slot
     ready: Ready | None = None  # once its DATA got 354
     index: int = 0  # messages started on its connection before it
-    session: object = None  # its connection
+    lane: Lane | None = None
 
 
 @dataclass(eq=False)
@@ -91,9 +101,9 @@ class Relay:
     connect_after: float = 0.0  # loop time before which no worker connects (a backoff)
     lost_replies: int = 0  # replies to the final "." lost in a row
     capped: bool = False  # max_messages was learned from its refusals (said once)
-    # (connection, index) of the first refusal of its latest sessions: the same index each time
-    # is a cap on messages per connection that the server's reply did not name
-    first_refusals: collections.deque[tuple[int, int]] = field(
+    # (opened, index, refused at) of the first refusal of its latest sessions, one after another:
+    # the same index each time is a cap on messages per connection that no reply named
+    first_refusals: collections.deque[tuple[float, int, float]] = field(
         default_factory=lambda: collections.deque(maxlen=SAME_INDEX_SESSIONS)
     )
     open: set[Connection] = field(default_factory=set)
@@ -108,6 +118,78 @@ class Relay:
 
     def described(self, text: str) -> str:
         return f"{self.name}: {text}" if self.name else text
+
+
+class LaneState(enum.Enum):
+    """Where a lane's connection is: each lane is one connection's worth of work."""
+
+    IDLE = "idle"  # no connection (not opened yet, or closed after its work)
+    CONNECTING = "connecting"
+    READY = "ready"  # open, nothing in flight
+    IN_FLIGHT = "in flight"  # a message's DATA got 354: its content goes out in the next step
+    CLOSING = "closing"
+
+
+@dataclass(eq=False)
+class Lane:
+    """One connection of a relay, with its explicit state; it counts its own messages and
+    refusals and says when its connection is worn out (recycled after ``max_messages``, or after
+    many refusals since its last delivery, before Postfix slows the session down)."""
+
+    relay: Relay
+    state: LaneState = LaneState.IDLE
+    connection: Connection | None = None
+    in_flight: _Begun | None = None  # its DATA got 354: its content goes out in the next step
+    held: _Job | None = None  # taken from the queue, waiting to ride along with the content
+    messages: int = 0  # started on this connection
+    refused: int = 0  # messages refused on it since its last delivery
+    opened_at: float = -math.inf  # loop time its connection opened
+    # a reply naming no cause refused the first message after several delivered: a fresh
+    # session shows whether the server caps messages per connection (see Sender._session_cap)
+    fresh_session: bool = False
+    spare_wait: float = SPARE_PROBE_AFTER  # before it tries a connection the server refused again
+
+    @property
+    def is_open(self) -> bool:
+        return self.connection is not None and self.connection.is_open
+
+    @property
+    def pipelines(self) -> bool:
+        """Whether the next envelope may ride along with the content in flight."""
+        transactions = self.connection.transactions if self.connection is not None else None
+        return transactions is not None and transactions.pipelining
+
+    @property
+    def worn_out(self) -> bool:
+        """Recycle the connection now: its messages are used, or the server is counting errors."""
+        return (
+            self.messages >= self.relay.max_messages
+            or self.refused * ENVELOPE_ERRORS >= REFUSALS_PER_CONNECTION
+            or self.fresh_session
+        )
+
+    def opened(self, connection: Connection, now: float) -> None:
+        self.connection, self.state = connection, LaneState.READY
+        self.messages = self.refused = 0
+        self.opened_at, self.fresh_session = now, False
+        self.relay.open.add(connection)
+
+    def started(self, begun: _Begun | None) -> None:
+        """``begun`` (if any) got its 354: it is in flight; else nothing is."""
+        self.in_flight = begun
+        if self.state is not LaneState.CLOSING:
+            self.state = LaneState.IN_FLIGHT if begun is not None else LaneState.READY
+
+    def settled(self, accepted: bool) -> None:
+        self.refused = 0 if accepted else self.refused + 1
+
+    def release(self) -> Connection | None:
+        """Hand over the connection for closing; the lane is idle."""
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            self.relay.open.discard(connection)
+        self.state = LaneState.IDLE
+        return connection
 
 
 @dataclass
@@ -136,8 +218,14 @@ class Sender:
         on_not_delivered: Callable[[ComposedMessage], None] | None = None,
         on_notice: Callable[[str], None] | None = None,
         rng: random.Random | None = None,
+        limiter_of: Callable[[Relay, Sender], SlidingWindowLimiter | None] | None = None,
     ) -> None:
+        """``limiter_of(relay, sender)`` may give a relay the limiter it sends under instead of its
+        own (a quota's, quota.py, which drops or rests the relay through this sender)."""
         self.relays = list(relays)
+        for relay in self.relays:
+            if limiter_of is not None and (limiter := limiter_of(relay, self)) is not None:
+                relay.limiter = limiter
         self._options = options
         self._on_outcome = on_outcome
         self._on_sending = on_sending
@@ -193,7 +281,8 @@ class Sender:
             self._wake.set()
         self._outstanding = 0
         self._producing = True
-        workers = [asyncio.create_task(self._worker(r)) for r in self.relays for _ in range(r.connections)]
+        lanes = [Lane(r) for r in self.relays for _ in range(r.connections)]
+        workers = [asyncio.create_task(self._run_lane(lane)) for lane in lanes]
         try:
             await self._produce(recipients, compose, maybe_sent, parallel + 1, batch)
             self._producing = False
@@ -332,51 +421,47 @@ class Sender:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), seconds)
 
-    async def _worker(self, relay: Relay) -> None:
+    async def _run_lane(self, lane: Lane) -> None:
+        """One connection's work: take the next message, open the connection when it has none,
+        start the message when the limiter allows, recycle the connection when it is worn out."""
         assert self._wake is not None  # set once the run stops or ends
-        connection: Connection | None = None
-        begun: _Begun | None = None  # its DATA got 354: its content goes out in the next step
-        held: _Job | None = None  # taken from the queue, not started yet
+        relay = lane.relay
         ending = False  # the queue said the run is over
-        spare_wait = SPARE_PROBE_AFTER
         try:
             while True:
-                job, held = held, None
+                job, lane.held = lane.held, None
                 if relay.dropped is not None and not self.stopping:
                     if job is not None:
                         self._retry_later(job, 0)  # for the other relays
-                    if begun is None:
+                    if lane.in_flight is None:
                         break
                     job, ending = None, True  # its content goes (the connection is fine), then this ends
-                if begun is None and not ending and not self._wake.is_set() and self._resting(relay):
+                if lane.in_flight is None and not ending and not self._wake.is_set() and self._resting(relay):
                     if job is not None:
                         self._retry_later(job, 0)  # for the other relays
                         job = None
-                    if connection is not None:  # it would only sit idle
-                        self._close_later(relay, connection)
-                        connection = None
+                    self._close_later(lane)  # it would only sit idle
                     await self._sleep(relay.resting_until - asyncio.get_running_loop().time())
                     continue
-                if job is None and not ending and (begun is None or self._pipelines(connection)):
-                    job, ending = await self._next(wait=begun is None)
-                if job is None and begun is None:
+                if job is None and not ending and (lane.in_flight is None or lane.pipelines):
+                    job, ending = await self._next(wait=lane.in_flight is None)
+                if job is None and lane.in_flight is None:
                     break
                 if job is not None and self.stopping:
                     self._finish(job, Status.NOT_ATTEMPTED, self.stopped_by, "the run stopped first")
                     job = None
-                    if begun is None:
+                    if lane.in_flight is None:
                         continue
                 slot = None
-                if job is not None and begun is None:
-                    if connection is None or not connection.is_open:
-                        if connection is not None:
-                            relay.open.discard(connection)
-                        connection, spare = await self._open_for(relay, job)
+                if job is not None and lane.in_flight is None:
+                    if not lane.is_open:
+                        lane.release()  # the server closed it
+                        spare = await self._open_for(lane, job)
                         if spare:
                             # The server takes no more connections: others send; try again rarely.
-                            await self._sleep(spare_wait)
-                            spare_wait = min(SPARE_PROBE_CAP, spare_wait * 2)
-                        if connection is None:
+                            await self._sleep(lane.spare_wait)
+                            lane.spare_wait = min(SPARE_PROBE_CAP, lane.spare_wait * 2)
+                        if not lane.is_open:
                             continue
                     slot = await relay.limiter.acquire()
                     if slot.refused or self.stopping or relay.dropped is not None:
@@ -388,39 +473,27 @@ class Sender:
                         continue
                 elif job is not None:
                     # The next envelope goes out with this content, if it may start now.
-                    assert connection is not None and connection.transactions is not None
-                    if connection.transactions.started < relay.max_messages:
+                    if lane.messages < relay.max_messages:
                         slot = relay.limiter.try_acquire()
                     if slot is None:
-                        held, job = job, None
-                assert connection is not None
+                        lane.held, job = job, None
                 start = None
                 if job is not None and slot is not None:
-                    index = connection.transactions.started if connection.transactions is not None else 0
-                    start = _Begun(job, slot, index=index, session=connection)
-                begun = await self._step(relay, connection, begun, start)
-                transactions = connection.transactions
-                if (
-                    begun is None
-                    and transactions is not None
-                    and (
-                        transactions.started >= relay.max_messages
-                        or transactions.refusals >= REFUSALS_PER_CONNECTION
-                    )
-                ):
-                    self._close_later(relay, connection)
-                    connection = None
+                    start = _Begun(job, slot, index=lane.messages, lane=lane)
+                lane.started(await self._step(lane, lane.in_flight, start))
+                if lane.in_flight is None and lane.worn_out:
+                    self._close_later(lane)
         except asyncio.CancelledError:
-            if connection is not None:
-                connection.abort()  # stopping at once: no QUIT, no waiting for a reply
+            if lane.connection is not None:
+                lane.connection.abort()  # stopping at once: no QUIT, no waiting for a reply
             raise
-        if connection is not None:
-            relay.open.discard(connection)
+        if (connection := lane.release()) is not None:
             await connection.close()
 
-    def _close_later(self, relay: Relay, connection: Connection) -> None:
-        """QUIT in the background: the worker goes on (opens its next connection) meanwhile."""
-        relay.open.discard(connection)
+    def _close_later(self, lane: Lane) -> None:
+        """QUIT in the background: the lane goes on (opens its next connection) meanwhile."""
+        if (connection := lane.release()) is None:
+            return
         closing = asyncio.create_task(connection.close())
         self._closing.add(closing)
         closing.add_done_callback(self._closing.discard)
@@ -429,14 +502,6 @@ class Sender:
     def _resting(relay: Relay) -> bool:
         return relay.resting_until > asyncio.get_running_loop().time()
 
-    @staticmethod
-    def _pipelines(connection: Connection | None) -> bool:
-        return (
-            connection is not None
-            and connection.transactions is not None
-            and (connection.transactions.pipelining)
-        )
-
     async def _next(self, *, wait: bool) -> tuple[_Job | None, bool]:
         """The next job (None if ``wait`` is False and there is none yet), and whether the run is over."""
         if not wait and self._queue.empty():
@@ -444,11 +509,10 @@ class Sender:
         job = await self._queue.get() if wait else self._queue.get_nowait()
         return job, job is None
 
-    async def _step(
-        self, relay: Relay, connection: Connection, content: _Begun | None, start: _Begun | None
-    ) -> _Begun | None:
+    async def _step(self, lane: Lane, content: _Begun | None, start: _Begun | None) -> _Begun | None:
         """Send ``content``'s message and start ``start``'s transaction; the latter if its DATA got 354."""
-        assert connection.transactions is not None
+        relay, connection = lane.relay, lane.connection
+        assert connection is not None and connection.transactions is not None
         if content is not None and self._on_sending is not None:
             try:
                 self._on_sending(content.job.message)  # from its final "." on, the server may have it
@@ -462,6 +526,7 @@ class Sender:
         if start is not None:
             start.job.relay = relay
             start.job.attempts += 1
+            lane.messages += 1
             self._set_waiting(start.job, False)
         sent, started = await connection.transactions.step(
             content.ready if content else None, start.job.message if start else None
@@ -478,6 +543,8 @@ class Sender:
         return None
 
     def _settle(self, relay: Relay, begun: _Begun, result: Accepted | TransactionError) -> None:
+        if begun.lane is not None:
+            begun.lane.settled(isinstance(result, Accepted))
         if isinstance(result, Accepted):
             relay.lost_replies = 0
             self._delivered(begun.job, result)
@@ -488,8 +555,9 @@ class Sender:
                 relay.limiter.throttled(result.verdict.retry_after, begun.slot)
         relay.limiter.release(begun.slot, accepted=isinstance(result, Accepted))
 
-    async def _open_for(self, relay: Relay, job: _Job) -> tuple[Connection | None, bool]:
-        """A new open connection for ``job``, or None (the job is handled); True: be a spare."""
+    async def _open_for(self, lane: Lane, job: _Job) -> bool:
+        """Open ``lane``'s connection for ``job`` (if not, the job is handled); True: be a spare."""
+        relay = lane.relay
         settled = relay.settled
         assert settled is not None
         while True:
@@ -498,8 +566,9 @@ class Sender:
                 await self._sleep(wait)
             if self.stopping:
                 self._finish(job, Status.NOT_ATTEMPTED, self.stopped_by, "the run stopped first")
-                return None, False
+                return False
             connection = relay.connect()
+            lane.state = LaneState.CONNECTING
             relay.connecting += 1
             try:
                 await connection.open()
@@ -508,20 +577,22 @@ class Sender:
             else:
                 error = None
             finally:
+                lane.state = LaneState.IDLE
                 relay.connecting -= 1
                 async with settled:
                     settled.notify_all()
             if error is None:
                 relay.ever_connected = True
                 relay.connect_failures = 0
-                relay.open.add(connection)
+                lane.opened(connection, asyncio.get_running_loop().time())
                 if (now_open := relay.open_now()) > relay.pool:
                     relay.pool = now_open  # a spare got through: the server takes more again
-                return connection, False
+                return False
             job.attempts += 1
             verdict = error.verdict
             if verdict.kind is Kind.FATAL:  # TLS or login refused
-                return self._fatal(relay, job, verdict), False
+                self._fatal(relay, job, verdict)
+                return False
             # Whether the connections opening at the same time got through decides what this meant.
             async with settled:
                 await settled.wait_for(lambda: relay.connecting == 0)
@@ -531,7 +602,7 @@ class Sender:
                     continue
                 self._shrink(relay, verdict)
                 self._retry_later(job, 0)
-                return None, True
+                return True
             now = asyncio.get_running_loop().time()
             if relay.connect_after > now:
                 continue  # another worker failed alongside and counted this round already
@@ -539,7 +610,8 @@ class Sender:
             if (not relay.ever_connected and verdict.code is None) or (
                 relay.connect_failures > self._options.retries
             ):  # nothing listening, or the server went away for good
-                return self._fatal(relay, job, verdict), False
+                self._fatal(relay, job, verdict)
+                return False
             asked = min(verdict.retry_after or 0.0, self._options.backoff_cap)
             relay.connect_after = now + max(self._backoff(relay.connect_failures), asked, 0.001)
 
@@ -653,14 +725,19 @@ class Sender:
         return decision.action
 
     def _session_cap(self, relay: Relay, begun: _Begun, verdict: Verdict) -> bool:
-        """Whether sessions in a row were first refused at the same message: a per-connection cap."""
-        if not verdict.is_retryable or verdict.cause is not Cause.NONE or begun.index < 2:
+        """Whether sessions one after another were first refused at the same message (and the
+        reply named no cause): a cap on messages per connection."""
+        lane = begun.lane
+        if lane is None or not verdict.is_retryable or verdict.cause is not Cause.NONE or begun.index < 2:
             return False  # a reply that names its cause (a rate: THROTTLE) is taken at its word
-        session = id(begun.session)
-        if relay.first_refusals and relay.first_refusals[-1][0] == session:
-            return False  # not this session's first refusal
-        relay.first_refusals.append((session, begun.index))
-        indexes = {index for _, index in relay.first_refusals}
+        if self._sense.known(verdict):
+            return False  # the server's throttling, recognised by behaviour
+        lane.fresh_session = True
+        now = asyncio.get_running_loop().time()
+        if relay.first_refusals and lane.opened_at <= relay.first_refusals[-1][2]:
+            return False  # not a session opened after the last one's refusal
+        relay.first_refusals.append((lane.opened_at, begun.index, now))
+        indexes = {index for _, index, _ in relay.first_refusals}
         return len(relay.first_refusals) == SAME_INDEX_SESSIONS and len(indexes) == 1
 
     def _cap(self, relay: Relay, cap: int, verdict: Verdict) -> None:
