@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from mailblast.smtp.providers import KNOWN_REPLIES, Cause, KnownReply, recognise
@@ -70,3 +72,10 @@ def test_every_quota_entry_says_when_it_frees() -> None:
 def test_accepted_and_lost_replies_are_never_a_provider_refusal() -> None:
     assert recognise(None, "Throttling failure: Daily message quota exceeded.") is None
     assert classify(250, "Throttling failure: Daily message quota exceeded.").kind is Kind.OK
+
+
+def test_the_readme_lists_every_known_reply() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    for known in KNOWN_REPLIES:
+        example = known.example.replace("|", "\\|")  # a table cell's pipe
+        assert f"| {known.provider} | `{example}` | {known.cause.value} |" in readme
