@@ -16,10 +16,22 @@ from mailblast.server.capture import LOOPBACK, SERVER_NAME, Limits, Replies
 from mailblast.smtp.providers import EXIM, GMAIL, KNOWN_REPLIES, M365, MAILTRAP, POSTFIX, SES, Cause
 from mailblast.smtp.urls import Rate
 
+_CAUSE_OF_REPLY = {
+    "rate": Cause.THROTTLE,
+    "connections": Cause.CONNECTION_CAP,
+    "per_connection": Cause.PER_CONNECTION_CAP,
+    "quota": Cause.QUOTA_USED_UP,
+}
 
-def _reply(provider: str, cause: Cause) -> str:
-    """The provider's own reply for ``cause``, from the table (its first entry for that cause)."""
-    return next(k.example for k in KNOWN_REPLIES if k.provider == provider and k.cause is cause)
+
+def _replies(provider: str, **given: str) -> Replies:
+    """The provider's own reply for each limit, from the table (its first entry for that cause);
+    ``given`` where the table's example names another host, or the provider has none of its own."""
+    own = {
+        name: next((k.example for k in KNOWN_REPLIES if k.provider == provider and k.cause is cause), None)
+        for name, cause in _CAUSE_OF_REPLY.items()
+    }
+    return Replies(**{name: text for name, text in own.items() if text is not None} | given)
 
 
 @dataclass(frozen=True)
@@ -30,8 +42,6 @@ class Profile:
     notes: str  # what the profile leaves out, and where its figures come from
 
 
-_DEFAULT = Replies()
-
 PROFILES: dict[str, Profile] = {
     profile.name: profile
     for profile in (
@@ -39,10 +49,7 @@ PROFILES: dict[str, Profile] = {
             "ses", SES,
             Limits(
                 rate=Rate(1, 1.0), quota=200,
-                replies=Replies(
-                    rate=_reply(SES, Cause.THROTTLE), connections=_reply(SES, Cause.CONNECTION_CAP),
-                    per_connection=_DEFAULT.per_connection, quota=_reply(SES, Cause.QUOTA_USED_UP),
-                ),
+                replies=_replies(SES),
             ),
             "a new account in the SES sandbox: 1 message a second, 200 in 24 hours",
         ),
@@ -50,10 +57,7 @@ PROFILES: dict[str, Profile] = {
             "gmail", GMAIL,
             Limits(
                 quota=500,
-                replies=Replies(
-                    rate=_DEFAULT.rate, connections=_reply(GMAIL, Cause.CONNECTION_CAP),
-                    per_connection=_DEFAULT.per_connection, quota=_reply(GMAIL, Cause.QUOTA_USED_UP),
-                ),
+                replies=_replies(GMAIL),
             ),
             "a gmail.com account: 500 recipients in 24 hours (Google publishes no rate or connection cap)",
         ),
@@ -61,10 +65,7 @@ PROFILES: dict[str, Profile] = {
             "m365", M365,
             Limits(
                 max_connections=3, quota=10_000,
-                replies=Replies(
-                    rate=_DEFAULT.rate, connections=_reply(M365, Cause.CONNECTION_CAP),
-                    per_connection=_DEFAULT.per_connection, quota=_reply(M365, Cause.QUOTA_USED_UP),
-                ),
+                replies=_replies(M365),
             ),
             "SMTP AUTH submission: 3 connections at once, 10,000 recipients in 24 hours (its 30 messages "
             "a minute are queued by Microsoft, not refused, so they are not rehearsed)",
@@ -73,10 +74,7 @@ PROFILES: dict[str, Profile] = {
             "mailtrap", MAILTRAP,
             Limits(
                 rate=Rate(3, 1.0), max_connections=10, max_messages=100, quota=1_000,
-                replies=Replies(
-                    rate=_reply(MAILTRAP, Cause.THROTTLE), connections=_reply(MAILTRAP, Cause.CONNECTION_CAP),
-                    per_connection=_DEFAULT.per_connection, quota=_reply(MAILTRAP, Cause.QUOTA_USED_UP),
-                ),
+                replies=_replies(MAILTRAP),
             ),
             "10 connections, 100 messages each, a rate and a monthly limit that depend on the plan",
         ),
@@ -84,10 +82,10 @@ PROFILES: dict[str, Profile] = {
             "postfix", POSTFIX,
             Limits(
                 rate=Rate(30, 10.0), max_connections=3, quota=1_000,
-                replies=Replies(
+                replies=_replies(
+                    POSTFIX,
                     rate=f"450 4.7.1 Error: too much mail from {LOOPBACK}",
                     connections=f"421 4.7.0 {SERVER_NAME} Error: too many connections from {LOOPBACK}",
-                    per_connection=_DEFAULT.per_connection,
                     # Postfix has no quota of its own: a policy service adds one, e.g. a hosting
                     # provider's "550 5.4.5 ...: Domain Sending Quota Exceeded" (its reset unknown).
                     quota="550 5.4.5 Sender address rejected: Domain Sending Quota Exceeded",
@@ -100,13 +98,11 @@ PROFILES: dict[str, Profile] = {
             "exim", EXIM,
             Limits(
                 rate=Rate(30, 10.0), max_connections=20, max_messages=10, quota=100,
-                replies=Replies(
+                replies=_replies(
+                    EXIM,
                     rate="451 4.7.1 Sending rate over limit; try again later",
                     connections=f"421 {SERVER_NAME}: Too many concurrent SMTP connections; "
                     "please try again later",
-                    per_connection=_reply(EXIM, Cause.PER_CONNECTION_CAP),
-                    quota="550 Domain example.com has exceeded the max emails per hour (100/100 (100%)) "
-                    "allowed.  Message discarded.",
                 ),
             ),
             "a ratelimit ACL of 30 per 10 s, smtp_accept_max 20, smtp_accept_max_per_connection 10, "
