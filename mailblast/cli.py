@@ -19,7 +19,7 @@ from mailblast.campaign.send import run_send
 from mailblast.campaign.status import run_report, run_status
 from mailblast.config import Settings, load_settings
 from mailblast.errors import ConfigError, InputError, MailblastError, StoppedError
-from mailblast.server import capture
+from mailblast.server import capture, profiles
 from mailblast.smtp.credentials import PASSWORD_ENV
 from mailblast.smtp.urls import parse_rate
 
@@ -495,14 +495,37 @@ def serve(
             help="Share of messages refused with a random 451, 0 to 1.",
         ),
     ] = 0.0,
+    profile: Annotated[
+        str | None,
+        typer.Option(
+            "--profile",
+            rich_help_panel=REHEARSE,
+            help="Rehearse a provider's limits with its own replies: "
+            + ", ".join(profiles.PROFILES)
+            + ". The options above override its figures.",
+        ),
+    ] = None,
+    quota: Annotated[
+        int | None,
+        typer.Option(
+            "--quota",
+            rich_help_panel=REHEARSE,
+            help="Messages accepted in all; then the quota reply (with --profile: that provider's). "
+            "Scales a profile's real quota down for a rehearsal.",
+        ),
+    ] = None,
 ) -> None:
     """Run a local SMTP server that keeps every message in a Maildir and sends nothing on.
 
-    Rehearse a provider: mailblast serve --rate 3/s --max-connections 2
+    Rehearse a provider: mailblast serve --rate 3/s --max-connections 2, or mailblast serve --profile ses
     """
 
     def work(console: Console) -> int:
-        limits = capture.Limits(parse_rate(rate) if rate else None, max_connections, max_messages, fail_rate)
+        limits = capture.Limits(
+            parse_rate(rate) if rate else None, max_connections, max_messages, fail_rate, quota
+        )
+        if profile is not None:
+            limits = profiles.profile_limits(profile, limits)
         return capture.run_serve(host, port, outbox, limits, console)
 
     _run(work)

@@ -48,7 +48,6 @@ CASES = [
     (421, "4.7.0 mx Error: too many connections from 127.0.0.1", THROTTLED),
     (450, "4.7.1 Error: too much mail from 127.0.0.1", THROTTLED),
     (421, "4.7.28 Our system has detected an unusual rate of unsolicited mail", THROTTLED),
-    (450, "4.2.1 The user you are trying to contact is receiving mail too quickly", THROTTLED),
     (451, "4.7.1 Please try again later", THROTTLED),
     (451, "4.4.5 Server busy", THROTTLED),
     (454, "Throttling failure: Maximum sending rate exceeded.", THROTTLED),
@@ -62,6 +61,8 @@ CASES = [
     (550, "5.7.1 ratelimit hit", THROTTLED),
     (451, "4.3.0 Too many messages, slow down", THROTTLED),
     # transient
+    # Gmail: one recipient's mailbox gets too much mail, not the sender too fast (see providers.py)
+    (450, "4.2.1 The user you are trying to contact is receiving mail too quickly", TRANSIENT),
     (451, "4.3.0 Temporary server error. Please try again", TRANSIENT),
     (451, "4.4.1 No answer from host", TRANSIENT),
     # a 421, 450, 452 or 454 is not a throttle unless it says so: only 4.7.x, x.4.5 and the words

@@ -43,7 +43,7 @@ from mailblast.smtp.outcomes import Counts, average_rate, rate_seconds
 from mailblast.smtp.quota import QuotaBook
 from mailblast.smtp.relay import describe as describe_relays
 from mailblast.smtp.relay import relays_of
-from mailblast.smtp.replies import Kind, Verdict
+from mailblast.smtp.replies import Cause, Kind, Verdict
 from mailblast.smtp.sender import Relay, Sender, SenderOptions
 from mailblast.smtp.urls import Rate, SmtpTarget, parse_smtp_url
 
@@ -564,6 +564,13 @@ def _send_facts(
 
 def _stop_hint(reason: Verdict, resume: str, target: SmtpTarget, credentials: Credentials | None) -> str:
     """What to do about a stop; the mix-up of ports 465 and 587 is the commonest setup mistake."""
+    if reason.cause is Cause.QUOTA_USED_UP:
+        # The provider's rule (smtp/providers.py): when the quota frees, what --rate keeps under it.
+        rule = reason.reset_hint or (
+            "the server does not say when the quota frees (most count a day, or a rolling 24 hours); "
+            "pass --rate N/d to keep the account under it"
+        )
+        return f"{rule}; once it frees, {resume}"
     text = reason.describe()
     if "WRONG_VERSION_NUMBER" in text:
         cause = (

@@ -6,6 +6,10 @@ import enum
 import re
 from dataclasses import dataclass
 
+from mailblast.smtp.providers import Cause, recognise
+
+__all__ = ["Cause", "Kind", "Verdict", "classify", "connection_lost"]
+
 
 class Kind(enum.Enum):
     """What to do about a reply."""
@@ -15,23 +19,6 @@ class Kind(enum.Enum):
     TRANSIENT = "transient"  # temporary failure of this message or recipient: retry it alone, later
     PERMANENT = "permanent"  # this message will never go through: give up on it
     FATAL = "fatal"  # no message will go through (auth, daily quota): stop the run
-
-
-class Cause(enum.Enum):
-    """Why the server refused, as far as its reply says; NONE when it does not say (or accepted).
-
-    The Kind says what to do with the message; the Cause says what to do with the run: a THROTTLE
-    slows it, a CONNECTION_CAP opens fewer connections, a PER_CONNECTION_CAP reconnects after fewer
-    messages (without slowing down), QUOTA_USED_UP and SIGN_IN stop it, RECIPIENT is one address's.
-    """
-
-    NONE = "none"
-    THROTTLE = "throttle"  # too fast: messages or recipients per unit of time
-    QUOTA_USED_UP = "quota used up"  # the account's allowance (per day, rolling 24 h) is spent
-    CONNECTION_CAP = "connection cap"  # too many connections at once, or opened too fast
-    PER_CONNECTION_CAP = "per-connection cap"  # too many messages in one connection: reconnect
-    RECIPIENT = "recipient"  # this recipient only (unknown, mailbox full, too many in one message)
-    SIGN_IN = "sign-in"  # authentication required or refused
 
 
 @dataclass(frozen=True)
@@ -109,10 +96,25 @@ def classify(code: int | None, text: str, *, recipient: bool = False) -> Verdict
     match = _ENHANCED.match(text)
     enhanced = match.group(1) if match else None
     kind = _kind(code, enhanced, text, recipient)
+    known = recognise(code, text) if code is not None and code >= 400 else None
+    if known is not None:  # a provider's own wording says more than its code (SES's 454, Mailtrap's 535)
+        kind = _KIND_OF_CAUSE.get(known.cause) or (Kind.TRANSIENT if code < 500 else Kind.PERMANENT)
+        return Verdict(
+            kind, code, enhanced, _retry_after(text), text, known.cause, known.provider, known.rule
+        )
     cause = _cause(kind, code, enhanced, text, recipient)
     if cause is Cause.QUOTA_USED_UP:
-        kind = Kind.FATAL  # even as a 4xx (SES's 454): retrying cannot help until the quota frees
+        kind = Kind.FATAL  # even as a 4xx: retrying cannot help until the quota frees
     return Verdict(kind, code, enhanced, _retry_after(text), text, cause)
+
+
+_KIND_OF_CAUSE = {
+    Cause.QUOTA_USED_UP: Kind.FATAL,
+    Cause.SIGN_IN: Kind.FATAL,
+    Cause.THROTTLE: Kind.THROTTLED,
+    Cause.CONNECTION_CAP: Kind.THROTTLED,
+    Cause.PER_CONNECTION_CAP: Kind.THROTTLED,
+}
 
 
 def connection_lost(text: str = "connection lost") -> Verdict:
