@@ -14,9 +14,11 @@ from mailblast.smtp.outcomes import Outcome, Status
 from mailblast.smtp.policy import Action, Attempt, ThrottleSense, decide
 from mailblast.smtp.ratelimit import SlidingWindowLimiter
 from mailblast.smtp.replies import classify
-from mailblast.smtp.sender import Relay, Sender, SenderOptions
+from mailblast.smtp.sender import Lane, LaneState, Relay, Sender, SenderOptions, _Begun, _Job
 from mailblast.smtp.urls import parse_smtp_url
 from tests.servers import SmtpServer
+from tests.simulation import FakeConnection, FakeServer, messages
+from tests.test_ratelimit import FakeClock, run_virtual
 from tests.test_sender import TEMPLATE, addresses, send, statuses
 
 Server = Callable[..., SmtpServer]
@@ -128,3 +130,28 @@ def test_a_relay_that_drops_every_connection_after_the_final_dot_is_dropped(
     assert len(bad.received) <= 3  # dropped after 3 lost replies, not one per message
     assert sorted(set(good.recipients())) == sorted(addresses(40))
     assert any("dropped relay bad" in n and "lost in a row" in n for n in notices)
+
+
+def test_a_lane_goes_through_its_states_and_recycles_itself() -> None:
+    clock = FakeClock()
+    server = FakeServer(clock)
+    relay = Relay(lambda: FakeConnection(server), SlidingWindowLimiter(None), 1, max_messages=2)  # type: ignore[arg-type, return-value]
+    lane = Lane(relay)
+    assert lane.state is LaneState.IDLE and not lane.is_open
+
+    async def main() -> None:
+        connection = relay.connect()
+        await connection.open()
+        lane.opened(connection, clock.now)
+        assert lane.state is LaneState.READY and relay.open_now() == 1
+        for count, message in enumerate(messages(2), 1):
+            lane.messages += 1
+            lane.started(_Begun(_Job(message), relay.limiter.try_acquire(), index=count - 1, lane=lane))
+            assert lane.state is LaneState.IN_FLIGHT
+            lane.started(None)
+            lane.settled(True)
+            assert lane.state is LaneState.READY and lane.worn_out is (count == 2)  # its own count
+        await lane.close()
+        assert lane.state is LaneState.IDLE and relay.open_now() == 0
+
+    run_virtual(clock, main)

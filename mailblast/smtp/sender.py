@@ -177,19 +177,28 @@ class Lane:
     def started(self, begun: _Begun | None) -> None:
         """``begun`` (if any) got its 354: it is in flight; else nothing is."""
         self.in_flight = begun
-        if self.state is not LaneState.CLOSING:
+        if self.connection is not None:
             self.state = LaneState.IN_FLIGHT if begun is not None else LaneState.READY
 
     def settled(self, accepted: bool) -> None:
         self.refused = 0 if accepted else self.refused + 1
 
     def release(self) -> Connection | None:
-        """Hand over the connection for closing; the lane is idle."""
+        """Hand over the connection for closing (QUIT goes in the background): the lane is idle."""
         connection, self.connection = self.connection, None
         if connection is not None:
             self.relay.open.discard(connection)
         self.state = LaneState.IDLE
         return connection
+
+    async def close(self) -> None:
+        """Its work is done: QUIT, and wait for it."""
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            self.relay.open.discard(connection)
+            self.state = LaneState.CLOSING
+            await connection.close()
+        self.state = LaneState.IDLE
 
 
 @dataclass
@@ -487,8 +496,7 @@ class Sender:
             if lane.connection is not None:
                 lane.connection.abort()  # stopping at once: no QUIT, no waiting for a reply
             raise
-        if (connection := lane.release()) is not None:
-            await connection.close()
+        await lane.close()
 
     def _close_later(self, lane: Lane) -> None:
         """QUIT in the background: the lane goes on (opens its next connection) meanwhile."""
