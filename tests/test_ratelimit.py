@@ -353,6 +353,21 @@ def test_a_throttled_rate_drops_just_below_what_the_window_held() -> None:
     assert limiter.paused_until == pytest.approx(clock.now + 11.0 / 19)
 
 
+def test_a_throttled_rate_is_still_paced_evenly_at_its_lower_limit() -> None:
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(30, 10.0, clock=clock)
+    slots = granted(limiter, 20, clock)
+    for slot in slots[:19]:
+        limiter.release(slot)
+    limiter.throttled(slot=slots[19])
+    limiter.release(slots[19], accepted=False)
+    clock.now = limiter.paused_until + 11.05  # a quiet window later: the window is empty
+    assert limiter.current_limit == 23  # on its way back to 30
+    assert limiter.try_acquire() is not None
+    assert limiter.try_acquire() is None  # no burst of the lower limit either
+    assert limiter.delay() == pytest.approx(11.0 / 23)
+
+
 def test_a_throttled_rate_is_back_to_the_users_within_three_quiet_windows() -> None:
     clock = FakeClock()
     limiter = SlidingWindowLimiter(30, 10.0, clock=clock)

@@ -120,9 +120,8 @@ class SlidingWindowLimiter:
         self._late = 0.0  # how much later than due the last refused probe's reply came
         self._probe_gap = PROBE_GAP[0]
         self._first_burst = 0  # what the server took before its first refusal
-        # A configured rate is paced evenly: one message every window / limit, not a window's
-        # worth at once and then a wait (an Exim moving average refuses such bursts).
-        self._spacing = self._window / limit if limit is not None else 0.0
+        # A configured rate is paced evenly: one message every window / limit (see _gap), not a
+        # window's worth at once and then a wait (an Exim moving average refuses such bursts).
         self._last_grant = -math.inf
         # the even pace learned (messages per second), once a moving average was recognised
         self._pace: float | None = None
@@ -323,7 +322,9 @@ class SlidingWindowLimiter:
         """The least time between two grants: a configured rate's spacing, or the learned pace's."""
         if self._pace is not None:
             return 1 / self._paced(now)
-        return self._spacing if self._limit is not None and self._limit == self._configured else 0.0
+        if self._configured is not None and self._limit is not None:
+            return self._window / self._limit  # evenly, at the limit in force (lower after a throttle)
+        return 0.0
 
     def _paced(self, now: float) -> float:
         """The learned pace at ``now``: climbing back after a refusal, held, then probing above."""
