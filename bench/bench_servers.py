@@ -55,6 +55,7 @@ EXIM_USER = "Debian-exim"
 EXIM_UID = 64917  # only inside Exim's own mount namespace
 QUIET_BETWEEN = 12.0  # seconds: Postfix's anvil windows of the last case are over
 PROFILE_QUOTA = 10
+SEND_TIMEOUT = 300.0  # seconds: a run still going then is interrupted (its exit is then 3)
 
 
 @dataclass
@@ -100,12 +101,16 @@ def send(folder: Path, url: str, messages: int, extra: list[str]) -> tuple[int, 
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILBLAST_")}
     started = time.monotonic()
-    proc = subprocess.run(
-        args, cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=900, env=env
-    )
-    seconds = time.monotonic() - started
-    (folder / "stderr.txt").write_text(proc.stderr)
-    return proc.returncode, seconds, proc.stderr
+    with (folder / "stderr.txt").open("w+") as err:
+        proc = subprocess.Popen(args, cwd=folder, stdout=subprocess.DEVNULL, stderr=err, text=True, env=env)
+        try:
+            code = proc.wait(timeout=SEND_TIMEOUT)
+        except subprocess.TimeoutExpired:  # interrupted as Ctrl-C would: the figures show how far it got
+            proc.send_signal(signal.SIGINT)
+            code = proc.wait()
+        seconds = time.monotonic() - started
+        err.seek(0)
+        return code, seconds, err.read()
 
 
 def maildir_counts(path: Path) -> Counter[str]:
@@ -376,7 +381,13 @@ def main() -> None:
     parser.add_argument("--exim-cache", type=Path, default=Path("/work/exim17b/cache"),
                         help="the folder holding root/ (the .debs unpacked with dpkg -x)")  # fmt: skip
     options = parser.parse_args()
-    rows: list[tuple[str, str, str, str, Result]] = []  # case, server, run, target, result
+    print("| case | server | run | " + " | ".join(HEADER) + " | target |")
+    print("|---" * (len(HEADER) + 4) + "|", flush=True)
+
+    def report(case_name: str, server: str, label: str, target: str, result: Result) -> None:
+        # Each row as soon as it is measured: a long run must not hide the others' figures.
+        cells = " | ".join(result.cells())
+        print(f"| {case_name} | {server} | {label} | {cells} | {target} |", flush=True)
 
     def wanted(name: str) -> bool:
         return name.startswith(options.only)
@@ -396,36 +407,30 @@ def main() -> None:
                 )
                 continue
             for label, result in run_exim(case, binary, work):
-                rows.append((case.name, case.server, label, case.target, result))
+                report(case.name, case.server, label, case.target, result)
         if wanted("postfix anvil"):
             if shutil.which("postfix") is None or not root:
                 print("postfix: skipped (not installed, or not root)", file=sys.stderr)
             else:
                 for label, result in run_postfix(work):
-                    rows.append(
-                        ("postfix anvil 30/10s, 3 conns", "Postfix", label, "<= 40 s, <= 12 refusals", result)
+                    report(
+                        "postfix anvil 30/10s, 3 conns", "Postfix", label, "<= 40 s, <= 12 refusals", result
                     )
         if wanted("sink"):
             for label, result in run_sink(work):
-                rows.append(
-                    (
-                        "sink 3/s sliding, 300 msgs",
-                        "serve --rate 3/s",
-                        label,
-                        ">= 2.6 msg/s, <= 20 refusals",
-                        result,
-                    )
+                report(
+                    "sink 3/s sliding, 300 msgs",
+                    "serve --rate 3/s",
+                    label,
+                    ">= 2.6 msg/s, <= 20 refusals",
+                    result,
                 )
         for name in PROFILES:
             if wanted(f"profile {name}"):
                 label, result = run_profile(name, work)
-                rows.append(
-                    (f"profile {name} quota", f"serve --profile {name}", label, "exit 3 + reset hint", result)
+                report(
+                    f"profile {name} quota", f"serve --profile {name}", label, "exit 3 + reset hint", result
                 )
-    print("| case | server | run | " + " | ".join(HEADER) + " | target |")
-    print("|---" * (len(HEADER) + 4) + "|")
-    for case_name, server, label, target, result in rows:
-        print(f"| {case_name} | {server} | {label} | " + " | ".join(result.cells()) + f" | {target} |")
 
 
 if __name__ == "__main__":

@@ -62,8 +62,6 @@ _QUOTA_OR_LIMIT = re.compile(r"quota|\blimit", re.IGNORECASE)
 _QUOTA_EXCEEDED = re.compile(r"quota\s*exceeded", re.IGNORECASE)
 # A full mailbox is one recipient's problem, not the sender's quota.
 _RECIPIENT_MAILBOX = re.compile(r"mailbox|inbox|recipient", re.IGNORECASE)
-# Words that speak of the client's rate or connections: "too many recipients" is one message's
-# problem, "too much mail from" is Postfix's message rate limit.
 # Exim's smtp_accept_max_per_connection: "421 ... too many messages in this connection".
 _PER_CONNECTION = re.compile(
     r"too\s+many\s+(?:messages|mails?)\s+(?:in|on|per|for)\s+(?:this|one|a|the)?\s*(?:connection|session)"
@@ -78,6 +76,8 @@ _CONNECTIONS = re.compile(
 _TOO_MANY_RECIPIENTS = re.compile(r"too\s+many\s+recipients", re.IGNORECASE)
 # "Too many messages per hour" is a rate, not an allowance that is spent until tomorrow.
 _PER_HOUR_OR_FASTER = re.compile(r"per[\s-](?:second|minute|hour)\b|\brate\b", re.IGNORECASE)
+# Words that speak of the client's rate or connections: "too many recipients" is one message's
+# problem, "too much mail from" is Postfix's message rate limit.
 _TOO_FAST = re.compile(
     r"too\s+many(?!\s+recipients)|too\s+much\s+mail|too\s+(?:quickly|fast)|slow\s+down"
     r"|\brate\b|\brate[-_]?limit|per[\s-](?:second|minute|hour)\b|throttl",
@@ -150,7 +150,7 @@ def _is_sign_in(code: int, enhanced: str | None, text: str) -> bool:
 def _is_quota_used_up(enhanced: str | None, text: str) -> bool:
     if enhanced == "5.4.5":
         return True
-    if enhanced in ("5.2.2", "4.2.2") or _RECIPIENT_MAILBOX.search(text):
+    if enhanced in ("5.2.2", "4.2.2") or _RECIPIENT_MAILBOX.search(text) or _PER_HOUR_OR_FASTER.search(text):
         return False
     daily_quota = _DAILY.search(text) and _QUOTA_OR_LIMIT.search(text)
     return bool(daily_quota or _QUOTA_EXCEEDED.search(text))
@@ -161,7 +161,7 @@ def _cause(kind: Kind, code: int | None, enhanced: str | None, text: str, recipi
         return Cause.NONE
     if code >= 500 and _is_sign_in(code, enhanced, text):
         return Cause.SIGN_IN
-    if 400 <= code < 600 and _is_quota_used_up(enhanced, text) and not _PER_HOUR_OR_FASTER.search(text):
+    if 400 <= code < 600 and _is_quota_used_up(enhanced, text):
         return Cause.QUOTA_USED_UP
     if _PER_CONNECTION.search(text):
         return Cause.PER_CONNECTION_CAP
