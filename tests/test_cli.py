@@ -46,7 +46,7 @@ def test_check_on_the_examples(example: Path) -> None:
     assert "rows" in out and "valid" in out and "invalid" in out and "duplicates" in out
 
 
-@pytest.mark.parametrize("template", sorted(p.name for p in TEMPLATES.iterdir()))
+@pytest.mark.parametrize("template", sorted(p.name for p in TEMPLATES.iterdir() if p.is_file()))
 def test_every_starter_template_renders_the_examples(example: Path, template: str) -> None:
     code, out = run("check", "recipients.csv", "--template", f"../templates/{template}", cwd=example)
     assert code == 0, out

@@ -229,7 +229,8 @@ class _Converter(HTMLParser):
         lines = text.split("\n") if text else [""]
         item = "\n".join([f"{marker} {lines[0]}", *(f"{pad}{line}" if line else "" for line in lines[1:])])
         # the items of one list are lines, not paragraphs
-        self._block.add_paragraph(item if numbering[1] == 1 else _ITEM + item)
+        first = numbering[1] == 1 and len(self._lists) <= 1  # a list in a list item follows its text
+        self._block.add_paragraph(item if first else _ITEM + item)
 
     def _end_link(self) -> None:
         if not self._links:
