@@ -72,6 +72,9 @@ HEADER_ORDER = {
     name: rank for rank, name in enumerate(["from", "to", "cc", "reply-to", "subject", "date", "message-id"])
 }
 GMAIL_CLIPS_AT = 102 * 1024  # Gmail shows "[Message clipped]" past this much HTML
+# Markdown shorter than this cannot make that much HTML: a table cell's "x |" (3 characters) grows
+# the most, into <td style="..."> with the default style inlined (some 60).
+MARKDOWN_SHORT = GMAIL_CLIPS_AT // 32
 SEVEN_BIT_LINE = 998  # RFC 5322: the longest line, in characters, that needs no encoding
 # The legacy (compat32) email API: the same MIME, several times faster to build than EmailMessage.
 # Base64 encoded words: binascii does them in C, where "shortest" measures both ways in Python.
@@ -379,6 +382,8 @@ class Template:
         self._markdown_html = lru_cache(maxsize=4)(self._markdown_page)
         self._mjml_html = lru_cache(maxsize=4)(self._mjml_page)
         self._content = lru_cache(maxsize=4)(self._text_parts)
+        self._final_html = lru_cache(maxsize=4)(self._inlined)
+        self._markdown_images = self.kind == "markdown" and "![" in self.body_source
         self._inline_css = htmlbody.CssInliner() if inline_css and self.kind != "text" else None
         self.text_companion = self._companion() if self.kind != "text" else None
         self._text_body = None
@@ -592,7 +597,9 @@ class Template:
             raise RowError("the message has no recipient: To, Cc and Bcc are all empty")
         out.extend(unsub.headers(links.get("url"), links.get("mailto")))
         out.extend((name, value) for name, value in self._list_headers if name.lower() not in seen)
-        html = self._html_of(body, context)
+        # A Markdown body is made HTML now only when it may embed images, which are checked here;
+        # otherwise when the message is built (the check pass stays fast).
+        html = None if self.kind == "markdown" and not self._markdown_images else self._html_of(body, context)
         images = [] if html is None else self._images_of(html, recipient.fields)
         text = None if self._text_body is None else self._render(self._text_body, context, MAX_BODY_CHARS)
         digest = hashlib.sha256(
@@ -716,16 +723,27 @@ class Template:
         )
 
     def check(self, recipient: Recipient) -> CheckedRow:
-        """What the check pass needs of a row: everything checked, as for sending, but no MIME built."""
+        """What the check pass needs of a row: everything checked, as for sending, but no MIME built
+        and no text part made. The HTML part is made (an image that cannot be read stops the row),
+        unless it is a Markdown body too short to reach Gmail's limit even with its styles inlined."""
         rendered = self.render(recipient)
-        html = self.content(rendered).html  # made now: an image that cannot be read stops the row
-        return CheckedRow(rendered.envelope_from, 0 if html is None else len(html.encode()))
+        if self.kind == "text" or (rendered.html is None and len(rendered.body) < MARKDOWN_SHORT):
+            return CheckedRow(rendered.envelope_from, 0)
+        page = self._final_html(self.page(rendered), rendered.preheader, rendered.images)
+        return CheckedRow(rendered.envelope_from, len(page.encode()))
+
+    def page(self, rendered: Rendered) -> str | None:
+        """The row's HTML as rendered, before styles are inlined (None for a text message)."""
+        if rendered.html is None and self.kind == "markdown":
+            rendered.html = self._html_of(rendered.body, rendered.context)
+        return rendered.html
 
     def content(self, rendered: Rendered) -> Content:
         """The row's text part and HTML part (None for a text message), as they are sent."""
-        if rendered.html is None:
+        html = self.page(rendered)
+        if html is None:
             return self._content(None, rendered.body, "", ())
-        return self._content(rendered.html, rendered.text, rendered.preheader, rendered.images)
+        return self._content(html, rendered.text, rendered.preheader, rendered.images)
 
     def _build_mime(
         self, rendered: Rendered, content: Content, headers: list[tuple[str, str]]
@@ -775,13 +793,18 @@ class Template:
             assert text is not None
             return Content(text, None, _part_bytes("plain", text), b"")
         plain = html_to_text(html) if text is None else text
+        page = self._final_html(html, preheader, images)
+        return Content(plain, page, _part_bytes("plain", plain), _part_bytes("html", page))
+
+    def _inlined(self, html: str, preheader: str, images: tuple[tuple[str, Path], ...]) -> str:
+        """The HTML as sent: styles inlined, the preheader at the top, images referred to by cid:."""
         page = html if self._inline_css is None else self._inline_css(html)
         if preheader:
             page = htmlbody.with_preheader(page, preheader)
         if images:
             cids = {src: self._image(path)[0] for src, path in images}
             page = htmlbody.with_cids(page, cids.get)
-        return Content(plain, page, _part_bytes("plain", plain), _part_bytes("html", page))
+        return page
 
     def _image(self, path: Path) -> tuple[str, Message, bytes]:
         """An image to embed: its Content-ID, its part, and the part's bytes; read once a run."""
