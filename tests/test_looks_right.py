@@ -352,3 +352,17 @@ def test_no_gpl_runtime_dependency_and_a_licence() -> None:
                 continue  # test tools and optional extras are not installed with mailblast
             todo.append(re.split(r"[\s<>=!~;\[(]", requirement, maxsplit=1)[0].lower())
     assert {"css-inline", "mrml", "jinja2"} <= seen and "html2text" not in seen
+
+
+def test_markdown_images_written_out_or_made_by_jinja(tmp_path: Path) -> None:
+    folder = folder_with_images(tmp_path)
+    (folder / "logö.png").write_bytes(PNG + b"o")
+    (folder / "my logo.png").write_bytes(PNG + b"m")
+    (folder / "m.md").write_text(
+        'From: a@example.com\n\n![o](logö.png) ![m](my%20logo.png "title") ![j]({{ "img/" + "logo.png" }})\n'
+    )
+    message = Template(folder / "m.md").compose(person()).parsed()
+    cids = re.findall(r'src="cid:([^"]+)"', message.get_body(("html",)).get_content())  # type: ignore[union-attr]
+    parts = {p["Content-ID"].strip("<>"): p.get_content() for p in message.walk() if p["Content-ID"]}
+    assert len(cids) == 3 and set(cids) == set(parts)
+    assert sorted(parts.values()) == sorted([PNG, PNG + b"o", PNG + b"m"])

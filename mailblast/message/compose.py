@@ -29,8 +29,10 @@ from email.mime.nonmultipart import MIMENonMultipart
 from email.policy import Compat32
 from email.utils import format_datetime, formataddr, quote
 from functools import lru_cache, partial
+from html import unescape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from urllib.parse import unquote
 
 import jinja2
 from email_validator import EmailNotValidError, validate_email
@@ -383,7 +385,12 @@ class Template:
         self._mjml_html = lru_cache(maxsize=4)(self._mjml_page)
         self._content = lru_cache(maxsize=4)(self._text_parts)
         self._final_html = lru_cache(maxsize=4)(self._inlined)
-        self._markdown_images = self.kind == "markdown" and "![" in self.body_source
+        # A Markdown body's images are the template's own (a value cannot make one): when their paths
+        # are written out, they are known without rendering the Markdown, which is slow.
+        self._markdown_images = None
+        if self.kind == "markdown" and (literal := _literal_markdown_images(self.body_source)) is not None:
+            # as markdown-it writes them in the HTML (percent-encoded), for their cid: to be found
+            self._markdown_images = [self._markdown.normalizeLink(src) for src in literal]
         self._inline_css = htmlbody.CssInliner() if inline_css and self.kind != "text" else None
         self.text_companion = self._companion() if self.kind != "text" else None
         self._text_body = None
@@ -597,10 +604,13 @@ class Template:
             raise RowError("the message has no recipient: To, Cc and Bcc are all empty")
         out.extend(unsub.headers(links.get("url"), links.get("mailto")))
         out.extend((name, value) for name, value in self._list_headers if name.lower() not in seen)
-        # A Markdown body is made HTML now only when it may embed images, which are checked here;
-        # otherwise when the message is built (the check pass stays fast).
-        html = None if self.kind == "markdown" and not self._markdown_images else self._html_of(body, context)
-        images = [] if html is None else self._images_of(html, recipient.fields)
+        # A Markdown body is made HTML when the message is built (the check pass stays fast), unless
+        # its images can only be known from the HTML.
+        if self.kind == "markdown" and self._markdown_images is not None:
+            html, images = None, self._images_of(self._markdown_images, recipient.fields)
+        else:
+            html = self._html_of(body, context)
+            images = [] if html is None else self._images_of(htmlbody.image_sources(html), recipient.fields)
         text = None if self._text_body is None else self._render(self._text_body, context, MAX_BODY_CHARS)
         digest = hashlib.sha256(
             "\0".join(
@@ -632,20 +642,21 @@ class Template:
             return self._mjml_html(body)
         return body if self.kind == "html" else None
 
-    def _images_of(self, html: str, fields: dict[str, str]) -> list[tuple[str, Path]]:
+    def _images_of(self, sources: list[str], fields: dict[str, str]) -> list[tuple[str, Path]]:
         """The images to embed, each (src as written, file); a missing or refused one stops the row,
         by the attachment rules: only inside the template's folder or attachments_dir."""
         images = []
-        for src in htmlbody.image_sources(html):
+        for src in sources:
             path = self._image_paths.get(src)
             if path is None:
+                written = unquote(src)  # a URL: "my%20logo.png" is the file my logo.png
                 try:
-                    path, _ = self._attachment_path(src)
+                    path, _ = self._attachment_path(written)
                 except hdr.BadValue as e:
-                    message = e.message.replace(f"attachment {src!r}", f"the image {src!r}", 1)
-                    if src in self.body_source:  # written in the template: every row fails the same
+                    message = e.message.replace(f"attachment {written!r}", f"the image {written!r}", 1)
+                    if written in self.body_source:  # written in the template: every row fails the same
                         raise RowError(message, template=self.name) from None
-                    raise RowError(message, _column_of(fields, src)) from None
+                    raise RowError(message, _column_of(fields, written)) from None
                 self._image_paths[src] = path
             images.append((src, path))
         return images
@@ -811,7 +822,8 @@ class Template:
         cached = self._image_parts.get(path)
         if cached is None:
             content = _read_file(path.name, path, self.max_attachment_bytes, "image")
-            cid = f"{hashlib.sha256(content).hexdigest()[:20]}@mailblast"
+            digest = hashlib.sha256(str(path).encode() + b"\0" + content).hexdigest()
+            cid = f"{digest[:20]}@mailblast"  # one a file: two files alike are still two parts
             part = _file_part(path.name, content, "inline", cid)
             cached = self._image_parts[path] = (cid, part, part.as_bytes(policy=WIRE))
         return cached
@@ -872,6 +884,19 @@ class Template:
             if not hdr.is_blank(value):
                 headers.append((name, value.strip()))
         return headers
+
+
+_MARKDOWN_IMAGE = re.compile(r"!\[[^\]\n]*\]\(\s*<?([^)\s>]*)>?(?:\s+[\"'(][^)]*)?\)")
+
+
+def _literal_markdown_images(source: str) -> list[str] | None:
+    """The local images of a Markdown body, when each is an inline image with its path written out
+    (``![logo](img/logo.png)``); None when some can only be known by rendering (Jinja in a path, a
+    reference-style image)."""
+    found = _MARKDOWN_IMAGE.findall(source)
+    if source.count("![") != len(found) or any(_JINJA.search(src) or "\\" in src for src in found):
+        return None
+    return list(dict.fromkeys(unescape(src) for src in found if htmlbody.local_image(src)))
 
 
 def _column_of(fields: dict[str, str], text: str) -> str | None:
