@@ -121,7 +121,8 @@ DRY_RUN_IN_WORKERS_FROM = 64 * 1024  # bytes (about a thousand rows): building c
 KNOWN_HEADERS = (
     *ADDRESS_HEADERS, "subject", "attachment", "sender", "list-unsubscribe", "list-unsubscribe-post",
     "list-id", "precedence", "importance", "priority", "in-reply-to", "references", "keywords",
-    "comments", "organization", "auto-submitted", "content-language", *RESERVED_HEADERS,
+    "comments", "organization", "auto-submitted", "content-language", "feedback-id", "preheader",
+    *RESERVED_HEADERS,
 )  # fmt: skip
 _HEADER_NAME = re.compile(r"^([!-9;-~]+)[ \t]*:", re.MULTILINE)  # a name written out, before its colon
 _RESERVED_SUFFIXES = ("test", "local", "internal", "localhost", "invalid", "example", "home.arpa")

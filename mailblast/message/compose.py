@@ -735,8 +735,9 @@ class Template:
 
     def check(self, recipient: Recipient) -> CheckedRow:
         """What the check pass needs of a row: everything checked, as for sending, but no MIME built
-        and no text part made. The HTML part is made (an image that cannot be read stops the row),
-        unless it is a Markdown body too short to reach Gmail's limit even with its styles inlined."""
+        and no text part made. The HTML part is made and measured (its images read, so that one that
+        cannot be stops the row), unless it is Markdown too short to reach Gmail's limit even with
+        its styles inlined; then its images were only found where the attachment rules allow."""
         rendered = self.render(recipient)
         if self.kind == "text" or (rendered.html is None and len(rendered.body) < MARKDOWN_SHORT):
             return CheckedRow(rendered.envelope_from, 0)
