@@ -366,3 +366,25 @@ def test_markdown_images_written_out_or_made_by_jinja(tmp_path: Path) -> None:
     parts = {p["Content-ID"].strip("<>"): p.get_content() for p in message.walk() if p["Content-ID"]}
     assert len(cids) == 3 and set(cids) == set(parts)
     assert sorted(parts.values()) == sorted([PNG, PNG + b"o", PNG + b"m"])
+
+
+def test_any_html_gives_text_and_a_link_stays_whole() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    path = st.text(st.sampled_from("abcdefghij-_./?=&%~"), min_size=1, max_size=200)
+    prose = st.characters(blacklist_categories=("Cs",), blacklist_characters="<&")  # text, not markup
+    words = st.lists(st.text(prose, max_size=30), max_size=40)
+
+    @settings(max_examples=150, deadline=None)
+    @given(before=words, after=words, path=path, junk=st.text(max_size=200))
+    def whole(before: list[str], after: list[str], path: str, junk: str) -> None:
+        html_to_text(junk)  # anything at all: text, never an exception
+        url = f"https://example.com/{path}"
+        escaped = url.replace("&", "&amp;")
+        text = html_to_text(
+            f"<p>{' '.join(before)}<ul><li><a href='{escaped}'>link</a></li></ul>{' '.join(after)}</p>"
+        )
+        assert any(url in line for line in text.splitlines()), text
+
+    whole()
