@@ -243,6 +243,9 @@ def test_preheader_is_hidden_text_not_a_header(tmp_path: Path) -> None:
     body = html[html.index("<body") :]
     assert re.match(r'<body[^>]*><div style="display:none[^"]*">Your points &lt;inside&gt;, Ann</div>', body)
     assert "Your points" not in message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    (folder / "p.txt").write_text("From: a@example.com\nPreheader: Hi\n\nHi\n")
+    code, output = run("check", "people.csv", "-t", "p.txt", cwd=folder)
+    assert code == 0 and "p.txt: Preheader: is hidden text at the top of an HTML part" in output
 
 
 def test_a_template_may_bring_its_own_text_part(tmp_path: Path) -> None:

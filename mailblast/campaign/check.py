@@ -164,8 +164,14 @@ def template_warnings(template: Template) -> list[str]:
         template.name, template.header_source, options["unsubscribe_url"], options["unsubscribe_mailto"]
     )
     names = [(m.group(1), m.start()) for m in _HEADER_NAME.finditer(template.header_source)]
-    if "subject" not in {name.lower() for name, _ in names}:
+    written = {name.lower() for name, _ in names}
+    if "subject" not in written:
         warnings.append(f"{template.name}: no Subject: header, so every message goes out without a subject")
+    if "preheader" in written and template.kind == "text":
+        warnings.append(
+            f"{template.name}: Preheader: is hidden text at the top of an HTML part; this plain-text "
+            "message has none, so it is left out"
+        )
     for name, at in names:
         if name.lower() in KNOWN_HEADERS or name.lower().startswith("x-"):
             continue
