@@ -526,15 +526,21 @@ def dkim_keygen(
     selector: Annotated[str, typer.Argument(help="A name for this key, e.g. mb2026.")],
     key_type: Annotated[str, typer.Option("--type", help="rsa (2048 bits) or ed25519.")] = "rsa",
     out: Annotated[
-        Path | None, typer.Option("--out", help="The private key's file [default: DOMAIN.SELECTOR.pem].")
+        Path | None,
+        typer.Option(
+            "--out",
+            help="The private key's file. \\[default: DOMAIN.SELECTOR.pem in your config folder, "
+            "outside the campaign folder]",
+        ),
     ] = None,
 ) -> None:
     """Write a new DKIM private key and print the DNS TXT record to publish; never overwrites."""
 
     def work(console: Console) -> int:
-        from mailblast.message.dkim_sign import write_new_key, zone_line  # dkimpy is slow to import
+        # dkimpy is slow to import
+        from mailblast.message.dkim_sign import default_key_path, write_new_key, zone_line
 
-        path = out or Path(f"{domain}.{selector}.pem")
+        path = out or default_key_path(domain, selector)
         name, value = write_new_key(domain, selector, key_type, path)
         console.print(
             f"wrote the private key to {path} (readable by you only; keep it secret)", soft_wrap=True
@@ -543,7 +549,7 @@ def dkim_keygen(
         console.print(f"as a zone-file line:\n\n{zone_line(name, value)}\n", soft_wrap=True)
         console.print(
             f'then, in mailblast.toml:\n\n[dkim]\ndomain = "{domain}"\nselector = "{selector}"\n'
-            f'private_key = "{path}"',
+            f"private_key = {json.dumps(str(path), ensure_ascii=False)}",
             soft_wrap=True,
         )
         return 0

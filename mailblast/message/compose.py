@@ -15,7 +15,7 @@ import mimetypes
 import os
 import re
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email import policy
@@ -278,6 +278,7 @@ class Template:
         unsubscribe_url: str | None = None,
         unsubscribe_mailto: str | None = None,
         dkim: DkimKey | None = None,
+        kept: Mapping[Path, str] | None = None,
     ) -> None:
         self.path = Path(path)
         self.name = str(path)
@@ -292,8 +293,13 @@ class Template:
             "unsubscribe_url": unsubscribe_url,
             "unsubscribe_mailto": unsubscribe_mailto,
             "dkim": dkim,
+            "kept": kept,
         }
         self.dkim = dkim
+        # files mailblast keeps for itself (resolved path -> what it is): never attached
+        self.kept = {p.resolve(): what for p, what in (kept or {}).items()}
+        if dkim is not None:
+            self.kept.setdefault(dkim.path.resolve(), "the DKIM private key")
         self._signer = None
         if dkim is not None:
             from mailblast.message.dkim_sign import Signer  # only then: dkimpy takes a while to import
@@ -530,6 +536,9 @@ class Template:
             raise hdr.BadValue(f"attachment {written!r} is a folder, not a file", written)
         if not stat.S_ISREG(info.st_mode):
             raise hdr.BadValue(f"attachment {written!r} is not a regular file (a device or a pipe?)", written)
+        what = kept_for_mailblast(path, self.kept, info)
+        if what is not None:
+            raise hdr.BadValue(f"attachment {written!r} is {what}: mailblast never mails it", written)
         return path, info.st_size
 
     def _checked(self, key: str, check: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -701,6 +710,47 @@ def _column_of(fields: dict[str, str], text: str) -> str | None:
             return column
     best = [c for c, v in fields.items() if v and (v in text or text in v)]
     return max(best, key=lambda c: len(fields[c]), default=None)
+
+
+# Files mailblast writes or reads for itself, known by name wherever they are.
+_KEPT_NAMES = (
+    (re.compile(r"mailblast\.toml\Z", re.IGNORECASE), "a mailblast settings file (mailblast.toml)"),
+    (re.compile(r"\.mailblast\.sqlite", re.IGNORECASE), "a campaign journal"),
+    (re.compile(r"quota\.sqlite", re.IGNORECASE), "mailblast's quota state"),
+    (re.compile(r"\.not-sent\.csv\Z", re.IGNORECASE), "a report of recipients not sent"),
+)
+_PRIVATE_KEY = re.compile(rb"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")
+_KEY_SCAN_CHUNK = 1 << 20
+
+
+def kept_for_mailblast(path: Path, kept: Mapping[Path, str], info: os.stat_result) -> str | None:
+    """What ``path`` is when mailblast keeps it for itself (a key, its settings, the recipients,
+    a journal, report or suppression list), else None. The one check every file a row names
+    (attachments, inline images) goes through."""
+    what = kept.get(path)
+    if what is not None:
+        return what
+    for pattern, named in _KEPT_NAMES:
+        if pattern.search(path.name):
+            return named
+    if _holds_private_key(path, info.st_mtime_ns, info.st_size):
+        return "a file holding a PEM private key"
+    return None
+
+
+@lru_cache(maxsize=256)
+def _holds_private_key(path: Path, mtime_ns: int, size: int) -> bool:
+    """Whether the file holds "-----BEGIN ... PRIVATE KEY-----" (cached while it is unchanged)."""
+    tail = b""
+    try:
+        with path.open("rb") as f:
+            while chunk := f.read(_KEY_SCAN_CHUNK):
+                if _PRIVATE_KEY.search(tail + chunk):
+                    return True
+                tail = chunk[-64:]
+    except OSError:
+        return False  # reading it for the message fails later, with its own error
+    return False
 
 
 def _attachments_root(template_folder: Path, attachments_dir: Path | str | None) -> Path:
