@@ -109,6 +109,7 @@ def load_inputs(settings: Settings, recipients_path: Path) -> Inputs:
         unsubscribe_mailto=settings.unsubscribe_mailto,
         dkim=_dkim_key(settings),
         kept=kept_files(settings, recipients_path),
+        test_to=settings.test_to,
     )
     return Inputs(recipients, template, load_suppression(settings.suppress))
 

@@ -279,6 +279,7 @@ class Template:
         unsubscribe_mailto: str | None = None,
         dkim: DkimKey | None = None,
         kept: Mapping[Path, str] | None = None,
+        test_to: str | None = None,
     ) -> None:
         self.path = Path(path)
         self.name = str(path)
@@ -294,7 +295,9 @@ class Template:
             "unsubscribe_mailto": unsubscribe_mailto,
             "dkim": dkim,
             "kept": kept,
+            "test_to": test_to,
         }
+        self.test_to = test_to  # --test-to: the copies' unsubscribe links must not reach the recipient
         self.dkim = dkim
         # files mailblast keeps for itself (resolved path -> what it is): never attached
         self.kept = {p.resolve(): what for p, what in (kept or {}).items()}
@@ -374,6 +377,7 @@ class Template:
             finalize=unsub.escape_value,
             autoescape=False,
         )
+        env.filters["urlencode"] = unsub.urlencode_once
         compiled = []
         for key, text in given.items():
             problem = unsub.check_written(key, text)
@@ -388,6 +392,8 @@ class Template:
     def _unsubscribe_links(self, context: dict[str, Any]) -> dict[str, str]:
         """This row's url and mailto, rendered and checked; their faults are the config's."""
         links = {}
+        if self.test_to is not None:
+            context = unsub.test_copy_context(context, self.test_to)
         for key, compiled in self._unsubscribe:
             try:
                 text = self._render(compiled, context, MAX_HEADER_CHARS).strip()
