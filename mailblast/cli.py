@@ -18,6 +18,7 @@ from mailblast.campaign.check import run_check, run_dry_run, run_preview
 from mailblast.campaign.send import run_send
 from mailblast.campaign.status import run_report, run_status
 from mailblast.config import Settings, load_settings
+from mailblast.display import json_text, make_console, printable
 from mailblast.errors import ConfigError, InputError, MailblastError, StoppedError
 from mailblast.server import capture
 from mailblast.smtp.credentials import PASSWORD_ENV
@@ -144,24 +145,22 @@ def _run(
     With ``facts`` (--json), everything a person reads goes to standard error, and standard
     output gets one JSON document: the facts the command gathered, its exit code and any error.
     """
-    # No markup: paths, addresses and server replies may hold [brackets] of their own.
-    console = Console(highlight=False, markup=False, emoji=False, stderr=stderr or facts is not None)
-    errors = Console(highlight=False, markup=False, emoji=False, stderr=True)
+    console = make_console(stderr=stderr or facts is not None)
+    errors = make_console(stderr=True)
     error: MailblastError | None = None
     try:
         code = work(console)
     except MailblastError as e:
         error, code = e, e.exit_code
-        errors.print(Text.assemble(("error: ", "bold red"), e.message), soft_wrap=True)
+        errors.print(Text.assemble(("error: ", "bold red"), printable(e.message)), soft_wrap=True)
         if e.hint:
-            errors.print(Text.assemble(("hint: ", "bold"), e.hint), soft_wrap=True)
+            errors.print(Text.assemble(("hint: ", "bold"), printable(e.hint)), soft_wrap=True)
     except KeyboardInterrupt:
         error, code = StoppedError("interrupted"), StoppedError.exit_code
         errors.print(Text("interrupted", style="bold red"))
     if facts is not None:
         problem = {"message": error.message, "hint": error.hint} if error is not None else None
-        json.dump({**facts, "exit_code": code, "error": problem}, sys.stdout, ensure_ascii=False)
-        sys.stdout.write("\n")
+        sys.stdout.write(json_text({**facts, "exit_code": code, "error": problem}) + "\n")
     raise typer.Exit(code)
 
 

@@ -422,7 +422,10 @@ def describe_format(recipients: RecipientsFile) -> str:
 def verdict_of_scan(console: Console, tally: ScanTally) -> int:
     if tally.invalid:
         console.print(
-            Text.assemble((f"{tally.invalid:,} invalid row(s). ", "bold red"), f"Hint: {tally.fix_hint()}"),
+            Text.assemble(
+                (f"{tally.invalid:,} invalid row(s). ", "bold red"),
+                display.printable(f"Hint: {tally.fix_hint()}"),
+            ),
             soft_wrap=True,
         )
         return InputError.exit_code
