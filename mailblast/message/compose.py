@@ -84,7 +84,7 @@ class _WirePolicy(Compat32):
                 return f"{name}: {value}{self.linesep}".encode("ascii")
             if name.lower() == "list-unsubscribe":  # ASCII by construction: one <link> a line
                 return f"{name}: {value.replace(', <', f',{self.linesep} <')}{self.linesep}".encode("ascii")
-            if not value.isascii() or lookalike:
+            if not value.isascii() or lookalike or hdr.too_long_to_fold(name, value):
                 value = Header(value, UTF8, header_name=name)
         return super().fold_binary(name, value)
 
@@ -105,8 +105,9 @@ class _AsWritten(str):
 
     def fold(self, *, policy: Any) -> str:
         text = str(self)
-        if self.name.lower() not in ADDRESS_HEADERS:  # address values come encoded already
-            text = Header(text, UTF8, header_name=self.name).encode(linesep=policy.linesep)
+        if self.name.lower() in ADDRESS_HEADERS:  # address values come encoded already
+            return hdr.fold_words(self.name, text, policy.linesep)
+        text = Header(text, UTF8, header_name=self.name).encode(linesep=policy.linesep)
         return f"{self.name}: {text}{policy.linesep}"
 
 
@@ -400,6 +401,9 @@ class Template:
                 links[key] = unsub.check_link(key, unsub.mailto_link(text) if key == "mailto" else text)
             except RowError as e:
                 raise RowError(e.message, template=f"[unsubscribe] {key}") from None
+            except unsub.LinkTooLong as e:
+                fields = context["row"]
+                raise RowError(str(e), max(fields, key=lambda c: len(fields[c]), default=None)) from None
             except unsub.BadLink as e:
                 raise RowError(str(e), template=f"[unsubscribe] {key}") from None
         return links
@@ -605,7 +609,8 @@ class Template:
             msg = MIMEMultipart("mixed", f"=_{rendered.digest}_m", [msg, *(part for part, _ in files)])
             parts = [info for _, info in files]
         for name, value in headers:
-            msg[name] = _AsWritten(name, value) if rendered.needs_smtputf8 and "=?" in value else value
+            as_written = "=?" in value or hdr.too_long_to_fold(name, value)
+            msg[name] = _AsWritten(name, value) if rendered.needs_smtputf8 and as_written else value
         return msg.as_bytes(policy=policy.SMTPUTF8 if rendered.needs_smtputf8 else WIRE), parts
 
     def _build_wire(self, body: str, markdown: str, digest: str, headers: list[tuple[str, str]]) -> bytes:
@@ -825,13 +830,13 @@ def _text_part(text: str, subtype: str) -> Message:
 
 
 def _format_address(display_name: str, address: str) -> str:
-    if address.isascii() and "=?" in display_name:  # an encoded word lookalike: encoded, it reads as written
-        return f"{Header(display_name, UTF8).encode()} <{address}>"
+    # An encoded word lookalike: encoded, it reads as written. A name too long for any line:
+    # encoded words, which split anywhere (formataddr would make it one word as long).
+    if "=?" in display_name or hdr.too_long_to_fold("Reply-To", display_name, len(address) + 5):
+        return f"{Header(display_name, UTF8).encode(linesep=' ')} <{address}>"
     if address.isascii():
         return formataddr((display_name, address), charset=UTF8)
     # Only in an SMTPUTF8 message, where raw UTF-8 is allowed in every header.
-    if "=?" in display_name:
-        return f"{Header(display_name, UTF8).encode()} <{address}>"
     return f'"{quote(display_name)}" <{address}>' if display_name else address
 
 

@@ -19,12 +19,17 @@ HEADER_NAMES = ("list-unsubscribe", "list-unsubscribe-post")
 # A rendered link: visible ASCII only, and none of what ends or separates <...> links.
 _LINK = re.compile(r"[!-~]+")
 _NOT_IN_LINK = re.compile(r'[<>,"\\]')
+MAX_LINK = 900  # a header line holds 998 octets (RFC 5322), with "List-Unsubscribe: <" before it
 # What a --test-to copy's link holds in place of each of the row's values.
 TEST_COPY_VALUE = "mailblast-test-copy"
 
 
 class BadLink(ValueError):
     """The rendered url or mailto is not a link that can go in List-Unsubscribe."""
+
+
+class LinkTooLong(BadLink):
+    """The rendered link cannot fit on a header line: the row's values made it so long."""
 
 
 class _Encoded(str):
@@ -90,6 +95,11 @@ def check_link(key: str, link: str) -> str:
     """The rendered link, checked; raises BadLink."""
     if not _LINK.fullmatch(link) or _NOT_IN_LINK.search(link):
         raise BadLink(f"[unsubscribe] {key} {link!r} has a character a link cannot hold (space, <, >, comma)")
+    if len(link) > MAX_LINK:
+        raise LinkTooLong(
+            f"[unsubscribe] {key} is {len(link):,} characters long with this row's values; a link "
+            f"must fit on one header line ({MAX_LINK} characters)"
+        )
     lower = link.lower()
     if key == "url" and not lower.startswith(("https://", "http://")):
         raise BadLink(f"[unsubscribe] url {link!r} is not an https:// URL")
