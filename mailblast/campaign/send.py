@@ -81,11 +81,13 @@ def run_send(
     quotas: bool = True,
     facts: dict[str, Any] | None = None,
     destination: str | None = None,
+    destination_fault: Callable[[], str | None] | None = None,
 ) -> int:
     """Check every row, then send those not sent yet; journal, report and summarise.
 
     A rate over more than a minute is a quota kept across runs (quota.py), unless ``quotas`` is off.
-    ``destination`` names where the messages go, when the server's URL would not say (a rehearsal).
+    ``destination`` names where the messages go, when the server's URL would not say (a rehearsal);
+    ``destination_fault`` says why it can take no more (its disk is full), which stops the run.
     ``facts``, when given, receives what --json prints; the report then goes to a file, as on a terminal.
     """
     if settings.outbox is not None or not (settings.smtp_url or settings.relays):
@@ -193,7 +195,7 @@ def run_send(
                 delimiter=fmt.delimiter,
                 bom=report_path is not None and wants_bom(fmt),
             )
-            recorder = Recorder(journal, report, plan.maybe_sent)
+            recorder = Recorder(journal, report, plan.maybe_sent, destination_fault)
             sender = Sender(
                 relays or [Relay(connect, limiter, settings.connections, settings.max_messages)],
                 options,
@@ -249,6 +251,12 @@ def run_send(
     if recorder.journal_error is not None:
         raise StoppedError(
             recorder.journal_error.message + describe_unrecorded(recorder), recorder.journal_error.hint
+        )
+    if recorder.destination_error is not None:
+        raise StoppedError(
+            f"stopped: {recorder.destination_error}; {sender.counts.not_attempted:,} recipient(s) not "
+            "attempted, none marked failed",
+            f"free some disk space (or fix the cause), then {resume}",
         )
     if recorder.report_error is not None:
         raise StoppedError(
@@ -306,6 +314,9 @@ def _rehearse(
             quotas=False,
             facts=facts,
             destination=f"{outbox}/ (the capture server)",
+            destination_fault=lambda: (
+                server.storage_error and f"the outbox {outbox}/ cannot be written: {server.storage_error}"
+            ),
         )
     if facts is not None:
         facts["outbox"] = str(outbox)
