@@ -252,6 +252,12 @@ def run_send(
         raise StoppedError(
             recorder.journal_error.message + describe_unrecorded(recorder), recorder.journal_error.hint
         )
+    if run_quotas is not None and run_quotas.fault is not None:
+        raise StoppedError(
+            f"stopped: {run_quotas.fault.message}; "
+            f"{sender.counts.not_attempted:,} recipient(s) not attempted",
+            f"{run_quotas.fault.hint}, then {resume}",
+        )
     if recorder.destination_error is not None:
         raise StoppedError(
             f"stopped: {recorder.destination_error}; {sender.counts.not_attempted:,} recipient(s) not "
