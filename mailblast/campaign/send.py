@@ -32,7 +32,7 @@ from mailblast.campaign.report import (
     report_file,
     wants_bom,
 )
-from mailblast.config import Settings
+from mailblast.config import RelaySettings, Settings
 from mailblast.errors import InputError, StoppedError
 from mailblast.message.recipients import Recipient
 from mailblast.message.worker import ComposeWorker
@@ -43,7 +43,7 @@ from mailblast.smtp.outcomes import Counts, average_rate, rate_seconds
 from mailblast.smtp.quota import QuotaBook
 from mailblast.smtp.ratelimit import SlidingWindowLimiter
 from mailblast.smtp.relay import describe as describe_relays
-from mailblast.smtp.relay import relays_of
+from mailblast.smtp.relay import relays_of, secret_settings
 from mailblast.smtp.replies import Kind, Verdict
 from mailblast.smtp.sender import Relay, Sender, SenderOptions
 from mailblast.smtp.urls import SmtpTarget, parse_rate, parse_smtp_url
@@ -282,7 +282,12 @@ def run_send(
             run_quotas.stop_text(counts.sent, counts.not_attempted), _quota_hint(journal, resume_command)
         )
     if sender.stopped_by is not None:
-        hint = _stop_hint(sender.stopped_by, resume, target, credentials)
+        # with relays, the one whose failure stopped the run: its own URL and settings
+        last = next((r.name for r in sender.relays if r.dropped is sender.stopped_by), None)
+        relay = next((r for r in settings.relays if r.name == last), None)
+        if relay is not None:
+            target = parse_smtp_url(relay.url)
+        hint = _stop_hint(sender.stopped_by, resume, target, credentials, relay)
         raise StoppedError(f"stopped: {sender.stopped_by.describe()}", hint)
     # an uncertain message accepted on its resend was delivered (maybe twice): not a failure
     return 1 if sender.counts.failed or recorder.unconfirmed else 0
@@ -308,7 +313,18 @@ def _rehearse(
     journal = settings.journal or rehearsal_path(outbox)
     with capture.in_background(outbox) as server:
         # only the capture server: no relay of mailblast.toml either
-        local = replace(settings, smtp_url=server.url, relays=(), journal=journal, outbox=None)
+        # nor any sign-in: the capture server takes mail without one, and a password_command
+        # (or a token's) would be run, or refused for a URL that names no user, for nothing
+        local = replace(
+            settings,
+            smtp_url=server.url,
+            relays=(),
+            journal=journal,
+            outbox=None,
+            auth=None,
+            password_command=None,
+            oauth_token_command=None,
+        )
         # a rehearsal uses no account's quota
         code = run_send(
             local,
@@ -583,7 +599,13 @@ def _send_facts(
     }
 
 
-def _stop_hint(reason: Verdict, resume: str, target: SmtpTarget, credentials: Credentials | None) -> str:
+def _stop_hint(
+    reason: Verdict,
+    resume: str,
+    target: SmtpTarget,
+    credentials: Credentials | None,
+    relay: RelaySettings | None = None,
+) -> str:
     """What to do about a stop; the mix-up of ports 465 and 587 is the commonest setup mistake."""
     text = reason.describe()
     if "WRONG_VERSION_NUMBER" in text:
@@ -604,7 +626,11 @@ def _stop_hint(reason: Verdict, resume: str, target: SmtpTarget, credentials: Cr
     elif "TLS" in text:
         cause = "check that the port and the scheme match: smtps:// for port 465, smtp+starttls:// for 587"
     elif reason.code in (530, 534, 535, 538):
-        cause = sign_in_hint(reason, credentials)
+        cause = (
+            sign_in_hint(reason, credentials, secret_settings(relay))
+            if relay is not None
+            else sign_in_hint(reason, credentials)
+        )
     elif "cannot connect" in text and target.port == 465 and target.security != "tls":
         cause = "port 465 usually wants smtps:// (TLS from the start)"
     elif "cannot connect" in text:
