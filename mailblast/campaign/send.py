@@ -38,7 +38,12 @@ from mailblast.message.recipients import Recipient
 from mailblast.message.worker import ComposeWorker
 from mailblast.server import capture
 from mailblast.smtp.connection import Connection
-from mailblast.smtp.credentials import Credentials, gather_credentials, sign_in_hint
+from mailblast.smtp.credentials import (
+    DEFAULT_SECRET_SETTINGS,
+    Credentials,
+    gather_credentials,
+    sign_in_hint,
+)
 from mailblast.smtp.outcomes import Counts, average_rate, rate_seconds
 from mailblast.smtp.quota import QuotaBook
 from mailblast.smtp.ratelimit import SlidingWindowLimiter
@@ -626,11 +631,8 @@ def _stop_hint(
     elif "TLS" in text:
         cause = "check that the port and the scheme match: smtps:// for port 465, smtp+starttls:// for 587"
     elif reason.code in (530, 534, 535, 538):
-        cause = (
-            sign_in_hint(reason, credentials, secret_settings(relay))
-            if relay is not None
-            else sign_in_hint(reason, credentials)
-        )
+        where = secret_settings(relay) if relay is not None else DEFAULT_SECRET_SETTINGS
+        cause = sign_in_hint(reason, credentials, where)
     elif "cannot connect" in text and target.port == 465 and target.security != "tls":
         cause = "port 465 usually wants smtps:// (TLS from the start)"
     elif "cannot connect" in text:

@@ -119,10 +119,14 @@ class QuotaBook:
 
     def times(self, account: str, period: float, now: float) -> list[float]:
         """The account's sending times in the window ending ``now``, oldest first."""
-        rows = self._db.execute(  # those "in the future" too (see used)
-            "SELECT at FROM sent WHERE account = ? AND at > ? ORDER BY at", (account.lower(), now - period)
-        )
-        return [at for (at,) in rows]
+        try:
+            rows = self._db.execute(  # those "in the future" too (see used)
+                "SELECT at FROM sent WHERE account = ? AND at > ? ORDER BY at",
+                (account.lower(), now - period),
+            )
+            return [at for (at,) in rows]
+        except sqlite3.Error as e:
+            raise QuotaStateError(self.path, e) from None
 
     def take(self, account: str, limit: int, period: float, now: float) -> float | None:
         """Take a slot now if one is free (None), else say when the next one is; atomic across processes."""
