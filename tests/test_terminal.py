@@ -101,11 +101,13 @@ def test_serve_shows_envelope_addresses_escaped(tmp_path: Path) -> None:
                 assert client.docmd(f"MAIL FROM:<{sender}@x.example>{utf8}")[0] == 250
                 assert client.docmd(f"RCPT TO:<{to}@x.example>")[0] == 250
                 assert client.data(b"Subject: s\r\n\r\nhi\r\n")[0] == 250
+            assert client.docmd(TITLE)[0] == 500  # an unknown command, which aiosmtpd logs
     finally:
         serve.send_signal(signal.SIGINT)
         out, err = serve.communicate(timeout=30)
     assert "a\\x1bc@x.example -> b\\x07@x.example" in out
     assert "c\\u202e@x.example -> d\\x9b31m@x.example" in out
+    assert "unrecognised: \\x1b]0;PWNED\\x07" in err
     assert not raw(out + err), out
 
 

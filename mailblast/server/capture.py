@@ -15,6 +15,7 @@ import email.parser
 import email.policy
 import errno
 import ipaddress
+import logging
 import mailbox
 import os
 import random
@@ -31,7 +32,7 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 from rich.console import Console
 
-from mailblast.display import human_size, print_warning
+from mailblast.display import human_size, print_warning, printable
 from mailblast.errors import ConfigError
 from mailblast.smtp.urls import Rate
 
@@ -320,6 +321,18 @@ def _any_login(server: SMTP, session: Session, envelope: Envelope, mechanism: st
     return AuthResult(success=True)
 
 
+class _PrintableLog(logging.Filter):
+    """aiosmtpd logs what a client sent (an unknown command) as it came, to the terminal when
+    logging is not set up: shown escaped, as everything mailblast prints."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = printable(record.getMessage()), None
+        return True
+
+
+_PRINTABLE_LOG = _PrintableLog()
+
+
 class CaptureServer:
     """The capture server on the running event loop: ``await start()``, then ``await close()``."""
 
@@ -334,6 +347,7 @@ class CaptureServer:
     ) -> None:
         self.outbox = outbox
         self.rules = ProviderRules(limits or Limits(), rng=rng, max_connections=max_connections)
+        logging.getLogger("mail.log").addFilter(_PRINTABLE_LOG)  # once: the same filter is not added twice
         self.on_event = on_event
         self.captured = 0
         self.refused = 0
