@@ -48,11 +48,13 @@ RANDOM_FAILURE_REPLY = "451 4.3.0 Temporary failure, rehearsed by mailblast serv
 QUEUED_REPLY = "250 2.0.0 Ok: queued"
 # RFC 3463's "mail system full": the client keeps the message and tries again later.
 STORAGE_FAILED_REPLY = "452 4.3.1 Cannot store the message: {cause}"
-# What a server holds in memory at most: each connection's message is read whole before it is
-# stored, so the two caps bound it (20 x 25 MiB). mailblast's own attachments (10 MB a message,
-# a third more in base64) fit.
+# What a server holds in memory: each message is read whole before it is stored. So messages are
+# at most 25 MiB (Gmail's limit; mailblast's own 10 MB of attachments, a third more in base64,
+# fit), at most DATA_AT_ONCE of them are read at once (the others wait their turn at DATA), and
+# idle connections are capped too.
 DEFAULT_MAX_CONNECTIONS = 20
 MAX_MESSAGE_BYTES = 25 * 1024 * 1024
+DATA_AT_ONCE = 2
 
 
 class WindowCount:
@@ -234,7 +236,9 @@ def store(outbox: mailbox.Maildir, envelope: Envelope, at: datetime) -> Captured
     # recipients can be seen in the stored copy.
     top = f"Return-path: <{mail_from}>\r\nEnvelope-to: {', '.join(rcpt_tos)}\r\n".encode()
     key = outbox.add(top + data)
-    headers = email.parser.BytesHeaderParser(policy=email.policy.default).parsebytes(data)
+    end = data.find(b"\r\n\r\n")
+    head = data if end < 0 else data[:end]  # not the whole message (a copy of megabytes)
+    headers = email.parser.BytesHeaderParser(policy=email.policy.default).parsebytes(head)
     return Captured(at, mail_from, rcpt_tos, str(headers.get("Subject", "")), len(data), key)
 
 
@@ -268,6 +272,10 @@ class _Session(SMTP):
             self.server.rules.disconnect()
             self.server.live.discard(self)
         super().connection_lost(error)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        async with self.server.data_turns:  # bounds the messages held in memory at once
+            await super().smtp_DATA(arg)
 
     async def push(self, status: str | bytes) -> None:
         await super().push(status)
@@ -353,6 +361,7 @@ class CaptureServer:
         self.refused = 0
         self.live: set[_Session] = set()
         self.storage_error: str | None = None  # why a message could not be stored ("No space left")
+        self.data_turns = asyncio.Semaphore(DATA_AT_ONCE)
         self.host = LOOPBACK
         self.port = 0
         self._server: asyncio.base_events.Server | None = None
