@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from mailblast.display import printable
 from tests.servers import SmtpServer
 from tests.test_capture import free_port
 from tests.test_send_cli import mailblast
@@ -21,8 +22,7 @@ CLEAR = "\x1b[2J"  # clear the screen
 TITLE = "\x1b]0;pwned\x07"  # set the window title
 CSI = "\x9b31m"  # C1: the one-byte CSI
 RLO = "\u202e"  # right-to-left override
-
-
+# what a terminal acts on, written out apart from printable(), which it checks
 TERMINAL_ACTS_ON = re.compile(
     "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]"
 )
@@ -34,8 +34,6 @@ def raw(text: str) -> bool:
 
 
 def test_printable_escapes_every_control_and_bidi_override() -> None:
-    from mailblast.display import printable
-
     for code in [*range(0x00, 0x09), *range(0x0B, 0x20), *range(0x7F, 0xA0)]:
         assert printable(chr(code)) == f"\\x{code:02x}"
     for char in "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c":
