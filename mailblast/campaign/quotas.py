@@ -18,6 +18,7 @@ from mailblast.smtp.quota import (
     WAIT_AT_MOST,
     QuotaBook,
     QuotaLimiter,
+    QuotaStateError,
     account_of,
     quota_use,
     stop_message,
@@ -28,6 +29,7 @@ from mailblast.smtp.sender import Relay, Sender
 from mailblast.smtp.urls import Pace, Rate, parse_smtp_url
 
 QUOTA_USED = Verdict(Kind.FATAL, None, None, None, "the account's quota is used")
+QUOTA_STATE_FAILED = Verdict(Kind.FATAL, None, None, None, "the quota database cannot be written")
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,7 @@ class RunQuotas:
         self.notice = notice
         self._wall = wall_clock
         self.exhausted: dict[str, float] = {}  # relay: when its next slot frees, for those used up
+        self.fault: QuotaStateError | None = None  # the database failed: the run stopped
         self._told_resting: set[str] = set()
 
     def check(self) -> None:
@@ -129,6 +132,7 @@ class RunQuotas:
                 account.said(f"{account.quota} is used: waiting until {when(at)}")
             ),
             give_way=lambda seconds: self._give_way(sender, relay, account, seconds),
+            on_fault=lambda error: self._fault(sender, error),
         )
 
     def stop_text(self, sent: int, left: int) -> str:
@@ -145,6 +149,13 @@ class RunQuotas:
             f"the quotas of relays {quotas} are used: {sent:,} sent in this run, {left:,} left; "
             f"the next may go at {when(self.exhausted[first])} through {first}"
         )
+
+    def _fault(self, sender: Sender, error: QuotaStateError) -> None:
+        """The shared database cannot be written: every relay's quota is unknown, so the run stops
+        as it does on Ctrl-C (what is in flight finishes; the rest goes in the report)."""
+        if self.fault is None:
+            self.fault = error
+            sender.stop(QUOTA_STATE_FAILED)
 
     def _used_up(self, sender: Sender, relay: Relay, account: QuotaAccount, free_at: float) -> None:
         self.exhausted[account.relay] = free_at
