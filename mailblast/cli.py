@@ -117,6 +117,15 @@ JsonOpt = Annotated[
         help="Print one JSON document on standard output (counts, paths, exit code); the rest on stderr.",
     ),
 ]
+CampaignOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--campaign",
+        rich_help_panel=RERUN,
+        help="The campaign's name: another name starts another campaign in the same journal. "
+        "\\[default: campaign in mailblast.toml, else unnamed]",
+    ),
+]
 DuplicatesOpt = Annotated[
     bool | None,
     typer.Option(
@@ -330,6 +339,33 @@ def send(
             help="Leave out messages in flight when an earlier run died.",
         ),
     ] = None,
+    campaign: CampaignOpt = None,
+    server_changed: Annotated[
+        bool | None,
+        typer.Option(
+            "--server-changed",
+            rich_help_panel=RERUN,
+            help="The campaign moved to another server (a provider switched mid-campaign): count the "
+            "deliveries to the earlier one as delivered.",
+        ),
+    ] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            "--limit",
+            rich_help_panel=RERUN,
+            help="Send at most this many messages this run; the rest stay pending for the next run.",
+        ),
+    ] = None,
+    skip_invalid: Annotated[
+        bool | None,
+        typer.Option(
+            "--skip-invalid",
+            rich_help_panel=CSV,
+            help="Send the valid rows and report the invalid ones as not sent (exit 1), instead of "
+            "refusing the whole file.",
+        ),
+    ] = None,
     test_to: Annotated[
         str | None,
         typer.Option(
@@ -410,6 +446,7 @@ def status(
     recipients: Recipients,
     template: TemplateOpt = None,
     journal: JournalOpt = None,
+    campaign: CampaignOpt = None,
     config: ConfigOpt = None,
     suppressed: Annotated[
         bool, typer.Option("--suppressed", help="List the suppressed addresses, one a line.")
@@ -445,6 +482,7 @@ def report(
     ] = None,
     template: TemplateOpt = None,
     journal: JournalOpt = None,
+    campaign: CampaignOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Write the report of recipients not sent, from the journal, as a resendable CSV.

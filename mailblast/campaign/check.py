@@ -224,6 +224,7 @@ def scan(
     on_suppressed: Callable[[Recipient], None] | None = None,
     *,
     worker: ComposeWorker,
+    on_invalid: Callable[[RowResult], None] | None = None,
 ) -> ScanTally:
     """Check every row (and build its message for ``on_message``), print every problem, count.
 
@@ -280,6 +281,8 @@ def scan(
             elif any(p.is_error for p in result.problems):
                 tally.invalid += 1
                 tally.bad_rows += any(p.is_error and p.template is None for p in result.problems)
+                if on_invalid is not None:
+                    on_invalid(result)
             else:
                 tally.empty += 1
             if progress is not None and tally.rows % 512 == 0:

@@ -89,6 +89,7 @@ class RowResult:
     recipient: Recipient | None
     problems: list[RowProblem] = field(default_factory=list)
     duplicate_of: int | None = None
+    values: tuple[str, ...] = ()  # a bad row's cells as read, to report it as not sent
 
 
 @dataclass(frozen=True)
@@ -324,6 +325,8 @@ class RecipientsFile:
 
         def problem(column: str | None, message: str, is_error: bool = True) -> None:
             result.problems.append(RowProblem(self.name, row, line, column, message, is_error))
+            if is_error:  # kept for a bad row only: a good one has its fields
+                result.values = tuple(values)
 
         if all(not v.strip() for v in values):
             problem(None, "empty row, skipped", is_error=False)
