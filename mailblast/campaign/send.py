@@ -153,6 +153,9 @@ def run_send(
             )
         if plan.total == 0 and not invalid:
             console.print(_nothing_to_send(journal, settings), highlight=False)
+            _report_when_nothing_to_send(
+                journal, settings, recipients_path, inputs, stdout, console, facts, tally
+            )
             return 0
         run_quotas = None
         if book is not None:
@@ -208,16 +211,9 @@ def run_send(
             rate.count if rate else None, rate.period if rate else 1.0
         )
         options = SenderOptions(settings.retries)
-        # On a terminal, a long report goes to a file rather than over the screen; with --json too.
-        to_file = stdout.isatty() or facts is not None
         fmt = inputs.recipients.format
         campaign = journal.campaign if journal is not None else None
-        if settings.report is not None or not to_file:
-            report_path = settings.report
-        elif campaign is not None:  # the campaign's, wherever its rows came from (a report, say)
-            report_path = default_report_path(_campaign_file(journal, recipients_path), campaign.name)
-        else:
-            report_path = default_report_path(recipients_path)
+        report_path = _report_path(settings, journal, recipients_path, stdout.isatty() or facts is not None)
         bom = report_path is not None and wants_bom(fmt)
         report_existed = report_path is not None and report_path.exists()
         if journal is not None and campaign is not None and report_path is not None:
@@ -467,6 +463,46 @@ def _invalid_outcome(result: RowResult, header: tuple[str, ...]) -> Outcome:
     problems = "; ".join(p.message for p in result.problems if p.is_error)
     recipient = Recipient(result.row, result.line, fields, "", False)
     return Outcome(recipient, Status.NOT_ATTEMPTED, "", 0, None, f"invalid row, not sent: {problems}")
+
+
+def _report_path(
+    settings: Settings, journal: Journal | None, recipients_path: Path, to_file: bool
+) -> Path | None:
+    """Where the report goes: --report; else standard output (None), except on a terminal (a long
+    report would flood it) or with --json: a file beside the recipients, named after the campaign."""
+    if settings.report is not None or not to_file:
+        return settings.report
+    if journal is not None:  # the campaign's, wherever this run's rows came from (a report, say)
+        return default_report_path(_campaign_file(journal, recipients_path), journal.campaign.name)
+    return default_report_path(recipients_path)
+
+
+def _report_when_nothing_to_send(
+    journal: Journal | None,
+    settings: Settings,
+    recipients_path: Path,
+    inputs: Inputs,
+    stdout: TextIO,
+    console: Console,
+    facts: dict[str, Any] | None,
+    tally: ScanTally,
+) -> None:
+    """A run with nothing to send still leaves the campaign's report (its failed recipients, say)
+    and --json's document with every key."""
+    path = _report_path(settings, journal, recipients_path, stdout.isatty() or facts is not None)
+    rows = 0
+    if journal is not None:
+        fmt = inputs.recipients.format
+        bom = path is not None and wants_bom(fmt)
+        write = journal_report(journal, journal.campaign, delimiter=fmt.delimiter, bom=bom)
+        existed = path is not None and path.exists()
+        rows = _write_if_any(write, stdout) if path is None else write_atomically(path, write)
+        if path is not None and not rows and not existed and settings.report is None:
+            path.unlink()
+        if rows:
+            console.print(f"report of the {rows:,} recipient(s) not sent: {path or 'standard output'}")
+    if facts is not None:
+        facts.update(_send_facts(Counts(), tally, 0.0, 1.0, journal, path if rows else None, rows))
 
 
 def _write_if_any(write: Callable[[TextIO], int], stdout: TextIO) -> int:
