@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import shlex
 import sys
@@ -168,7 +169,8 @@ def _run(
         error, code = StoppedError("interrupted"), StoppedError.exit_code
         errors.print(Text("interrupted", style="bold red"))
     if facts is not None:
-        problem = {"message": error.message, "hint": error.hint} if error is not None else None
+        said = facts.pop("error", None)  # bad rows: not an exception, an error all the same
+        problem = {"message": error.message, "hint": error.hint} if error is not None else said
         json.dump({**facts, "exit_code": code, "error": problem}, sys.stdout, ensure_ascii=False)
         sys.stdout.write("\n")
     raise typer.Exit(code)
@@ -589,8 +591,32 @@ def dkim_keygen(
     _run(work)
 
 
+# Each command's --json document has these keys whatever happened (README: "JSON output"); a
+# value the run did not reach stays as here.
+JSON_KEYS: dict[str, dict[str, Any]] = {
+    "check": {
+        "rows": None, "encoding": None, "delimiter": None, "email_column": None, "elapsed_seconds": 0.0,
+        "problems": [],
+    },
+    "send": {
+        "rows": None, "to_send": 0, "campaign": None, "destination": None,
+        "counts": {
+            "total": 0, "sent": 0, "failed": 0, "uncertain": 0, "skipped": 0, "suppressed": 0,
+            "not_attempted": 0,
+        },
+        "elapsed_seconds": 0.0, "rate_per_second": 0.0, "journal": None, "report": None, "report_rows": 0,
+        "relays": None, "outbox": None,
+    },
+    "status": {
+        "journal": None, "campaign": None, "delivered_to": [], "recipients": None, "template": None,
+        "started": None, "last_activity": None, "counts": None, "active_seconds": 0.0, "rate_per_second": 0.0,
+        "failures": [],
+    },
+}  # fmt: skip
+
+
 def _facts(command: str, recipients: Path) -> dict[str, Any]:
-    return {"command": command, "recipients_file": str(recipients)}
+    return {"command": command, "recipients_file": str(recipients), **copy.deepcopy(JSON_KEYS[command])}
 
 
 def _ask_password(prompt: str) -> str:

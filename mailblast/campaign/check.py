@@ -12,7 +12,7 @@ import tempfile
 import time
 import webbrowser
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -67,6 +67,7 @@ class ScanTally:
     suppressed: int = 0
     bad_rows: int = 0  # invalid because of their own values, not the template's
     faulty_templates: tuple[str, ...] = ()
+    problems: list[dict[str, Any]] = field(default_factory=list)  # for --json: every one printed
 
     def fix_hint(self) -> str:
         to_fix = [*self.faulty_templates, *(["the rows above"] if self.bad_rows else [])]
@@ -225,6 +226,7 @@ def scan(
     *,
     worker: ComposeWorker,
     on_invalid: Callable[[RowResult], None] | None = None,
+    keep_problems: bool = False,
 ) -> ScanTally:
     """Check every row (and build its message for ``on_message``), print every problem, count.
 
@@ -264,6 +266,8 @@ def scan(
                     faults.add(problem)
                 else:
                     display.print_problem(console, problem)
+                    if keep_problems:
+                        tally.problems.append(_problem_facts(problem))
             if prepared.ok:
                 tally.valid += 1
                 recipient = result.recipient
@@ -305,6 +309,7 @@ def scan(
         )
     for problem, count in faults.found.values():
         display.print_template_fault(console, problem, count, tally.rows)
+        tally.problems.append({**_problem_facts(problem), "rows": count})
     tally.faulty_templates = tuple(dict.fromkeys(p.template for p, _ in faults.found.values() if p.template))
     if tally.rows == 0:
         raise InputError(
@@ -312,6 +317,19 @@ def scan(
             "add one row per recipient below the header line",
         )
     return tally
+
+
+def _problem_facts(problem: RowProblem) -> dict[str, Any]:
+    """A problem as --json gives it: where (file, row, line, column), what, and how bad."""
+    return {
+        "file": problem.template or problem.file,
+        "row": problem.row,
+        "line": problem.line,
+        "column": problem.column,
+        "message": problem.message,
+        "severity": "error" if problem.is_error else "warning",
+        "rows": 1,
+    }
 
 
 def _prepared(
@@ -369,7 +387,7 @@ def run_check(
     started = time.monotonic()
     # A worker process for each core renders the rows of a large file; starting them takes a while.
     with ComposeWorker(inputs.template, in_worker=inputs.recipients.size >= CHECK_IN_WORKERS_FROM) as worker:
-        tally = scan(inputs, settings, console, worker=worker)
+        tally = scan(inputs, settings, console, worker=worker, keep_problems=facts is not None)
     counts = tally.as_dict(suppression=inputs.suppressed is not None)
     display.print_counts(console, f"check {inputs.recipients.name}", counts)
     if facts is not None:
@@ -380,7 +398,10 @@ def run_check(
             delimiter=fmt.delimiter,
             email_column=fmt.address_column,
             elapsed_seconds=round(time.monotonic() - started, 3),
+            problems=tally.problems,
         )
+        if tally.invalid:
+            facts["error"] = {"message": f"{tally.invalid:,} invalid row(s)", "hint": tally.fix_hint()}
     return verdict_of_scan(console, tally)
 
 

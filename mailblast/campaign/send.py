@@ -136,7 +136,14 @@ def run_send(
         if facts is not None:
             facts["rows"] = tally.as_dict(suppression=True)
             facts["to_send"] = plan.total
+            if journal is not None and tally.valid and not (tally.invalid and not settings.skip_invalid):
+                facts["campaign"] = {"name": journal.campaign.name, "uid": journal.campaign.uid}
+            if plan.destination is not None:
+                servers = sorted(set(plan.destination.servers.values()))
+                facts["destination"] = {"servers": servers, "rehearsal": plan.destination.rehearsal}
         if tally.invalid and not settings.skip_invalid:
+            if facts is not None:
+                facts["error"] = {"message": f"{tally.invalid:,} invalid row(s)", "hint": tally.fix_hint()}
             return verdict_of_scan(console, tally)
         if plan.destination is not None and plan.destination.rehearsal and book is not None:
             book.close()  # a rehearsal uses no account's quota
@@ -266,6 +273,9 @@ def run_send(
                     report_rows = write_atomically(report_path, write)
                     if not report_rows and not report_existed and settings.report is None:
                         report_path.unlink()  # a file of no rows where there was none
+            elif test_to is not None:
+                # a test send's rows are real members': a report of them, sent, would mail them
+                report_rows = 0
             elif report_rows or settings.report is not None:
                 report_stream.seek(0)
                 if report_path is None:
@@ -276,7 +286,16 @@ def run_send(
             report_path = None  # nothing was written: no hint may name it
         several = [r for r in sender.relays if r.name]  # the [[relay]] tables; none for the one server
         _summarise(
-            console, sender.counts, tally, elapsed, window, recorder, report_path, report_rows, several
+            console,
+            sender.counts,
+            tally,
+            elapsed,
+            window,
+            recorder,
+            report_path,
+            report_rows,
+            several,
+            test_to,
         )
         if facts is not None:
             facts.update(
@@ -296,7 +315,9 @@ def run_send(
             book.close()
         if journal is not None:
             journal.close()
-    if journal is not None:
+    if test_to is not None:
+        resume = f"send the test again (only {test_to} gets messages)"
+    elif journal is not None:
         resume = f"run the same command again to resume: {resume_command}"
     elif report_path is not None:
         resume = f"send the report's rows again: mailblast send {report_path} with the same options"
@@ -747,18 +768,25 @@ def _summarise(
     report: Path | None,
     report_rows: int,
     relays: list[Relay],
+    test_to: str | None = None,
 ) -> None:
+    """The run's figures; a test send's speak of its messages to ``test_to`` only."""
     delivered = counts.sent + counts.uncertain
+    about_the_file = {
+        "skipped": f"{tally.duplicates + tally.empty:,}",
+        **({"suppressed": f"{tally.suppressed:,}"} if tally.suppressed else {}),
+    }
     display.print_counts(
         console,
-        "summary",
+        "summary" if test_to is None else f"test send to {test_to}",
         {
             "sent": f"{counts.sent:,}",
             "failed": f"{counts.failed:,}",
             "uncertain": f"{counts.uncertain:,}",
-            "skipped": f"{tally.duplicates + tally.empty:,}",
-            **({"suppressed": f"{tally.suppressed:,}"} if tally.suppressed else {}),
-            "not attempted": f"{counts.not_attempted:,}",
+            **(about_the_file if test_to is None else {}),
+            (
+                "not attempted" if test_to is None else "not sent (the run stopped)"
+            ): f"{counts.not_attempted:,}",
             "elapsed": f"{elapsed:.1f}s",
             "average rate": f"{average_rate(delivered, rate_seconds(elapsed, window)):.2f} msg/s",
         },
