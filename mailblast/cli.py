@@ -157,6 +157,8 @@ def _run(
     # No markup: paths, addresses and server replies may hold [brackets] of their own.
     console = Console(highlight=False, markup=False, emoji=False, stderr=stderr or facts is not None)
     errors = Console(highlight=False, markup=False, emoji=False, stderr=True)
+    for stream in (console, errors):
+        stream.soft_wrap = not stream.is_terminal  # a line stays one line in a log or a pipe, for grep
     error: MailblastError | None = None
     try:
         code = work(console)

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.text import Text
 
 from mailblast import display
+from mailblast.campaign import testsend
 from mailblast.campaign.suppress import SuppressionList, load_suppression
 from mailblast.config import Settings
 from mailblast.errors import ConfigError, InputError, did_you_mean
@@ -34,9 +35,11 @@ from mailblast.message.compose import (
     check_address_header,
     prepare,
     settle,
+    unknown_name_text,
 )
 from mailblast.message.recipients import Recipient, RecipientsFile, RowProblem, RowResult
 from mailblast.message.worker import ComposeWorker, batches
+from mailblast.smtp.credentials import check_sign_in_settings
 from mailblast.smtp.urls import parse_rate, parse_smtp_url
 
 if TYPE_CHECKING:
@@ -67,6 +70,7 @@ class ScanTally:
     suppressed: int = 0
     bad_rows: int = 0  # invalid because of their own values, not the template's
     faulty_templates: tuple[str, ...] = ()
+    blank_lines: int = 0  # not rows: skipped, and said
     problems: list[dict[str, Any]] = field(default_factory=list)  # for --json: every one printed
 
     def fix_hint(self) -> str:
@@ -82,6 +86,7 @@ class ScanTally:
             "duplicates": self.duplicates,
             "empty": self.empty,
             "suppressed": self.suppressed,
+            "blank_lines": self.blank_lines,
         }
         if not suppression:
             del counts["suppressed"]
@@ -206,6 +211,26 @@ def check_smtp_settings(settings: Settings) -> str | None:
     return f"server: {target.display()}, {pace}, {settings.connections} connection(s)"
 
 
+def check_send_settings(settings: Settings) -> None:
+    """Everything `send` checks before it sends, but no secret read and no connection made: the
+    server URL and rate, each relay's, the sign-in settings, the test-send options and --limit."""
+    check_smtp_settings(settings)
+    for relay in settings.relays:
+        parse_smtp_url(relay.url)
+        if relay.rate:
+            parse_rate(relay.rate)
+    if settings.smtp_url:
+        check_sign_in_settings(
+            parse_smtp_url(settings.smtp_url).username,
+            method=settings.auth,
+            password_command=settings.password_command,
+            token_command=settings.oauth_token_command,
+        )
+    testsend.address_of(settings)
+    if settings.limit is not None and settings.limit < 1:
+        raise ConfigError(f"--limit must be at least 1, not {settings.limit}")
+
+
 def _check_sender(settings: Settings) -> None:
     """A bad sender from the config is one error up front, not one per row."""
     assert settings.sender is not None
@@ -293,6 +318,12 @@ def scan(
                 progress.update(progress.task_ids[0], completed=inputs.recipients.bytes_read)
         if progress is not None:
             progress.update(progress.task_ids[0], completed=size)  # the bar ends full
+    if blank := inputs.recipients.blank_lines:
+        lines = ", ".join(map(str, inputs.recipients.first_blank_lines)) + (", ..." if blank > 5 else "")
+        display.print_warning(
+            console, f"{inputs.recipients.name}: {blank:,} blank line(s) skipped (line {lines})"
+        )
+        tally.blank_lines = blank
     for domain, (first, count) in reserved.items():
         display.print_warning(
             console,
@@ -310,6 +341,7 @@ def scan(
     for problem, count in faults.found.values():
         display.print_template_fault(console, problem, count, tally.rows)
         tally.problems.append({**_problem_facts(problem), "rows": count})
+    _name_every_unknown_name(inputs, console, tally, faults)
     tally.faulty_templates = tuple(dict.fromkeys(p.template for p, _ in faults.found.values() if p.template))
     if tally.rows == 0:
         raise InputError(
@@ -317,6 +349,33 @@ def scan(
             "add one row per recipient below the header line",
         )
     return tally
+
+
+def _name_every_unknown_name(
+    inputs: Inputs, console: Console, tally: ScanTally, faults: TemplateFaults
+) -> None:
+    """Every name the template reads that no column has, not only the first a row stopped at: an
+    error when the template failed already, else a warning (it may sit in a branch never taken)."""
+    said = " ".join(p.message for p, _ in faults.found.values())
+    template = inputs.template
+    columns = list(inputs.recipients.format.header)
+    for name in template.names_not_in(inputs.recipients.format.header):
+        if f'uses "{name}"' in said:
+            continue
+        problem = RowProblem(
+            inputs.recipients.name,
+            1,
+            2,
+            None,
+            unknown_name_text(name, columns),
+            bool(faults.found),
+            template.name,
+        )
+        if faults.found:
+            console.print(Text.assemble(("error: ", "bold red"), str(problem)), soft_wrap=True)
+        else:
+            display.print_warning(console, f"{problem} (a branch no row took?)")
+        tally.problems.append({**_problem_facts(problem), "rows": 0})
 
 
 def _problem_facts(problem: RowProblem) -> dict[str, Any]:
@@ -389,7 +448,7 @@ def run_check(
     with ComposeWorker(inputs.template, in_worker=inputs.recipients.size >= CHECK_IN_WORKERS_FROM) as worker:
         tally = scan(inputs, settings, console, worker=worker, keep_problems=facts is not None)
     counts = tally.as_dict(suppression=inputs.suppressed is not None)
-    display.print_counts(console, f"check {inputs.recipients.name}", counts)
+    display.print_counts(console, f"check {inputs.recipients.name}", _shown(counts))
     if facts is not None:
         fmt = inputs.recipients.format
         facts.update(
@@ -403,6 +462,10 @@ def run_check(
         if tally.invalid:
             facts["error"] = {"message": f"{tally.invalid:,} invalid row(s)", "hint": tally.fix_hint()}
     return verdict_of_scan(console, tally)
+
+
+def _shown(counts: dict[str, int]) -> dict[str, int]:
+    return {name.replace("_", " "): n for name, n in counts.items()}
 
 
 def describe_format(recipients: RecipientsFile) -> str:
@@ -484,6 +547,7 @@ def eml_name(message: ComposedMessage) -> str:
 
 def run_dry_run(settings: Settings, recipients_path: Path, out: Path | None, console: Console) -> int:
     """Build every message exactly as `send` would, and send nothing."""
+    check_send_settings(settings)
     inputs = load_inputs(settings, recipients_path)
     if out is not None:
         try:
@@ -499,7 +563,7 @@ def run_dry_run(settings: Settings, recipients_path: Path, out: Path | None, con
     with ComposeWorker(inputs.template, in_worker=large) as worker:
         tally = scan(inputs, settings, console, keep, worker=worker)
     counts = tally.as_dict(suppression=inputs.suppressed is not None)
-    display.print_counts(console, f"dry run of {inputs.recipients.name}: nothing sent", counts)
+    display.print_counts(console, f"dry run of {inputs.recipients.name}: nothing sent", _shown(counts))
     if out is not None:
         console.print(f"wrote {tally.valid} message(s) to {out}/ as .eml files", highlight=False)
     return verdict_of_scan(console, tally)

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import html2text
 import jinja2
+import jinja2.meta
 from email_validator import EmailNotValidError, validate_email
 from jinja2.sandbox import SecurityError
 from markdown_it import MarkdownIt
@@ -203,6 +204,15 @@ def _check_address(addr_spec: str) -> tuple[str, bool]:
     """Validated address in the form to put on the wire, and whether it needs SMTPUTF8."""
     checked = validate_email(addr_spec, check_deliverability=False)
     return checked.ascii_email or checked.normalized, bool(checked.smtputf8)
+
+
+def unknown_name_text(name: str, columns: list[str]) -> str:
+    guess = did_you_mean(name, [*columns, "email"])
+    hint = f'; did you mean "{guess}"?' if guess else ""
+    return (
+        f'the template uses "{name}", which is not a column of the recipients file{hint} '
+        f"(the columns are: {', '.join(columns)})"
+    )
 
 
 class _UnknownName(jinja2.UndefinedError):
@@ -391,6 +401,19 @@ class Template:
             except unsub.BadLink as e:
                 raise RowError(str(e), template=f"[unsubscribe] {key}") from None
         return links
+
+    def names_not_in(self, header: tuple[str, ...]) -> list[str]:
+        """The names the template reads that are neither a column nor built in. Rendering a row
+        stops at the first; check names every one at once."""
+        env = jinja2.Environment()
+        names: list[str] = []
+        for source in (self.header_source, self.body_source):
+            try:
+                names += sorted(jinja2.meta.find_undeclared_variables(env.parse(source)))
+            except jinja2.TemplateSyntaxError:  # compiled already: cannot happen
+                return []
+        known = {*header, *self.builtin_names}
+        return [name for name in dict.fromkeys(names) if name not in known]
 
     def shadowed_columns(self, header: tuple[str, ...], address_column: str) -> list[str]:
         """Columns whose name is a built-in one, so that only row["..."] reaches them."""
@@ -646,14 +669,7 @@ class Template:
                     "(or mailto) to give it",
                     template=self.name,
                 ) from None
-            columns = list(context["row"])
-            guess = did_you_mean(e.name, [*columns, "email"])
-            hint = f'; did you mean "{guess}"?' if guess else ""
-            raise RowError(
-                f'the template uses "{e.name}", which is not a column of the recipients file{hint} '
-                f"(the columns are: {', '.join(columns)})",
-                template=self.name,
-            ) from None
+            raise RowError(unknown_name_text(e.name, list(context["row"])), template=self.name) from None
         except jinja2.UndefinedError as e:
             raise RowError(
                 f"the template uses a variable this row does not have: {e.message} "

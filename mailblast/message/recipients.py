@@ -219,6 +219,8 @@ class RecipientsFile:
         self.format = self._read_format(enc, delimiter, email_column)
         self.size = self.path.stat().st_size
         self._reading: _CountingReader | None = None
+        self.blank_lines = 0  # of the last pass over the rows: skipped, not rows, but said
+        self.first_blank_lines: list[int] = []  # the first few of them
 
     @property
     def bytes_read(self) -> int:
@@ -289,6 +291,7 @@ class RecipientsFile:
         """Yield every data row in file order, with its problems. Blank lines are skipped."""
         fmt = self.format
         seen = None if allow_duplicates else SeenAddresses()
+        self.blank_lines, self.first_blank_lines = 0, []
         try:
             with _open_text(self.path, fmt.encoding) as f:
                 self._reading = f.buffer.raw  # type: ignore[attr-defined]
@@ -304,6 +307,9 @@ class RecipientsFile:
                         except StopIteration:
                             return
                         if not values:
+                            self.blank_lines += 1
+                            if len(self.first_blank_lines) < 5:
+                                self.first_blank_lines.append(line)
                             continue
                         row += 1
                         yield self._row(row, line, values, seen)
