@@ -601,7 +601,8 @@ def _check_and_plan(
     if joins is not None:
         console.print(
             f"journal: {journal.path}: {recipients.name} joins {campaign.describe()} "
-            f"(of {Path(campaign.recipients).name}), so nobody gets a second copy",
+            f"(of {Path(campaign.recipients).name}), so nobody gets a second copy (a new mailing to "
+            "them is another campaign: --campaign NAME)",
             highlight=False,
             soft_wrap=True,
         )
@@ -649,7 +650,8 @@ def _check_and_plan(
         if start.edited:
             display.print_warning(
                 console,
-                "template changed since the last run: the rows already sent keep the earlier version",
+                "template changed since the last run: the rows already sent keep the earlier version "
+                "(a new mailing to the same people is another campaign: --campaign NAME)",
             )
         if counts["failed"] and not retry_failed and todo:
             console.print(f"{counts['failed']:,} failed recipient(s) are not retried (--retry-failed does)")
