@@ -427,6 +427,24 @@ class Journal:
         return next(c for c in self.campaigns() if c.id == campaign)
 
     @_sql_errors
+    def earlier_deliveries_matter(self, destination: Destination) -> bool:
+        """Whether the campaign has rehearsal deliveries, or real ones to another server: then
+        whether ``destination`` is a rehearsal must be known before sending."""
+        ours = list(set(destination.servers.values()))
+        marks = ",".join("?" * len(ours))
+        found = self._db.execute(
+            "SELECT 1 FROM recipients WHERE campaign = ? AND state IN ('sent', 'uncertain', 'failed') "
+            f"AND (rehearsal = 1 OR (server IS NOT NULL AND server NOT IN ({marks}))) LIMIT 1",
+            (self._ids()[0], *ours),
+        ).fetchone()
+        return found is not None
+
+    def rehearsing(self, name: str) -> None:
+        """The run's server turned out to be a mailblast capture server: its deliveries are rehearsals."""
+        if self._destination is not None:
+            self._destination = Destination(dict.fromkeys(self._destination.servers, name), rehearsal=True)
+
+    @_sql_errors
     def deliver_to(self, destination: Destination, *, server_changed: bool = False) -> Delivering:
         """This run delivers to ``destination``, as its outcomes will record.
 
@@ -559,7 +577,12 @@ class Journal:
 
     def mark_sending(self, recipient: Recipient, message_id: str) -> None:
         """Committed before MAIL FROM: a crash from here on leaves an unknown outcome."""
-        self._update(recipient, "state = ?, message_id = ?", SENDING, message_id)
+        self._update(recipient, "state = ?, message_id = ?, error = NULL", SENDING, message_id)
+
+    def note_left(self, outcome: Outcome) -> None:
+        """What a run that stopped made of a recipient it had no outcome for (tries, and why),
+        for the report; its state (pending, or in flight) is right already."""
+        self._update(outcome.recipient, "attempts = attempts + ?, error = ?", outcome.attempts, outcome.error)
 
     def mark_pending(self, recipient: Recipient) -> None:
         """A reply proved the message was not delivered: it is to be sent, not in flight."""
@@ -711,7 +734,7 @@ class Journal:
             recipient = Recipient(row, line, json.loads(fields), address, bool(utf8))
             status = status_of.get(state) or Status(state)
             if state == SENDING:
-                error = "in flight when the run was interrupted: may or may not have been delivered"
+                error = error or "in flight when the run was interrupted: may or may not have been delivered"
             reply = classify(int(code), f"{enhanced or ''} {error or ''}") if code else None
             yield Outcome(recipient, status, message_id or "", attempts, reply, error or "")
 

@@ -2,17 +2,22 @@
 
 A mailblast capture server (`mailblast serve`, or `send --outbox`) says so in its EHLO reply.
 Its deliveries are rehearsals whatever journal records them: a later send to a real server
-sends those recipients for real.
+sends those recipients for real. A run learns it from its own connections (WatchedConnection);
+it asks beforehand (is_capture_server, one more connection) only when the journal's earlier
+deliveries make the answer matter before sending.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
+from typing import Any
 
 import aiosmtplib
 
 from mailblast.server.capture import CAPTURE_EXTENSION
+from mailblast.smtp.connection import Connection
 from mailblast.smtp.urls import SmtpTarget
 
 CAPTURE = "mailblast capture server"  # the journal's name for every capture server: the port varies
@@ -50,3 +55,16 @@ async def _probe(target: SmtpTarget, timeout: float) -> bool:
         with contextlib.suppress(Exception):
             await smtp.quit()
         smtp.close()
+
+
+class WatchedConnection(Connection):
+    """A connection that calls ``on_capture`` when it finds a mailblast capture server."""
+
+    def __init__(self, *args: Any, on_capture: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_capture = on_capture
+
+    async def open(self) -> None:
+        await super().open()
+        if self.offers(CAPTURE_EXTENSION):
+            self._on_capture()

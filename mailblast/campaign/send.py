@@ -24,7 +24,7 @@ from mailblast.campaign.journal import Destination, Journal, default_path, recip
 from mailblast.campaign.progress import SendProgress
 from mailblast.campaign.quotas import QUOTA_USED, RunQuotas, quota_accounts
 from mailblast.campaign.recorder import Recorder, describe_unrecorded
-from mailblast.campaign.rehearsal import CAPTURE, is_capture_server, server_name
+from mailblast.campaign.rehearsal import CAPTURE, WatchedConnection, is_capture_server, server_name
 from mailblast.campaign.report import (
     REPORT_HINT,
     ReportWriter,
@@ -87,7 +87,7 @@ def run_send(
     quotas: bool = True,
     facts: dict[str, Any] | None = None,
     destination: str | None = None,
-    delivers_to: Destination | Callable[[], Destination] | None = None,
+    delivers_to: Destination | Callable[[bool], Destination] | None = None,
 ) -> int:
     """Check every row, then send those not sent yet; journal, report and summarise.
 
@@ -117,7 +117,6 @@ def run_send(
     if settings.report is not None:
         check_writable(settings.report)  # before the check pass, which may take minutes
     if not settings.no_journal and delivers_to is None:
-        # asked once the rows are checked: a bad row means no connection at all
         delivers_to = partial(_destination_of, settings, notice)
     inputs = load_inputs(settings, recipients_path)
     # Started before the check pass, so that a worker process's start-up overlaps it.
@@ -205,13 +204,26 @@ def run_send(
             highlight=False,
         )
 
+        def rehearsing() -> None:
+            nonlocal said_rehearsal
+            if journal is not None and not said_rehearsal:
+                said_rehearsal = True
+                journal.rehearsing(CAPTURE)
+                notice(
+                    f"{target.display()} is a mailblast capture server: this run is a rehearsal, and a "
+                    "send to a real server later still sends to everyone"
+                )
+
+        said_rehearsal = plan.destination is not None and plan.destination.rehearsal
+
         def connect() -> Connection:
-            return Connection(
+            return WatchedConnection(
                 target,
                 credentials,
                 timeout=settings.timeout,
                 tls_context=tls_context,
                 pipelining=settings.pipelining,
+                on_capture=rehearsing,
             )
 
         limiter = (run_quotas.limiter("") if run_quotas else None) or SlidingWindowLimiter(
@@ -398,11 +410,13 @@ def _rehearse(
     return code
 
 
-def _destination_of(settings: Settings, notice: Callable[[str], None]) -> Destination:
-    """The server each relay (or the one server) is, as the journal records its deliveries."""
+def _destination_of(settings: Settings, notice: Callable[[str], None], ask: bool) -> Destination:
+    """The server each relay (or the one server) is, as the journal records its deliveries; with
+    ``ask``, each is asked first whether it is a mailblast capture server (else the run's own
+    connections tell, as they open)."""
     urls = {r.name: r.url for r in settings.relays} or {"": settings.smtp_url or ""}
     targets = {name: parse_smtp_url(url) for name, url in urls.items()}
-    if all(is_capture_server(t, settings.timeout) for t in targets.values()):
+    if ask and all(is_capture_server(t, settings.timeout) for t in targets.values()):
         notice(
             f"{', '.join(t.display() for t in targets.values())} is a mailblast capture server: this run "
             "is a rehearsal, and a send to a real server later still sends to everyone"
@@ -549,7 +563,7 @@ def _check_and_plan(
     settings: Settings,
     console: Console,
     composer: ComposeWorker,
-    delivers_to: Destination | Callable[[], Destination] | None = None,
+    delivers_to: Destination | Callable[[bool], Destination] | None = None,
     joins: str | None = None,
 ) -> tuple[ScanTally, Plan, list[RowResult]]:
     """The check pass, which also records the file's rows in the journal if every row is good
@@ -594,7 +608,9 @@ def _check_and_plan(
         return tally, Plan(iter(()), 0), invalid
     changes = journal.end_run()
     campaign = journal.campaign
-    destination = delivers_to() if callable(delivers_to) else delivers_to
+    destination = delivers_to(False) if callable(delivers_to) else delivers_to
+    if callable(delivers_to) and destination is not None and journal.earlier_deliveries_matter(destination):
+        destination = delivers_to(True)  # a rehearsal, or a real send? asked before sending
     delivering = None
     if destination is not None:
         delivering = journal.deliver_to(destination, server_changed=settings.server_changed)
