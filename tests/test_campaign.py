@@ -54,9 +54,12 @@ def test_a_rehearsal_through_serve_never_counts_as_sent(
 ) -> None:
     write_campaign(tmp_path, people(12))
     with serve(tmp_path) as url:
-        rehearsal = run(tmp_path, command(url))
+        rehearsal = run(tmp_path, command(url, "--json"))
         assert rehearsal.returncode == 0, rehearsal.stderr
         assert "is a mailblast capture server: this run is a rehearsal" in rehearsal.stderr
+        assert (
+            '"destination": {"servers": ["mailblast capture server"], "rehearsal": true}' in rehearsal.stdout
+        )
     status = mailblast(tmp_path, "status", "people.csv")
     assert "mailblast capture server (rehearsal)" in status.stdout and "12" in status.stdout
     server = smtp_server()

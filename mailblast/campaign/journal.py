@@ -439,6 +439,11 @@ class Journal:
         ).fetchone()
         return found is not None
 
+    @property
+    def destination(self) -> Destination | None:
+        """Where the run's deliveries go, as they are recorded (deliver_to(), rehearsing())."""
+        return self._destination
+
     def rehearsing(self, name: str) -> None:
         """The run's server turned out to be a mailblast capture server: its deliveries are rehearsals."""
         if self._destination is not None:

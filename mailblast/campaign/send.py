@@ -313,6 +313,11 @@ def run_send(
             facts.update(
                 _send_facts(sender.counts, tally, elapsed, window, journal, report_path, report_rows)
             )
+            if journal is not None and (where := journal.destination) is not None:  # a rehearsal found late
+                facts["destination"] = {
+                    "servers": sorted(set(where.servers.values())),
+                    "rehearsal": where.rehearsal,
+                }
             if several:
                 facts["relays"] = [
                     {"name": r.name, "took": r.took, "dropped": r.dropped.describe() if r.dropped else None}
