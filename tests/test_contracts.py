@@ -92,3 +92,14 @@ def test_command_line_output_is_never_wrapped_off_a_terminal(tmp_path: Path) -> 
     proc = mailblast(tmp_path, "send", str(deep / "people.csv"), "-t", "t.txt", "--journal", str(deep / "j"))
     assert proc.returncode == 0, proc.stderr
     assert f"journal: {deep / 'j'} (new campaign)" in proc.stderr.splitlines()
+
+
+def test_check_names_every_fault_written_in_the_headers_in_one_run(tmp_path: Path) -> None:
+    campaign(tmp_path, 2)
+    (tmp_path / "t.txt").write_text("Subject: {{ nmae }}\nDate: today\nSubject: again\n\nHi\n")
+    proc = mailblast(tmp_path, "check", "people.csv", "-t", "t.txt")
+    assert proc.returncode == 2
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error:")]
+    assert len(errors) == 4, errors
+    for said in ('uses "nmae"', "sets Date", "sets Subject twice", "has no sender"):
+        assert any(said in line for line in errors), said

@@ -341,7 +341,7 @@ def scan(
     for problem, count in faults.found.values():
         display.print_template_fault(console, problem, count, tally.rows)
         tally.problems.append({**_problem_facts(problem), "rows": count})
-    _name_every_unknown_name(inputs, console, tally, faults)
+    _name_every_template_fault(inputs, console, tally, faults)
     tally.faulty_templates = tuple(dict.fromkeys(p.template for p, _ in faults.found.values() if p.template))
     if tally.rows == 0:
         raise InputError(
@@ -351,13 +351,19 @@ def scan(
     return tally
 
 
-def _name_every_unknown_name(
+def _name_every_template_fault(
     inputs: Inputs, console: Console, tally: ScanTally, faults: TemplateFaults
 ) -> None:
-    """Every name the template reads that no column has, not only the first a row stopped at: an
-    error when the template failed already, else a warning (it may sit in a branch never taken)."""
+    """Every fault written in the template, not only the first each row stopped at: those of its
+    headers, and every name it reads that no column has (an error when the template failed
+    already, else a warning: it may sit in a branch no row took)."""
     said = " ".join(p.message for p, _ in faults.found.values())
     template = inputs.template
+    for fault in template.written_faults() if faults.found else []:
+        if fault not in said:  # one a row did not get to, stopped by an earlier fault
+            problem = RowProblem(inputs.recipients.name, 1, 2, None, fault, True, template.name)
+            console.print(Text.assemble(("error: ", "bold red"), str(problem)), soft_wrap=True)
+            tally.problems.append({**_problem_facts(problem), "rows": 0})
     columns = list(inputs.recipients.format.header)
     for name in template.names_not_in(inputs.recipients.format.header):
         if f'uses "{name}"' in said:

@@ -244,6 +244,20 @@ _JINJA = re.compile(r"\{[{%#]")
 _ATTACHMENT_LINE = re.compile(r"^\s*attachment\s*:", re.IGNORECASE | re.MULTILINE)
 
 
+NO_SENDER = (
+    "the message has no sender: add a From: header to the template, "
+    "or set from in mailblast.toml (or pass --from)"
+)
+
+
+def _sets_reserved(name: str) -> str:
+    return f"the template sets {name}, but {RESERVED_HEADERS[name.lower()]}"
+
+
+def _sets_twice(name: str) -> str:
+    return f"the template sets {name} twice"
+
+
 def _literal_headers(source: str) -> frozenset[str]:
     """Names of the headers written as plain text: their values are the template's on every row."""
     literal, dynamic = set(), set()
@@ -402,6 +416,26 @@ class Template:
                 raise RowError(str(e), template=f"[unsubscribe] {key}") from None
         return links
 
+    def written_faults(self) -> list[str]:
+        """The faults its headers show as written, whatever the row (a reserved header, one set
+        twice, no sender), in the words a row's error uses. Rendering a row stops at its first
+        fault; check names every one."""
+        faults, seen = [], set()
+        for line in hdr.HEADER_LINES.split(self.header_source):
+            head, sep, _ = line.partition(":")
+            if not sep or line[:1] in (" ", "\t") or _JINJA.search(head):
+                continue
+            name = head.strip()
+            key = name.lower()
+            if key in RESERVED_HEADERS:
+                faults.append(_sets_reserved(name))
+            elif key in SINGLE_HEADERS and key in seen:
+                faults.append(_sets_twice(name))
+            seen.add(key)
+        if not self.default_from and "from" not in self.header_source.lower():
+            faults.append(NO_SENDER)
+        return faults
+
     def names_not_in(self, header: tuple[str, ...]) -> list[str]:
         """The names the template reads that are neither a column nor built in. Rendering a row
         stops at the first; check names every one at once."""
@@ -470,11 +504,7 @@ class Template:
             headers.insert(0, ("To", recipient.address))
         if "from" not in names:
             if not self.default_from:
-                raise RowError(
-                    "the message has no sender: add a From: header to the template, "
-                    "or set from in mailblast.toml (or pass --from)",
-                    template=self.name,
-                )
+                raise RowError(NO_SENDER, template=self.name)
             headers.insert(0, ("From", self.default_from))
         envelope_from = ""
         envelope_to: list[str] = []
@@ -486,9 +516,9 @@ class Template:
         for name, marked in headers:
             key = name.lower()
             if key in RESERVED_HEADERS:
-                raise RowError(f"the template sets {name}, but {RESERVED_HEADERS[key]}", template=self.name)
+                raise RowError(_sets_reserved(name), template=self.name)
             if key in SINGLE_HEADERS and key in seen:
-                raise RowError(f"the template sets {name} twice", template=self.name)
+                raise RowError(_sets_twice(name), template=self.name)
             seen.add(key)
             if key in ADDRESS_HEADERS:
                 addresses, utf8 = self._checked(key, _addresses, name, marked, checked=recipient.address)
