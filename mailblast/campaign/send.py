@@ -355,7 +355,9 @@ def run_send(
             resume,
         )
     if sender.stopped_by is INTERRUPTED or (cut_short and sender.stopped_by is None):
-        raise StoppedError(f"interrupted: {sender.counts.not_attempted:,} recipient(s) not attempted", resume)
+        n = sender.counts.not_attempted
+        what = f"{n:,} recipient(s) not attempted" if test_to is None else f"{n:,} test message(s) not sent"
+        raise StoppedError(f"interrupted: {what}", resume)
     if sender.stopped_by is QUOTA_USED and run_quotas is not None:
         counts = sender.counts
         raise StoppedError(
