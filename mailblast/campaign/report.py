@@ -12,8 +12,7 @@ import itertools
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TextIO
 
@@ -145,14 +144,9 @@ def journal_report(
     return write
 
 
-@contextmanager
-def report_file(path: Path | None) -> Iterator[TextIO]:
-    """A stream for the report: a temporary file, renamed to ``path`` (if given) when it is complete."""
-    with tempfile.TemporaryFile("w+", encoding="utf-8", newline="") as f:
-        yield f
-        if path is not None:
-            f.seek(0)
-            copy_report(f, path)
+def report_file() -> TextIO:
+    """A temporary file for a report being written; its rows are copied where they go once complete."""
+    return tempfile.TemporaryFile("w+", encoding="utf-8", newline="")
 
 
 def check_writable(path: Path) -> None:

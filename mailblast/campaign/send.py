@@ -243,7 +243,7 @@ def run_send(
                 report_path,
                 journal_report(journal, campaign, delimiter=fmt.delimiter, bom=bom, extra=left_out),
             )
-        with report_file(None) as report_stream:
+        with report_file() as report_stream:
             report = ReportWriter(
                 report_stream,
                 campaign.header if campaign is not None else fmt.header,
@@ -549,7 +549,7 @@ def _report_when_nothing_to_send(
 
 def _write_if_any(write: Callable[[TextIO], int], stdout: TextIO) -> int:
     """The report on standard output, if it has a row: no header alone."""
-    with report_file(None) as stream:
+    with report_file() as stream:
         rows = write(stream)
         if rows:
             stream.seek(0)
