@@ -495,6 +495,11 @@ class Journal:
         ours = set(destination.servers.values())
         return rehearsed, earlier if any(server not in ours for server, _ in earlier) else []
 
+    def campaign_identity(self) -> str:
+        """What tells this campaign from any other: its uid, the same wherever its files move, and
+        another after --restart."""
+        return self.campaign.uid
+
     @_sql_errors
     def add(self, r: Recipient, *, suppressed: bool = False) -> None:
         """A good row of the file, as it is now (new, moved or edited)."""

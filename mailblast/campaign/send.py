@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import secrets
 import shutil
 import signal
 import ssl
@@ -74,6 +75,7 @@ class Plan:
     total: int
     maybe_sent: frozenset[int] = frozenset()
     destination: Destination | None = None  # where the journal records the deliveries go
+    campaign: str = ""  # the campaign's identity: its messages' Message-IDs are its own
 
 
 def run_send(
@@ -149,7 +151,7 @@ def run_send(
             book = None
         if test_to is not None:
             chosen = testsend.pick(plan.recipients, settings.test_count, settings.test_row)
-            plan = Plan(iter(chosen), len(chosen))
+            plan = Plan(iter(chosen), len(chosen), campaign=plan.campaign)
             composer = testsend.Redirected(composer, test_to)
             console.print(
                 f"test send: {len(chosen):,} message(s), each to {test_to} only (no Cc or Bcc), as "
@@ -586,7 +588,7 @@ def _check_and_plan(
             for r in recipients.rows(allow_duplicates=settings.allow_duplicates)
             if r.recipient and not inputs.is_suppressed(r.recipient) and r.row not in bad
         )
-        return tally, Plan(rows, tally.valid), invalid
+        return tally, Plan(rows, tally.valid, campaign=secrets.token_hex(8)), invalid  # a campaign of one run
     start = journal.begin_run(
         recipients.path,
         inputs.template.path,
@@ -692,7 +694,9 @@ def _check_and_plan(
             highlight=False,
         )
         todo_rows, todo = itertools.islice(todo_rows, settings.limit), settings.limit
-    return tally, Plan(todo_rows, todo, frozenset(row for row, _ in in_flight), destination), invalid
+    in_flight_rows = frozenset(row for row, _ in in_flight)
+    plan = Plan(todo_rows, todo, in_flight_rows, destination, journal.campaign_identity())
+    return tally, plan, invalid
 
 
 async def _send(
@@ -748,7 +752,7 @@ async def _send(
             async with SendProgress(console, sender.counts, quiet=settings.quiet) as progress:
                 await sender.run(
                     recorder.track(plan.recipients),
-                    composer.compose,
+                    partial(composer.compose, campaign=plan.campaign),
                     plan.maybe_sent,
                     composer.parallel,
                     composer.batch,
