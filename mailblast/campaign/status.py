@@ -12,7 +12,7 @@ from rich.console import Console
 from mailblast import display
 from mailblast.campaign.journal import Journal, default_path, rehearsal_path
 from mailblast.campaign.quotas import quota_accounts
-from mailblast.campaign.report import ReportWriter, report_file, wants_bom
+from mailblast.campaign.report import journal_report, wants_bom, write_atomically
 from mailblast.config import Settings
 from mailblast.errors import InputError
 from mailblast.message.recipients import CsvFormat, RecipientsFile
@@ -42,7 +42,7 @@ def run_status(
 ) -> int:
     journal = _existing_journal(settings, recipients_path, console)
     try:
-        campaign = journal.find(recipients_path, settings.template)
+        campaign = journal.find(settings.campaign or "", settings.template)
         if list_suppressed:  # one address a line: itself a suppression file
             for _, address in journal.suppressed(campaign.id):
                 console.print(address, highlight=False, soft_wrap=True)
@@ -53,7 +53,7 @@ def run_status(
         delivered = counts["sent"] + counts["uncertain"]
         display.print_counts(
             console,
-            f"campaign {campaign.recipients} with {campaign.template}",
+            f"{campaign.describe()}: {campaign.recipients} with {campaign.template}",
             {
                 "journal": str(journal.path),
                 "started": _when(campaign.created_at),
@@ -68,6 +68,10 @@ def run_status(
         )
         if relays := journal.relay_counts(campaign.id):
             display.print_counts(console, "sent through", {name: f"{n:,}" for name, n in relays})
+        servers = journal.server_counts(campaign.id)
+        if servers:
+            shown = {f"{name}{' (rehearsal)' if r else ''}": f"{n:,}" for name, r, n in servers}
+            display.print_counts(console, "delivered to", shown)
         if counts["sending"]:
             console.print(
                 f"{counts['sending']:,} message(s) were in flight when a run stopped: the next send "
@@ -83,6 +87,11 @@ def run_status(
         if facts is not None:
             facts.update(
                 journal=str(journal.path),
+                campaign={"name": campaign.name, "uid": campaign.uid},
+                delivered_to=[
+                    {"server": server, "rehearsal": bool(rehearsal), "count": n}
+                    for server, rehearsal, n in servers
+                ],
                 recipients=campaign.recipients,
                 template=campaign.template,
                 started=_iso(campaign.created_at),
@@ -126,22 +135,14 @@ def run_report(
 ) -> int:
     journal = _existing_journal(settings, recipients_path, console)
     try:
-        campaign = journal.find(recipients_path, settings.template)
-
+        campaign = journal.find(settings.campaign or "", settings.template)
         fmt = _format_if_readable(recipients_path, settings)
-
-        def write(stream: TextIO, bom: bool) -> int:
-            delimiter = fmt.delimiter if fmt else ","
-            report = ReportWriter(stream, campaign.header, delimiter=delimiter, bom=bom)
-            for outcome in journal.not_sent(campaign.id):
-                report.write(outcome)
-            return report.rows
-
+        delimiter = fmt.delimiter if fmt else ","
         if out is None:
-            write(stdout, bom=False)
+            journal_report(journal, campaign, delimiter=delimiter)(stdout)
             return 0
-        with report_file(out) as stream:
-            rows = write(stream, bom=fmt is not None and wants_bom(fmt))
+        bom = fmt is not None and wants_bom(fmt)
+        rows = write_atomically(out, journal_report(journal, campaign, delimiter=delimiter, bom=bom))
     finally:
         journal.close()
     console.print(f"wrote {rows:,} recipient(s) not sent to {out}", highlight=False)

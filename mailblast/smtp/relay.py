@@ -26,6 +26,7 @@ def relays_of(
     environ: Mapping[str, str],
     ask_password: Callable[[str], str],
     unused: Mapping[str, Verdict] = MappingProxyType({}),
+    connection: Callable[..., Connection] = Connection,
 ) -> list[Relay]:
     """The sender's relays, each signed in with its own secret (read now, before anything is sent).
 
@@ -33,6 +34,7 @@ def relays_of(
     name, and takes its secret from MAILBLAST_SMTP_PASSWORD and the [smtp] table.
     Each limits to its pace; a quota's limiter is the Sender's to give (Sender's limiter_of).
     The ``unused`` relays take no part in the run, for the reason given: their secret is not read.
+    ``connection`` makes each connection (Connection's arguments; a subclass may watch it).
     """
     relays = []
     for relay in settings:
@@ -62,7 +64,7 @@ def relays_of(
             prompt=f"Password for {target.username} at {target.host}{which}",
         )
         connect = partial(
-            Connection, target, credentials, timeout=timeout, tls_context=tls_context, pipelining=pipelining
+            connection, target, credentials, timeout=timeout, tls_context=tls_context, pipelining=pipelining
         )
         relays.append(
             Relay(
