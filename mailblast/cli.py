@@ -635,7 +635,7 @@ JSON_KEYS: dict[str, dict[str, Any]] = {
             "not_attempted": 0,
         },
         "elapsed_seconds": 0.0, "rate_per_second": 0.0, "journal": None, "report": None, "report_rows": 0,
-        "learned": [], "relays": None, "outbox": None,
+        "relays": None, "learned": [], "outbox": None,
     },
     "status": {
         "journal": None, "campaign": None, "delivered_to": [], "recipients": None, "template": None,
