@@ -551,6 +551,49 @@ def dkim_keygen(
     _run(work)
 
 
+suppress_app = typer.Typer(
+    help="The shared suppression list, used by every send on this machine: add, remove, list, export.",
+    no_args_is_help=True,
+)
+app.add_typer(suppress_app, name="suppress")
+Addresses = Annotated[list[str], typer.Argument(help="One or more addresses.")]
+
+
+@suppress_app.command("add")
+def suppress_add(
+    addresses: Addresses,
+    reason: Annotated[str, typer.Option("--reason", help="Why, as the list shows it.")] = "",
+) -> None:
+    """Never mail these addresses again, from any campaign."""
+    from mailblast.campaign import suppress_commands
+
+    _run(lambda console: suppress_commands.run_add(addresses, reason, console))
+
+
+@suppress_app.command("remove")
+def suppress_remove(addresses: Addresses) -> None:
+    """Take these addresses off the shared list: they will be mailed again."""
+    from mailblast.campaign import suppress_commands
+
+    _run(lambda console: suppress_commands.run_remove(addresses, console))
+
+
+@suppress_app.command("list")
+def suppress_list() -> None:
+    """Show every suppressed address with its reason, source, date and campaign."""
+    from mailblast.campaign import suppress_commands
+
+    _run(suppress_commands.run_list)
+
+
+@suppress_app.command("export")
+def suppress_export() -> None:
+    """Write the list as CSV on standard output (email, reason, source, campaign, date)."""
+    from mailblast.campaign import suppress_commands
+
+    _run(lambda console: suppress_commands.run_export(sys.stdout), stderr=True)
+
+
 def _facts(command: str, recipients: Path) -> dict[str, Any]:
     return {"command": command, "recipients_file": str(recipients)}
 

@@ -260,6 +260,11 @@ class Journal:
             )
         return found[0]
 
+    @property
+    def campaign(self) -> CampaignInfo | None:
+        """The campaign of the run begun (begin_run), if any."""
+        return self._campaign
+
     # -- a run of `send` -----------------------------------------------------------------
 
     @_sql_errors

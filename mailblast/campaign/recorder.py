@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 
+from mailblast.campaign.feedback import SendFeedback
 from mailblast.campaign.journal import Journal
 from mailblast.campaign.report import ReportWriter
 from mailblast.errors import MailblastError
@@ -42,10 +43,15 @@ class Recorder:
     """
 
     def __init__(
-        self, journal: Journal | None, report: ReportWriter, maybe_sent: Collection[int] = ()
+        self,
+        journal: Journal | None,
+        report: ReportWriter,
+        maybe_sent: Collection[int] = (),
+        feedback: SendFeedback | None = None,
     ) -> None:
         self.journal = journal
         self.report = report
+        self.feedback = feedback  # refusals of the address itself go into the shared suppression list
         self.maybe_sent = maybe_sent  # rows an earlier run left in flight
         self.reasons = Reasons()
         self.unconfirmed = 0  # uncertain, and not accepted on a resend either
@@ -101,6 +107,8 @@ class Recorder:
                 if outcome.status is not Status.NOT_ATTEMPTED:
                     self.unrecorded.append(outcome.recipient)
         self._write(outcome)
+        if self.feedback is not None:
+            self.feedback.outcome(outcome)
         if outcome.status is Status.FAILED:
             text = outcome.reply.describe() if outcome.reply else outcome.error
             self.reasons.add("failed", outcome.smtp_code, outcome.enhanced_code, text)

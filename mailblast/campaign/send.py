@@ -17,7 +17,7 @@ from typing import Any, TextIO
 from rich.console import Console
 
 from mailblast import display
-from mailblast.campaign import testsend
+from mailblast.campaign import feedback, testsend
 from mailblast.campaign.check import Inputs, ScanTally, load_inputs, scan, verdict_of_scan
 from mailblast.campaign.journal import Journal, default_path, rehearsal_path
 from mailblast.campaign.progress import SendProgress
@@ -32,6 +32,7 @@ from mailblast.campaign.report import (
     report_file,
     wants_bom,
 )
+from mailblast.campaign.suppression_db import SuppressionStore
 from mailblast.config import Settings
 from mailblast.errors import InputError, StoppedError
 from mailblast.message.recipients import Recipient
@@ -107,6 +108,7 @@ def run_send(
     journal = None
     accounts = quota_accounts(settings) if quotas else []
     book = QuotaBook() if accounts else None
+    store: SuppressionStore | None = None
     try:
         journal = None if settings.no_journal else _open_journal(settings, recipients_path, console)
         tally, plan = _check_and_plan(journal, inputs, settings, console, composer)
@@ -128,6 +130,11 @@ def run_send(
         if plan.total == 0:
             console.print(_nothing_to_send(journal, settings), highlight=False)
             return 0
+        if test_to is None:  # a test send feeds nothing back: it is not the campaign
+            store = SuppressionStore()
+            campaign_tag = _tag_campaign(store, journal, target, settings)
+            for warning in feedback.previous_campaign_warnings(store, campaign_tag):
+                display.print_warning(console, warning)
         run_quotas = None
         if book is not None:
             run_quotas = RunQuotas(book, accounts, wait=settings.wait, notice=notice)
@@ -193,7 +200,12 @@ def run_send(
                 delimiter=fmt.delimiter,
                 bom=report_path is not None and wants_bom(fmt),
             )
-            recorder = Recorder(journal, report, plan.maybe_sent)
+            recorder = Recorder(
+                journal,
+                report,
+                plan.maybe_sent,
+                feedback.SendFeedback(store, campaign_tag) if store is not None else None,
+            )
             sender = Sender(
                 relays or [Relay(connect, limiter, settings.connections, settings.max_messages)],
                 options,
@@ -236,6 +248,8 @@ def run_send(
     finally:
         composer.close()
         inputs.close()
+        if store is not None:
+            store.close()
         if book is not None:
             book.close()
         if journal is not None:
@@ -272,6 +286,25 @@ def run_send(
         raise StoppedError(f"stopped: {sender.stopped_by.describe()}", hint)
     # an uncertain message accepted on its resend was delivered (maybe twice): not a failure
     return 1 if sender.counts.failed or recorder.unconfirmed else 0
+
+
+def _tag_campaign(
+    store: SuppressionStore, journal: Journal | None, target: SmtpTarget, settings: Settings
+) -> str | None:
+    """The campaign's tag in the shared list (its entries, rates, VERP and unsubscribe tokens)."""
+    campaign = journal.campaign if journal is not None else None
+    if journal is None or campaign is None:
+        return None
+    if settings.relays:
+        account = ", ".join(sorted(_account_of(parse_smtp_url(r.url)) for r in settings.relays))
+    else:
+        account = _account_of(target)
+    name = f"{Path(campaign.recipients).name} with {Path(campaign.template).name}"
+    return store.tag_campaign(journal.path, campaign.id, name, account)
+
+
+def _account_of(target: SmtpTarget) -> str:
+    return f"{target.username or ''}@{target.host}:{target.port}"
 
 
 def _rehearse(
@@ -520,6 +553,17 @@ def _summarise(
         _summarise_relays(console, relays)
     if recorder.reasons:
         display.print_reasons(console, "failures by reason", recorder.reasons.lines())
+    if recorder.feedback is not None and recorder.feedback.suppressed:
+        shown = recorder.feedback.suppressed
+        more = f" and {len(shown) - 5:,} more" if len(shown) > 5 else ""
+        console.print(
+            f"{len(shown):,} address(es) refused as nonexistent are now on the shared suppression list, "
+            f"so no campaign mails them again: {', '.join(shown[:5])}{more} (mailblast suppress list)",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if recorder.feedback is not None and recorder.feedback.error is not None:
+        display.print_warning(console, f"{recorder.feedback.error.message}: refusals were not all recorded")
     if recorder.report.rows:
         where = report or "standard output"
         console.print(
