@@ -551,6 +551,56 @@ def dkim_keygen(
     _run(work)
 
 
+@app.command()
+def bounces(
+    source: Annotated[
+        str | None,
+        typer.Argument(
+            help="A Maildir, an mbox file, or imaps://USER@HOST[:PORT]/FOLDER. "
+            "\\[default: \\[bounces] source]"
+        ),
+    ] = None,
+    config: ConfigOpt = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what would be suppressed; change nothing.")
+    ] = False,
+    move_to: Annotated[
+        str | None,
+        typer.Option(
+            "--move-to",
+            help="Move the bounces, complaints and unsubscribes read into this folder "
+            "(a Maildir subfolder, an mbox file beside it, an IMAP folder). \\[default: move nothing]",
+        ),
+    ] = None,
+) -> None:
+    """Read bounces, complaints and unsubscribes from a mailbox into the shared suppression list.
+
+    Nothing is deleted; a second run changes nothing. The IMAP password comes from
+    MAILBLAST_IMAP_PASSWORD or \\[bounces] password_command, a token from MAILBLAST_IMAP_OAUTH_TOKEN or
+    \\[bounces] oauth_token_command.
+
+    Example: mailblast bounces ~/Maildir/.Bounces --dry-run
+    """
+    from mailblast.campaign.bounces import run_bounces
+
+    def work(console: Console) -> int:
+        settings = load_settings(config, {})
+        return run_bounces(
+            settings, source, console, dry_run=dry_run, move_to=move_to, ask_password=_ask_imap_password
+        )
+
+    _run(work)
+
+
+def _ask_imap_password(prompt: str) -> str:
+    if not sys.stdin.isatty():
+        raise ConfigError(
+            "the IMAP URL names a user but no password was given",
+            "set MAILBLAST_IMAP_PASSWORD in the environment, or password_command in the [bounces] table",
+        )
+    return typer.prompt(prompt, hide_input=True)
+
+
 suppress_app = typer.Typer(
     help="The shared suppression list, used by every send on this machine: add, remove, list, export.",
     no_args_is_help=True,

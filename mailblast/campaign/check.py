@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.text import Text
 
 from mailblast import display
+from mailblast.campaign.signing_key import campaign_tag, load_key
 from mailblast.campaign.suppress import SuppressionList, load_suppression
 from mailblast.config import Settings
 from mailblast.errors import ConfigError, InputError, did_you_mean
@@ -107,8 +108,19 @@ def load_inputs(settings: Settings, recipients_path: Path) -> Inputs:
         unsubscribe_url=settings.unsubscribe_url,
         unsubscribe_mailto=settings.unsubscribe_mailto,
         dkim=_dkim_key(settings),
+        signing=_signing(settings, recipients_path),
+        return_path=settings.return_path,
     )
     return Inputs(recipients, template, load_suppression(settings.suppress))
+
+
+def _signing(settings: Settings, recipients_path: Path) -> unsubscribe.Signing | None:
+    """The key and campaign tag for {{ unsubscribe_token }} and VERP, when the settings use them."""
+    links = f"{settings.unsubscribe_url or ''} {settings.unsubscribe_mailto or ''}"
+    if settings.return_path is None and "unsubscribe_token" not in links:
+        return None
+    assert settings.template is not None
+    return unsubscribe.Signing(load_key(), campaign_tag(recipients_path, settings.template))
 
 
 CHECK_BATCH = 256  # rows a worker process renders at a time in the check pass

@@ -32,6 +32,7 @@ from mailblast.campaign.report import (
     report_file,
     wants_bom,
 )
+from mailblast.campaign.signing_key import campaign_tag
 from mailblast.campaign.suppression_db import SuppressionStore
 from mailblast.config import Settings
 from mailblast.errors import InputError, StoppedError
@@ -300,7 +301,9 @@ def _tag_campaign(
     else:
         account = _account_of(target)
     name = f"{Path(campaign.recipients).name} with {Path(campaign.template).name}"
-    return store.tag_campaign(journal.path, campaign.id, name, account)
+    tag = campaign_tag(Path(campaign.recipients), Path(campaign.template))
+    store.tag_campaign(tag, journal.path, campaign.id, name, account)
+    return tag
 
 
 def _account_of(target: SmtpTarget) -> str:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -219,21 +218,18 @@ class SuppressionStore:
 
     # -- campaigns -------------------------------------------------------------------------
 
-    def tag_campaign(self, journal: Path, campaign: int, name: str, account: str) -> str:
-        """The campaign's short tag, made the first time it sends; the account is the latest."""
+    def tag_campaign(self, tag: str, journal: Path, campaign: int, name: str, account: str) -> None:
+        """Register the campaign's tag (signing_key.campaign_tag) with its journal and account.
+
+        A journal started over (--restart) has a new campaign id under the same tag: the latest wins.
+        """
         journal_text = str(journal.resolve())
-        row = self._one(
-            "SELECT tag FROM campaigns WHERE journal = ? AND campaign = ?", journal_text, campaign
-        )
-        if row is not None:
-            self._write("UPDATE campaigns SET account = ? WHERE tag = ?", account, row[0])
-            return row[0]
-        tag = secrets.token_hex(4)
+        row = self._one("SELECT started_at FROM campaigns WHERE tag = ?", tag)
+        self._write("DELETE FROM campaigns WHERE journal = ? AND campaign = ?", journal_text, campaign)
         self._write(
-            "INSERT INTO campaigns VALUES (?, ?, ?, ?, ?, ?)",
-            tag, journal_text, campaign, name, account, time.time(),
+            "INSERT OR REPLACE INTO campaigns VALUES (?, ?, ?, ?, ?, ?)",
+            tag, journal_text, campaign, name, account, row[0] if row else time.time(),
         )  # fmt: skip
-        return tag
 
     def campaigns(self) -> list[CampaignTag]:
         sql = "SELECT tag, journal, campaign, name, account, started_at FROM campaigns ORDER BY started_at"

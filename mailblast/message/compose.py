@@ -41,6 +41,7 @@ from markdown_it import MarkdownIt
 from mailblast.errors import ConfigError, TemplateError, did_you_mean
 from mailblast.message import headers as hdr
 from mailblast.message import unsubscribe as unsub
+from mailblast.message import verp
 from mailblast.message.recipients import Recipient, RecipientsFile, RowProblem, RowResult
 from mailblast.message.sandbox import RenderLimit, make_environment, render_bounded
 
@@ -278,6 +279,8 @@ class Template:
         unsubscribe_url: str | None = None,
         unsubscribe_mailto: str | None = None,
         dkim: DkimKey | None = None,
+        signing: unsub.Signing | None = None,
+        return_path: str | None = None,
     ) -> None:
         self.path = Path(path)
         self.name = str(path)
@@ -292,8 +295,12 @@ class Template:
             "unsubscribe_url": unsubscribe_url,
             "unsubscribe_mailto": unsubscribe_mailto,
             "dkim": dkim,
+            "signing": signing,
+            "return_path": return_path,
         }
         self.dkim = dkim
+        self.signing = signing  # signs {{ unsubscribe_token }} and the VERP return path
+        self.return_path = return_path
         self._signer = None
         if dkim is not None:
             from mailblast.message.dkim_sign import Signer  # only then: dkimpy takes a while to import
@@ -331,7 +338,13 @@ class Template:
         )
         # a column with one of these names is reached as row["name"]
         self.builtin_names = frozenset(
-            {"email", "row", *header_env.globals, *(["unsubscribe_url"] if self._unsubscribe else [])}
+            {
+                "email",
+                "row",
+                *header_env.globals,
+                *(["unsubscribe_url"] if self._unsubscribe else []),
+                *(["unsubscribe_token"] if signing is not None else []),
+            }
         )
         self.header_source = header_source  # as written, for check's warnings
         self.body_source = "\n".join(lines[blank + 1 :])
@@ -436,6 +449,8 @@ class Template:
                 context.pop(name, None)
         context["email"] = recipient.address
         context["row"] = recipient.fields
+        if self.signing is not None:
+            context["unsubscribe_token"] = unsub.unsubscribe_token(self.signing, recipient.address)
         links = self._unsubscribe_links(context) if self._unsubscribe else {}
         if links:  # the footer's link is the header's
             context["unsubscribe_url"] = links.get("url") or links["mailto"]
@@ -559,9 +574,12 @@ class Template:
             data = self._build_wire(rendered.body, markdown, digest, headers)
         if self._signer is not None:
             data = self._signer.sign(data)
+        envelope_from = rendered.envelope_from
+        if self.return_path is not None:  # VERP: bounces come back to an address naming the row
+            envelope_from = verp.return_path(self.return_path, self.signing, rendered.recipient.address)
         return ComposedMessage(
             rendered.recipient,
-            rendered.envelope_from,
+            envelope_from,
             rendered.envelope_to,
             data,
             message_id,
