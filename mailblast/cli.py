@@ -601,6 +601,23 @@ def _ask_imap_password(prompt: str) -> str:
     return typer.prompt(prompt, hide_input=True)
 
 
+@app.command("unsubscribe-server")
+def unsubscribe_server(
+    port: Annotated[int, typer.Option("--port", "-p", help="Port to listen on.")] = 8025,
+    host: Annotated[
+        str, typer.Option("--host", help="Address to listen on (your proxy's upstream).")
+    ] = "127.0.0.1",
+) -> None:
+    """Run the one-click unsubscribe endpoint ({{ unsubscribe_token }} links), behind your https proxy.
+
+    A POST (List-Unsubscribe=One-Click) unsubscribes at once; a GET only shows a button that POSTs.
+    Unsubscribes go into the shared suppression list.
+    """
+    from mailblast.campaign.feedback import run_unsubscribe_server
+
+    _run(lambda console: run_unsubscribe_server(host, port, console))
+
+
 suppress_app = typer.Typer(
     help="The shared suppression list, used by every send on this machine: add, remove, list, export.",
     no_args_is_help=True,

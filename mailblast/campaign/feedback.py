@@ -17,10 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich.console import Console
+
 from mailblast.campaign.journal import Journal
+from mailblast.campaign.signing_key import load_key
 from mailblast.campaign.suppress import address_key
 from mailblast.campaign.suppression_db import CampaignTag, SuppressionStore
-from mailblast.errors import MailblastError
+from mailblast.errors import InputError, MailblastError
 from mailblast.smtp.outcomes import Outcome, Status
 
 # RFC 3463 / RFC 7505: the address itself is bad. 5.1.10 is Microsoft's "recipient not found" too.
@@ -158,3 +161,42 @@ def previous_campaign_warnings(store: SuppressionStore, tag: str | None) -> list
         f"the previous campaign through this account ({previous.name}): {text}"
         for text in rates_of(store, previous.tag, delivered).warnings()
     ]
+
+
+def record_unsubscribe(campaign: str, address: str, *, clock: Callable[[], float] = time.time) -> bool:
+    """An unsubscribe from the endpoint: into the shared list at once; False if it already was."""
+    key = address_key(address)
+    now = clock()
+    with SuppressionStore() as store:
+        store.record_event(key, "unsubscribe", campaign, now, "one-click unsubscribe")
+        return store.add(key, address, "one-click unsubscribe", "unsubscribe", campaign, now)
+
+
+def run_unsubscribe_server(host: str, port: int, console: Console) -> int:
+    """`mailblast unsubscribe-server`: serve until Ctrl-C, one line per unsubscribe."""
+    from mailblast.server.unsubscribe import UnsubscribeServer
+
+    key = load_key(create=False)
+    try:
+        server = UnsubscribeServer(
+            host,
+            port,
+            key,
+            lambda campaign, address: record_unsubscribe(campaign, address) and None,
+            lambda text: console.print(text, highlight=False, soft_wrap=True),
+        )
+    except OSError as e:
+        raise InputError(f"cannot listen on {host}:{port}: {e.strerror}", "pick another --port") from None
+    console.print(
+        f"unsubscribe endpoint on {server.url}/ (put it behind your https reverse proxy); "
+        f"recording into {SuppressionStore().path}; Ctrl-C stops",
+        highlight=False,
+        soft_wrap=True,
+    )
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
