@@ -263,9 +263,10 @@ def test_a_bounce_of_an_unknown_user_keeps_them_out_of_the_next_campaign(
         assert bounced.mail_from.startswith("bounces+") and bounced.mail_from.endswith("@example.com")
         assert len({m.mail_from for m in relay.received}) == 4  # one return path each
     dsn = dsn_for(bounced.data, bounced.mail_from, "user2@example.com", final="u2-mailbox@store.example.com")
-    with capture.in_background(tmp_path / "Bounces") as mailroom, smtplib.SMTP(
-        mailroom.url.split("//")[1].split(":")[0], int(mailroom.url.rsplit(":", 1)[1])
-    ) as s:
+    with (
+        capture.in_background(tmp_path / "Bounces") as mailroom,
+        smtplib.SMTP(mailroom.url.split("//")[1].split(":")[0], int(mailroom.url.rsplit(":", 1)[1])) as s,
+    ):
         s.sendmail("", [bounced.mail_from], dsn)
     read = mailblast(tmp_path, "bounces", "Bounces")
     assert read.returncode == 0, read.stderr
@@ -302,3 +303,37 @@ def test_a_missing_mailbox_is_one_clear_error(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "nowhere: no such mailbox" in proc.stderr
     assert "Traceback" not in proc.stderr
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_status_shows_the_rates_and_the_next_send_through_the_account_warns(
+    tmp_path: Path, smtp_server: Callable[..., SmtpServer]
+) -> None:
+    server = smtp_server(reject_recipients={"user3@example.com", "user7@example.com"})
+    campaign(tmp_path, 20)
+    first = mailblast(tmp_path, "send", "people.csv", "-t", "t.txt", "--smtp", server.url)
+    assert first.returncode == 1, first.stderr
+    # user5 complains (an ARF report about the message it got), matched by its Message-ID
+    got = next(m for m in server.received if m.rcpt_tos == ["user5@example.com"])
+    report = (
+        (DATA / "own/arf_complaint.eml")
+        .read_bytes()
+        .replace(b"<1679091c5a880faf6fb5e6087eb1b2dc@example.com>", got.message["Message-ID"].encode())
+    )
+    mailbox.Maildir(tmp_path / "Fbl", create=True).add(report)
+    read = mailblast(tmp_path, "bounces", "Fbl")
+    assert "complaint" in read.stdout and "user5@example.com (matched by Message-ID" in read.stdout
+    status = mailblast(tmp_path, "status", "people.csv")
+    assert status.returncode == 0, status.stderr
+    lines = [line.split() for line in status.stdout.splitlines()]
+    assert ["bounces", "2", "(10.00%)"] in lines and ["complaints", "1", "(5.00%)"] in lines
+    assert (
+        "bounce rate 10.0% is over 5%" in status.stdout
+        and "complaint rate 5.00% is over 0.1%" in status.stdout
+    )
+
+    (tmp_path / "next.txt").write_text("From: news@example.com\nSubject: Next\n\nNext\n")
+    second = mailblast(tmp_path, "send", "people.csv", "-t", "next.txt", "--smtp", server.url)
+    assert second.returncode == 0, second.stderr
+    warned = second.stderr[: second.stderr.index("sending ")]  # before it starts
+    assert "the previous campaign through this account (people.csv with t.txt): bounce rate 10.0%" in warned
+    assert "complaint rate 5.00%" in warned

@@ -81,6 +81,8 @@ class SendFeedback:
 
 @dataclass(frozen=True)
 class Rates:
+    """A campaign's counts, as shares of the messages it tried to deliver (sent, uncertain, refused)."""
+
     delivered: int
     bounces: int  # hard bounces, and addresses refused at send
     soft: int
@@ -128,14 +130,14 @@ def rates_of(store: SuppressionStore, campaign: str, delivered: int) -> Rates:
 
 
 def delivered_of(campaign: CampaignTag) -> int | None:
-    """How many messages the campaign's journal says were sent; None when it cannot be read."""
+    """How many messages the campaign tried to deliver, by its journal; None when it cannot be read."""
     try:
         journal = Journal(Path(campaign.journal), read_only=True)
     except MailblastError:
         return None
     try:
         counts = journal.counts(campaign.campaign)
-        return counts["sent"] + counts["uncertain"]
+        return counts["sent"] + counts["uncertain"] + counts["failed"]
     except MailblastError:
         return None
     finally:
