@@ -175,3 +175,33 @@ def test_a_refusal_of_the_content_does_not_suppress_the_address(
     proc = mailblast(tmp_path, "send", "people.csv", "-t", "t.txt", "--smtp", server.url)
     assert proc.returncode == 1, proc.stderr
     assert "user1@example.com" not in mailblast(tmp_path, "suppress", "list").stdout
+
+
+# -- a suppressed address is not mailed as another row's Cc or Bcc -------------------------------
+
+
+def test_a_suppressed_cc_or_bcc_is_dropped_from_that_message_and_the_row_says_so(
+    tmp_path: Path, smtp_server: Callable[..., SmtpServer]
+) -> None:
+    server = smtp_server()
+    (tmp_path / "t.txt").write_text(
+        "From: news@example.com\nCc: {{ manager }}\nBcc: {{ audit }}\nSubject: Hi {{ name }}\n\nHello\n"
+    )
+    (tmp_path / "people.csv").write_text(
+        "email,name,manager,audit\n"
+        "ann@example.com,Ann,Boss <boss@example.com>,audit@example.com\n"
+        "bob@example.com,Bob,lead@example.com,Audit <AUDIT@example.com>\n"
+    )
+    (tmp_path / "optouts.txt").write_text("boss@example.com\naudit@example.com\n")
+    args = ["send", "people.csv", "-t", "t.txt", "--smtp", server.url, "--suppress", "optouts.txt"]
+    proc = mailblast(tmp_path, *args)
+    assert proc.returncode == 0, proc.stderr
+    envelopes = {m.rcpt_tos[0]: m for m in server.received}
+    assert envelopes["ann@example.com"].rcpt_tos == ["ann@example.com"]
+    assert envelopes["bob@example.com"].rcpt_tos == ["bob@example.com", "lead@example.com"]
+    assert "boss@example.com" not in envelopes["ann@example.com"].data.decode()  # not in its Cc either
+    assert envelopes["ann@example.com"].message["Cc"] is None
+    assert "row 1 (line 2): suppressed, so not mailed with this row: boss@example.com (Cc), " in proc.stderr
+    assert "row 2 (line 3): suppressed, so not mailed with this row: AUDIT@example.com (Bcc)" in proc.stderr
+    check = mailblast(tmp_path, "check", "people.csv", "-t", "t.txt", "--suppress", "optouts.txt")
+    assert check.returncode == 0 and "row 1 (line 2): suppressed, so not mailed with this row" in check.stdout

@@ -99,7 +99,19 @@ def load_inputs(settings: Settings, recipients_path: Path) -> Inputs:
     )
     if settings.sender is not None:
         _check_sender(settings)
-    template = Template(
+    suppressed = load_suppression(settings.suppress)
+    try:
+        template = _template(settings, recipients_path, suppressed)
+    except BaseException:
+        if suppressed is not None:
+            suppressed.close()
+        raise
+    return Inputs(recipients, template, suppressed)
+
+
+def _template(settings: Settings, recipients_path: Path, suppressed: SuppressionList | None) -> Template:
+    assert settings.template is not None
+    return Template(
         settings.template,
         default_from=settings.sender,
         attachments_dir=settings.attachments_dir,
@@ -110,8 +122,8 @@ def load_inputs(settings: Settings, recipients_path: Path) -> Inputs:
         dkim=_dkim_key(settings),
         signing=_signing(settings, recipients_path),
         return_path=settings.return_path,
+        suppressed=suppressed.db_path if suppressed is not None else None,
     )
-    return Inputs(recipients, template, load_suppression(settings.suppress))
 
 
 def _signing(settings: Settings, recipients_path: Path) -> unsubscribe.Signing | None:

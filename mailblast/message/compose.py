@@ -14,6 +14,7 @@ import hashlib
 import mimetypes
 import os
 import re
+import sqlite3
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -164,6 +165,7 @@ class Rendered:
     needs_smtputf8: bool
     digest: str  # of everything that makes the message: its Message-ID and MIME boundaries
     context: dict[str, Any] = field(default_factory=dict)  # what the body was rendered with
+    dropped: tuple[str, ...] = ()  # suppressed addresses taken out of To, Cc and Bcc
 
 
 @dataclass
@@ -177,6 +179,7 @@ class ComposedMessage:
     message_id: str
     needs_smtputf8: bool
     attachments: list[Attachment] = field(default_factory=list)
+    dropped: tuple[str, ...] = ()  # suppressed addresses taken out of To, Cc and Bcc
 
     @property
     def own_address(self) -> str:
@@ -281,6 +284,7 @@ class Template:
         dkim: DkimKey | None = None,
         signing: unsub.Signing | None = None,
         return_path: str | None = None,
+        suppressed: Path | None = None,
     ) -> None:
         self.path = Path(path)
         self.name = str(path)
@@ -297,10 +301,13 @@ class Template:
             "dkim": dkim,
             "signing": signing,
             "return_path": return_path,
+            "suppressed": suppressed,
         }
         self.dkim = dkim
         self.signing = signing  # signs {{ unsubscribe_token }} and the VERP return path
         self.return_path = return_path
+        # the suppression list's SQLite file (suppress.py): a Cc or Bcc on it is dropped
+        self._suppressed = _SuppressedAddresses(suppressed) if suppressed is not None else None
         self._signer = None
         if dkim is not None:
             from mailblast.message.dkim_sign import Signer  # only then: dkimpy takes a while to import
@@ -475,6 +482,7 @@ class Template:
         needs_utf8 = recipient.needs_smtputf8
         seen: set[str] = set()
         out: list[tuple[str, str]] = []
+        dropped: list[str] = []
         for name, marked in headers:
             key = name.lower()
             if key in RESERVED_HEADERS:
@@ -484,6 +492,8 @@ class Template:
             seen.add(key)
             if key in ADDRESS_HEADERS:
                 addresses, utf8 = self._checked(key, _addresses, name, marked, checked=recipient.address)
+                if key in ("to", "cc", "bcc") and self._suppressed is not None:
+                    addresses = self._suppressed.without(addresses, recipient.address, name, dropped)
                 needs_utf8 |= utf8
                 if key == "from":
                     envelope_from = addresses[0][1]
@@ -517,8 +527,9 @@ class Template:
             ).encode()
         ).hexdigest()[:32]
         return Rendered(
-            recipient, envelope_from, envelope_to, out, body, attachments, needs_utf8, digest, context
-        )
+            recipient, envelope_from, envelope_to, out, body, attachments, needs_utf8, digest, context,
+            tuple(dropped),
+        )  # fmt: skip
 
     def _attachment_path(self, written: str) -> tuple[Path, int]:
         """The file an Attachment: header names, and its size; only inside the attachments root."""
@@ -585,6 +596,7 @@ class Template:
             message_id,
             rendered.needs_smtputf8,
             parts,
+            rendered.dropped,
         )
 
     def _markdown_of(self, rendered: Rendered) -> str:
@@ -823,6 +835,50 @@ def _attachment(written: str, path: Path, max_bytes: int) -> tuple[Message, Atta
 Composed = ComposedMessage | RowError  # a message, or why a row cannot become one
 
 
+@dataclass(frozen=True)
+class CheckedSender:
+    """What checking a row gives when it dropped suppressed addresses: its From, and those."""
+
+    address: str
+    dropped: tuple[str, ...]
+
+
+def checked_sender(rendered: Rendered) -> str | CheckedSender:
+    """A checked row's From address; with the addresses dropped from it, when there are any."""
+    if rendered.dropped:
+        return CheckedSender(rendered.envelope_from, rendered.dropped)
+    return rendered.envelope_from
+
+
+class _SuppressedAddresses:
+    """The suppression list's file, looked up from this process (a compose worker, or the main one)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db: sqlite3.Connection | None = None
+
+    def __contains__(self, address: str) -> bool:
+        if self._db is None:
+            self._db = sqlite3.connect(f"{self.path.as_uri()}?mode=ro", uri=True, check_same_thread=False)
+        key = address.casefold()
+        return self._db.execute("SELECT 1 FROM seen WHERE address = ?", (key,)).fetchone() is not None
+
+    def without(
+        self, addresses: list[tuple[str, str]], own: str, header: str, dropped: list[str]
+    ) -> list[tuple[str, str]]:
+        """``addresses`` without the suppressed ones (other than the row's own), which go to ``dropped``."""
+        kept = []
+        for name, address in addresses:
+            if address.casefold() != own.casefold() and address in self:
+                dropped.append(f"{address} ({header})")
+            else:
+                kept.append((name, address))
+        return kept
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "_db": None}
+
+
 @dataclass
 class Prepared:
     """A row after reading and rendering: a message, or the problems that stopped it."""
@@ -848,15 +904,23 @@ def prepare(file: str, result: RowResult, template: Template, *, build: bool = T
     checked: str | ComposedMessage | RowError
     try:
         recipient = result.recipient
-        checked = template.compose(recipient) if build else template.render(recipient).envelope_from
+        checked = template.compose(recipient) if build else checked_sender(template.render(recipient))
     except RowError as e:
         checked = e
     return settle(file, result, checked)
 
 
-def settle(file: str, result: RowResult, checked: str | ComposedMessage | RowError) -> Prepared:
+def settle(
+    file: str, result: RowResult, checked: str | CheckedSender | ComposedMessage | RowError
+) -> Prepared:
     """A row whose check gave ``checked``: its From address (or its message), or the RowError that
-    stops it."""
+    stops it. Suppressed addresses dropped from the message are a warning of the row."""
+    dropped = checked.dropped if isinstance(checked, CheckedSender | ComposedMessage) else ()
+    if dropped:
+        text = f"suppressed, so not mailed with this row: {', '.join(dropped)}"
+        result.problems.append(RowProblem(file, result.row, result.line, None, text, is_error=False))
+    if isinstance(checked, CheckedSender):
+        return Prepared(result, None, True, checked.address)
     if isinstance(checked, ComposedMessage):
         return Prepared(result, checked, True, checked.envelope_from)
     if isinstance(checked, RowError):

@@ -21,13 +21,13 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mailblast.message.compose import Composed, RowError, Template
+from mailblast.message.compose import CheckedSender, Composed, RowError, Template, checked_sender
 from mailblast.message.recipients import Recipient
 
 MAX_WORKERS = 4  # past this the main process, which sends, is the bottleneck
 BATCH = 64  # recipients composed at a time
 ATTACHING_BATCH = 4  # the same when messages may carry attachments: they are large
-Checked = str | RowError  # what checking a row gives: its sender address, or why it cannot be sent
+Checked = str | CheckedSender | RowError  # what checking a row gives: its sender, or why it cannot go
 K = TypeVar("K")
 T = TypeVar("T")
 
@@ -66,7 +66,7 @@ def _compose_all(template: Template, recipients: list[Recipient]) -> list[Compos
 
 
 def _check_all(template: Template, recipients: list[Recipient]) -> list[Checked]:
-    return _each(lambda recipient: template.render(recipient).envelope_from, recipients)
+    return _each(lambda recipient: checked_sender(template.render(recipient)), recipients)
 
 
 def _compose_in_worker(recipients: list[Recipient]) -> list[Composed]:
