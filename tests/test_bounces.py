@@ -337,3 +337,24 @@ def test_status_shows_the_rates_and_the_next_send_through_the_account_warns(
     warned = second.stderr[: second.stderr.index("sending ")]  # before it starts
     assert "the previous campaign through this account (people.csv with t.txt): bounce rate 10.0%" in warned
     assert "complaint rate 5.00%" in warned
+
+
+def test_an_unsubscribe_mail_to_a_tokened_mailto_suppresses_the_recipient_it_was_for(
+    tmp_path: Path, smtp_server: Callable[..., SmtpServer]
+) -> None:
+    """Written from another address (a forwarding alias), the token still says who."""
+    relay = smtp_server()
+    campaign(tmp_path, 2)
+    (tmp_path / "mailblast.toml").write_text(
+        '[unsubscribe]\nmailto = "unsubscribe+{{ unsubscribe_token }}@news.example.com?subject=unsubscribe"\n'
+    )
+    assert mailblast(tmp_path, "send", "people.csv", "-t", "t.txt", "--smtp", relay.url).returncode == 0
+    sent = next(m for m in relay.received if m.rcpt_tos == ["user1@example.com"])
+    mailto = sent.message["List-Unsubscribe"].strip("<>").removeprefix("mailto:").split("?")[0]
+    assert mailto.startswith("unsubscribe+") and mailto.endswith("@news.example.com")
+    request = f"From: other@example.org\nTo: {mailto}\nSubject: unsubscribe\n\nunsubscribe\n"
+    mailbox.Maildir(tmp_path / "Unsub", create=True).add(request.encode())
+    read = mailblast(tmp_path, "bounces", "Unsub")
+    assert read.returncode == 0, read.stderr
+    assert "unsubscribe user1@example.com (matched by token, campaign " in read.stdout
+    assert exported(tmp_path) == {"user1@example.com": "unsubscribe"}

@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiosmtpd.smtp import Envelope
@@ -209,7 +210,12 @@ def test_failures_are_grouped_by_code_with_and_n_more(
 def test_a_rerun_after_failures_says_what_failed(
     tmp_path: Path, smtp_server: Callable[..., SmtpServer]
 ) -> None:
-    server = smtp_server(reject_recipients={"user1@example.com"})
+    def policy(stage: str, envelope: Any, accepted: int) -> str | None:
+        # 5.7.1, not 5.1.1: an address refused as unknown goes on the suppression list instead
+        refused = stage == "rcpt" and envelope.rcpt_tos[-1] == "user1@example.com"
+        return "550 5.7.1 Refused by policy" if refused else None
+
+    server = smtp_server(reply_hook=policy)
     campaign(tmp_path, 3)
     args = ("send", "people.csv", "-t", "t.txt", "--smtp", server.url)
     assert mailblast(tmp_path, *args).returncode == 1

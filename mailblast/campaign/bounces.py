@@ -42,6 +42,7 @@ from mailblast.campaign.suppression_db import SuppressionStore
 from mailblast.config import Settings
 from mailblast.errors import InputError, MailblastError
 from mailblast.message import verp
+from mailblast.message.unsubscribe import read_unsubscribe_token
 
 EVENT_OF = {
     Kind.HARD: "hard",
@@ -81,6 +82,10 @@ class Campaigns:
             if journal is None:
                 return {}
             return {verp.verp_mac(key, tag, a): a for a in journal.addresses(campaign.campaign)}
+
+    def by_token(self, token: str) -> tuple[str, str] | None:
+        """(campaign, address) of a genuine unsubscribe token."""
+        return read_unsubscribe_token(self._key(), token)
 
     def by_message_id(self, message_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
         """message id -> (campaign tag, address), from every campaign's journal."""
@@ -178,35 +183,35 @@ def _process(
     campaigns = Campaigns(store, load_key)
     kinds: Counter[str] = Counter()
     suppressed = 0
-    seen = 0
     to_move: list[str] = []
     verb = "would be " if dry_run else ""
     console.print(f"reading {box.name}{' (dry run: nothing is written or moved)' if dry_run else ''}")
+    # first every new message classified, then their Message-IDs looked up in the journals at once
+    read: list[tuple[str, list[Finding], list[str]]] = []
     for item in box.items():
-        if store.is_processed(box.name, item.key):
-            continue
-        seen += 1
-        message = email.message_from_bytes(item.data, policy=email.policy.compat32)
-        findings = classify(message, unsubscribe)
-        ids = [f.message_id for f in findings if f.message_id]
-        by_id = campaigns.by_message_id(ids) if ids else {}
+        if not store.is_processed(box.name, item.key):
+            message = email.message_from_bytes(item.data, policy=email.policy.compat32)
+            read.append((item.key, classify(message, unsubscribe), _sent_to(message)))
+    by_id = campaigns.by_message_id(f.message_id for _, found, _ in read for f in found if f.message_id)
+    for key, findings, sent_to in read:
         acted = False
         for finding in findings:
             kinds[str(finding.kind)] += 1
             if finding.kind.ignored:
                 continue
-            match = _match(finding, message, settings.return_path, campaigns, by_id)
+            match = _match(finding, sent_to, settings.return_path, campaigns, by_id)
             if match is None:
-                display.print_warning(console, f"{item.key}: a {finding.kind} about no address it could read")
+                display.print_warning(console, f"{key}: a {finding.kind} about no address it could read")
                 continue
             acted = True
             added, said = _act(store, finding, match, rule, clock(), dry_run)
             suppressed += added
             console.print(said, soft_wrap=True)
         if acted:
-            to_move.append(item.key)
+            to_move.append(key)
         if not dry_run:
-            store.mark_processed(box.name, item.key)
+            store.mark_processed(box.name, key)
+    seen = len(read)
     if move_to is not None and to_move:
         if dry_run:
             console.print(f"{len(to_move):,} message(s) would be moved to {move_to}")
@@ -241,19 +246,30 @@ def _act(
     return added, f"{said}: {decision.why}"
 
 
+def _sent_to(message: Message) -> list[str]:
+    """The addresses a message came to: a VERP address or an unsubscribe token is among them."""
+    values = [str(v) for name in _RECIPIENT_HEADERS for v in message.get_all(name, [])]
+    return [address for _, address in getaddresses(values) if "@" in address]
+
+
 def _match(
     finding: Finding,
-    message: Message,
+    sent_to: list[str],
     return_path: str | None,
     campaigns: Campaigns,
     by_id: dict[str, tuple[str, str]],
 ) -> Match | None:
-    if return_path is not None and finding.kind is not Kind.UNSUBSCRIBE:
-        for name in _RECIPIENT_HEADERS:
-            for _, address in getaddresses([str(v) for v in message.get_all(name, [])]):
-                token = verp.token_in(return_path, address)
-                if token is not None and (found := campaigns.by_verp(*token)) is not None:
-                    return Match(found, token[0], "VERP")
+    if finding.kind is Kind.UNSUBSCRIBE:
+        # mailto = "unsubscribe+{{ unsubscribe_token }}@...": the token says who, whoever writes
+        for address in sent_to:
+            local = address.rpartition("@")[0]
+            if "+" in local and (found := campaigns.by_token(local.rpartition("+")[2])) is not None:
+                return Match(found[1], found[0], "token")
+    elif return_path is not None:
+        for address in sent_to:
+            token = verp.token_in(return_path, address)
+            if token is not None and (found_address := campaigns.by_verp(*token)) is not None:
+                return Match(found_address, token[0], "VERP")
     if finding.message_id and finding.message_id in by_id:
         tag, address = by_id[finding.message_id]
         return Match(address, tag, "Message-ID")
