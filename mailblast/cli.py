@@ -586,19 +586,15 @@ def bounces(
     def work(console: Console) -> int:
         settings = load_settings(config, {})
         return run_bounces(
-            settings, source, console, dry_run=dry_run, move_to=move_to, ask_password=_ask_imap_password
+            settings,
+            source,
+            console,
+            dry_run=dry_run,
+            move_to=move_to,
+            ask_password=_prompt_password if sys.stdin.isatty() else None,  # None: an error, not a prompt
         )
 
     _run(work)
-
-
-def _ask_imap_password(prompt: str) -> str:
-    if not sys.stdin.isatty():
-        raise ConfigError(
-            "the IMAP URL names a user but no password was given",
-            "set MAILBLAST_IMAP_PASSWORD in the environment, or password_command in the [bounces] table",
-        )
-    return typer.prompt(prompt, hide_input=True)
 
 
 @app.command("unsubscribe-server")
@@ -663,6 +659,10 @@ def suppress_export() -> None:
 
 def _facts(command: str, recipients: Path) -> dict[str, Any]:
     return {"command": command, "recipients_file": str(recipients)}
+
+
+def _prompt_password(prompt: str) -> str:
+    return typer.prompt(prompt, hide_input=True)
 
 
 def _ask_password(prompt: str) -> str:

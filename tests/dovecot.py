@@ -8,12 +8,15 @@ mail all live in a temporary folder, and it listens on 127.0.0.1 only.
 from __future__ import annotations
 
 import grp
+import http.server
+import json
 import os
 import pwd
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +27,9 @@ import trustme
 DOVECOT = shutil.which("dovecot") or ("/usr/sbin/dovecot" if Path("/usr/sbin/dovecot").exists() else None)
 
 
+TOKEN = "good-oauth2-token"  # the one OAuth2 access token the server's introspection accepts
+
+
 @dataclass
 class Dovecot:
     port: int
@@ -31,9 +37,31 @@ class Dovecot:
     password: str
     ca_pem: Path
     log: Path
+    token: str = TOKEN
 
     def url(self, folder: str) -> str:
         return f"imaps://{self.user.replace('@', '%40')}@127.0.0.1:{self.port}/{folder}"
+
+
+class _Introspection(http.server.BaseHTTPRequestHandler):
+    """OAuth2 token introspection (RFC 7662) for Dovecot's oauth2 passdb: only TOKEN is active."""
+
+    user = ""
+
+    def _answer(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
+        active = TOKEN in body or TOKEN in self.path
+        data = json.dumps({"active": True, "username": self.user} if active else {"active": False}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
 
 
 def _free_port() -> int:
@@ -79,6 +107,15 @@ def _run(folder: Path) -> Iterator[Dovecot]:
     home.mkdir()
     os.chown(home, uid, gid)
     port = _free_port()
+    _Introspection.user = user
+    tokens = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Introspection)
+    threading.Thread(target=tokens.serve_forever, daemon=True).start()
+    introspect = f"http://127.0.0.1:{tokens.server_address[1]}"
+    (folder / "oauth2.conf.ext").write_text(
+        f"introspection_mode = post\nintrospection_url = {introspect}/introspect\n"
+        f"tokeninfo_url = {introspect}/tokeninfo?access_token=\nusername_attribute = username\n"
+        "active_attribute = active\nactive_value = true\nforce_introspection = yes\n"
+    )
     log = folder / "dovecot.log"
     config = folder / "dovecot.conf"
     config.write_text(f"""
@@ -95,7 +132,7 @@ default_internal_group = {group}
 default_login_user = {login}
 first_valid_uid = {uid}
 first_valid_gid = {gid}
-auth_mechanisms = plain login
+auth_mechanisms = plain login xoauth2 oauthbearer
 mail_location = maildir:~/Maildir
 service imap-login {{
   chroot =
@@ -118,6 +155,11 @@ service stats {{
   unix_listener stats-writer {{
     user = {internal}
   }}
+}}
+passdb {{
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = {folder}/oauth2.conf.ext
 }}
 passdb {{
   driver = passwd-file
@@ -143,6 +185,8 @@ userdb {{
             time.sleep(0.05)
         yield Dovecot(port, user, password, folder / "ca.pem", log)
     finally:
+        tokens.shutdown()
+        tokens.server_close()
         proc.terminate()
         try:
             proc.wait(timeout=10)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +10,7 @@ import imapclient
 import pytest
 
 from tests import dovecot
-from tests.test_bounces import DATA
+from tests.test_bounces import DATA, exported
 from tests.test_send_cli import mailblast
 
 pytestmark = pytest.mark.skipif(
@@ -30,11 +28,6 @@ def client(server: dovecot.Dovecot) -> imapclient.IMAPClient:
     c = imapclient.IMAPClient("127.0.0.1", port=server.port, ssl=True, ssl_context=context, timeout=30)
     c.login(server.user, server.password)
     return c
-
-
-def exported(folder: Path) -> dict[str, str]:
-    proc = mailblast(folder, "suppress", "export")
-    return {row["email"]: row["source"] for row in csv.DictReader(io.StringIO(proc.stdout))}
 
 
 def test_bounces_reads_an_imap_folder_without_changing_it_and_only_once(
@@ -87,3 +80,25 @@ def test_a_refused_sign_in_is_one_clear_error_without_the_password(
         tmp_path, "bounces", imap.url("INBOX"), env={"MAILBLAST_IMAP_PASSWORD": imap.password}
     )
     assert untrusted.returncode == 3 and "certificate verify failed" in untrusted.stderr
+
+
+def test_oauth2_from_the_environment_or_a_token_command(tmp_path: Path, imap: dovecot.Dovecot) -> None:
+    c = client(imap)
+    c.create_folder("Bounces")
+    c.append("Bounces", (DATA / "own/gmail_5.1.1.eml").read_bytes())
+    c.logout()
+    trust = {"SSL_CERT_FILE": str(imap.ca_pem)}
+    proc = mailblast(
+        tmp_path, "bounces", imap.url("Bounces"), env={**trust, "MAILBLAST_IMAP_OAUTH_TOKEN": imap.token}
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert exported(tmp_path) == {"nobody.here@gmail.com": "bounce"}
+    assert "method=XOAUTH2" in imap.log.read_text()
+    (tmp_path / "mailblast.toml").write_text('[bounces]\noauth_token_command = "echo expired-token"\n')
+    refused = mailblast(tmp_path, "bounces", imap.url("Bounces"), env=trust)
+    assert refused.returncode == 3 and "the sign-in was refused" in refused.stderr
+    assert "expired-token" not in refused.stdout + refused.stderr
+    (tmp_path / "mailblast.toml").write_text(f'[bounces]\noauth_token_command = "echo {imap.token}"\n')
+    again = mailblast(tmp_path, "bounces", imap.url("Bounces"), env=trust)
+    assert again.returncode == 0, again.stderr
+    assert "nothing new since the last run" in again.stdout

@@ -193,10 +193,13 @@ class ImapBox:
                 self._client.login(source.user, credentials.password)
         except LoginError:
             self._client.shutdown()
+            secret = (
+                f"the OAuth2 token ({IMAP_TOKEN_ENV} or [bounces] oauth_token_command)"
+                if credentials.has_token
+                else f"the password ({IMAP_PASSWORD_ENV} or [bounces] password_command)"
+            )
             raise StoppedError(
-                f"{source.name}: the sign-in was refused",
-                f"check the user in the URL and the password "
-                f"({IMAP_PASSWORD_ENV} or [bounces] password_command)",
+                f"{source.name}: the sign-in was refused", f"check the user in the URL and {secret}"
             ) from None
         try:
             selected = self._client.select_folder(source.folder, readonly=not writable)

@@ -133,8 +133,8 @@ def run_send(
             return 0
         if test_to is None:  # a test send feeds nothing back: it is not the campaign
             store = SuppressionStore()
-            campaign_tag = _tag_campaign(store, journal, target, settings)
-            for warning in feedback.previous_campaign_warnings(store, campaign_tag):
+            tag = _tag_campaign(store, journal, target, settings)
+            for warning in feedback.previous_campaign_warnings(store, tag):
                 display.print_warning(console, warning)
         run_quotas = None
         if book is not None:
@@ -205,7 +205,7 @@ def run_send(
                 journal,
                 report,
                 plan.maybe_sent,
-                feedback.SendFeedback(store, campaign_tag) if store is not None else None,
+                feedback.SendFeedback(store, tag) if store is not None else None,
             )
             sender = Sender(
                 relays or [Relay(connect, limiter, settings.connections, settings.max_messages)],
