@@ -132,6 +132,22 @@ def test_one_click_post_unsubscribes_and_get_or_a_tampered_token_does_not(
     assert healthy.recipients() == ["user0@example.com"]
 
 
+def test_a_test_copys_link_cannot_unsubscribe_the_real_recipient(
+    tmp_path: Path, smtp_server: Callable[..., SmtpServer], endpoint: Callable[[], str]
+) -> None:
+    server = smtp_server()
+    campaign(tmp_path, 2)
+    (tmp_path / "mailblast.toml").write_text(TOML)
+    args = ["send", "people.csv", "-t", "t.txt", "--smtp", server.url, "--test-to", "me@example.org"]
+    proc = mailblast(tmp_path, *args)
+    assert proc.returncode == 0, proc.stderr
+    link = server.received[0].message["List-Unsubscribe"].strip("<>")
+    status, _ = one_click(link.replace("https://news.example.com", endpoint()))
+    assert status == 200
+    listed = suppressed(tmp_path)
+    assert "me@example.org" in listed and "user0@example.com" not in listed
+
+
 @settings(max_examples=200)
 @given(st.text(max_size=200))
 def test_no_made_up_token_is_read_as_genuine(token: str) -> None:

@@ -132,7 +132,8 @@ def _signing(settings: Settings, recipients_path: Path) -> unsubscribe.Signing |
     if settings.return_path is None and "unsubscribe_token" not in links:
         return None
     assert settings.template is not None
-    return unsubscribe.Signing(load_key(), campaign_tag(recipients_path, settings.template))
+    tag = campaign_tag(recipients_path, settings.template)
+    return unsubscribe.Signing(load_key(), tag, settings.test_to)  # a test send's: the test address
 
 
 CHECK_BATCH = 256  # rows a worker process renders at a time in the check pass

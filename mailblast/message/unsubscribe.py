@@ -124,6 +124,9 @@ class Signing:
 
     key: bytes = field(repr=False)
     campaign: str
+    # a test send (--test-to): every token names the test address, so that a copy's link can
+    # never unsubscribe the real recipient
+    only_for: str | None = None
 
 
 def _mac(key: bytes, purpose: str, campaign: str, address: str) -> bytes:
@@ -141,6 +144,7 @@ def _unb64(text: str) -> bytes:
 
 def unsubscribe_token(signing: Signing, address: str) -> str:
     """``PAYLOAD.MAC``: URL-safe base64 (unreserved characters only), so it needs no encoding."""
+    address = signing.only_for or address
     payload = _b64(f"{signing.campaign}\n{address}".encode())
     return f"{payload}.{_b64(_mac(signing.key, 'unsubscribe', signing.campaign, address))}"
 

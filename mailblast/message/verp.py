@@ -25,6 +25,7 @@ def verp_mac(key: bytes, campaign: str, address: str) -> str:
 
 
 def verp_token(signing: Signing, address: str) -> str:
+    address = signing.only_for or address
     return f"{signing.campaign}-{verp_mac(signing.key, signing.campaign, address)}"
 
 
