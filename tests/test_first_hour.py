@@ -14,14 +14,13 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from aiosmtpd.smtp import Envelope
 from typer.testing import CliRunner
 
 from mailblast.cli import app
-from tests.servers import SmtpServer, child_environ
+from tests.servers import SmtpServer, child_environ, refuse_by_policy
 from tests.test_cli import run  # mailblast in-process: (exit code, stdout+stderr)
 
 
@@ -210,12 +209,7 @@ def test_failures_are_grouped_by_code_with_and_n_more(
 def test_a_rerun_after_failures_says_what_failed(
     tmp_path: Path, smtp_server: Callable[..., SmtpServer]
 ) -> None:
-    def policy(stage: str, envelope: Any, accepted: int) -> str | None:
-        # 5.7.1, not 5.1.1: an address refused as unknown goes on the suppression list instead
-        refused = stage == "rcpt" and envelope.rcpt_tos[-1] == "user1@example.com"
-        return "550 5.7.1 Refused by policy" if refused else None
-
-    server = smtp_server(reply_hook=policy)
+    server = smtp_server(reply_hook=refuse_by_policy({"user1@example.com"}))  # 5.1.1 would suppress
     campaign(tmp_path, 3)
     args = ("send", "people.csv", "-t", "t.txt", "--smtp", server.url)
     assert mailblast(tmp_path, *args).returncode == 1

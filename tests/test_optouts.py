@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mailblast.campaign.suppress import SuppressionList, address_key, parse_line
-from tests.servers import SmtpServer
+from tests.servers import SmtpServer, refuse_by_policy
 from tests.test_send_cli import campaign, mailblast
 
 LINES = [
@@ -165,12 +165,7 @@ def test_an_address_refused_as_unknown_at_rcpt_is_left_out_of_the_next_campaign(
 def test_a_refusal_of_the_content_does_not_suppress_the_address(
     tmp_path: Path, smtp_server: Callable[..., SmtpServer]
 ) -> None:
-    def spam(stage: str, envelope: Any, accepted: int) -> str | None:
-        if stage == "rcpt" and envelope.rcpt_tos[-1] == "user1@example.com":
-            return "550 5.7.1 Message rejected as spam"
-        return None
-
-    server = smtp_server(reply_hook=spam)
+    server = smtp_server(reply_hook=refuse_by_policy({"user1@example.com"}))
     campaign(tmp_path, 2)
     proc = mailblast(tmp_path, "send", "people.csv", "-t", "t.txt", "--smtp", server.url)
     assert proc.returncode == 1, proc.stderr

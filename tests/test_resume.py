@@ -11,11 +11,10 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.servers import SmtpServer, child_environ
+from tests.servers import SmtpServer, child_environ, refuse_by_policy
 
 TEMPLATE = "From: news@example.com\nSubject: Hi {{ name }}\n\nHello {{ name }}\n"
 
@@ -157,20 +156,8 @@ def test_edited_recipients_file(tmp_path: Path, smtp_server: Callable[..., SmtpS
     assert received == Counter({f"user{i}@example.com": 1 for i in range(9)})
 
 
-def refuse_by_policy(address: str) -> Callable[[str, Any, int], str | None]:
-    """A permanent refusal that is not about the address (5.7.1): a 5.1.1 would put the address
-    on the shared suppression list, and no --retry-failed would reach it."""
-
-    def hook(stage: str, envelope: Any, accepted: int) -> str | None:
-        if stage == "rcpt" and envelope.rcpt_tos[-1] == address:
-            return "550 5.7.1 Message refused by policy"
-        return None
-
-    return hook
-
-
 def test_edited_template_is_mentioned(tmp_path: Path, smtp_server: Callable[..., SmtpServer]) -> None:
-    server = smtp_server(reply_hook=refuse_by_policy("user1@example.com"))
+    server = smtp_server(reply_hook=refuse_by_policy({"user1@example.com"}))
     write_campaign(tmp_path, people(3))
     assert run(tmp_path, command(server.url)).returncode == 1
     (tmp_path / "t.txt").write_text(TEMPLATE.replace("Hello", "Hi again"))
@@ -183,7 +170,7 @@ def test_edited_template_is_mentioned(tmp_path: Path, smtp_server: Callable[...,
 def test_failed_recipients_are_retried_only_when_asked(
     tmp_path: Path, smtp_server: Callable[..., SmtpServer]
 ) -> None:
-    picky = smtp_server(reply_hook=refuse_by_policy("user2@example.com"))
+    picky = smtp_server(reply_hook=refuse_by_policy({"user2@example.com"}))
     write_campaign(tmp_path, people(4))
     assert run(tmp_path, command(picky.url)).returncode == 1
     fixed = smtp_server()

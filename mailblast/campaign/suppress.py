@@ -78,7 +78,11 @@ def parse_line(line: str) -> str | None:
         return found
     # a CSV line without a header: the first value that is an address (a@x,2026-11-01)
     delimiter = pick_delimiter(text)
-    for value in next(csv.reader([text], delimiter=delimiter), []):
+    try:
+        values = next(csv.reader([text], delimiter=delimiter), [])
+    except csv.Error:  # a stray line break or quote inside the line
+        values = text.split(delimiter)
+    for value in values:
         if (found := parse_field(value)) is not None:
             return found
     return None
