@@ -72,7 +72,10 @@ def parse_field(text: str) -> str | None:
 
 def parse_line(line: str) -> str | None:
     """The one address a suppression file's line holds, or None (a comment line is not asked)."""
-    text = _COMMENT.sub("", line).strip()
+    text = line.strip()
+    if _PLAIN.fullmatch(text):  # most lines: one plain address, nothing else
+        return text
+    text = _COMMENT.sub("", text).strip()
     found = parse_field(text)
     if found is not None or not _SEPARATORS.search(text):
         return found
