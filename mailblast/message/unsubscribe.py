@@ -159,8 +159,8 @@ def read_unsubscribe_token(key: bytes, token: str) -> tuple[str, str] | None:
         given = _unb64(mac)
     except (ValueError, UnicodeDecodeError):
         return None
-    if not newline or "@" not in address:
-        return None
+    if not newline or "@" not in address or _b64(given) != mac or _b64(_unb64(payload)) != payload:
+        return None  # one token, one spelling: base64's unused bits cannot make another
     if not hmac.compare_digest(given, _mac(key, "unsubscribe", campaign, address)):
         return None
     return campaign, address
