@@ -5,6 +5,9 @@
     python bench/bench_render.py --flat          # 100,000 and 1,000,000 rows: memory must stay flat
     python bench/bench_render.py --sandbox-cost  # also without Jinja's sandbox (sandbox = false), same run
 
+Every command runs twice, interleaved: with the Markdown template as sent (an embedded image, the
+default style inlined into style attributes), and the same template without them (no image,
+inline_css = false); the cost of images and CSS is the ratio of the two.
 Each command runs in its own process; peak memory is that process's max RSS.
 """
 
@@ -23,7 +26,7 @@ From: Newsletter <news@example.com>
 To: {{ mailbox(name, email) }}
 Subject: Hello {{ name }}, your {{ plan }} plan 🎉
 
-# Hi {{ name }}
+{image}# Hi {{ name }}
 
 Your plan **{{ plan }}** renews on {{ renews }}.
 
@@ -52,22 +55,42 @@ def measure(args: list[str], cwd: Path) -> tuple[float, float, float, int]:
     return elapsed, cpu, usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status)
 
 
+PNG = bytes.fromhex(  # a 1x1 transparent PNG: what is measured is embedding, not encoding a big file
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360000002000185d114090000000049454e44ae426082"
+)
+PLAIN = " (no image, no CSS)"
+
+
 def run(rows: int, work: Path, sandbox_cost: bool = False) -> list[tuple[str, int, float, float, float]]:
     csv_path = work / f"r{rows}.csv"
     make_csv(csv_path, rows)
-    (work / "news.md").write_text(TEMPLATE, encoding="utf-8")
+    (work / "logo.png").write_bytes(PNG)
+    (work / "news.md").write_text(TEMPLATE.replace("{image}", "![logo](logo.png)\n\n"), encoding="utf-8")
+    (work / "plain.md").write_text(TEMPLATE.replace("{image}", ""), encoding="utf-8")
+    (work / "plain.toml").write_text("inline_css = false\n", encoding="utf-8")
     (work / "unsandboxed.toml").write_text("sandbox = false\n", encoding="utf-8")
     exe = [sys.executable, "-m", "mailblast"]
-    commands = [("check", ["check"]), ("send --dry-run", ["send", "--dry-run"])]
+    commands = [
+        (f"{name}{label}", [*extra, *variant])
+        for name, extra in (("check", ["check"]), ("send --dry-run", ["send", "--dry-run"]))
+        for label, variant in (
+            ("", ["--template", "news.md"]),
+            (PLAIN, ["--template", "plain.md", "--config", "plain.toml"]),
+        )
+    ]
     if sandbox_cost:  # interleaved, so that both see the same load
         commands = [
             (f"{name}{label}", [*extra, *config])
             for name, extra in commands
             for label, config in (("", []), (" (no sandbox)", ["--config", "unsandboxed.toml"]))
+            if not (config and PLAIN in name)
         ]
     results = []
     for name, extra in commands:
-        args = [*exe, *extra, str(csv_path), "--template", "news.md"]
+        if "--template" not in extra:
+            extra = [*extra, "--template", "news.md"]
+        args = [*exe, *extra, str(csv_path)]
         elapsed, cpu, peak, code = measure(args, work)
         if code != 0:
             sys.exit(f"{name} failed with exit code {code}")
@@ -91,9 +114,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mailblast-bench-") as tmp:
         for rows in sizes:
             results.extend(run(rows, Path(tmp), options.sandbox_cost))
-    print(f"{'command':<30}{'rows':>12}{'rows/s':>10}{'rows/cpu-s':>12}{'peak MiB':>10}")
+    print(f"{'command':<40}{'rows':>12}{'rows/s':>10}{'rows/cpu-s':>12}{'peak MiB':>10}")
     for name, rows, rate, cpu_rate, peak in results:
-        print(f"{name:<30}{rows:>12,}{rate:>10,.0f}{cpu_rate:>12,.0f}{peak:>10.1f}")
+        print(f"{name:<40}{rows:>12,}{rate:>10,.0f}{cpu_rate:>12,.0f}{peak:>10.1f}")
+    rates = {(name, rows): (rate, cpu_rate) for name, rows, rate, cpu_rate, _ in results}
+    for (name, rows), (rate, cpu_rate) in rates.items():
+        if (name + PLAIN, rows) in rates:
+            plain, plain_cpu = rates[(name + PLAIN, rows)]
+            print(
+                f"{name}, {rows:,} rows, with an image and inlined CSS: {rate:,.0f} rows/s, without: "
+                f"{plain:,.0f} rows/s ({cpu_rate / plain_cpu:.2f}x the rows per CPU second)"
+            )
     if options.sandbox_cost:  # by CPU time: on a shared machine wall time mostly measures the others
         rates = {(name, rows): cpu_rate for name, rows, _, cpu_rate, _ in results}
         for (name, rows), rate in rates.items():

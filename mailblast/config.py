@@ -24,6 +24,7 @@ Relative paths in the file are taken from the file's own folder.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -50,6 +51,9 @@ TOP_KEYS: dict[str, tuple[type, bool]] = {
     "attachments_dir": (str, True),
     "attachments_max_mb": (float, False),
     "sandbox": (bool, False),
+    "inline_css": (bool, False),
+    "list_id": (str, False),
+    "feedback_id": (str, False),
     "return_path": (str, False),
 }
 SMTP_KEYS: dict[str, tuple[type, bool]] = {
@@ -112,6 +116,9 @@ class Settings:
     attachments_dir: Path | None = None
     attachments_max_mb: float = 10.0
     sandbox: bool = True  # render templates in Jinja's sandbox
+    inline_css: bool = True  # copy <style> rules into style attributes (htmlbody.py)
+    list_id: str | None = None  # List-Id (RFC 2919) of every message, unless the template sets one
+    feedback_id: str | None = None  # Feedback-ID (Gmail's feedback loop), likewise
     unsubscribe_url: str | None = None  # [unsubscribe]: Jinja text, rendered per row
     unsubscribe_mailto: str | None = None
     dkim_domain: str | None = None  # [dkim]: sign every message
@@ -328,6 +335,7 @@ def load_settings(config: Path | None, flags: dict[str, Any]) -> Settings:
         raise ConfigError(f"retries must be 0 or more, not {settings.retries}")
     if not settings.attachments_max_mb > 0:
         raise ConfigError(f"attachments_max_mb must be more than 0, not {settings.attachments_max_mb}")
+    _check_list_headers(settings)
     if not settings.timeout > 0:
         raise ConfigError(f"timeout must be more than 0 seconds, not {settings.timeout}")
     if settings.soft_bounce_limit < 1 or not settings.soft_bounce_days > 0:
@@ -341,3 +349,22 @@ def load_settings(config: Path | None, flags: dict[str, Any]) -> Settings:
             'e.g. return_path = "bounces+{token}@example.com"',
         )
     return settings
+
+
+_LIST_ID = re.compile(r"(?:[^<>]*<)?[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)+>?")
+
+
+def _check_list_headers(settings: Settings) -> None:
+    """list_id and feedback_id: one line of text, and a List-Id that names a list (RFC 2919)."""
+    for name in ("list_id", "feedback_id"):
+        value = getattr(settings, name)
+        if value is not None and (not value.strip() or any(ord(c) < 32 or ord(c) == 127 for c in value)):
+            raise ConfigError(f"{name} must be one line of text, not {value!r}")
+    if settings.list_id is not None:
+        value = settings.list_id.strip()
+        if not _LIST_ID.fullmatch(value) or value.count("<") != value.endswith(">"):
+            raise ConfigError(
+                f"list_id {value!r} does not name a list",
+                'write a name and a domain-like id: list_id = "Greenleaf news <news.greenleaf-books.com>"',
+            )
+        settings.list_id = value if value.endswith(">") else f"<{value}>"  # RFC 2919 wants the brackets

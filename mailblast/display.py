@@ -91,8 +91,9 @@ def _part_text(part: MIMEPart) -> str:
     return content if isinstance(content, str) else f"<{len(content)} bytes>"
 
 
-def show_message(console: Console, composed: ComposedMessage) -> None:
-    """Headers, plain-text body, HTML body and attachments of one message."""
+def show_message(console: Console, composed: ComposedMessage, text_part: str = "") -> None:
+    """Headers, plain-text body, HTML body and attachments of one message; ``text_part`` says where
+    the plain text comes from."""
     msg = composed.parsed()
     headers = Table(show_header=False, box=None, padding=(0, 1))
     headers.add_column(style="bold cyan", no_wrap=True)
@@ -107,15 +108,25 @@ def show_message(console: Console, composed: ComposedMessage) -> None:
     bcc = sorted(set(composed.envelope_to) - {a.addr_spec for h in ("To", "Cc") for a in _addrs(msg, h)})
     if bcc:
         headers.add_row("Bcc (envelope only):", ", ".join(bcc))
-    title = f"row {composed.recipient.row} · {composed.recipient.address} · {len(composed.data):,} bytes"
+    size = human_size(len(composed.data))
+    if composed.html_bytes:
+        size += f", of which HTML {human_size(composed.html_bytes)}"
+    title = f"row {composed.recipient.row} · {composed.recipient.address} · {size}"
     console.print(Panel(headers, title=title, title_align="left"))
     plain = msg.get_body(("plain",))
     html = msg.get_body(("html",))
     if plain is not None:
-        console.print(Panel(Text(_part_text(plain)), title="plain text", title_align="left"))
+        title = f"plain text: {text_part}" if text_part else "plain text"
+        console.print(Panel(Text(_part_text(plain)), title=title, title_align="left"))
     if html is not None:
         syntax = Syntax(_part_text(html), "html", word_wrap=True, background_color="default")
         console.print(Panel(syntax, title="HTML", title_align="left"))
+    images = [p for p in msg.walk() if p.get("Content-ID") and p.get_content_maintype() == "image"]
+    if images:
+        rows = [
+            Text(f"{p.get_filename()}  {p['Content-ID']}  {human_size(len(p.get_content()))}") for p in images
+        ]
+        console.print(Panel(Group(*rows), title="images in the HTML", title_align="left"))
     if composed.attachments:
         rows = [Text(f"{a.filename}  {a.content_type}  {human_size(a.size)}") for a in composed.attachments]
         console.print(Panel(Group(*rows), title="attachments", title_align="left"))

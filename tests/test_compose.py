@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from mailblast.errors import TemplateError
-from mailblast.message.compose import ComposedMessage, RowError, Template, body_kind, compose_rows
+from mailblast.message.compose import (
+    ComposedMessage,
+    RowError,
+    Template,
+    body_kind,
+    compose_rows,
+    in_order,
+)
 from mailblast.message.recipients import Recipient, RecipientsFile
 
 
@@ -89,7 +96,7 @@ def test_html_body_autoescapes_and_derives_plain_text(tmp_path: Path) -> None:
     html = msg.get_body(("html",)).get_content()
     assert "&lt;script&gt;x&lt;/script&gt; &amp; Co" in html and "<script>" not in html
     plain = msg.get_body(("plain",)).get_content()
-    assert "Hello **" in plain and "script>x" in plain and "& Co**" in plain
+    assert plain == "Hello <script>x</script> & Co\n"  # text: nothing to escape, no Markdown
     assert msg["Subject"] == "Hi <script>x</script> & Co"  # headers are not HTML
 
 
@@ -98,13 +105,13 @@ def test_text_body_is_not_escaped(tmp_path: Path) -> None:
     assert "Hi Tom & <Jerry>," in parse(composed).get_content()
 
 
-def test_markdown_body_sends_html_and_markdown_text(tmp_path: Path) -> None:
+def test_markdown_body_sends_html_and_text_made_from_it(tmp_path: Path) -> None:
     source = "# Hi {{ name }}\n\n- **bold** item\n"
     template = make_template(tmp_path, "From: t@example.com\nSubject: s\n\n" + source, "news.md")
     msg = parse(template.compose(person(name="Ann")))
-    assert msg.get_body(("plain",)).get_content() == "# Hi Ann\n\n- **bold** item\n"
+    assert msg.get_body(("plain",)).get_content() == "Hi Ann\n======\n\n- bold item\n"
     html = msg.get_body(("html",)).get_content()
-    assert "<h1>Hi Ann</h1>" in html and "<strong>bold</strong>" in html
+    assert "Hi Ann</h1>" in html and "<strong>bold</strong>" in html
 
 
 def test_markdown_does_not_pass_raw_html_from_rows(tmp_path: Path) -> None:
@@ -300,6 +307,11 @@ _WIRE_TEMPLATES = {
     "t.md": "From: team@example.com\nReply-To: {{ email }}\nSubject: {{ note }}\n\n# Hi {{ name }}\n\n"
     "- {{ note }}\n- **bold**\n",
     "t.html": "From: team@example.com\nSubject: News for {{ name }}\n\n<p>Hi {{ name }}</p><p>{{ note }}</p>",
+    # an image to embed, styles to inline, a preheader, lines long enough to need encoding
+    "i.html": "From: team@example.com\nPreheader: For {{ name }}\nList-Id: <news.example.com>\n\n"
+    "<style>p{color:#333}</style><p><img src='logo.png' alt='Logo'> Hi {{ name }}</p>\n"
+    "<p>{{ note }}{{ note }}{{ note }}{{ note }}</p>",
+    "i.md": "From: team@example.com\nSubject: {{ name }}\n\n![logo](logo.png)\n\n{{ note }}\n",
 }
 
 
@@ -308,6 +320,7 @@ def test_wire_bytes_are_those_of_the_email_package(tmp_path: Path, name: str) ->
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
+    (tmp_path / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
     template = make_template(tmp_path, _WIRE_TEMPLATES[name], name)
     one_line = st.text(st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp")), max_size=120)
 
@@ -318,11 +331,13 @@ def test_wire_bytes_are_those_of_the_email_package(tmp_path: Path, name: str) ->
             rendered = template.render(person(name=display, note=note))
         except RowError:
             return  # refused: nothing is built
-        headers = [*rendered.headers, ("Date", "Thu, 01 Jan 2026 00:00:00 +0000"), ("Message-ID", "<x@y>")]
+        dated = [*rendered.headers, ("Date", "Thu, 01 Jan 2026 00:00:00 +0000"), ("Message-ID", "<x@y>")]
+        headers = in_order(dated)
         assert not rendered.needs_smtputf8 and not rendered.attachments
-        markdown = template._markdown_of(rendered)
-        direct = template._build_wire(rendered.body, markdown, rendered.digest, headers)
-        assert direct == template._build_mime(rendered, markdown, headers)[0]
+        assert bool(rendered.images) == name.startswith("i.")
+        content = template.content(rendered)
+        direct = template._build_wire(rendered, content, headers)
+        assert direct == template._build_mime(rendered, content, headers)[0]
 
     same()
 

@@ -75,8 +75,9 @@ def test_every_message_received_verifies(
         assert f"a={algorithm}".encode() in received.data
         assert dkim.verify(received.data, dnsfunc=lookup)
         assert signed_headers(received.data) == [
-            "from", "to", "cc", "subject", "date", "message-id", "mime-version", "content-type",
-            "reply-to", "list-unsubscribe", "list-unsubscribe-post",
+            "from", "to", "cc", "reply-to", "subject", "date", "message-id", "mime-version",
+            "content-type", "list-unsubscribe", "list-unsubscribe-post",
+            "from", "subject", "list-unsubscribe", "list-unsubscribe-post",  # oversigned
         ]  # fmt: skip
         message = received.message
         assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"

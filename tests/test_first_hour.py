@@ -260,24 +260,28 @@ def test_the_password_is_asked_after_the_check_pass(tmp_path: Path) -> None:
 # -- 7. Markdown -----------------------------------------------------------------------------
 
 
-def test_markdown_keeps_line_breaks_has_a_style_and_warns_about_local_images(tmp_path: Path) -> None:
+def test_markdown_keeps_line_breaks_has_a_style_and_embeds_local_images(tmp_path: Path) -> None:
     rows_file(tmp_path, 1)
     (tmp_path / "t.md").write_text(
         "From: a@example.com\nSubject: Hi\n\nHello {{ name }}!\n\n![logo](images/logo.png)\n"
         "![ok](https://example.com/logo.png)\n\nSee you soon,\nThe team\n"
     )
+    code, out = run("check", "people.csv", "-t", "t.md", cwd=tmp_path)
+    assert code == 2  # the image is not there: every row would go out with a broken one
+    assert "t.md: the image 'images/logo.png' not found" in out
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\nlogo")
     code, out = run("send", "people.csv", "-t", "t.md", "--dry-run", "--out", "eml", cwd=tmp_path)
     assert code == 0, out
     message = email.message_from_bytes(
         next((tmp_path / "eml").iterdir()).read_bytes(), policy=email.policy.default
     )
     html = message.get_body(("html",)).get_content().replace("\r\n", "\n")  # type: ignore[union-attr]
-    assert "See you soon,<br />\nThe team" in html
-    assert "<style>" in html and "max-width" in html
+    assert "See you soon,<br>\nThe team" in html
+    assert "max-width" in html and 'src="https://example.com/logo.png"' in html
+    assert re.search(r'<body style="[^"]*max-width', html)  # the default style, inlined
     code, out = run("check", "people.csv", "-t", "t.md", cwd=tmp_path)
-    assert code == 0
-    assert "warning: t.md, line 6: the image images/logo.png is a path on this computer" in out
-    assert "https://example.com/logo.png" not in out
+    assert code == 0 and "logo" not in out, out
 
 
 # -- 8. did you mean -------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from mailblast.errors import ConfigError, InputError, did_you_mean
 from mailblast.message import unsubscribe
 from mailblast.message.compose import (
     ADDRESS_HEADERS,
+    GMAIL_CLIPS_AT,
     RESERVED_HEADERS,
     ComposedMessage,
     Prepared,
@@ -120,6 +121,9 @@ def _template(settings: Settings, recipients_path: Path, suppressed: Suppression
         unsubscribe_url=settings.unsubscribe_url,
         unsubscribe_mailto=settings.unsubscribe_mailto,
         dkim=_dkim_key(settings),
+        inline_css=settings.inline_css,
+        list_id=settings.list_id,
+        feedback_id=settings.feedback_id,
         signing=_signing(settings, recipients_path),
         return_path=settings.return_path,
         suppressed=suppressed.db_path if suppressed is not None else None,
@@ -142,11 +146,10 @@ DRY_RUN_IN_WORKERS_FROM = 64 * 1024  # bytes (about a thousand rows): building c
 KNOWN_HEADERS = (
     *ADDRESS_HEADERS, "subject", "attachment", "sender", "list-unsubscribe", "list-unsubscribe-post",
     "list-id", "precedence", "importance", "priority", "in-reply-to", "references", "keywords",
-    "comments", "organization", "auto-submitted", "content-language", *RESERVED_HEADERS,
+    "comments", "organization", "auto-submitted", "content-language", "feedback-id", "preheader",
+    *RESERVED_HEADERS,
 )  # fmt: skip
 _HEADER_NAME = re.compile(r"^([!-9;-~]+)[ \t]*:", re.MULTILINE)  # a name written out, before its colon
-_IMAGE = re.compile(r"!\[[^\]]*\]\(\s*<?([^)\s>]+)|<img\b[^>]*?\bsrc\s*=\s*[\"']?([^\"'\s>]+)", re.IGNORECASE)
-_SHOWN_ANYWHERE = re.compile(r"^(?:https?:|cid:|data:)|\{[{%]", re.IGNORECASE)
 _RESERVED_SUFFIXES = ("test", "local", "internal", "localhost", "invalid", "example", "home.arpa")
 
 
@@ -180,14 +183,20 @@ def aligned(from_domain: str, signing_domain: str) -> bool:
 
 def template_warnings(template: Template) -> list[str]:
     """What in the template is probably a mistake but not an error: a missing Subject, a header
-    name that is a typo of a known one, an image the reader's mail client cannot load."""
+    name that is a typo of a known one."""
     options = template.options
     warnings = unsubscribe.warnings(
         template.name, template.header_source, options["unsubscribe_url"], options["unsubscribe_mailto"]
     )
     names = [(m.group(1), m.start()) for m in _HEADER_NAME.finditer(template.header_source)]
-    if "subject" not in {name.lower() for name, _ in names}:
+    written = {name.lower() for name, _ in names}
+    if "subject" not in written:
         warnings.append(f"{template.name}: no Subject: header, so every message goes out without a subject")
+    if "preheader" in written and template.kind == "text":
+        warnings.append(
+            f"{template.name}: Preheader: is hidden text at the top of an HTML part; this plain-text "
+            "message has none, so it is left out"
+        )
     for name, at in names:
         if name.lower() in KNOWN_HEADERS or name.lower().startswith("x-"):
             continue
@@ -196,15 +205,6 @@ def template_warnings(template: Template) -> list[str]:
             line = template.header_source.count("\n", 0, at) + 1
             proper = "-".join(part.capitalize() for part in guess.split("-"))
             warnings.append(f"{template.name}, line {line}: unknown header {name}:, did you mean {proper}:?")
-    if template.kind != "text":
-        for m in _IMAGE.finditer(template.body_source):
-            src = m.group(1) or m.group(2)
-            if not _SHOWN_ANYWHERE.search(src):
-                line = template.body_line + template.body_source.count("\n", 0, m.start())
-                warnings.append(
-                    f"{template.name}, line {line}: the image {src} is a path on this computer, which the "
-                    "message cannot show; use an https:// address (or attach the file)"
-                )
     return warnings
 
 
@@ -273,6 +273,7 @@ def scan(
     reserved: dict[str, list[int]] = {}  # domain -> [first row, count]
     dkim = inputs.template.dkim
     misaligned: dict[str, list[int]] = {}  # From domain -> [first row, count]
+    clipped: list[int] = []  # [first row, its HTML's size, count] of HTML parts Gmail clips
     size = inputs.recipients.size
     with display.file_progress(console, "checking rows", size, quiet=settings.quiet) as progress:
         for result, prepared in _prepared(inputs, settings, on_message is not None, worker):
@@ -296,6 +297,9 @@ def scan(
                 sender_domain = prepared.sender.rpartition("@")[2]
                 if dkim is not None and sender_domain and not aligned(sender_domain, dkim.domain):
                     misaligned.setdefault(sender_domain.lower(), [result.row, 0])[1] += 1
+                if prepared.html_bytes > GMAIL_CLIPS_AT:
+                    clipped = clipped or [result.row, prepared.html_bytes, 0]
+                    clipped[2] += 1
                 if on_valid is not None and result.recipient is not None:
                     on_valid(result.recipient)
                 if on_message is not None and prepared.message is not None:
@@ -324,6 +328,14 @@ def scan(
             f"{count:,} message(s) from {domain} (the first in row {first}) are signed for {dkim.domain}, "
             "which does not align with it: DMARC wants the From domain and the [dkim] domain to be the "
             "same or one a subdomain of the other",
+        )
+    if clipped:
+        first, html_bytes, count = clipped
+        display.print_warning(
+            console,
+            f"{count:,} message(s) have an HTML part over {GMAIL_CLIPS_AT // 1024} KB (the first, row "
+            f"{first}, {display.human_size(html_bytes)}): Gmail clips it there and hides the rest behind "
+            '"[Message clipped]", the unsubscribe link with it',
         )
     for problem, count in faults.found.values():
         display.print_template_fault(console, problem, count, tally.rows)
@@ -388,6 +400,7 @@ def run_check(
             highlight=False,
             soft_wrap=True,
         )
+    console.print(f"text part: {inputs.template.text_part}", highlight=False, soft_wrap=True)
     started = time.monotonic()
     # A worker process for each core renders the rows of a large file; starting them takes a while.
     with ComposeWorker(inputs.template, in_worker=inputs.recipients.size >= CHECK_IN_WORKERS_FROM) as worker:
@@ -445,7 +458,7 @@ def run_preview(
             display.print_problem(console, problem)
         if prepared.message is None:
             return InputError.exit_code
-        display.show_message(console, prepared.message)
+        display.show_message(console, prepared.message, inputs.template.text_part)
         if open_browser:
             open_in_browser(prepared.message, console)
         return 0

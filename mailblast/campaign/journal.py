@@ -328,6 +328,14 @@ class Journal:
         return is_new, edited
 
     @_sql_errors
+    def campaign_identity(self) -> str:
+        """What tells this campaign from any other: its id, and when it was created (an id is used
+        again after --restart, and another journal has the same ids)."""
+        campaign, _ = self._ids()
+        (created,) = self._db.execute("SELECT created_at FROM campaigns WHERE id = ?", (campaign,)).fetchone()
+        return f"{campaign}:{created!r}"
+
+    @_sql_errors
     def add(self, r: Recipient, *, suppressed: bool = False) -> None:
         """A good row of the file, as it is now (new, moved or edited)."""
         campaign, run = self._ids()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import shutil
 import signal
 import ssl
@@ -70,6 +71,7 @@ class Plan:
     recipients: Iterator[Recipient]
     total: int
     maybe_sent: frozenset[int] = frozenset()
+    campaign: str = ""  # the campaign's identity: its messages' Message-IDs are its own
 
 
 def run_send(
@@ -120,7 +122,7 @@ def run_send(
             return verdict_of_scan(console, tally)
         if test_to is not None:
             chosen = testsend.pick(plan.recipients, settings.test_count, settings.test_row)
-            plan = Plan(iter(chosen), len(chosen))
+            plan = Plan(iter(chosen), len(chosen), campaign=plan.campaign)
             composer = testsend.Redirected(composer, test_to)
             console.print(
                 f"test send: {len(chosen):,} message(s), each to {test_to} only (no Cc or Bcc), as "
@@ -376,7 +378,7 @@ def _check_and_plan(
             for r in recipients.rows(allow_duplicates=settings.allow_duplicates)
             if r.recipient and not inputs.is_suppressed(r.recipient)
         )
-        return tally, Plan(rows, tally.valid)
+        return tally, Plan(rows, tally.valid, campaign=secrets.token_hex(8))  # a campaign of one run
     is_new, edited = journal.begin_run(
         recipients.path,
         inputs.template.path,
@@ -436,7 +438,8 @@ def _check_and_plan(
         )
         display.print_warning(console, f"in flight when the last run stopped, {action}: {names}")
     todo_rows = journal.todo(retry_failed=settings.retry_failed, skip_uncertain=settings.skip_uncertain)
-    return tally, Plan(todo_rows, todo, frozenset(row for row, _ in in_flight))
+    in_flight_rows = frozenset(row for row, _ in in_flight)
+    return tally, Plan(todo_rows, todo, in_flight_rows, journal.campaign_identity())
 
 
 async def _send(
@@ -492,7 +495,7 @@ async def _send(
             async with SendProgress(console, sender.counts, quiet=settings.quiet) as progress:
                 await sender.run(
                     recorder.track(plan.recipients),
-                    composer.compose,
+                    partial(composer.compose, campaign=plan.campaign),
                     plan.maybe_sent,
                     composer.parallel,
                     composer.batch,

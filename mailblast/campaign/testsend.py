@@ -70,8 +70,8 @@ class Redirected:
         self._address = address
         self.parallel, self.batch = composer.parallel, composer.batch
 
-    async def compose(self, recipients: list[Recipient]) -> list[Composed]:
-        return [redirect(m, self._address) for m in await self._composer.compose(recipients)]
+    async def compose(self, recipients: list[Recipient], campaign: str = "") -> list[Composed]:
+        return [redirect(m, self._address) for m in await self._composer.compose(recipients, campaign)]
 
     def close(self) -> None:
         self._composer.close()

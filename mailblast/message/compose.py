@@ -30,10 +30,11 @@ from email.mime.nonmultipart import MIMENonMultipart
 from email.policy import Compat32
 from email.utils import format_datetime, formataddr, quote
 from functools import lru_cache, partial
+from html import unescape
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from urllib.parse import unquote
 
-import html2text
 import jinja2
 from email_validator import EmailNotValidError, validate_email
 from jinja2.sandbox import SecurityError
@@ -41,8 +42,9 @@ from markdown_it import MarkdownIt
 
 from mailblast.errors import ConfigError, TemplateError, did_you_mean
 from mailblast.message import headers as hdr
+from mailblast.message import htmlbody, verp
 from mailblast.message import unsubscribe as unsub
-from mailblast.message import verp
+from mailblast.message.plaintext import html_to_text
 from mailblast.message.recipients import Recipient, RecipientsFile, RowProblem, RowResult
 from mailblast.message.sandbox import RenderLimit, make_environment, render_bounded
 
@@ -65,7 +67,18 @@ BODY_KINDS = {
     ".htm": "html",
     ".md": "markdown",
     ".markdown": "markdown",
+    ".mjml": "mjml",
 }
+TEXT_COMPANIONS = (".txt.j2", ".txt")  # news.html.j2's own text part: news.txt.j2 beside it
+# The usual order, as careful senders write it; headers not named here follow the List-* ones.
+HEADER_ORDER = {
+    name: rank for rank, name in enumerate(["from", "to", "cc", "reply-to", "subject", "date", "message-id"])
+}
+GMAIL_CLIPS_AT = 102 * 1024  # Gmail shows "[Message clipped]" past this much HTML
+# Markdown shorter than this cannot make that much HTML: a table cell's "x |" (3 characters) grows
+# the most, into <td style="..."> with the default style inlined (some 60).
+MARKDOWN_SHORT = GMAIL_CLIPS_AT // 32
+SEVEN_BIT_LINE = 998  # RFC 5322: the longest line, in characters, that needs no encoding
 # The legacy (compat32) email API: the same MIME, several times faster to build than EmailMessage.
 # Base64 encoded words: binascii does them in C, where "shortest" measures both ways in Python.
 UTF8 = Charset("utf-8")
@@ -165,6 +178,19 @@ class Rendered:
     needs_smtputf8: bool
     digest: str  # of everything that makes the message: its Message-ID and MIME boundaries
     context: dict[str, Any] = field(default_factory=dict)  # what the body was rendered with
+    html: str | None = None  # the HTML part as rendered, before styles are inlined
+    text: str | None = None  # the template's own text part, when it has one beside it
+    images: tuple[tuple[str, Path], ...] = ()  # to embed: (<img src> as written, the file)
+    preheader: str = ""  # the hidden preview text at the top of the HTML
+    dropped: tuple[str, ...] = ()  # suppressed addresses taken out of To, Cc and Bcc
+
+
+@dataclass(frozen=True)
+class CheckedRow:
+    """A row that can become a message: its sender, and the size of its HTML part."""
+
+    sender: str
+    html_bytes: int
     dropped: tuple[str, ...] = ()  # suppressed addresses taken out of To, Cc and Bcc
 
 
@@ -179,6 +205,7 @@ class ComposedMessage:
     message_id: str
     needs_smtputf8: bool
     attachments: list[Attachment] = field(default_factory=list)
+    html_bytes: int = 0  # the HTML part's size, as Gmail measures it for clipping
     dropped: tuple[str, ...] = ()  # suppressed addresses taken out of To, Cc and Bcc
 
     @property
@@ -235,6 +262,7 @@ class _Missing(jinja2.StrictUndefined):
 _JINJA = re.compile(r"\{[{%#]")
 
 
+_HEADER_LIKE = re.compile(r"[!-9;-~]+[ \t]*:|[ \t]")  # a header line, or its continuation
 _ATTACHMENT_LINE = re.compile(r"^\s*attachment\s*:", re.IGNORECASE | re.MULTILINE)
 
 
@@ -262,12 +290,6 @@ def check_address_header(name: str, value: str) -> None:
         raise RowError(e.message) from None
 
 
-def _html_to_text(html: str) -> str:
-    converter = html2text.HTML2Text()
-    converter.body_width = 78
-    return converter.handle(html)
-
-
 class Template:
     """A compiled message template."""
 
@@ -282,6 +304,9 @@ class Template:
         unsubscribe_url: str | None = None,
         unsubscribe_mailto: str | None = None,
         dkim: DkimKey | None = None,
+        inline_css: bool = True,
+        list_id: str | None = None,
+        feedback_id: str | None = None,
         signing: unsub.Signing | None = None,
         return_path: str | None = None,
         suppressed: Path | None = None,
@@ -299,20 +324,28 @@ class Template:
             "unsubscribe_url": unsubscribe_url,
             "unsubscribe_mailto": unsubscribe_mailto,
             "dkim": dkim,
+            "inline_css": inline_css,
+            "list_id": list_id,
+            "feedback_id": feedback_id,
             "signing": signing,
             "return_path": return_path,
             "suppressed": suppressed,
         }
+        # what mailblast.toml adds unless the template sets it
+        self._list_headers = [(n, v) for n, v in (("List-Id", list_id), ("Feedback-ID", feedback_id)) if v]
         self.dkim = dkim
         self.signing = signing  # signs {{ unsubscribe_token }} and the VERP return path
         self.return_path = return_path
         # the suppression list's SQLite file (suppress.py): a Cc or Bcc on it is dropped
         self._suppressed = _SuppressedAddresses(suppressed) if suppressed is not None else None
         self._signer = None
+        self._signing_error: type[Exception] = RowError
         if dkim is not None:
-            from mailblast.message.dkim_sign import Signer  # only then: dkimpy takes a while to import
+            # only then: dkimpy takes a while to import
+            from mailblast.message.dkim_sign import Signer, SigningError
 
             self._signer = Signer(dkim)
+            self._signing_error = SigningError
         self.attachments_root = _attachments_root(self.path.parent, attachments_dir)
         self.max_attachment_bytes = int(max_attachments_mb * 1_000_000)
         source = self._read()
@@ -339,7 +372,7 @@ class Template:
             return made
 
         header_env = environment(finalize=hdr.Marker(), autoescape=False)
-        body_env = environment(autoescape=self.kind == "html")
+        body_env = environment(autoescape=self.kind in ("html", "mjml"))
         self._unsubscribe = self._compile_unsubscribe(
             header_source, sandbox, {"url": unsubscribe_url, "mailto": unsubscribe_mailto}
         )
@@ -367,7 +400,24 @@ class Template:
             self._body_markdown = self._compile(markdown_env, self.body_source, blank + 1)
         # breaks: a single line break stays one ("See you soon,\nThe team"), as the author sees it
         self._markdown = MarkdownIt("commonmark", {"html": False, "breaks": True}).enable("table")
-        self._content = lru_cache(maxsize=4)(self._text_parts)  # a body with no row values: built once
+        # a body with no row values: made HTML, inlined and built once
+        self._markdown_html = lru_cache(maxsize=4)(self._markdown_page)
+        self._mjml_html = lru_cache(maxsize=4)(self._mjml_page)
+        self._content = lru_cache(maxsize=4)(self._text_parts)
+        self._final_html = lru_cache(maxsize=4)(self._inlined)
+        # A Markdown body's images are the template's own (a value cannot make one): when their paths
+        # are written out, they are known without rendering the Markdown, which is slow.
+        self._markdown_images = None
+        if self.kind == "markdown" and (literal := _literal_markdown_images(self.body_source)) is not None:
+            # as markdown-it writes them in the HTML (percent-encoded), for their cid: to be found
+            self._markdown_images = [self._markdown.normalizeLink(src) for src in literal]
+        self._inline_css = htmlbody.CssInliner() if inline_css and self.kind != "text" else None
+        self.text_companion = self._companion() if self.kind != "text" else None
+        self._text_body = None
+        if self.text_companion is not None:
+            self._text_body = self._compile_companion(environment(autoescape=False), self.text_companion)
+        self._image_paths: dict[str, Path] = {}  # an <img src> as written -> the file, checked
+        self._image_parts: dict[Path, tuple[str, Message, bytes]] = {}  # read once a run
 
     def _compile_unsubscribe(
         self, header_source: str, sandbox: bool, written: dict[str, str | None]
@@ -437,9 +487,63 @@ class Template:
             where = f"{self.path}, line {line}" if e.name is None else f"{e.name}, line {e.lineno}"
             raise TemplateError(f"{where}: {e.message}", SYNTAX_HINT) from None
 
-    def compose(self, recipient: Recipient, *, date: datetime | None = None) -> ComposedMessage:
-        """Render and build one recipient's message; raises RowError when the row cannot become one."""
-        return self.build(self.render(recipient), date=date)
+    def _companion(self) -> Path | None:
+        """news.txt.j2 (or news.txt) beside news.html.j2, news.md or news.mjml: its own text part."""
+        name = self.path.name
+        for suffix in JINJA_SUFFIXES:
+            if name.lower().endswith(suffix):
+                name = name[: -len(suffix)]
+        stem = name[: -len(Path(name).suffix)] if Path(name).suffix else name
+        for suffix in TEXT_COMPANIONS:
+            candidate = self.path.with_name(stem + suffix)
+            if candidate.is_file():
+                return candidate
+        return None
+
+    def _compile_companion(self, env: jinja2.Environment, path: Path) -> jinja2.Template:
+        """The text part's template; a header block it has is the main template's to give: ignored."""
+        try:
+            source = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise TemplateError(f"{path}: the text part cannot be read: {e}", "save it as UTF-8") from None
+        lines = hdr.HEADER_LINES.split(source)
+        skip = 0
+        blank = next((i for i, line in enumerate(lines) if not line.strip()), None)
+        if blank and all(_HEADER_LIKE.match(line) for line in lines[:blank]):
+            skip = blank + 1
+        try:
+            return env.from_string("\n".join(lines[skip:]))
+        except jinja2.TemplateSyntaxError as e:
+            raise TemplateError(f"{path}, line {(e.lineno or 1) + skip}: {e.message}", SYNTAX_HINT) from None
+
+    @property
+    def text_part(self) -> str:
+        """Where the plain-text part comes from, to say in check and preview."""
+        if self.kind == "text":
+            return "the template itself"
+        if self.text_companion is not None:
+            return f"{self.text_companion} (beside the template)"
+        return "made from the HTML part"
+
+    def _markdown_page(self, markdown: str) -> str:
+        return (
+            f'<!DOCTYPE html>\n<html><head><meta charset="utf-8">{MARKDOWN_STYLE}</head><body>\n'
+            f"{self._markdown.render(markdown)}</body></html>\n"
+        )
+
+    def _mjml_page(self, source: str) -> str:
+        try:
+            return htmlbody.mjml_to_html(source)
+        except htmlbody.MjmlError as e:
+            raise RowError(f"the MJML cannot be made HTML: {e}", template=self.name) from None
+
+    def compose(
+        self, recipient: Recipient, *, date: datetime | None = None, campaign: str = ""
+    ) -> ComposedMessage:
+        """Render and build one recipient's message; raises RowError when the row cannot become one.
+
+        ``campaign`` identifies the campaign: its messages' Message-IDs are its own."""
+        return self.build(self.render(recipient), date=date, campaign=campaign)
 
     def render(self, recipient: Recipient) -> Rendered:
         """Everything about a row that can be wrong, checked without building the MIME message."""
@@ -480,6 +584,7 @@ class Template:
         attachments: list[tuple[str, Path]] = []
         attached_bytes = 0
         needs_utf8 = recipient.needs_smtputf8
+        preheader = ""
         seen: set[str] = set()
         out: list[tuple[str, str]] = []
         dropped: list[str] = []
@@ -506,7 +611,9 @@ class Template:
             hdr.check_value(value)  # also what a {% filter %} block made of the template's own text
             if not value:
                 continue
-            if key == "attachment":
+            if key == "preheader":  # not a header: the hidden preview text at the top of the HTML
+                preheader = value
+            elif key == "attachment":
                 path, size = self._checked(key, self._attachment_path, value)
                 attached_bytes += size
                 if attached_bytes > self.max_attachment_bytes:
@@ -521,15 +628,64 @@ class Template:
         if not envelope_to:
             raise RowError("the message has no recipient: To, Cc and Bcc are all empty")
         out.extend(unsub.headers(links.get("url"), links.get("mailto")))
+        out.extend((name, value) for name, value in self._list_headers if name.lower() not in seen)
+        # A Markdown body is made HTML when the message is built (the check pass stays fast), unless
+        # its images can only be known from the HTML.
+        if self.kind == "markdown" and self._markdown_images is not None:
+            html, images = None, self._images_of(self._markdown_images, recipient.fields)
+        else:
+            html = self._html_of(body, context)
+            images = [] if html is None else self._images_of(htmlbody.image_sources(html), recipient.fields)
+        text = None if self._text_body is None else self._render(self._text_body, context, MAX_BODY_CHARS)
         digest = hashlib.sha256(
             "\0".join(
-                [*envelope_to, hdr.unmark(header_text), body, *(str(p) for _, p in attachments)]
+                [*envelope_to, hdr.unmark(header_text), body, text or "", *(str(p) for _, p in attachments)]
             ).encode()
         ).hexdigest()[:32]
         return Rendered(
-            recipient, envelope_from, envelope_to, out, body, attachments, needs_utf8, digest, context,
-            tuple(dropped),
-        )  # fmt: skip
+            recipient,
+            envelope_from,
+            envelope_to,
+            out,
+            body,
+            attachments,
+            needs_utf8,
+            digest,
+            context,
+            html=html,
+            text=text,
+            images=tuple(images),
+            preheader=preheader,
+            dropped=tuple(dropped),
+        )
+
+    def _html_of(self, body: str, context: dict[str, Any]) -> str | None:
+        """The HTML part as rendered, before styles are inlined (None for a text message)."""
+        if self.kind == "markdown":
+            assert self._body_markdown is not None  # rendered again, its values made literal
+            return self._markdown_html(self._render(self._body_markdown, context, MAX_BODY_CHARS))
+        if self.kind == "mjml":
+            return self._mjml_html(body)
+        return body if self.kind == "html" else None
+
+    def _images_of(self, sources: list[str], fields: dict[str, str]) -> list[tuple[str, Path]]:
+        """The images to embed, each (src as written, file); a missing or refused one stops the row,
+        by the attachment rules: only inside the template's folder or attachments_dir."""
+        images = []
+        for src in sources:
+            path = self._image_paths.get(src)
+            if path is None:
+                written = unquote(src)  # a URL: "my%20logo.png" is the file my logo.png
+                try:
+                    path, _ = self._attachment_path(written)
+                except hdr.BadValue as e:
+                    message = e.message.replace(f"attachment {written!r}", f"the image {written!r}", 1)
+                    if written in self.body_source:  # written in the template: every row fails the same
+                        raise RowError(message, template=self.name) from None
+                    raise RowError(message, _column_of(fields, written)) from None
+                self._image_paths[src] = path
+            images.append((src, path))
+        return images
 
     def _attachment_path(self, written: str) -> tuple[Path, int]:
         """The file an Attachment: header names, and its size; only inside the attachments root."""
@@ -567,24 +723,31 @@ class Template:
                 raise RowError(e.message, None, self.name) from None
             raise
 
-    def build(self, rendered: Rendered, *, date: datetime | None = None) -> ComposedMessage:
+    def build(
+        self, rendered: Rendered, *, date: datetime | None = None, campaign: str = ""
+    ) -> ComposedMessage:
         """The message's bytes, as they go on the wire."""
         digest = rendered.digest
         domain = rendered.envelope_from.rpartition("@")[2] or "mailblast.invalid"
-        message_id = f"<{digest}@{domain}>"
-        headers = [
-            *rendered.headers,
-            ("Date", format_datetime(date or datetime.now(UTC).astimezone())),
-            ("Message-ID", message_id),
-        ]
+        message_id = f"<{message_id_of(digest, campaign)}@{domain}>"
+        headers = in_order(
+            [
+                *rendered.headers,
+                ("Date", format_datetime(date or datetime.now(UTC).astimezone())),
+                ("Message-ID", message_id),
+            ]
+        )
         parts: list[Attachment] = []
-        markdown = self._markdown_of(rendered)
+        content = self.content(rendered)
         if rendered.attachments or rendered.needs_smtputf8:
-            data, parts = self._build_mime(rendered, markdown, headers)
+            data, parts = self._build_mime(rendered, content, headers)
         else:
-            data = self._build_wire(rendered.body, markdown, digest, headers)
+            data = self._build_wire(rendered, content, headers)
         if self._signer is not None:
-            data = self._signer.sign(data)
+            try:
+                data = self._signer.sign(data)
+            except self._signing_error as e:
+                raise RowError(str(e)) from None
         envelope_from = rendered.envelope_from
         if self.return_path is not None:  # VERP: bounces come back to an address naming the row
             envelope_from = verp.return_path(self.return_path, self.signing, rendered.recipient.address)
@@ -596,75 +759,105 @@ class Template:
             message_id,
             rendered.needs_smtputf8,
             parts,
+            0 if content.html is None else len(content.html.encode()),
             rendered.dropped,
         )
 
-    def _markdown_of(self, rendered: Rendered) -> str:
-        """A Markdown body rendered again with its values literal, for the HTML part ("" for others)."""
-        if self._body_markdown is None:
-            return ""
-        return self._render(self._body_markdown, rendered.context, MAX_BODY_CHARS)
+    def check(self, recipient: Recipient) -> CheckedRow:
+        """What the check pass needs of a row: everything checked, as for sending, but no MIME built
+        and no text part made. The HTML part is made and measured (its images read, so that one that
+        cannot be stops the row), unless it is Markdown too short to reach Gmail's limit even with
+        its styles inlined; then its images were only found where the attachment rules allow."""
+        rendered = self.render(recipient)
+        if self.kind == "text" or (rendered.html is None and len(rendered.body) < MARKDOWN_SHORT):
+            return CheckedRow(rendered.envelope_from, 0, rendered.dropped)
+        page = self._final_html(self.page(rendered), rendered.preheader, rendered.images)
+        return CheckedRow(rendered.envelope_from, len(page.encode()), rendered.dropped)
+
+    def page(self, rendered: Rendered) -> str | None:
+        """The row's HTML as rendered, before styles are inlined (None for a text message)."""
+        if rendered.html is None and self.kind == "markdown":
+            rendered.html = self._html_of(rendered.body, rendered.context)
+        return rendered.html
+
+    def content(self, rendered: Rendered) -> Content:
+        """The row's text part and HTML part (None for a text message), as they are sent."""
+        html = self.page(rendered)
+        if html is None:
+            return self._content(None, rendered.body, "", ())
+        return self._content(html, rendered.text, rendered.preheader, rendered.images)
 
     def _build_mime(
-        self, rendered: Rendered, markdown: str, headers: list[tuple[str, str]]
+        self, rendered: Rendered, content: Content, headers: list[tuple[str, str]]
     ) -> tuple[bytes, list[Attachment]]:
         """Built with the email package: any message (attachments, SMTPUTF8)."""
         # A boundary with "=_" can never occur in quoted-printable or base64 content.
-        msg = self._body_part(rendered.body, markdown, f"=_{rendered.digest}_a")
+        msg = _text_part(content.plain, "plain")
+        if content.html is not None:
+            html = _text_part(content.html, "html")
+            if rendered.images:
+                images = [self._image(path)[1] for path in dict.fromkeys(p for _, p in rendered.images)]
+                html = _multipart("related", f"=_{rendered.digest}_r", [html, *images])
+            msg = _multipart("alternative", f"=_{rendered.digest}_a", [msg, html])
         parts = []
         if rendered.attachments:
             files = [
                 _attachment(written, path, self.max_attachment_bytes)
                 for written, path in rendered.attachments
             ]
-            msg = MIMEMultipart("mixed", f"=_{rendered.digest}_m", [msg, *(part for part, _ in files)])
+            msg = _multipart("mixed", f"=_{rendered.digest}_m", [msg, *(part for part, _ in files)])
             parts = [info for _, info in files]
-        for name, value in headers:
+        mime = msg.items()  # after the message's own headers, with MIME-Version at their head
+        for name in {name for name, _ in mime}:
+            del msg[name]
+        for name, value in [*headers, ("MIME-Version", "1.0"), *mime]:
             msg[name] = _AsWritten(name, value) if rendered.needs_smtputf8 and "=?" in value else value
         return msg.as_bytes(policy=policy.SMTPUTF8 if rendered.needs_smtputf8 else WIRE), parts
 
-    def _build_wire(self, body: str, markdown: str, digest: str, headers: list[tuple[str, str]]) -> bytes:
-        """The bytes _build_mime makes of a message of text parts only, put together directly: the
+    def _build_wire(self, rendered: Rendered, content: Content, headers: list[tuple[str, str]]) -> bytes:
+        """The bytes _build_mime makes of a message without attachments, put together directly: the
         email package's generator costs as much as rendering, and the part headers never vary."""
-        if self.kind == "text":
-            head, (content,) = _TEXT_HEAD, self._content(body, markdown)
-        else:
-            boundary = f"=_{digest}_a"
-            head = WIRE.fold_binary("Content-Type", f'multipart/alternative; boundary="{boundary}"') + _MIME_1
-            delimiter = f"\r\n--{boundary}".encode("ascii")
-            plain, html = self._content(body, markdown)
-            content = b"".join((delimiter[2:], b"\r\n", plain, delimiter, b"\r\n", html, delimiter))
-            content += b"--\r\n"
-        return b"".join((head, *(WIRE.fold_binary(name, value) for name, value in headers), b"\r\n", content))
+        head = b"".join([*(WIRE.fold_binary(name, value) for name, value in headers), _MIME_1])
+        if content.html is None:
+            return head + content.plain_part
+        html = content.html_part
+        if rendered.images:
+            images = [self._image(path)[2] for path in dict.fromkeys(p for _, p in rendered.images)]
+            html = _multipart_bytes("related", f"=_{rendered.digest}_r", [html, *images])
+        return head + _multipart_bytes("alternative", f"=_{rendered.digest}_a", [content.plain_part, html])
 
-    def _text_parts(self, body: str, markdown: str) -> tuple[bytes, ...]:
-        """A text message's content, or the text parts of a multipart one, each with its headers."""
-        plain, html = self._texts(body, markdown)
+    def _text_parts(
+        self, html: str | None, text: str | None, preheader: str, images: tuple[tuple[str, Path], ...]
+    ) -> Content:
+        """The text and the HTML of a message, each also as a part, headers and all. Cached: a body
+        without row values is made once. ``text`` is the text part (None: made from the HTML)."""
         if html is None:
-            return (_qp_lines(plain),)
-        return _part_bytes("plain", plain), _part_bytes("html", html)
+            assert text is not None
+            return Content(text, None, _part_bytes("plain", text), b"")
+        plain = html_to_text(html) if text is None else text
+        page = self._final_html(html, preheader, images)
+        return Content(plain, page, _part_bytes("plain", plain), _part_bytes("html", page))
 
-    def _body_part(self, body: str, markdown: str, boundary: str) -> Message:
-        plain, html = self._texts(body, markdown)
-        if html is None:
-            return _text_part(plain, "plain")
-        return MIMEMultipart("alternative", boundary, [_text_part(plain, "plain"), _text_part(html, "html")])
+    def _inlined(self, html: str, preheader: str, images: tuple[tuple[str, Path], ...]) -> str:
+        """The HTML as sent: styles inlined, the preheader at the top, images referred to by cid:."""
+        page = html if self._inline_css is None else self._inline_css(html)
+        if preheader:
+            page = htmlbody.with_preheader(page, preheader)
+        if images:
+            cids = {src: self._image(path)[0] for src, path in images}
+            page = htmlbody.with_cids(page, cids.get)
+        return page
 
-    def _texts(self, body: str, markdown: str) -> tuple[str, str | None]:
-        """The plain text of a body, and its HTML (None for a text message).
-
-        ``markdown`` is the body rendered with its values made literal, for the HTML part."""
-        if self.kind == "text":
-            return body, None
-        if self.kind == "html":
-            return _html_to_text(body), body
-        return body, self._markdown_html(markdown)
-
-    def _markdown_html(self, body: str) -> str:
-        return (
-            f'<!DOCTYPE html>\n<html><head><meta charset="utf-8">{MARKDOWN_STYLE}</head><body>\n'
-            f"{self._markdown.render(body)}</body></html>\n"
-        )
+    def _image(self, path: Path) -> tuple[str, Message, bytes]:
+        """An image to embed: its Content-ID, its part, and the part's bytes; read once a run."""
+        cached = self._image_parts.get(path)
+        if cached is None:
+            content = _read_file(path.name, path, self.max_attachment_bytes, "image")
+            digest = hashlib.sha256(str(path).encode() + b"\0" + content).hexdigest()
+            cid = f"{digest[:20]}@mailblast"  # one a file: two files alike are still two parts
+            part = _file_part(path.name, content, "inline", cid)
+            cached = self._image_parts[path] = (cid, part, part.as_bytes(policy=WIRE))
+        return cached
 
     def _render(self, template: jinja2.Template, context: dict[str, Any], max_chars: int) -> str:
         try:
@@ -724,6 +917,19 @@ class Template:
         return headers
 
 
+_MARKDOWN_IMAGE = re.compile(r"!\[[^\]\n]*\]\(\s*<?([^)\s>]*)>?(?:\s+[\"'(][^)]*)?\)")
+
+
+def _literal_markdown_images(source: str) -> list[str] | None:
+    """The local images of a Markdown body, when each is an inline image with its path written out
+    (``![logo](img/logo.png)``); None when some can only be known by rendering (Jinja in a path, a
+    reference-style image)."""
+    found = _MARKDOWN_IMAGE.findall(source)
+    if source.count("![") != len(found) or any(_JINJA.search(src) or "\\" in src for src in found):
+        return None
+    return list(dict.fromkeys(unescape(src) for src in found if htmlbody.local_image(src)))
+
+
 def _column_of(fields: dict[str, str], text: str) -> str | None:
     """The column a value came from, when one can tell."""
     for column, value in fields.items():
@@ -766,8 +972,59 @@ def _addresses(name: str, marked: str, checked: str) -> tuple[list[tuple[str, st
 
 _MIME_1 = b"MIME-Version: 1.0\r\n"
 _QP = b"Content-Transfer-Encoding: quoted-printable\r\n"
-_TEXT_HEAD = b'Content-Type: text/plain; charset="utf-8"\r\n' + _MIME_1 + _QP  # as MIMEBase orders them
+_7BIT = b"Content-Transfer-Encoding: 7bit\r\n"
 _LINE_BREAK = re.compile(rb"\r\n|\r|\n")  # what the email package's generator takes for one
+_LINE_BREAK_TEXT = re.compile(r"\r\n|\r|\n")
+
+
+class Content(NamedTuple):
+    """A message's text, and its HTML as sent (None for a text message); each also as a MIME part."""
+
+    plain: str
+    html: str | None
+    plain_part: bytes
+    html_part: bytes
+
+
+def message_id_of(digest: str, campaign: str) -> str:
+    """The left part of a Message-ID: the same for a row in every run of a campaign, and another in
+    another campaign (Gmail drops a message whose Message-ID it has seen, even months later)."""
+    if not campaign:
+        return digest
+    return hashlib.sha256(f"{campaign}\0{digest}".encode()).hexdigest()[:32]
+
+
+def in_order(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """From, To, Cc, Reply-To, Subject, Date, Message-ID, the List-* headers, then the others."""
+
+    def rank(header: tuple[str, str]) -> int:
+        name = header[0].lower()
+        return HEADER_ORDER.get(name, len(HEADER_ORDER) + (not name.startswith("list-")))
+
+    return sorted(headers, key=rank)
+
+
+def seven_bit(text: str) -> bool:
+    """Whether ``text`` can go as it is (7bit): ASCII, no NUL, no line over 998 characters."""
+    return (
+        text.isascii()
+        and "\0" not in text
+        and (len(text) <= SEVEN_BIT_LINE or max(map(len, _LINE_BREAK_TEXT.split(text))) <= SEVEN_BIT_LINE)
+    )
+
+
+def _multipart(subtype: str, boundary: str, parts: list[Message]) -> Message:
+    msg = MIMEMultipart(subtype, boundary, parts)
+    del msg["MIME-Version"]  # the message's own header, not each part's
+    return msg
+
+
+def _multipart_bytes(subtype: str, boundary: str, parts: list[bytes]) -> bytes:
+    """A multipart part, headers and all, as the email package's generator writes _multipart's."""
+    head = WIRE.fold_binary("Content-Type", f'multipart/{subtype}; boundary="{boundary}"')
+    delimiter = f"--{boundary}".encode("ascii")
+    between = b"\r\n" + delimiter + b"\r\n"
+    return b"".join([head, b"\r\n", delimiter, b"\r\n", between.join(parts), b"\r\n", delimiter, b"--\r\n"])
 
 
 _MARKDOWN_SYNTAX = re.compile(r"[\\\[\]<>]")  # what makes links, images and autolinks, and escapes
@@ -785,16 +1042,22 @@ def _qp_lines(text: str) -> bytes:
 
 
 def _part_bytes(subtype: str, text: str) -> bytes:
-    """A text part of a multipart message, headers and all, as _text_part's is written."""
-    head = f'Content-Type: text/{subtype}; charset="utf-8"\r\n'.encode("ascii") + _MIME_1 + _QP
-    return head + b"\r\n" + _qp_lines(text)
+    """A text part, headers and all, as _text_part's is written."""
+    head = f'Content-Type: text/{subtype}; charset="utf-8"\r\n'.encode("ascii")
+    if seven_bit(text):
+        return head + _7BIT + b"\r\n" + _LINE_BREAK.sub(b"\r\n", text.encode("ascii"))
+    return head + _QP + b"\r\n" + _qp_lines(text)
 
 
 def _text_part(text: str, subtype: str) -> Message:
-    # binascii's quoted-printable is C; email.quoprimime's is much slower pure Python.
     part = MIMENonMultipart("text", subtype, charset="utf-8")
-    part["Content-Transfer-Encoding"] = "quoted-printable"
-    part.set_payload(binascii.b2a_qp(text.encode("utf-8")).decode("ascii"))
+    del part["MIME-Version"]
+    if seven_bit(text):  # pure ASCII reads as written in the source, "=" and all
+        part["Content-Transfer-Encoding"] = "7bit"
+        part.set_payload(text)
+    else:  # binascii's quoted-printable is C; email.quoprimime's is much slower pure Python.
+        part["Content-Transfer-Encoding"] = "quoted-printable"
+        part.set_payload(binascii.b2a_qp(text.encode("utf-8")).decode("ascii"))
     return part
 
 
@@ -809,45 +1072,50 @@ def _format_address(display_name: str, address: str) -> str:
     return f'"{quote(display_name)}" <{address}>' if display_name else address
 
 
-def _attachment(written: str, path: Path, max_bytes: int) -> tuple[Message, Attachment]:
+def _read_file(written: str, path: Path, max_bytes: int, what: str = "attachment") -> bytes:
     try:
         # O_NOFOLLOW and the checks again: the file checked at render time may have been swapped since
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         with open(fd, "rb") as f:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise RowError(f"attachment {written!r} is not a regular file")
+                raise RowError(f"{what} {written!r} is not a regular file")
             content = f.read(max_bytes + 1)
     except FileNotFoundError:
-        raise RowError(f"attachment {written!r} not found (looked for {path})") from None
+        raise RowError(f"{what} {written!r} not found (looked for {path})") from None
     except OSError as e:
-        raise RowError(f"attachment {written!r} cannot be read: {e.strerror}") from None
+        raise RowError(f"{what} {written!r} cannot be read: {e.strerror}") from None
     if len(content) > max_bytes:
-        raise RowError(f"attachment {written!r} is over the limit of {max_bytes / 1e6:g} MB a message")
-    content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    part = MIMEBase(*content_type.split("/", 1))
-    part.set_payload(content)
-    encode_base64(part)
-    filename = path.name if path.name.isascii() else ("utf-8", "", path.name)
-    part.add_header("Content-Disposition", "attachment", filename=filename)
-    return part, Attachment(path.name, content_type, len(content))
+        raise RowError(f"{what} {written!r} is over the limit of {max_bytes / 1e6:g} MB a message")
+    return content
+
+
+def _file_part(filename: str, content: bytes, disposition: str, cid: str | None = None) -> Message:
+    """A file's part: its type and name (name= for older clients, RFC 2231 when not ASCII)."""
+    content_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
+    maintype, subtype = content_type.split("/", 1)
+    part = MIMEBase(maintype, subtype)
+    del part["MIME-Version"]
+    name = filename if filename.isascii() else ("utf-8", "", filename)
+    part.set_param("name", name)
+    if maintype == "text" and content.isascii() and seven_bit(content.decode("ascii")):
+        part["Content-Transfer-Encoding"] = "7bit"
+        part.set_payload(content.decode("ascii"))
+    else:
+        part.set_payload(content)
+        encode_base64(part)
+    if cid is not None:
+        part["Content-ID"] = f"<{cid}>"
+    part.add_header("Content-Disposition", disposition, filename=name)
+    return part
+
+
+def _attachment(written: str, path: Path, max_bytes: int) -> tuple[Message, Attachment]:
+    content = _read_file(written, path, max_bytes)
+    part = _file_part(path.name, content, "attachment")
+    return part, Attachment(path.name, part.get_content_type(), len(content))
 
 
 Composed = ComposedMessage | RowError  # a message, or why a row cannot become one
-
-
-@dataclass(frozen=True)
-class CheckedSender:
-    """What checking a row gives when it dropped suppressed addresses: its From, and those."""
-
-    address: str
-    dropped: tuple[str, ...]
-
-
-def checked_sender(rendered: Rendered) -> str | CheckedSender:
-    """A checked row's From address; with the addresses dropped from it, when there are any."""
-    if rendered.dropped:
-        return CheckedSender(rendered.envelope_from, rendered.dropped)
-    return rendered.envelope_from
 
 
 class _SuppressedAddresses:
@@ -887,6 +1155,7 @@ class Prepared:
     message: ComposedMessage | None  # None when only checked
     ok: bool  # the row can become a message
     sender: str = ""  # the From address, when it can
+    html_bytes: int = 0  # its HTML part's size
 
 
 def compose_rows(
@@ -901,32 +1170,28 @@ def prepare(file: str, result: RowResult, template: Template, *, build: bool = T
     """Render one row read from ``file``; a row that cannot become a message gets its problem."""
     if result.recipient is None:
         return Prepared(result, None, False)
-    checked: str | ComposedMessage | RowError
+    checked: CheckedRow | ComposedMessage | RowError
     try:
         recipient = result.recipient
-        checked = template.compose(recipient) if build else checked_sender(template.render(recipient))
+        checked = template.compose(recipient) if build else template.check(recipient)
     except RowError as e:
         checked = e
     return settle(file, result, checked)
 
 
-def settle(
-    file: str, result: RowResult, checked: str | CheckedSender | ComposedMessage | RowError
-) -> Prepared:
-    """A row whose check gave ``checked``: its From address (or its message), or the RowError that
+def settle(file: str, result: RowResult, checked: CheckedRow | ComposedMessage | RowError) -> Prepared:
+    """A row whose check gave ``checked``: what was checked (or its message), or the RowError that
     stops it. Suppressed addresses dropped from the message are a warning of the row."""
-    dropped = checked.dropped if isinstance(checked, CheckedSender | ComposedMessage) else ()
+    dropped = checked.dropped if isinstance(checked, CheckedRow | ComposedMessage) else ()
     if dropped:
         text = f"suppressed, so not mailed with this row: {', '.join(dropped)}"
         result.problems.append(RowProblem(file, result.row, result.line, None, text, is_error=False))
-    if isinstance(checked, CheckedSender):
-        return Prepared(result, None, True, checked.address)
     if isinstance(checked, ComposedMessage):
-        return Prepared(result, checked, True, checked.envelope_from)
+        return Prepared(result, checked, True, checked.envelope_from, checked.html_bytes)
     if isinstance(checked, RowError):
         problem = RowProblem(
             file, result.row, result.line, checked.column, checked.message, template=checked.template
         )
         result.problems.append(problem)
         return Prepared(result, None, False)
-    return Prepared(result, None, True, checked)
+    return Prepared(result, None, True, checked.sender, checked.html_bytes)

@@ -22,27 +22,37 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from mailblast.errors import ConfigError
-from mailblast.message.compose import RowError
 
+# Every identity and list header the message has is signed: a receiver judges a bulk message by
+# them, and a header left unsigned could be changed on the way without breaking the signature.
 SIGNED_HEADERS = (
     b"from",
     b"to",
     b"cc",
+    b"reply-to",
     b"subject",
     b"date",
     b"message-id",
     b"mime-version",
     b"content-type",
-    b"reply-to",
+    b"list-id",
     b"list-unsubscribe",
     b"list-unsubscribe-post",
+    b"feedback-id",
 )
+# Named once more in h= (RFC 6376 8.15): a second From or Subject, or a List-Unsubscribe that
+# was not there, added on the way, then breaks the signature instead of being shown.
+OVERSIGNED_HEADERS = (b"from", b"subject", b"list-unsubscribe", b"list-unsubscribe-post")
 KeyType = Literal["rsa", "ed25519"]
 MIN_RSA_BITS = 1024  # what receivers (and dkimpy's verifier) accept at the least; 2048 is advised
 _SELECTOR = re.compile(
     r"[A-Za-z0-9](?:[A-Za-z0-9_-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9_-]*[A-Za-z0-9])?)*"
 )
 _DOMAIN = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z0-9-]{2,}")
+
+
+class SigningError(Exception):
+    """dkimpy could not sign a message."""
 
 
 @dataclass(frozen=True)
@@ -190,10 +200,13 @@ class Signer:
                 self._domain,
                 self._dkimpy_key,
                 canonicalize=(b"relaxed", b"relaxed"),
-                include_headers=[name for name in SIGNED_HEADERS if name in present],
+                include_headers=[
+                    *(name for name in SIGNED_HEADERS if name in present),
+                    *OVERSIGNED_HEADERS,
+                ],
             )
         except dkim.DKIMException as e:  # a message mailblast built is well-formed: not expected
-            raise RowError(f"the message cannot be DKIM-signed: {e}") from None
+            raise SigningError(f"the message cannot be DKIM-signed: {e}") from None
         return signature + message
 
 

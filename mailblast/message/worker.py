@@ -18,16 +18,17 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mailblast.message.compose import CheckedSender, Composed, RowError, Template, checked_sender
+from mailblast.message.compose import CheckedRow, Composed, RowError, Template
 from mailblast.message.recipients import Recipient
 
 MAX_WORKERS = 4  # past this the main process, which sends, is the bottleneck
 BATCH = 64  # recipients composed at a time
 ATTACHING_BATCH = 4  # the same when messages may carry attachments: they are large
-Checked = str | CheckedSender | RowError  # what checking a row gives: its sender, or why it cannot go
+Checked = CheckedRow | RowError  # what checking a row gives, or why it cannot be sent
 K = TypeVar("K")
 T = TypeVar("T")
 
@@ -61,17 +62,17 @@ def _each(make: Callable[[Recipient], T], recipients: list[Recipient]) -> list[T
     return results
 
 
-def _compose_all(template: Template, recipients: list[Recipient]) -> list[Composed]:
-    return _each(template.compose, recipients)
+def _compose_all(template: Template, recipients: list[Recipient], campaign: str = "") -> list[Composed]:
+    return _each(partial(template.compose, campaign=campaign), recipients)
 
 
 def _check_all(template: Template, recipients: list[Recipient]) -> list[Checked]:
-    return _each(lambda recipient: checked_sender(template.render(recipient)), recipients)
+    return _each(template.check, recipients)
 
 
-def _compose_in_worker(recipients: list[Recipient]) -> list[Composed]:
+def _compose_in_worker(recipients: list[Recipient], campaign: str = "") -> list[Composed]:
     assert _worker_template is not None
-    return _compose_all(_worker_template, recipients)
+    return _compose_all(_worker_template, recipients, campaign)
 
 
 def _check_in_worker(recipients: list[Recipient]) -> list[Checked]:
@@ -118,14 +119,15 @@ class ComposeWorker:
             for _ in range(self.parallel):
                 self._pool.submit(int)  # start them now, while the caller does other work
 
-    async def compose(self, recipients: list[Recipient]) -> list[Composed]:
-        future = self._submit(_compose_in_worker, recipients)
+    async def compose(self, recipients: list[Recipient], campaign: str = "") -> list[Composed]:
+        """``campaign``: the campaign's identity, which its messages' Message-IDs carry."""
+        future = self._submit(partial(_compose_in_worker, campaign=campaign), recipients)
         if future is not None:
             try:
                 return await asyncio.wrap_future(future)
             except BrokenProcessPool:
                 self._lost_pool()
-        return _compose_all(self._template, recipients)
+        return _compose_all(self._template, recipients, campaign)
 
     def check_batches(
         self, batches: Iterable[tuple[K, list[Recipient]]]

@@ -198,8 +198,9 @@ def store(outbox: mailbox.Maildir, envelope: Envelope, at: datetime) -> Captured
     rcpt_tos = tuple(envelope.rcpt_tos)
     # Return-path and Envelope-to (as Exim writes them): the envelope is how Bcc and --test-to
     # recipients can be seen in the stored copy.
-    top = f"Return-path: <{mail_from}>\r\nEnvelope-to: {', '.join(rcpt_tos)}\r\n".encode()
-    key = outbox.add(top + data)
+    top = f"Return-path: <{mail_from}>\nEnvelope-to: {', '.join(rcpt_tos)}\n".encode()
+    # Stored with LF line ends, as Maildir readers expect (mutt shows ^M otherwise); SMTP's are CRLF.
+    key = outbox.add(top + data.replace(b"\r\n", b"\n"))
     headers = email.parser.BytesHeaderParser(policy=email.policy.default).parsebytes(data)
     return Captured(at, mail_from, rcpt_tos, str(headers.get("Subject", "")), len(data), key)
 
