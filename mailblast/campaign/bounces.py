@@ -161,7 +161,7 @@ def run_bounces(
         environ=os.environ,
         ask_password=ask_password,
     )
-    store = SuppressionStore()
+    store = SuppressionStore(durable=False)
     try:
         return _process(settings, box, store, console, rule, dry_run, move_to, clock)
     finally:
@@ -188,10 +188,9 @@ def _process(
     console.print(f"reading {box.name}{' (dry run: nothing is written or moved)' if dry_run else ''}")
     # first every new message classified, then their Message-IDs looked up in the journals at once
     read: list[tuple[str, list[Finding], list[str]]] = []
-    for item in box.items():
-        if not store.is_processed(box.name, item.key):
-            message = email.message_from_bytes(item.data, policy=email.policy.compat32)
-            read.append((item.key, classify(message, unsubscribe), _sent_to(message)))
+    for item in box.items(lambda key: store.is_processed(box.name, key)):
+        message = email.message_from_bytes(item.data, policy=email.policy.compat32)
+        read.append((item.key, classify(message, unsubscribe), _sent_to(message)))
     by_id = campaigns.by_message_id(f.message_id for _, found, _ in read for f in found if f.message_id)
     for key, findings, sent_to in read:
         acted = False

@@ -39,7 +39,9 @@ class Item:
 class Mailbox(Protocol):
     name: str  # where it is, as the processed table and the output name it (no secret)
 
-    def items(self) -> Iterator[Item]: ...
+    def items(self, known: Callable[[str], bool]) -> Iterator[Item]:
+        """Every message whose key is not ``known`` (read before): those are not even fetched."""
+        ...
 
     def move(self, keys: list[str], folder: str) -> None: ...
 
@@ -58,12 +60,14 @@ class MaildirBox:
         self.name = f"maildir:{path.resolve()}"
         self._files: dict[str, Path] = {}
 
-    def items(self) -> Iterator[Item]:
+    def items(self, known: Callable[[str], bool]) -> Iterator[Item]:
         for sub in ("new", "cur"):
             for entry in sorted(os.scandir(self.path / sub), key=lambda e: e.name):
                 if not entry.is_file() or entry.name.startswith("."):
                     continue
                 key = entry.name.split(":", 1)[0]
+                if known(key):
+                    continue
                 self._files[key] = Path(entry.path)
                 try:
                     data = Path(entry.path).read_bytes()
@@ -96,12 +100,13 @@ class MboxBox:
             raise InputError(f"{path}: cannot be read as an mbox file: {e}") from None
         self._keys: dict[str, str] = {}
 
-    def items(self) -> Iterator[Item]:
+    def items(self, known: Callable[[str], bool]) -> Iterator[Item]:
         for key in list(self._box.iterkeys()):
             data = self._box.get_bytes(key)
-            digest = hashlib.sha256(data).hexdigest()[:32]
-            self._keys[digest] = key
-            yield Item(digest, data)
+            digest = hashlib.sha256(data).hexdigest()[:32]  # an mbox has no lasting names
+            if not known(digest):
+                self._keys[digest] = key
+                yield Item(digest, data)
 
     def move(self, keys: list[str], folder: str) -> None:
         target = mailbox.mbox(self.path.parent / folder)
@@ -209,8 +214,8 @@ class ImapBox:
         self.uidvalidity = int(selected[b"UIDVALIDITY"])
         self._error = IMAPClientError
 
-    def items(self) -> Iterator[Item]:
-        uids = sorted(self._client.search("ALL"))
+    def items(self, known: Callable[[str], bool]) -> Iterator[Item]:
+        uids = [uid for uid in sorted(self._client.search("ALL")) if not known(f"{self.uidvalidity}:{uid}")]
         for start in range(0, len(uids), FETCH_BATCH):
             batch = uids[start : start + FETCH_BATCH]
             fetched = self._client.fetch(batch, [b"BODY.PEEK[]"])

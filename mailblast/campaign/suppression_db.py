@@ -106,7 +106,9 @@ class CampaignTag:
 class SuppressionStore:
     """The shared list on disk; ``key in store``. Keys are suppress.address_key()'s."""
 
-    def __init__(self, path: Path | None = None, *, read_only: bool = False) -> None:
+    def __init__(self, path: Path | None = None, *, read_only: bool = False, durable: bool = True) -> None:
+        """``durable=False`` for `bounces`: what a power cut loses it reads again next time. An
+        unsubscribe answered 200, or a refusal at send, is never left to chance."""
         self.path = path or default_path()
         try:
             if read_only:
@@ -115,6 +117,8 @@ class SuppressionStore:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
                 self._db.execute("PRAGMA journal_mode=WAL")
+                if not durable:  # a killed process loses nothing, a power cut the last few commits
+                    self._db.execute("PRAGMA synchronous=NORMAL")
                 self._db.executescript(SCHEMA)
         except (OSError, sqlite3.Error) as e:
             raise InputError(
