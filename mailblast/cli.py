@@ -18,6 +18,7 @@ from mailblast.campaign.check import run_check, run_dry_run, run_preview
 from mailblast.campaign.send import run_send
 from mailblast.campaign.status import run_report, run_status
 from mailblast.config import Settings, load_settings
+from mailblast.display import json_text, make_console, printable
 from mailblast.errors import ConfigError, InputError, MailblastError, StoppedError
 from mailblast.server import capture
 from mailblast.smtp.credentials import PASSWORD_ENV
@@ -144,24 +145,22 @@ def _run(
     With ``facts`` (--json), everything a person reads goes to standard error, and standard
     output gets one JSON document: the facts the command gathered, its exit code and any error.
     """
-    # No markup: paths, addresses and server replies may hold [brackets] of their own.
-    console = Console(highlight=False, markup=False, emoji=False, stderr=stderr or facts is not None)
-    errors = Console(highlight=False, markup=False, emoji=False, stderr=True)
+    console = make_console(stderr=stderr or facts is not None)
+    errors = make_console(stderr=True)
     error: MailblastError | None = None
     try:
         code = work(console)
     except MailblastError as e:
         error, code = e, e.exit_code
-        errors.print(Text.assemble(("error: ", "bold red"), e.message), soft_wrap=True)
+        errors.print(Text.assemble(("error: ", "bold red"), printable(e.message)), soft_wrap=True)
         if e.hint:
-            errors.print(Text.assemble(("hint: ", "bold"), e.hint), soft_wrap=True)
+            errors.print(Text.assemble(("hint: ", "bold"), printable(e.hint)), soft_wrap=True)
     except KeyboardInterrupt:
         error, code = StoppedError("interrupted"), StoppedError.exit_code
         errors.print(Text("interrupted", style="bold red"))
     if facts is not None:
         problem = {"message": error.message, "hint": error.hint} if error is not None else None
-        json.dump({**facts, "exit_code": code, "error": problem}, sys.stdout, ensure_ascii=False)
-        sys.stdout.write("\n")
+        sys.stdout.write(json_text({**facts, "exit_code": code, "error": problem}) + "\n")
     raise typer.Exit(code)
 
 
@@ -526,15 +525,21 @@ def dkim_keygen(
     selector: Annotated[str, typer.Argument(help="A name for this key, e.g. mb2026.")],
     key_type: Annotated[str, typer.Option("--type", help="rsa (2048 bits) or ed25519.")] = "rsa",
     out: Annotated[
-        Path | None, typer.Option("--out", help="The private key's file [default: DOMAIN.SELECTOR.pem].")
+        Path | None,
+        typer.Option(
+            "--out",
+            help="The private key's file. \\[default: DOMAIN.SELECTOR.pem in your config folder, "
+            "outside the campaign folder]",
+        ),
     ] = None,
 ) -> None:
     """Write a new DKIM private key and print the DNS TXT record to publish; never overwrites."""
 
     def work(console: Console) -> int:
-        from mailblast.message.dkim_sign import write_new_key, zone_line  # dkimpy is slow to import
+        # dkimpy is slow to import
+        from mailblast.message.dkim_sign import default_key_path, write_new_key, zone_line
 
-        path = out or Path(f"{domain}.{selector}.pem")
+        path = out or default_key_path(domain, selector)
         name, value = write_new_key(domain, selector, key_type, path)
         console.print(
             f"wrote the private key to {path} (readable by you only; keep it secret)", soft_wrap=True
@@ -543,7 +548,7 @@ def dkim_keygen(
         console.print(f"as a zone-file line:\n\n{zone_line(name, value)}\n", soft_wrap=True)
         console.print(
             f'then, in mailblast.toml:\n\n[dkim]\ndomain = "{domain}"\nselector = "{selector}"\n'
-            f'private_key = "{path}"',
+            f"private_key = {json.dumps(str(path), ensure_ascii=False)}",
             soft_wrap=True,
         )
         return 0

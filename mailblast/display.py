@@ -5,13 +5,17 @@ Nothing here decides anything; it only shows what the other stages produced.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import json
+import re
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from email.message import EmailMessage, MIMEPart
+from typing import Any
 
 from rich.console import Console, Group
 from rich.panel import Panel
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+from rich.segment import Segment
 from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
@@ -19,10 +23,59 @@ from rich.text import Text
 from mailblast.message.compose import ComposedMessage
 from mailblast.message.recipients import RowProblem
 
+# What a terminal would act on rather than show: C0 controls but tab and line feed, DEL, C1
+# controls (U+0080-U+009F: U+009B is CSI on some terminals), and the bidi overrides and isolates
+# that make text read in another order than it is (Trojan Source, CVE-2021-42574).
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _escaped(m: re.Match[str]) -> str:
+    code = ord(m.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(text: str) -> str:
+    """``text`` with every character a terminal would act on shown escaped: ESC as ``\\x1b``,
+    U+202E as ``\\u202e``. The one escaping function for everything mailblast prints."""
+    return _CONTROL.sub(_escaped, text)
+
+
+class SafeConsole(Console):
+    """A rich Console that shows control characters in what it prints escaped (``printable``),
+    wherever the text came from (a CSV column name, a server's reply, an envelope address), in
+    tables, panels and progress bars alike. Rich's own cursor and style codes, kept apart from
+    the text as control segments and styles, pass as they are."""
+
+    def render_str(self, text: str, **options: Any) -> Text:
+        # Before rich's Text drops some controls (BEL, CR) unseen, and before the layout measures it.
+        return super().render_str(printable(text), **options)
+
+    def _render_buffer(self, buffer: Iterable[Segment]) -> str:
+        return super()._render_buffer(
+            segment if segment.control else Segment(printable(segment.text), segment.style, None)
+            for segment in buffer
+        )
+
+
+def make_console(**options: Any) -> SafeConsole:
+    """The console every command prints with: no markup, emoji or highlighting (paths, addresses
+    and server replies may hold [brackets] of their own), control characters escaped."""
+    return SafeConsole(highlight=False, markup=False, emoji=False, **options)
+
+
+_JSON_UNSAFE = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def json_text(document: object) -> str:
+    """``document`` as one line of JSON, readable UTF-8: what a terminal would act on, and a file
+    name's undecodable bytes (lone surrogates, which no UTF-8 can hold), as \\u escapes."""
+    text = json.dumps(document, ensure_ascii=False)
+    return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
 
 def print_problem(console: Console, problem: RowProblem) -> None:
     label, style = ("error", "red") if problem.is_error else ("warning", "yellow")
-    console.print(Text.assemble((f"{label}: ", f"bold {style}"), str(problem)), soft_wrap=True)
+    console.print(Text.assemble((f"{label}: ", f"bold {style}"), printable(str(problem))), soft_wrap=True)
 
 
 def print_template_fault(console: Console, problem: RowProblem, count: int, rows: int) -> None:
@@ -33,15 +86,15 @@ def print_template_fault(console: Console, problem: RowProblem, count: int, rows
         where = f"all {rows:,} rows"
     else:
         where = f"{count:,} rows, the first is row {problem.row}"
-    console.print(Text.assemble(("error: ", "bold red"), f"{problem} ({where})"), soft_wrap=True)
+    console.print(Text.assemble(("error: ", "bold red"), printable(f"{problem} ({where})")), soft_wrap=True)
 
 
 def print_warning(console: Console, text: str) -> None:
-    console.print(Text.assemble(("warning: ", "bold yellow"), text), soft_wrap=True)
+    console.print(Text.assemble(("warning: ", "bold yellow"), printable(text)), soft_wrap=True)
 
 
 def print_counts(console: Console, title: str, counts: Mapping[str, object]) -> None:
-    console.print(Text(title, style="bold"))
+    console.print(Text(printable(title), style="bold"))
     table = Table(show_header=False, box=None, padding=(0, 2))
     table.add_column(style="bold")
     table.add_column(justify="right")
@@ -54,7 +107,7 @@ def print_counts(console: Console, title: str, counts: Mapping[str, object]) -> 
 
 def print_reasons(console: Console, title: str, lines: list[tuple[str, int]], limit: int = 5) -> None:
     """Failures by reason (outcomes.Reasons.lines), the first ``limit`` of them."""
-    console.print(Text(title, style="bold"))
+    console.print(Text(printable(title), style="bold"))
     for text, n in lines[:limit]:
         console.print(f"  {n:,} × {text}", highlight=False, soft_wrap=True)
     if len(lines) > limit:
@@ -112,23 +165,28 @@ def show_message(console: Console, composed: ComposedMessage, text_part: str = "
     if composed.html_bytes:
         size += f", of which HTML {human_size(composed.html_bytes)}"
     title = f"row {composed.recipient.row} · {composed.recipient.address} · {size}"
-    console.print(Panel(headers, title=title, title_align="left"))
+    console.print(Panel(headers, title=Text(printable(title)), title_align="left"))
     plain = msg.get_body(("plain",))
     html = msg.get_body(("html",))
     if plain is not None:
         title = f"plain text: {text_part}" if text_part else "plain text"
-        console.print(Panel(Text(_part_text(plain)), title=title, title_align="left"))
+        body = Text(printable(_part_text(plain)))
+        console.print(Panel(body, title=Text(printable(title)), title_align="left"))
     if html is not None:
         syntax = Syntax(_part_text(html), "html", word_wrap=True, background_color="default")
         console.print(Panel(syntax, title="HTML", title_align="left"))
     images = [p for p in msg.walk() if p.get("Content-ID") and p.get_content_maintype() == "image"]
     if images:
         rows = [
-            Text(f"{p.get_filename()}  {p['Content-ID']}  {human_size(len(p.get_content()))}") for p in images
+            Text(printable(f"{p.get_filename()}  {p['Content-ID']}  {human_size(len(p.get_content()))}"))
+            for p in images
         ]
         console.print(Panel(Group(*rows), title="images in the HTML", title_align="left"))
     if composed.attachments:
-        rows = [Text(f"{a.filename}  {a.content_type}  {human_size(a.size)}") for a in composed.attachments]
+        rows = [
+            Text(printable(f"{a.filename}  {a.content_type}  {human_size(a.size)}"))
+            for a in composed.attachments
+        ]
         console.print(Panel(Group(*rows), title="attachments", title_align="left"))
     if composed.needs_smtputf8:
         print_warning(console, "this message has a non-ASCII address: the server must support SMTPUTF8")

@@ -5,6 +5,8 @@ The files ship inside the package (mailblast/starter/), so this works from a pla
 
 from __future__ import annotations
 
+import os
+import shlex
 from importlib import resources
 from pathlib import Path
 
@@ -40,7 +42,8 @@ def run_init(folder: Path, template_format: str, console: Console) -> int:
     files = starter_files(template_format)
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"{folder} is a file, not a folder", "name a new or existing folder")
-    taken = [name for name in files if (folder / name).exists()]
+    # lexists: a dangling symlink is taken too (open "x" would refuse it halfway through)
+    taken = [name for name in files if os.path.lexists(folder / name)]
     if taken:
         names = taken[0] if len(taken) == 1 else f"{', '.join(taken[:-1])} and {taken[-1]}"
         verb = "exists" if len(taken) == 1 else "exist"
@@ -48,14 +51,18 @@ def run_init(folder: Path, template_format: str, console: Console) -> int:
             f"{names} {verb} already in {folder.resolve()}; nothing was written",
             "run mailblast init in a new folder (mailblast init NAME), or move those files away",
         )
+    written: list[Path] = []
     try:
         folder.mkdir(parents=True, exist_ok=True)
         for name, text in files.items():
             with (folder / name).open("x", encoding="utf-8", newline="") as f:  # "x": never overwrite
+                written.append(folder / name)
                 f.write(text)
     except OSError as e:
-        raise ConfigError(f"{folder}: cannot write the starter: {e.strerror}") from None
-    where = "" if folder == Path() else f"cd {folder} && "
+        for path in written:  # all of the starter or none of it
+            path.unlink(missing_ok=True)
+        raise ConfigError(f"{folder}: cannot write the starter: {e.strerror}; nothing was kept") from None
+    where = "" if folder == Path() else f"cd {shlex.quote(str(folder))} && "
     console.print(f"wrote {', '.join(files)} in {folder}/", soft_wrap=True)
     console.print(
         f"next: {where}mailblast check {RECIPIENTS}, then mailblast send {RECIPIENTS}, which delivers "

@@ -11,6 +11,7 @@ import pytest
 
 from mailblast.config import BOUNCES_KEYS, SMTP_KEYS, TOP_KEYS, UNSUBSCRIBE_KEYS
 from mailblast.init import FORMATS, starter_files, starter_text
+from tests.disk import mailblast_capped
 from tests.test_send_cli import mailblast
 
 REPO = Path(__file__).resolve().parent.parent
@@ -79,3 +80,26 @@ def test_the_starter_ships_as_package_data() -> None:
     assert starter_text("recipients.csv").startswith("email,")
     config = tomllib.loads((REPO / "pyproject.toml").read_text())
     assert "starter/*" in config["tool"]["setuptools"]["package-data"]["mailblast"]
+
+
+def test_a_dangling_symlink_is_taken_and_nothing_is_written(tmp_path: Path) -> None:
+    (tmp_path / "message.md.j2").symlink_to(tmp_path / "nowhere")
+    proc = mailblast(tmp_path, "init")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines()[0] == (
+        f"error: message.md.j2 exists already in {tmp_path.resolve()}; nothing was written"
+    )
+    assert [p.name for p in tmp_path.iterdir()] == ["message.md.j2"]  # no partial starter
+
+
+def test_a_starter_cut_short_is_removed(tmp_path: Path) -> None:
+    proc = mailblast_capped(tmp_path, 1024, "init", "camp")  # mailblast.toml is longer than that
+    assert proc.returncode == 2, proc.stderr
+    assert "cannot write the starter: File too large; nothing was kept" in proc.stderr
+    assert list((tmp_path / "camp").iterdir()) == []
+
+
+def test_the_next_line_is_shell_quoted(tmp_path: Path) -> None:
+    proc = mailblast(tmp_path, "init", "my campaign; rm -rf ~")
+    assert proc.returncode == 0, proc.stderr
+    assert "next: cd 'my campaign; rm -rf ~' && mailblast check recipients.csv" in proc.stdout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import string
 from collections.abc import Callable
 from pathlib import Path
@@ -200,3 +201,22 @@ def test_a_suppressed_cc_or_bcc_is_dropped_from_that_message_and_the_row_says_so
     assert "row 2 (line 3): suppressed, so not mailed with this row: AUDIT@example.com (Bcc)" in proc.stderr
     check = mailblast(tmp_path, "check", "people.csv", "-t", "t.txt", "--suppress", "optouts.txt")
     assert check.returncode == 0 and "row 1 (line 2): suppressed, so not mailed with this row" in check.stdout
+
+
+def test_a_row_cannot_attach_the_signing_key_or_the_shared_list(tmp_path: Path) -> None:
+    """Both live in the user's folders; with attachments_dir there, a row still cannot mail them."""
+    campaign(tmp_path, 1)
+    assert mailblast(tmp_path, "suppress", "add", "someone@example.com").returncode == 0
+    data = Path(os.environ["XDG_DATA_HOME"]) / "mailblast"
+    (tmp_path / "t.txt").write_text("From: news@example.com\nAttachment: {{ file }}\nSubject: Hi\n\nHello\n")
+    (tmp_path / "mailblast.toml").write_text('return_path = "bounces+{token}@example.com"\n')  # makes the key
+    config = Path(os.environ["XDG_CONFIG_HOME"]) / "mailblast"
+    for folder, name, what in (
+        (data, "suppression.sqlite", "the shared suppression list"),
+        (config, "signing.key", "the key that signs unsubscribe links"),
+    ):
+        (tmp_path / "people.csv").write_text(f"email,file\nuser0@example.com,{name}\n")
+        proc = mailblast(tmp_path, "check", "people.csv", "-t", "t.txt", "--attachments-dir", str(folder))
+        assert proc.returncode == 2, proc.stdout
+        assert what in proc.stdout + proc.stderr
+        assert (folder / name).is_file()

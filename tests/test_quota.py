@@ -36,7 +36,7 @@ def test_only_rates_over_a_minute_are_quotas() -> None:
 
 def test_an_account_is_the_login_at_the_host() -> None:
     assert account_of(parse_smtp_url("smtps://Me%40Example.com@SMTP.Gmail.com:465")) == (
-        "Me@Example.com at smtp.gmail.com"
+        "me@example.com at smtp.gmail.com"  # one login, however it is written
     )
     assert account_of(parse_smtp_url("smtp://127.0.0.1:2525")) == "127.0.0.1"
 

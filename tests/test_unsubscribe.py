@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import pytest
 
@@ -57,8 +58,8 @@ def test_every_message_carries_its_own_one_click_headers(
     for i, ident in enumerate(HOSTILE_IDS):
         address = f"user{i}+tag@example.com"
         message = by_address[address].message
-        encoded = quote(ident.replace("%", "%25"), safe="%:/?#[]@!$&'()*+;=~")
-        url = f"https://example.com/u?e={quote(address, safe='/')}&id={encoded}"
+        encoded = quote(ident, safe="")
+        url = f"https://example.com/u?e={quote(address, safe='')}&id={encoded}"
         mailto = f"mailto:unsubscribe+{encoded}@example.com"
         assert message.get_all("List-Unsubscribe") == [f"<{mailto}>, <{url}>"]
         assert message.get_all("List-Unsubscribe-Post") == ["List-Unsubscribe=One-Click"]
@@ -161,11 +162,75 @@ def test_mistakes_are_one_error_and_nothing_is_sent(
     assert server.received == []
 
 
-def test_values_are_percent_encoded_but_escapes_already_made_are_kept() -> None:
+def test_values_are_percent_encoded_but_for_unreserved_characters() -> None:
     assert unsub.escape_value("a b>c,d\r\n") == "a%20b%3Ec%2Cd%0D%0A"
-    assert unsub.escape_value("user%40example.com") == "user%40example.com"
+    assert unsub.escape_value("user%40example.com") == "user%2540example.com"
+    assert unsub.escape_value("A-z_0.9~&=?#@()/") == "A-z_0.9~%26%3D%3F%23%40%28%29%2F"
+    assert unsub.escape_value(unsub.urlencode_once({"a b": "c&d", "e": 1})) == "a%20b=c%26d&e=1"
     assert unsub.escape_value("50% off") == "50%25%20off"
     assert unsub.escape_value("é") == "%C3%A9"
     assert unsub.headers("http://example.com/u", None) == [("List-Unsubscribe", "<http://example.com/u>")]
     with pytest.raises(unsub.BadLink):
         unsub.check_link("url", "https://example.com/a b")
+
+
+# -- issue 16: a row value stays one value, however the template writes it -----------------------
+
+ATTACKS = {
+    "param": "1002&id=1001#",  # another parameter, and the signature cut off
+    "mailto": "unsub+x@evil.example?cc=victim@example.com",  # the mailto sent elsewhere
+    "paren": "7) [click](https://evil.example",  # the Markdown link ended early
+    "pct": "%26id%3D1",  # an escape made in advance is still the row's text
+}
+
+
+@pytest.mark.parametrize("filtered", [False, True], ids=["plain", "urlencode"])
+@pytest.mark.parametrize("attack", list(ATTACKS))
+def test_a_row_value_cannot_change_the_links_structure(
+    tmp_path: Path, smtp_server: Callable[..., SmtpServer], attack: str, filtered: bool
+) -> None:
+    value = ATTACKS[attack]
+    pipe = " | urlencode" if filtered else ""
+    (tmp_path / "t.md").write_text(
+        "From: news@example.com\nSubject: Hi\n\nHello\n\n[Unsubscribe]({{ unsubscribe_url }}) here\n"
+    )
+    (tmp_path / "people.csv").write_text(f'email,id\nuser@example.com,"{value}"\n')
+    (tmp_path / "mailblast.toml").write_text(
+        'template = "t.md"\n[unsubscribe]\n'
+        f'url = "https://example.com/u?id={{{{ id{pipe} }}}}&sig=SIG"\n'
+        f'mailto = "{{{{ id{pipe} }}}}@unsub.example.com"\n'
+    )
+    server = smtp_server()
+    proc = mailblast(tmp_path, "send", "people.csv", "--smtp", server.url, "--no-journal")
+    assert proc.returncode == 0, proc.stderr
+    message = server.received[0].message
+    mailto, url = (link.strip(" <>") for link in message["List-Unsubscribe"].split(","))
+    parsed = urlsplit(url)
+    assert parse_qs(parsed.query) == {"id": [value], "sig": ["SIG"]} and not parsed.fragment
+    address, _, query = mailto.removeprefix("mailto:").partition("?")
+    assert not query and address.count("@") == 1 and address.endswith("@unsub.example.com")
+    assert unquote(address.partition("@")[0]) == value
+    html = message.get_body(("html",)).get_content()
+    # the Markdown default style is inlined, so the <a> carries a style="..." after its href
+    assert re.search(f'<a href="{re.escape(url.replace("&", "&amp;"))}"[^>]*>Unsubscribe</a> here', html)
+    assert "evil.example" not in html.replace(quote(value, safe=""), "")
+
+
+def test_a_test_copy_cannot_unsubscribe_the_recipient(
+    tmp_path: Path, smtp_server: Callable[..., SmtpServer]
+) -> None:
+    server = smtp_server()
+    write_campaign(tmp_path, CONFIG)
+    proc = mailblast(
+        tmp_path, "send", "people.csv", "--smtp", server.url, "--test-to", "me@example.org", "--row", "1"
+    )
+    assert proc.returncode == 0, proc.stderr
+    (received,) = server.received
+    assert received.rcpt_tos == ["me@example.org"]
+    message = received.message
+    links = message["List-Unsubscribe"]
+    assert "user0" not in links and "id=7" not in links and "unsubscribe+7@" not in links
+    assert "me%40example.org" in links and "mailblast-test-copy" in links
+    body = message.get_body(("plain",)).get_content()
+    assert "Hello User 0" in body  # the copy reads as the recipient's
+    assert "user0" not in body.partition("Unsubscribe:")[2]

@@ -14,10 +14,12 @@ import asyncio
 import csv
 import email.policy
 import ssl
+import string
 import tempfile
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings
@@ -167,3 +169,59 @@ def test_any_unicode_in_header_columns_stays_data(
         assert (letters(mailbox.display_name), mailbox.addr_spec) == (letters(name), addr), msg[header]
     attachments = list(msg.iter_attachments())
     assert [(a.get_filename(), a.get_payload(decode=True)) for a in attachments] == [("a.txt", ATTACHMENT)]
+
+
+# -- unsubscribe links (issue 16) ----------------------------------------------------------------
+
+UNSUBSCRIBE_TEMPLATE = "From: team@example.com\nSubject: Hi\n\nUnsubscribe: {{ unsubscribe_url }}\n"
+URL_TRICKY = [*"&=?#@()%/+;:,<>[] \"'\\", "%26", "%", "?cc=victim@example.org", "&id=1", "#sig", ")"]
+UNRESERVED_OR_PERCENT = set(string.ascii_letters + string.digits + "-._~%=")  # and the template's "&"
+url_value = st.one_of(texts(URL_TRICKY, ["Cs", "Cc", "Zl", "Zp"]), texts(URL_TRICKY, ["Cs"]))
+
+
+@pytest.fixture(scope="module")
+def unsubscribe_folder() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="mailblast-prop-unsub-") as tmp:
+        (Path(tmp) / "t.txt").write_text(UNSUBSCRIBE_TEMPLATE, encoding="utf-8")
+        yield Path(tmp)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ident=url_value, plan=url_value, filtered=st.booleans())
+def test_any_row_value_stays_one_value_in_the_unsubscribe_links(
+    unsubscribe_folder: Path, ident: str, plan: str, filtered: bool
+) -> None:
+    pipe = " | urlencode" if filtered else ""
+    template = Template(
+        unsubscribe_folder / "t.txt",
+        unsubscribe_url=f"https://example.com/u?id={{{{ id{pipe} }}}}&plan={{{{ plan }}}}&sig=S",
+        unsubscribe_mailto=f"leave+{{{{ id{pipe} }}}}@example.com",
+    )
+    path = unsubscribe_folder / "people.csv"
+    with path.open("w", encoding="utf-8", newline="") as f:
+        csv.writer(f).writerows([["email", "id", "plan"], ["ann@example.com", ident, plan]])
+    (prepared,) = compose_rows(RecipientsFile(path), template)
+    if not prepared.ok:  # a value that cannot be a CSV field as written (e.g. a NUL)
+        event("refused")
+        assert any(FORBIDDEN.search(v) or "\0" in v for v in (ident, plan)), prepared.row.problems
+        return
+    assert prepared.message is not None
+    msg = prepared.message.parsed()
+    links = [link.strip() for link in msg["List-Unsubscribe"].split(",")]
+    assert len(links) == 2 and all(link[0] == "<" and link[-1] == ">" for link in links)
+    mailto, url = (link[1:-1] for link in links)
+    query = url.removeprefix("https://example.com/u?")
+    assert set(query.replace("&", "", 2)) <= UNRESERVED_OR_PERCENT, url
+    parsed = urlsplit(url)
+    assert (parsed.scheme, parsed.netloc, parsed.path, parsed.fragment) == ("https", "example.com", "/u", "")
+    assert parse_qs(parsed.query, keep_blank_values=True) == {
+        "id": [ident],
+        "plan": [plan],
+        "sig": ["S"],
+    }
+    address, question, _ = mailto.removeprefix("mailto:").partition("?")
+    assert not question and address.count("@") == 1 and address.endswith("@example.com")
+    assert unquote(address.removesuffix("@example.com")) == "leave+" + ident
+    body = msg.get_body(("plain",))
+    assert body is not None and f"Unsubscribe: {url}" in body.get_content()
+    event("sent")

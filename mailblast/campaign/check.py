@@ -20,7 +20,8 @@ from rich.console import Console
 from rich.text import Text
 
 from mailblast import display
-from mailblast.campaign.signing_key import campaign_tag, load_key
+from mailblast.campaign import journal, report, suppression_db
+from mailblast.campaign.signing_key import campaign_tag, key_path, load_key
 from mailblast.campaign.suppress import SuppressionList, load_suppression
 from mailblast.config import Settings
 from mailblast.errors import ConfigError, InputError, did_you_mean
@@ -124,6 +125,8 @@ def _template(settings: Settings, recipients_path: Path, suppressed: Suppression
         inline_css=settings.inline_css,
         list_id=settings.list_id,
         feedback_id=settings.feedback_id,
+        kept=kept_files(settings, recipients_path),
+        test_to=settings.test_to,
         signing=_signing(settings, recipients_path),
         return_path=settings.return_path,
         suppressed=suppressed.db_path if suppressed is not None else None,
@@ -151,6 +154,28 @@ KNOWN_HEADERS = (
 )  # fmt: skip
 _HEADER_NAME = re.compile(r"^([!-9;-~]+)[ \t]*:", re.MULTILINE)  # a name written out, before its colon
 _RESERVED_SUFFIXES = ("test", "local", "internal", "localhost", "invalid", "example", "home.arpa")
+
+
+def kept_files(settings: Settings, recipients_path: Path) -> dict[Path, str]:
+    """The files of this campaign that mailblast keeps for itself: a row may never attach them."""
+    kept: dict[Path, str] = {
+        recipients_path: "the recipients file",
+        journal.default_path(recipients_path): "the campaign journal",
+        report.default_report_path(recipients_path): "the report of recipients not sent",
+    }
+    if settings.config_file is not None:
+        kept[settings.config_file] = "the settings file"
+    if settings.journal is not None:
+        kept[settings.journal] = "the campaign journal"
+    if settings.report is not None:
+        kept[settings.report] = "the report of recipients not sent"
+    if settings.dkim_private_key is not None:
+        kept[settings.dkim_private_key] = "the DKIM private key"
+    for path in settings.suppress:
+        kept[path] = "a suppression list"
+    kept[suppression_db.default_path()] = "the shared suppression list"
+    kept[key_path()] = "the key that signs unsubscribe links"
+    return kept
 
 
 def _dkim_key(settings: Settings) -> DkimKey | None:
@@ -189,6 +214,10 @@ def template_warnings(template: Template) -> list[str]:
         template.name, template.header_source, options["unsubscribe_url"], options["unsubscribe_mailto"]
     )
     names = [(m.group(1), m.start()) for m in _HEADER_NAME.finditer(template.header_source)]
+    if template.dkim is not None:
+        from mailblast.message.dkim_sign import exposed  # loaded already, as the key is
+
+        warnings.extend(w for w in [exposed(template.dkim.path)] if w)
     written = {name.lower() for name, _ in names}
     if "subject" not in written:
         warnings.append(f"{template.name}: no Subject: header, so every message goes out without a subject")
@@ -433,7 +462,10 @@ def describe_format(recipients: RecipientsFile) -> str:
 def verdict_of_scan(console: Console, tally: ScanTally) -> int:
     if tally.invalid:
         console.print(
-            Text.assemble((f"{tally.invalid:,} invalid row(s). ", "bold red"), f"Hint: {tally.fix_hint()}"),
+            Text.assemble(
+                (f"{tally.invalid:,} invalid row(s). ", "bold red"),
+                display.printable(f"Hint: {tally.fix_hint()}"),
+            ),
             soft_wrap=True,
         )
         return InputError.exit_code

@@ -18,6 +18,7 @@ from mailblast.smtp.quota import (
     WAIT_AT_MOST,
     QuotaBook,
     QuotaLimiter,
+    QuotaStateError,
     account_of,
     is_quota,
     quota_use,
@@ -29,6 +30,7 @@ from mailblast.smtp.sender import Relay, Sender
 from mailblast.smtp.urls import Rate, parse_rate, parse_smtp_url
 
 QUOTA_USED = Verdict(Kind.FATAL, None, None, None, "the account's quota is used")
+QUOTA_STATE_FAILED = Verdict(Kind.FATAL, None, None, None, "the quota database cannot be written")
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,7 @@ class RunQuotas:
         self._wall = wall_clock
         self.sender: Sender | None = None
         self.exhausted: dict[str, float] = {}  # relay: when its next slot frees, for those used up
+        self.fault: QuotaStateError | None = None  # the database failed: the run stopped
         self._told_resting: set[str] = set()
 
     def check(self) -> None:
@@ -123,6 +126,7 @@ class RunQuotas:
                 account.said(f"{account.quota} is used: waiting until {when(at)}")
             ),
             give_way=lambda seconds: self._give_way(account, seconds),
+            on_fault=self._fault,
         )
 
     def stop_text(self, sent: int, left: int) -> str:
@@ -147,6 +151,13 @@ class RunQuotas:
 
     def _relay(self, name: str) -> Relay:
         return next(r for r in self._sender.relays if r.name == name)
+
+    def _fault(self, error: QuotaStateError) -> None:
+        """The shared database cannot be written: every relay's quota is unknown, so the run stops
+        as it does on Ctrl-C (what is in flight finishes; the rest goes in the report)."""
+        if self.fault is None:
+            self.fault = error
+            self._sender.stop(QUOTA_STATE_FAILED)
 
     def _used_up(self, account: QuotaAccount, free_at: float) -> None:
         self.exhausted[account.relay] = free_at

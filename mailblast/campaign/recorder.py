@@ -23,6 +23,8 @@ JOURNAL_FAILED = Verdict(Kind.FATAL, None, None, None, "the journal cannot be wr
 
 REPORT_FAILED = Verdict(Kind.FATAL, None, None, None, "the report cannot be written")
 
+DESTINATION_FAILED = Verdict(Kind.FATAL, None, None, None, "the outbox cannot be written")
+
 STOPPED = "the run stopped first"
 
 
@@ -47,9 +49,15 @@ class Recorder:
         journal: Journal | None,
         report: ReportWriter,
         maybe_sent: Collection[int] = (),
+        destination_fault: Callable[[], str | None] | None = None,
         feedback: SendFeedback | None = None,
     ) -> None:
+        """``destination_fault`` says why the destination can store nothing more (the rehearsal's
+        outbox on a full disk): a message it refused then stops the run, as a journal that
+        cannot be written does, and nobody is marked failed for it."""
         self.journal = journal
+        self._destination_fault = destination_fault
+        self.destination_error: str | None = None
         self.report = report
         self.feedback = feedback  # refusals of the address itself go into the shared suppression list
         self.maybe_sent = maybe_sent  # rows an earlier run left in flight
@@ -87,6 +95,7 @@ class Recorder:
 
     def not_delivered(self, message: ComposedMessage) -> None:
         """A reply proved the try was not delivered: it is to be sent again, not in flight."""
+        self._check_destination()
         entry = self._open.get(message.recipient.row)
         if entry is not None:
             entry.tries += not entry.in_flight  # refused before DATA: sending() did not count it
@@ -157,6 +166,12 @@ class Recorder:
         except OSError as e:
             self.report_error = e.strerror or str(e)
             self.stop(REPORT_FAILED)
+
+    def _check_destination(self) -> None:
+        if self.destination_error is None and self._destination_fault is not None:
+            self.destination_error = self._destination_fault()
+            if self.destination_error is not None:
+                self.stop(DESTINATION_FAILED)
 
     def _journal_failed(self, error: MailblastError) -> None:
         if self.journal_error is None:

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
+from mailblast.display import printable
 from mailblast.errors import ConfigError, StoppedError
 from mailblast.message.recipients import CsvFormat
 from mailblast.message.spreadsheet import REPORT_COLUMNS, defuse
@@ -58,7 +59,7 @@ class ReportWriter:
             outcome.status.value,
             outcome.smtp_code,
             outcome.enhanced_code,
-            outcome.error,
+            printable(outcome.error),  # a server's words: no control sequence for `cat` to run
             outcome.attempts,
         )
         self._writer.writerow([defuse(c) for c in cells])

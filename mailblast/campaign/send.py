@@ -35,18 +35,23 @@ from mailblast.campaign.report import (
 )
 from mailblast.campaign.signing_key import campaign_tag
 from mailblast.campaign.suppression_db import SuppressionStore
-from mailblast.config import Settings
+from mailblast.config import RelaySettings, Settings
 from mailblast.errors import InputError, StoppedError
 from mailblast.message.recipients import Recipient
 from mailblast.message.worker import ComposeWorker
 from mailblast.server import capture
 from mailblast.smtp.connection import Connection
-from mailblast.smtp.credentials import Credentials, gather_credentials, sign_in_hint
+from mailblast.smtp.credentials import (
+    DEFAULT_SECRET_SETTINGS,
+    Credentials,
+    gather_credentials,
+    sign_in_hint,
+)
 from mailblast.smtp.outcomes import Counts, average_rate, rate_seconds
 from mailblast.smtp.quota import QuotaBook
 from mailblast.smtp.ratelimit import SlidingWindowLimiter
 from mailblast.smtp.relay import describe as describe_relays
-from mailblast.smtp.relay import relays_of
+from mailblast.smtp.relay import relays_of, secret_settings
 from mailblast.smtp.replies import Kind, Verdict
 from mailblast.smtp.sender import Relay, Sender, SenderOptions
 from mailblast.smtp.urls import SmtpTarget, parse_rate, parse_smtp_url
@@ -85,11 +90,13 @@ def run_send(
     quotas: bool = True,
     facts: dict[str, Any] | None = None,
     destination: str | None = None,
+    destination_fault: Callable[[], str | None] | None = None,
 ) -> int:
     """Check every row, then send those not sent yet; journal, report and summarise.
 
     A rate over more than a minute is a quota kept across runs (quota.py), unless ``quotas`` is off.
-    ``destination`` names where the messages go, when the server's URL would not say (a rehearsal).
+    ``destination`` names where the messages go, when the server's URL would not say (a rehearsal);
+    ``destination_fault`` says why it can take no more (its disk is full), which stops the run.
     ``facts``, when given, receives what --json prints; the report then goes to a file, as on a terminal.
     """
     if settings.outbox is not None or not (settings.smtp_url or settings.relays):
@@ -207,6 +214,7 @@ def run_send(
                 journal,
                 report,
                 plan.maybe_sent,
+                destination_fault,
                 feedback.SendFeedback(store, tag) if store is not None else None,
             )
             sender = Sender(
@@ -267,6 +275,18 @@ def run_send(
         raise StoppedError(
             recorder.journal_error.message + describe_unrecorded(recorder), recorder.journal_error.hint
         )
+    if run_quotas is not None and run_quotas.fault is not None:
+        raise StoppedError(
+            f"stopped: {run_quotas.fault.message}; "
+            f"{sender.counts.not_attempted:,} recipient(s) not attempted",
+            f"{run_quotas.fault.hint}, then {resume}",
+        )
+    if recorder.destination_error is not None:
+        raise StoppedError(
+            f"stopped: {recorder.destination_error}; {sender.counts.not_attempted:,} recipient(s) not "
+            "attempted, none marked failed",
+            f"free some disk space (or fix the cause), then {resume}",
+        )
     if recorder.report_error is not None:
         raise StoppedError(
             f"{settings.report}: the report cannot be written: {recorder.report_error}", REPORT_HINT
@@ -285,7 +305,12 @@ def run_send(
             run_quotas.stop_text(counts.sent, counts.not_attempted), _quota_hint(journal, resume_command)
         )
     if sender.stopped_by is not None:
-        hint = _stop_hint(sender.stopped_by, resume, target, credentials)
+        # with relays, the one whose failure stopped the run: its own URL and settings
+        last = next((r.name for r in sender.relays if r.dropped is sender.stopped_by), None)
+        relay = next((r for r in settings.relays if r.name == last), None)
+        if relay is not None:
+            target = parse_smtp_url(relay.url)
+        hint = _stop_hint(sender.stopped_by, resume, target, credentials, relay)
         raise StoppedError(f"stopped: {sender.stopped_by.describe()}", hint)
     # an uncertain message accepted on its resend was delivered (maybe twice): not a failure
     return 1 if sender.counts.failed or recorder.unconfirmed else 0
@@ -332,7 +357,18 @@ def _rehearse(
     journal = settings.journal or rehearsal_path(outbox)
     with capture.in_background(outbox) as server:
         # only the capture server: no relay of mailblast.toml either
-        local = replace(settings, smtp_url=server.url, relays=(), journal=journal, outbox=None)
+        # nor any sign-in: the capture server takes mail without one, and a password_command
+        # (or a token's) would be run, or refused for a URL that names no user, for nothing
+        local = replace(
+            settings,
+            smtp_url=server.url,
+            relays=(),
+            journal=journal,
+            outbox=None,
+            auth=None,
+            password_command=None,
+            oauth_token_command=None,
+        )
         # a rehearsal uses no account's quota
         code = run_send(
             local,
@@ -344,6 +380,9 @@ def _rehearse(
             quotas=False,
             facts=facts,
             destination=f"{outbox}/ (the capture server)",
+            destination_fault=lambda: (
+                server.storage_error and f"the outbox {outbox}/ cannot be written: {server.storage_error}"
+            ),
         )
     if facts is not None:
         facts["outbox"] = str(outbox)
@@ -616,7 +655,13 @@ def _send_facts(
     }
 
 
-def _stop_hint(reason: Verdict, resume: str, target: SmtpTarget, credentials: Credentials | None) -> str:
+def _stop_hint(
+    reason: Verdict,
+    resume: str,
+    target: SmtpTarget,
+    credentials: Credentials | None,
+    relay: RelaySettings | None = None,
+) -> str:
     """What to do about a stop; the mix-up of ports 465 and 587 is the commonest setup mistake."""
     text = reason.describe()
     if "WRONG_VERSION_NUMBER" in text:
@@ -637,7 +682,8 @@ def _stop_hint(reason: Verdict, resume: str, target: SmtpTarget, credentials: Cr
     elif "TLS" in text:
         cause = "check that the port and the scheme match: smtps:// for port 465, smtp+starttls:// for 587"
     elif reason.code in (530, 534, 535, 538):
-        cause = sign_in_hint(reason, credentials)
+        where = secret_settings(relay) if relay is not None else DEFAULT_SECRET_SETTINGS
+        cause = sign_in_hint(reason, credentials, where)
     elif "cannot connect" in text and target.port == 465 and target.security != "tls":
         cause = "port 465 usually wants smtps:// (TLS from the start)"
     elif "cannot connect" in text:

@@ -16,7 +16,7 @@ import os
 import re
 import sqlite3
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email import policy
@@ -99,7 +99,7 @@ class _WirePolicy(Compat32):
                 return f"{name}: {value}{self.linesep}".encode("ascii")
             if name.lower() == "list-unsubscribe":  # ASCII by construction: one <link> a line
                 return f"{name}: {value.replace(', <', f',{self.linesep} <')}{self.linesep}".encode("ascii")
-            if not value.isascii() or lookalike:
+            if not value.isascii() or lookalike or hdr.too_long_to_fold(name, value):
                 value = Header(value, UTF8, header_name=name)
         return super().fold_binary(name, value)
 
@@ -120,8 +120,9 @@ class _AsWritten(str):
 
     def fold(self, *, policy: Any) -> str:
         text = str(self)
-        if self.name.lower() not in ADDRESS_HEADERS:  # address values come encoded already
-            text = Header(text, UTF8, header_name=self.name).encode(linesep=policy.linesep)
+        if self.name.lower() in ADDRESS_HEADERS:  # address values come encoded already
+            return hdr.fold_words(self.name, text, policy.linesep)
+        text = Header(text, UTF8, header_name=self.name).encode(linesep=policy.linesep)
         return f"{self.name}: {text}{policy.linesep}"
 
 
@@ -307,6 +308,8 @@ class Template:
         inline_css: bool = True,
         list_id: str | None = None,
         feedback_id: str | None = None,
+        kept: Mapping[Path, str] | None = None,
+        test_to: str | None = None,
         signing: unsub.Signing | None = None,
         return_path: str | None = None,
         suppressed: Path | None = None,
@@ -327,13 +330,20 @@ class Template:
             "inline_css": inline_css,
             "list_id": list_id,
             "feedback_id": feedback_id,
+            "kept": kept,
+            "test_to": test_to,
             "signing": signing,
             "return_path": return_path,
             "suppressed": suppressed,
         }
         # what mailblast.toml adds unless the template sets it
         self._list_headers = [(n, v) for n, v in (("List-Id", list_id), ("Feedback-ID", feedback_id)) if v]
+        self.test_to = test_to  # --test-to: the copies' unsubscribe links must not reach the recipient
         self.dkim = dkim
+        # files mailblast keeps for itself (resolved path -> what it is): never attached
+        self.kept = {p.resolve(): what for p, what in (kept or {}).items()}
+        if dkim is not None:
+            self.kept.setdefault(dkim.path.resolve(), "the DKIM private key")
         self.signing = signing  # signs {{ unsubscribe_token }} and the VERP return path
         self.return_path = return_path
         # the suppression list's SQLite file (suppress.py): a Cc or Bcc on it is dropped
@@ -438,6 +448,7 @@ class Template:
             finalize=unsub.escape_value,
             autoescape=False,
         )
+        env.filters["urlencode"] = unsub.urlencode_once
         compiled = []
         for key, text in given.items():
             problem = unsub.check_written(key, text)
@@ -452,12 +463,17 @@ class Template:
     def _unsubscribe_links(self, context: dict[str, Any]) -> dict[str, str]:
         """This row's url and mailto, rendered and checked; their faults are the config's."""
         links = {}
+        if self.test_to is not None:
+            context = unsub.test_copy_context(context, self.test_to)
         for key, compiled in self._unsubscribe:
             try:
                 text = self._render(compiled, context, MAX_HEADER_CHARS).strip()
                 links[key] = unsub.check_link(key, unsub.mailto_link(text) if key == "mailto" else text)
             except RowError as e:
                 raise RowError(e.message, template=f"[unsubscribe] {key}") from None
+            except unsub.LinkTooLong as e:
+                fields = context["row"]
+                raise RowError(str(e), max(fields, key=lambda c: len(fields[c]), default=None)) from None
             except unsub.BadLink as e:
                 raise RowError(str(e), template=f"[unsubscribe] {key}") from None
         return links
@@ -712,6 +728,9 @@ class Template:
             raise hdr.BadValue(f"attachment {written!r} is a folder, not a file", written)
         if not stat.S_ISREG(info.st_mode):
             raise hdr.BadValue(f"attachment {written!r} is not a regular file (a device or a pipe?)", written)
+        what = kept_for_mailblast(path, self.kept, info)
+        if what is not None:
+            raise hdr.BadValue(f"attachment {written!r} is {what}: mailblast never mails it", written)
         return path, info.st_size
 
     def _checked(self, key: str, check: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -811,7 +830,8 @@ class Template:
         for name in {name for name, _ in mime}:
             del msg[name]
         for name, value in [*headers, ("MIME-Version", "1.0"), *mime]:
-            msg[name] = _AsWritten(name, value) if rendered.needs_smtputf8 and "=?" in value else value
+            as_written = "=?" in value or hdr.too_long_to_fold(name, value)
+            msg[name] = _AsWritten(name, value) if rendered.needs_smtputf8 and as_written else value
         return msg.as_bytes(policy=policy.SMTPUTF8 if rendered.needs_smtputf8 else WIRE), parts
 
     def _build_wire(self, rendered: Rendered, content: Content, headers: list[tuple[str, str]]) -> bytes:
@@ -939,6 +959,47 @@ def _column_of(fields: dict[str, str], text: str) -> str | None:
     return max(best, key=lambda c: len(fields[c]), default=None)
 
 
+# Files mailblast writes or reads for itself, known by name wherever they are.
+_KEPT_NAMES = (
+    (re.compile(r"mailblast\.toml\Z", re.IGNORECASE), "a mailblast settings file (mailblast.toml)"),
+    (re.compile(r"\.mailblast\.sqlite", re.IGNORECASE), "a campaign journal"),
+    (re.compile(r"quota\.sqlite", re.IGNORECASE), "mailblast's quota state"),
+    (re.compile(r"\.not-sent\.csv\Z", re.IGNORECASE), "a report of recipients not sent"),
+)
+_PRIVATE_KEY = re.compile(rb"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")
+_KEY_SCAN_CHUNK = 1 << 20
+
+
+def kept_for_mailblast(path: Path, kept: Mapping[Path, str], info: os.stat_result) -> str | None:
+    """What ``path`` is when mailblast keeps it for itself (a key, its settings, the recipients,
+    a journal, report or suppression list), else None. The one check every file a row names
+    (attachments, inline images) goes through."""
+    what = kept.get(path)
+    if what is not None:
+        return what
+    for pattern, named in _KEPT_NAMES:
+        if pattern.search(path.name):
+            return named
+    if _holds_private_key(path, info.st_mtime_ns, info.st_size):
+        return "a file holding a PEM private key"
+    return None
+
+
+@lru_cache(maxsize=256)
+def _holds_private_key(path: Path, mtime_ns: int, size: int) -> bool:
+    """Whether the file holds "-----BEGIN ... PRIVATE KEY-----" (cached while it is unchanged)."""
+    tail = b""
+    try:
+        with path.open("rb") as f:
+            while chunk := f.read(_KEY_SCAN_CHUNK):
+                if _PRIVATE_KEY.search(tail + chunk):
+                    return True
+                tail = chunk[-64:]
+    except OSError:
+        return False  # reading it for the message fails later, with its own error
+    return False
+
+
 def _attachments_root(template_folder: Path, attachments_dir: Path | str | None) -> Path:
     if attachments_dir is None:
         return template_folder.resolve()
@@ -1062,13 +1123,13 @@ def _text_part(text: str, subtype: str) -> Message:
 
 
 def _format_address(display_name: str, address: str) -> str:
-    if address.isascii() and "=?" in display_name:  # an encoded word lookalike: encoded, it reads as written
-        return f"{Header(display_name, UTF8).encode()} <{address}>"
+    # An encoded word lookalike: encoded, it reads as written. A name too long for any line:
+    # encoded words, which split anywhere (formataddr would make it one word as long).
+    if "=?" in display_name or hdr.too_long_to_fold("Reply-To", display_name, len(address) + 5):
+        return f"{Header(display_name, UTF8).encode(linesep=' ')} <{address}>"
     if address.isascii():
         return formataddr((display_name, address), charset=UTF8)
     # Only in an SMTPUTF8 message, where raw UTF-8 is allowed in every header.
-    if "=?" in display_name:
-        return f"{Header(display_name, UTF8).encode()} <{address}>"
     return f'"{quote(display_name)}" <{address}>' if display_name else address
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import dkim
+import platformdirs
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
@@ -242,6 +243,26 @@ def zone_line(name: str, value: str) -> str:
     return f"{name}. IN TXT ( {chunks} )"
 
 
+def default_key_path(domain: str, selector: str) -> Path:
+    """Where dkim-keygen writes a key when not told: the user's config folder, outside any
+    campaign folder, so that no template, attachment or copy of the folder carries it along."""
+    return platformdirs.user_config_path("mailblast") / "dkim" / f"{domain}.{selector}.pem"
+
+
+def exposed(path: Path) -> str | None:
+    """A warning when others than its owner may read the private key at ``path``."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    if os.name != "posix" or not mode & 0o077:
+        return None
+    return (
+        f"[dkim] private_key {path} can be read by others than you (mode {mode & 0o777:o}); "
+        f"anyone who reads it can sign mail as your domain: chmod 600 {path}"
+    )
+
+
 def write_new_key(domain: str, selector: str, key_type: str, path: Path) -> tuple[str, str]:
     """Write a new private key to ``path`` (never over a file); the DNS record's name and value."""
     check_names(domain, selector, "dkim-keygen:")
@@ -250,6 +271,7 @@ def write_new_key(domain: str, selector: str, key_type: str, path: Path) -> tupl
     kind: KeyType = "ed25519" if key_type == "ed25519" else "rsa"
     pem, public = new_key(kind)
     try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # readable by its owner only
     except FileExistsError:
         raise ConfigError(
@@ -258,6 +280,16 @@ def write_new_key(domain: str, selector: str, key_type: str, path: Path) -> tupl
         ) from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot write the key: {e.strerror}") from None
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        # A key cut short (a full disk) would block every later try ("exists already"): remove it.
+        path.unlink(missing_ok=True)
+        raise ConfigError(
+            f"{path}: cannot write the key: {e.strerror}; nothing was kept",
+            "free some space (or pick another --out) and run dkim-keygen again",
+        ) from None
     return dns_record(domain, selector, kind, public)

@@ -43,6 +43,34 @@ _ADDRESS_SPECIALS = re.compile(r'[,;:<>@"()\[\]\\]')
 _BARE_ADDRESS = re.compile(r'[^\s,;:<>"()\[\]\\]+@[^\s,;:<>"()\[\]\\@]+')
 
 
+# RFC 5322 2.1.1: a line is at most 998 octets. Folding happens only at white space, so a header
+# line stays within it when no unbroken run of text (with the header's name before it) is longer.
+MAX_LINE = 998
+FOLD_AT = 78  # where lines are folded when they can be (RFC 5322's "SHOULD")
+
+
+def too_long_to_fold(name: str, text: str, room: int = 0) -> bool:
+    """Whether ``text`` holds a run without white space that no folding could fit within a line
+    after ``Name: `` (less ``room`` octets more, e.g. for an address after a display name). Such
+    a value is written as RFC 2047 encoded words instead, which split anywhere."""
+    limit = MAX_LINE - len(name) - 2 - room
+    return len(text.encode()) > limit and any(len(word.encode()) > limit for word in text.split())
+
+
+def fold_words(name: str, text: str, linesep: str) -> str:
+    """``Name: text`` folded before its spaces into lines of about 78 characters (each run of text
+    kept whole; unfolding gives ``text`` back exactly): for a value written out as it is."""
+    lines = [f"{name}:"]
+    for piece in _PIECES.findall(" " + text):
+        if len(lines[-1]) + len(piece) > FOLD_AT and len(lines[-1]) > len(name) + 1:
+            lines.append("")
+        lines[-1] += piece
+    return linesep.join(lines) + linesep
+
+
+_PIECES = re.compile(" [^ ]*")
+
+
 class BadValue(Exception):
     """A rendered value cannot go into a header; ``value`` is the text, for finding its column."""
 

@@ -2,8 +2,9 @@
 
 mailblast.toml's ``[unsubscribe] url`` and ``mailto`` are Jinja text rendered per row, in
 the template's own (sandboxed) environment. Every value a row puts into them is
-percent-encoded, so that it stays inside its URL: no line break, no ``>`` that closes
-the ``<...>``, no ``,`` that starts another URL.
+percent-encoded but for RFC 3986's unreserved characters, so that it stays one value inside its
+URL: no line break, no ``>`` that closes the ``<...>``, no ``,`` that starts another URL, no
+``&``, ``#``, ``?``, ``@`` or ``)`` that changes what the URL says.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import base64
 import hashlib
 import hmac
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -21,20 +23,61 @@ HEADER_NAMES = ("list-unsubscribe", "list-unsubscribe-post")
 # A rendered link: visible ASCII only, and none of what ends or separates <...> links.
 _LINK = re.compile(r"[!-~]+")
 _NOT_IN_LINK = re.compile(r'[<>,"\\]')
-_LONE_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
-# In a value: URL syntax stays as it is, and "%" where it starts an escape already made
-# (as | urlencode makes); anything else is percent-encoded.
-_SAFE_IN_VALUE = "%:/?#[]@!$&'()*+;=~"
+MAX_LINK = 900  # a header line holds 998 octets (RFC 5322), with "List-Unsubscribe: <" before it
+# What a --test-to copy's link holds in place of each of the row's values.
+TEST_COPY_VALUE = "mailblast-test-copy"
 
 
 class BadLink(ValueError):
     """The rendered url or mailto is not a link that can go in List-Unsubscribe."""
 
 
+class LinkTooLong(BadLink):
+    """The rendered link cannot fit on a header line: the row's values made it so long."""
+
+
+class _Encoded(str):
+    """Text ``| urlencode`` made of pairs (``{"id": id} | urlencode``): encoded already, kept as is."""
+
+
 def escape_value(value: Any) -> str:
-    """A row's value as it may appear in a URL (Jinja's ``finalize`` for url and mailto)."""
-    text = "" if value is None else str(value)
-    return quote(_LONE_PERCENT.sub("%25", text), safe=_SAFE_IN_VALUE)
+    """A row's value as it may appear in a URL (Jinja's ``finalize`` for url and mailto).
+
+    Everything but RFC 3986's unreserved characters (letters, digits, ``-._~``) is
+    percent-encoded, ``%`` too: a value stays one value. It cannot add a parameter (``&``,
+    ``=``), cut off the rest with ``#``, start a query (``?``) in a mailto and add a ``cc=``,
+    move the address (``@``), or end a Markdown link early (``)``).
+    """
+    if isinstance(value, _Encoded):
+        return str(value)
+    return quote("" if value is None else str(value), safe="")
+
+
+def urlencode_once(value: Any) -> Any:
+    """``| urlencode`` in [unsubscribe]: every value is percent-encoded on the way out
+    (escape_value), so a lone value is left for that, and encoded once, not twice; a dict or a
+    list of pairs becomes a query string whose separators stay separators."""
+    if isinstance(value, dict):
+        value = value.items()
+    if not isinstance(value, str) and isinstance(value, Iterable):
+        try:
+            pairs = [(k, v) for k, v in value]
+        except (TypeError, ValueError):
+            return value  # not pairs: encoded whole, as any value
+        return _Encoded("&".join(f"{escape_value(k)}={escape_value(v)}" for k, v in pairs))
+    return value
+
+
+def test_copy_context(context: dict[str, Any], address: str) -> dict[str, Any]:
+    """The values a --test-to copy's links are rendered with: the test address for ``email`` and
+    a placeholder for every column, so the copy's link can never unsubscribe the real recipient."""
+    fields = {name: TEST_COPY_VALUE for name in context.get("row", {})}
+    return {
+        **context,
+        **{name: TEST_COPY_VALUE for name in fields if name in context},
+        "row": fields,
+        "email": address,
+    }
 
 
 def mailto_link(text: str) -> str:
@@ -56,6 +99,11 @@ def check_link(key: str, link: str) -> str:
     """The rendered link, checked; raises BadLink."""
     if not _LINK.fullmatch(link) or _NOT_IN_LINK.search(link):
         raise BadLink(f"[unsubscribe] {key} {link!r} has a character a link cannot hold (space, <, >, comma)")
+    if len(link) > MAX_LINK:
+        raise LinkTooLong(
+            f"[unsubscribe] {key} is {len(link):,} characters long with this row's values; a link "
+            f"must fit on one header line ({MAX_LINK} characters)"
+        )
     lower = link.lower()
     if key == "url" and not lower.startswith(("https://", "http://")):
         raise BadLink(f"[unsubscribe] url {link!r} is not an https:// URL")

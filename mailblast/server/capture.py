@@ -14,7 +14,10 @@ import contextlib
 import email.parser
 import email.policy
 import errno
+import ipaddress
+import logging
 import mailbox
+import os
 import random
 import signal
 import threading
@@ -29,7 +32,7 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 from rich.console import Console
 
-from mailblast.display import human_size
+from mailblast.display import human_size, print_warning, printable
 from mailblast.errors import ConfigError
 from mailblast.smtp.urls import Rate
 
@@ -43,6 +46,15 @@ TOO_MANY_CONNECTIONS_REPLY = "421 4.7.0 Too many connections, closing"
 TOO_MANY_MESSAGES_REPLY = "421 4.7.0 Too many messages on this connection, closing"
 RANDOM_FAILURE_REPLY = "451 4.3.0 Temporary failure, rehearsed by mailblast serve"
 QUEUED_REPLY = "250 2.0.0 Ok: queued"
+# RFC 3463's "mail system full": the client keeps the message and tries again later.
+STORAGE_FAILED_REPLY = "452 4.3.1 Cannot store the message: {cause}"
+# What a server holds in memory: each message is read whole before it is stored. So messages are
+# at most 25 MiB (Gmail's limit; mailblast's own 10 MB of attachments, a third more in base64,
+# fit), at most DATA_AT_ONCE of them are read at once (the others wait their turn at DATA), and
+# idle connections are capped too.
+DEFAULT_MAX_CONNECTIONS = 20
+MAX_MESSAGE_BYTES = 25 * 1024 * 1024
+DATA_AT_ONCE = 2
 
 
 class WindowCount:
@@ -98,8 +110,11 @@ class ProviderRules:
         *,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        max_connections: int | None = None,
     ) -> None:
         self.limits = limits
+        # the rehearsed provider's cap, else the server's own (what it may hold in memory)
+        self.max_connections = limits.max_connections or max_connections
         self._clock = clock
         self._rng = rng or random.Random()
         self._window = WindowCount(limits.rate.period) if limits.rate else None
@@ -107,7 +122,7 @@ class ProviderRules:
 
     def connect(self) -> str | None:
         """A client connects: None admits it (call :meth:`disconnect` later), else the 421 to send."""
-        cap = self.limits.max_connections
+        cap = self.max_connections
         if cap is not None and self.connections >= cap:
             return TOO_MANY_CONNECTIONS_REPLY
         self.connections += 1
@@ -186,9 +201,30 @@ def open_outbox(path: Path) -> mailbox.Maildir:
     try:
         for folder in ("cur", "new", "tmp"):
             (path / folder).mkdir(parents=True, exist_ok=True)
-        return mailbox.Maildir(path, create=False)
+        box = mailbox.Maildir(path, create=False)
     except OSError as e:
         raise ConfigError(f"--outbox {path}: cannot create the Maildir: {e.strerror}") from None
+    check_writable(path)
+    return box
+
+
+def check_writable(path: Path) -> None:
+    """Write (and remove) a small file where messages are written first: a read-only or full
+    outbox is said before the server starts, not at the first message."""
+    probe = path / "tmp" / f".mailblast-probe-{os.getpid()}-{threading.get_ident()}"
+    try:
+        with probe.open("wb") as f:
+            f.write(b"x" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise ConfigError(
+            f"--outbox {path}: messages cannot be written there: {e.strerror}",
+            "free some disk space, or make the folder writable (or pick another --outbox)",
+        ) from None
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
 
 
 def store(outbox: mailbox.Maildir, envelope: Envelope, at: datetime) -> Captured:
@@ -201,7 +237,9 @@ def store(outbox: mailbox.Maildir, envelope: Envelope, at: datetime) -> Captured
     top = f"Return-path: <{mail_from}>\nEnvelope-to: {', '.join(rcpt_tos)}\n".encode()
     # Stored with LF line ends, as Maildir readers expect (mutt shows ^M otherwise); SMTP's are CRLF.
     key = outbox.add(top + data.replace(b"\r\n", b"\n"))
-    headers = email.parser.BytesHeaderParser(policy=email.policy.default).parsebytes(data)
+    end = data.find(b"\r\n\r\n")
+    head = data if end < 0 else data[:end]  # not the whole message (a copy of megabytes)
+    headers = email.parser.BytesHeaderParser(policy=email.policy.default).parsebytes(head)
     return Captured(at, mail_from, rcpt_tos, str(headers.get("Subject", "")), len(data), key)
 
 
@@ -236,6 +274,10 @@ class _Session(SMTP):
             self.server.live.discard(self)
         super().connection_lost(error)
 
+    async def smtp_DATA(self, arg: str) -> None:
+        async with self.server.data_turns:  # bounds the messages held in memory at once
+            await super().smtp_DATA(arg)
+
     async def push(self, status: str | bytes) -> None:
         await super().push(status)
         line = status if isinstance(status, str) else status.decode("utf-8", "replace")
@@ -266,12 +308,18 @@ class _Handler:
         if refusal is not None:
             self.server.report(Refused(at, refusal, tuple(envelope.rcpt_tos)))
             return refusal
+        try:
+            captured = store(self.server.outbox, envelope, at)
+        except OSError as e:
+            # A full disk, a read-only folder: a 4xx that says why, and the session goes on (a
+            # handler that raises leaves aiosmtpd's transaction open: every later MAIL gets 503).
+            return self.server.storage_failed(e, tuple(envelope.rcpt_tos))
         server.accepted += 1
-        self.server.report(store(self.server.outbox, envelope, at))
+        self.server.report(captured)
         return QUEUED_REPLY
 
     async def handle_exception(self, error: Exception) -> str:
-        # The disk is full, the folder went away: the client should retry, and the user should know.
+        # Anything else that went wrong in a session: the client should retry, the user should know.
         reply = f"451 4.3.0 Cannot store the message: {error}"
         self.server.report(Refused(datetime.now(), reply, ()))
         return reply
@@ -280,6 +328,18 @@ class _Handler:
 def _any_login(server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any) -> AuthResult:
     # A rehearsal of a server that wants a login: any user name and password will do.
     return AuthResult(success=True)
+
+
+class _PrintableLog(logging.Filter):
+    """aiosmtpd logs what a client sent (an unknown command) as it came, to the terminal when
+    logging is not set up: shown escaped, as everything mailblast prints."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = printable(record.getMessage()), None
+        return True
+
+
+_PRINTABLE_LOG = _PrintableLog()
 
 
 class CaptureServer:
@@ -292,13 +352,17 @@ class CaptureServer:
         *,
         on_event: Callable[[Event], None] | None = None,
         rng: random.Random | None = None,
+        max_connections: int | None = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         self.outbox = outbox
-        self.rules = ProviderRules(limits or Limits(), rng=rng)
+        self.rules = ProviderRules(limits or Limits(), rng=rng, max_connections=max_connections)
+        logging.getLogger("mail.log").addFilter(_PRINTABLE_LOG)  # once: the same filter is not added twice
         self.on_event = on_event
         self.captured = 0
         self.refused = 0
         self.live: set[_Session] = set()
+        self.storage_error: str | None = None  # why a message could not be stored ("No space left")
+        self.data_turns = asyncio.Semaphore(DATA_AT_ONCE)
         self.host = LOOPBACK
         self.port = 0
         self._server: asyncio.base_events.Server | None = None
@@ -316,6 +380,14 @@ class CaptureServer:
         if self.on_event is not None:
             self.on_event(event)
 
+    def storage_failed(self, error: OSError, rcpt_tos: tuple[str, ...]) -> str:
+        """A message that could not be stored: the reply that says why, and the event."""
+        cause = error.strerror or str(error)
+        self.storage_error = cause
+        reply = STORAGE_FAILED_REPLY.format(cause=cause)
+        self.report(Refused(datetime.now(), reply, rcpt_tos))
+        return reply
+
     def _session(self) -> _Session:
         return _Session(
             self,
@@ -325,6 +397,7 @@ class CaptureServer:
             enable_SMTPUTF8=True,
             authenticator=_any_login,
             auth_require_tls=False,
+            data_size_limit=MAX_MESSAGE_BYTES,
         )
 
     async def start(self, host: str = LOOPBACK, port: int = 0) -> None:
@@ -352,6 +425,16 @@ class CaptureServer:
         self._server = None
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only (127.0.0.1, ::1, localhost)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
+
+
 @contextlib.contextmanager
 def in_background(
     outbox: Path,
@@ -361,7 +444,8 @@ def in_background(
     rng: random.Random | None = None,
 ) -> Iterator[CaptureServer]:
     """A capture server on a free loopback port, in a thread of its own, for the life of the block."""
-    server = CaptureServer(open_outbox(outbox), limits, on_event=on_event, rng=rng)
+    # its one client is the send that started it, with its own cap on connections
+    server = CaptureServer(open_outbox(outbox), limits, on_event=on_event, rng=rng, max_connections=None)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="mailblast-capture", daemon=True)
     thread.start()
@@ -379,7 +463,15 @@ def in_background(
 
 def run_serve(host: str, port: int, outbox_path: Path, limits: Limits, console: Console) -> int:
     """`mailblast serve`: capture in the foreground, one line per message, until Ctrl-C."""
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port {port}: a port is a number from 0 to 65535", "the default is 2525")
     outbox = open_outbox(outbox_path)
+    if not is_loopback(host):
+        print_warning(
+            console,
+            f"listening on {host}, not only on this machine: anyone who can reach it can store mail "
+            f"in {outbox_path}/ (and fill its disk); --host {LOOPBACK} keeps it local",
+        )
 
     def show(event: Event) -> None:
         console.print(event.line(), soft_wrap=True)

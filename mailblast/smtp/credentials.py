@@ -177,11 +177,11 @@ def gather_credentials(
         return None
     credentials = Credentials(username, cast(AuthMethod | None, method))
     if method in (None, "xoauth2"):
-        if token_command:
+        if environ.get(TOKEN_ENV):  # the environment wins, and the command is then not run at all
+            credentials.token = environ[TOKEN_ENV]
+        elif token_command:
             credentials.token_command = SecretCommand(token_command, "[smtp] oauth_token_command")
             credentials.token = _run(credentials.token_command)  # fails now, before anything is sent
-        elif environ.get(TOKEN_ENV):
-            credentials.token = environ[TOKEN_ENV]
         elif method == "xoauth2":
             raise ConfigError(
                 "--auth xoauth2 needs an OAuth2 access token",
@@ -204,8 +204,16 @@ def _run(command: SecretCommand) -> str:
         raise ConfigError(str(e), "run the command yourself to see what is wrong; nothing was sent") from None
 
 
-def sign_in_hint(refusal: Verdict, credentials: Credentials | None) -> str:
-    """What to do when the server refused the sign-in."""
+DEFAULT_SECRET_SETTINGS = ("the SMTP URL", f"{PASSWORD_ENV} or [smtp] password_command")
+
+
+def sign_in_hint(
+    refusal: Verdict,
+    credentials: Credentials | None,
+    settings: tuple[str, str] = DEFAULT_SECRET_SETTINGS,
+) -> str:
+    """What to do when the server refused the sign-in; ``settings`` name where the user name and
+    the password were set (a [[relay]] has its own)."""
     if _BASIC_AUTH_OFF.search(refusal.text):
         return BASIC_AUTH_HINT
     if credentials is not None and credentials.chosen == "xoauth2":
@@ -216,4 +224,5 @@ def sign_in_hint(refusal: Verdict, credentials: Credentials | None) -> str:
                 "for each connection)"
             )
         return "the OAuth2 token was refused: check the user name in the SMTP URL and the token's scope"
-    return f"check the user name in the SMTP URL and the password ({PASSWORD_ENV} or [smtp] password_command)"
+    user_in, password_in = settings
+    return f"check the user name in {user_in} and the password ({password_in})"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import math
 import os
 import sqlite3
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import platformdirs
 
-from mailblast.errors import ConfigError
+from mailblast.errors import ConfigError, StoppedError
 from mailblast.smtp.ratelimit import SlidingWindowLimiter, Slot
 from mailblast.smtp.urls import Rate, SmtpTarget
 
@@ -34,28 +35,54 @@ STATE_DIR_ENV = "MAILBLAST_STATE_DIR"
 WAIT_STEP = 1.0  # seconds: a wait for the quota looks this often whether the run was stopped
 
 
+LOCK_TIMEOUT = 30.0  # seconds another process may hold the database before it is a fault
+
+
+class QuotaStateError(StoppedError):
+    """The quota database cannot be written (a full disk, locked too long): the run stops."""
+
+    def __init__(self, path: Path, error: sqlite3.Error) -> None:
+        locked = "locked" in str(error)
+        cause = (
+            f"locked by another process for over {LOCK_TIMEOUT:.0f} s"
+            if locked
+            else f"cannot be written: {error}"
+        )
+        super().__init__(
+            f"{path}: the quota database {cause}",
+            "end the other mailblast run that holds it"
+            if locked
+            else f"free some disk space, or set {STATE_DIR_ENV} to a writable folder",
+        )
+
+
 def is_quota(rate: Rate | None) -> bool:
     return rate is not None and rate.period > QUOTA_FROM
 
 
 def account_of(target: SmtpTarget) -> str:
-    """The account a quota belongs to: the login at the host (the port does not make another)."""
+    """The account a quota belongs to: the login at the host (the port does not make another).
+
+    Lower-cased: providers take News@Example.com and news@example.com as one login."""
     host = target.host.lower()
-    return f"{target.username} at {host}" if target.username else host
+    return f"{target.username.lower()} at {host}" if target.username else host
 
 
 # -- the rule, free of I/O ------------------------------------------------------------------
 
 
 def used(sent_at: Sequence[float], period: float, now: float) -> int:
-    """How many of the sorted times ``sent_at`` are in the window ``(now - period, now]``."""
-    return bisect.bisect_right(sent_at, now) - bisect.bisect_right(sent_at, now - period)
+    """How many of the sorted times ``sent_at`` are in the window ``(now - period, now]``.
+
+    A time after ``now`` counts too: it was recorded before the clock was set back, and the
+    provider counted that message all the same."""
+    return len(sent_at) - bisect.bisect_right(sent_at, now - period)
 
 
 def next_free(sent_at: Sequence[float], limit: int, period: float, now: float) -> float:
     """When the next message may go under ``limit`` per ``period``: ``now``, or when enough expire."""
     start = bisect.bisect_right(sent_at, now - period)
-    in_window = sent_at[start : bisect.bisect_right(sent_at, now)]
+    in_window = sent_at[start:]  # with any "in the future" (see used)
     if len(in_window) < limit:
         return now
     # the window must lose len - limit + 1 of them; the last of those leaves at its time + period
@@ -77,11 +104,13 @@ class QuotaBook:
         self.path = (folder or state_dir()) / "quota.sqlite"
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            self._db = sqlite3.connect(self.path, timeout=LOCK_TIMEOUT, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("CREATE TABLE IF NOT EXISTS sent (account TEXT NOT NULL, at REAL NOT NULL)")
             self._db.execute("CREATE INDEX IF NOT EXISTS sent_by_account ON sent (account, at)")
             self._db.execute("DELETE FROM sent WHERE at < ?", (clock() - KEEP_FOR,))
+            # accounts recorded before they were compared without case
+            self._db.execute("UPDATE sent SET account = lower(account) WHERE account != lower(account)")
         except (OSError, sqlite3.Error) as e:
             raise ConfigError(
                 f"{self.path}: cannot open the quota database: {e}",
@@ -90,29 +119,34 @@ class QuotaBook:
 
     def times(self, account: str, period: float, now: float) -> list[float]:
         """The account's sending times in the window ending ``now``, oldest first."""
-        rows = self._db.execute(
-            "SELECT at FROM sent WHERE account = ? AND at > ? ORDER BY at", (account, now - period)
-        )
-        return [at for (at,) in rows]
+        try:
+            rows = self._db.execute(  # those "in the future" too (see used)
+                "SELECT at FROM sent WHERE account = ? AND at > ? ORDER BY at",
+                (account.lower(), now - period),
+            )
+            return [at for (at,) in rows]
+        except sqlite3.Error as e:
+            raise QuotaStateError(self.path, e) from None
 
     def take(self, account: str, limit: int, period: float, now: float) -> float | None:
         """Take a slot now if one is free (None), else say when the next one is; atomic across processes."""
         db = self._db
         try:
-            db.execute("BEGIN IMMEDIATE")
+            db.execute("BEGIN IMMEDIATE")  # waits LOCK_TIMEOUT for another process's write
             try:
                 free_at = next_free(self.times(account, period, now), limit, period, now)
                 if free_at <= now:
-                    db.execute("INSERT INTO sent VALUES (?, ?)", (account, now))
+                    db.execute("INSERT INTO sent VALUES (?, ?)", (account.lower(), now))
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                # A COMMIT that failed on a full disk has rolled back already: a ROLLBACK then
+                # fails too ("no transaction is active") and would hide why.
+                if db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
                 raise
         except sqlite3.Error as e:
-            raise ConfigError(
-                f"{self.path}: the quota database cannot be written: {e}",
-                f"free some disk space, or set {STATE_DIR_ENV} to a writable folder",
-            ) from None
+            raise QuotaStateError(self.path, e) from None
         return None if free_at <= now else free_at
 
     def close(self) -> None:
@@ -182,6 +216,7 @@ class QuotaLimiter(SlidingWindowLimiter):
         on_exhausted: Callable[[float], None],
         on_wait: Callable[[float], None],
         give_way: Callable[[float], bool] = lambda _: False,
+        on_fault: Callable[[QuotaStateError], None] | None = None,
         wall_clock: Callable[[], float] = time.time,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -195,6 +230,8 @@ class QuotaLimiter(SlidingWindowLimiter):
         self._on_exhausted = on_exhausted
         self._on_wait = on_wait
         self._give_way = give_way
+        self._on_fault = on_fault
+        self.fault: QuotaStateError | None = None  # the database failed: no slot is ever free
         self._wall = wall_clock
         self.exhausted_until: float | None = None  # set when the quota stopped the run
         self._waiting_for: float | None = None
@@ -204,18 +241,33 @@ class QuotaLimiter(SlidingWindowLimiter):
         slot = super().try_acquire()
         if slot is None:
             return None
-        if self.book.take(self.account, self.rate.count, self.rate.period, self._wall()) is not None:
+        if self._take(self._wall()) is not None:
             self.release(slot, accepted=False)  # the quota is used: acquire() waits or stops
             return None
         return slot
+
+    def _take(self, now: float) -> float | None:
+        """The book's take; when the database fails, ``on_fault`` stops the run and no slot is free."""
+        if self.fault is not None:
+            return math.inf
+        try:
+            return self.book.take(self.account, self.rate.count, self.rate.period, now)
+        except QuotaStateError as e:
+            if self._on_fault is None:
+                raise
+            self.fault = e
+            self._on_fault(e)
+            return math.inf
 
     async def acquire(self) -> Slot:
         slot = await super().acquire()
         while not self._stopping():
             now = self._wall()
-            free_at = self.book.take(self.account, self.rate.count, self.rate.period, now)
+            free_at = self._take(now)
             if free_at is None:
                 return slot
+            if self.fault is not None:
+                break
             if free_at - now > WAIT_AT_MOST and not self._wait:
                 if self.exhausted_until is None:
                     self.exhausted_until = free_at

@@ -75,3 +75,14 @@ def describe(settings: Sequence[RelaySettings]) -> str:
         f"{r.name} ({'at most ' + r.rate if r.rate else 'no rate'}, {r.connections} connection(s))"
         for r in settings
     )
+
+
+def secret_settings(relay: RelaySettings) -> tuple[str, str]:
+    """Where a relay's user name and password are set, for its sign-in hint."""
+    if relay.password_env is not None:
+        password = f"{relay.password_env}, relay {relay.name}'s password_env"
+    elif relay.password_command is not None:
+        password = f"relay {relay.name}'s password_command"
+    else:
+        password = f"the one typed for relay {relay.name}"
+    return f"relay {relay.name}'s url", password
