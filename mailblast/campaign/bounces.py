@@ -37,7 +37,7 @@ from mailblast.campaign.bounce_policy import DAY, SOURCE_OF, SoftRule, decide
 from mailblast.campaign.journal import Journal
 from mailblast.campaign.mailboxes import Mailbox, open_mailbox
 from mailblast.campaign.signing_key import load_key
-from mailblast.campaign.suppress import address_key
+from mailblast.campaign.suppress import address_key, parse_field
 from mailblast.campaign.suppression_db import SuppressionStore
 from mailblast.config import Settings
 from mailblast.errors import InputError, MailblastError
@@ -199,6 +199,10 @@ def _process(
             if finding.kind.ignored:
                 continue
             match = _match(finding, sent_to, settings.return_path, campaigns, by_id)
+            if match is not None and (address := parse_field(match.address)) is not None:
+                match = Match(address, match.campaign, match.how)  # what a bounce says is untrusted text
+            else:
+                match = None
             if match is None:
                 display.print_warning(console, f"{key}: a {finding.kind} about no address it could read")
                 continue

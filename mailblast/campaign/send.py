@@ -36,7 +36,7 @@ from mailblast.campaign.report import (
 from mailblast.campaign.signing_key import campaign_tag
 from mailblast.campaign.suppression_db import SuppressionStore
 from mailblast.config import RelaySettings, Settings
-from mailblast.errors import InputError, StoppedError
+from mailblast.errors import InputError, MailblastError, StoppedError
 from mailblast.message.recipients import Recipient
 from mailblast.message.worker import ComposeWorker
 from mailblast.server import capture
@@ -141,10 +141,7 @@ def run_send(
             console.print(_nothing_to_send(journal, settings), highlight=False)
             return 0
         if test_to is None:  # a test send feeds nothing back: it is not the campaign
-            store = SuppressionStore()
-            tag = _tag_campaign(store, journal, target, settings)
-            for warning in feedback.previous_campaign_warnings(store, tag):
-                display.print_warning(console, warning)
+            store, tag = _open_feedback(journal, target, settings, console)
         run_quotas = None
         if book is not None:
             run_quotas = RunQuotas(book, accounts, wait=settings.wait, notice=notice)
@@ -314,6 +311,26 @@ def run_send(
         raise StoppedError(f"stopped: {sender.stopped_by.describe()}", hint)
     # an uncertain message accepted on its resend was delivered (maybe twice): not a failure
     return 1 if sender.counts.failed or recorder.unconfirmed else 0
+
+
+def _open_feedback(
+    journal: Journal | None, target: SmtpTarget, settings: Settings, console: Console
+) -> tuple[SuppressionStore | None, str | None]:
+    """The shared list, to write refusals at send into, and the campaign's tag; warns of the last
+    campaign's rates. A list that cannot be written (a full disk) is a warning, not a stop: the
+    list was read already, so no one on it is mailed; only this run's refusals go unrecorded."""
+    store = None
+    try:
+        store = SuppressionStore()
+        tag = _tag_campaign(store, journal, target, settings)
+        for warning in feedback.previous_campaign_warnings(store, tag):
+            display.print_warning(console, warning)
+        return store, tag
+    except MailblastError as e:
+        if store is not None:
+            store.close()
+        display.print_warning(console, f"{e.message}: addresses refused as unknown go unrecorded this run")
+        return None, None
 
 
 def _tag_campaign(
