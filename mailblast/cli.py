@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import shlex
 import sys
@@ -118,6 +119,15 @@ JsonOpt = Annotated[
         help="Print one JSON document on standard output (counts, paths, exit code); the rest on stderr.",
     ),
 ]
+CampaignOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--campaign",
+        rich_help_panel=RERUN,
+        help="The campaign's name: another name starts another campaign in the same journal. "
+        "\\[default: campaign in mailblast.toml, else unnamed]",
+    ),
+]
 DuplicatesOpt = Annotated[
     bool | None,
     typer.Option(
@@ -159,7 +169,8 @@ def _run(
         error, code = StoppedError("interrupted"), StoppedError.exit_code
         errors.print(Text("interrupted", style="bold red"))
     if facts is not None:
-        problem = {"message": error.message, "hint": error.hint} if error is not None else None
+        said = facts.pop("error", None)  # bad rows: not an exception, an error all the same
+        problem = {"message": error.message, "hint": error.hint} if error is not None else said
         sys.stdout.write(json_text({**facts, "exit_code": code, "error": problem}) + "\n")
     raise typer.Exit(code)
 
@@ -329,6 +340,33 @@ def send(
             help="Leave out messages in flight when an earlier run died.",
         ),
     ] = None,
+    campaign: CampaignOpt = None,
+    server_changed: Annotated[
+        bool | None,
+        typer.Option(
+            "--server-changed",
+            rich_help_panel=RERUN,
+            help="The campaign moved to another server (a provider switched mid-campaign): count the "
+            "deliveries to the earlier one as delivered.",
+        ),
+    ] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            "--limit",
+            rich_help_panel=RERUN,
+            help="Send at most this many messages this run; the rest stay pending for the next run.",
+        ),
+    ] = None,
+    skip_invalid: Annotated[
+        bool | None,
+        typer.Option(
+            "--skip-invalid",
+            rich_help_panel=CSV,
+            help="Send the valid rows and report the invalid ones as not sent (exit 1), instead of "
+            "refusing the whole file.",
+        ),
+    ] = None,
     test_to: Annotated[
         str | None,
         typer.Option(
@@ -409,6 +447,7 @@ def status(
     recipients: Recipients,
     template: TemplateOpt = None,
     journal: JournalOpt = None,
+    campaign: CampaignOpt = None,
     config: ConfigOpt = None,
     suppressed: Annotated[
         bool, typer.Option("--suppressed", help="List the suppressed addresses, one a line.")
@@ -444,6 +483,7 @@ def report(
     ] = None,
     template: TemplateOpt = None,
     journal: JournalOpt = None,
+    campaign: CampaignOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Write the report of recipients not sent, from the journal, as a resendable CSV.
@@ -660,10 +700,32 @@ def suppress_export() -> None:
     from mailblast.campaign import suppress_commands
 
     _run(lambda console: suppress_commands.run_export(sys.stdout), stderr=True)
+# Each command's --json document has these keys whatever happened (README: "JSON output"); a
+# value the run did not reach stays as here.
+JSON_KEYS: dict[str, dict[str, Any]] = {
+    "check": {
+        "rows": None, "encoding": None, "delimiter": None, "email_column": None, "elapsed_seconds": 0.0,
+        "problems": [],
+    },
+    "send": {
+        "rows": None, "to_send": 0, "campaign": None, "destination": None,
+        "counts": {
+            "total": 0, "sent": 0, "failed": 0, "uncertain": 0, "skipped": 0, "suppressed": 0,
+            "not_attempted": 0,
+        },
+        "elapsed_seconds": 0.0, "rate_per_second": 0.0, "journal": None, "report": None, "report_rows": 0,
+        "relays": None, "outbox": None,
+    },
+    "status": {
+        "journal": None, "campaign": None, "delivered_to": [], "recipients": None, "template": None,
+        "started": None, "last_activity": None, "counts": None, "active_seconds": 0.0, "rate_per_second": 0.0,
+        "failures": [],
+    },
+}  # fmt: skip
 
 
 def _facts(command: str, recipients: Path) -> dict[str, Any]:
-    return {"command": command, "recipients_file": str(recipients)}
+    return {"command": command, "recipients_file": str(recipients), **copy.deepcopy(JSON_KEYS[command])}
 
 
 def _prompt_password(prompt: str) -> str:

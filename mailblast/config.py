@@ -51,6 +51,7 @@ TOP_KEYS: dict[str, tuple[type, bool]] = {
     "attachments_dir": (str, True),
     "attachments_max_mb": (float, False),
     "sandbox": (bool, False),
+    "campaign": (str, False),
     "inline_css": (bool, False),
     "list_id": (str, False),
     "feedback_id": (str, False),
@@ -142,7 +143,11 @@ class Settings:
     oauth_token_command: str | None = None
     pipelining: bool = field(default_factory=pipelining_default)  # when the server offers it
     relays: tuple[RelaySettings, ...] = ()  # [[relay]] tables; none: the one server of smtp_url
+    campaign: str | None = None  # its name: another name is another campaign (journal.py)
     # per run only, never from the file
+    server_changed: bool = False  # count earlier deliveries to another server as delivered
+    limit: int | None = None  # send at most this many messages this run
+    skip_invalid: bool = False  # send the valid rows, report the invalid ones
     no_journal: bool = False
     restart: bool = False
     retry_failed: bool = False

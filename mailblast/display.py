@@ -59,8 +59,11 @@ class SafeConsole(Console):
 
 def make_console(**options: Any) -> SafeConsole:
     """The console every command prints with: no markup, emoji or highlighting (paths, addresses
-    and server replies may hold [brackets] of their own), control characters escaped."""
-    return SafeConsole(highlight=False, markup=False, emoji=False, **options)
+    and server replies may hold [brackets] of their own), control characters escaped, and lines
+    never wrapped where the output is not a terminal (a line stays one line in a log, for grep)."""
+    console = SafeConsole(highlight=False, markup=False, emoji=False, **options)
+    console.soft_wrap = not console.is_terminal
+    return console
 
 
 _JSON_UNSAFE = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")

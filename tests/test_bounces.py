@@ -276,7 +276,9 @@ def test_a_bounce_of_an_unknown_user_keeps_them_out_of_the_next_campaign(
     # the next campaign: another template, the same people
     (tmp_path / "next.txt").write_text("From: news@example.com\nSubject: Next\n\nNext {{ name }}\n")
     relay2 = smtp_server()
-    second = mailblast(tmp_path, "send", "people.csv", "-t", "next.txt", "--smtp", relay2.url)
+    second = mailblast(
+        tmp_path, "send", "people.csv", "-t", "next.txt", "--smtp", relay2.url, "--campaign", "next"
+    )
     assert second.returncode == 0, second.stderr
     assert sorted(relay2.recipients()) == ["user0@example.com", "user1@example.com", "user3@example.com"]
 
@@ -332,7 +334,9 @@ def test_status_shows_the_rates_and_the_next_send_through_the_account_warns(
     )
 
     (tmp_path / "next.txt").write_text("From: news@example.com\nSubject: Next\n\nNext\n")
-    second = mailblast(tmp_path, "send", "people.csv", "-t", "next.txt", "--smtp", server.url)
+    second = mailblast(
+        tmp_path, "send", "people.csv", "-t", "next.txt", "--smtp", server.url, "--campaign", "next"
+    )
     assert second.returncode == 0, second.stderr
     warned = second.stderr[: second.stderr.index("sending ")]  # before it starts
     assert "the previous campaign through this account (people.csv with t.txt): bounce rate 10.0%" in warned

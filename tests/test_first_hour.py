@@ -356,7 +356,7 @@ def test_the_report_keeps_the_separator_and_gets_a_bom_for_a_spreadsheet(
     data = (tmp_path / "r.csv").read_bytes()
     assert data.startswith(b"\xef\xbb\xbf")
     lines = data.decode("utf-8-sig").splitlines()
-    assert lines[0] == "Email Address;name;status;smtp_code;enhanced_code;error;attempts"
+    assert lines[0] == "Email Address;name;status;smtp_code;enhanced_code;error;attempts;campaign"
     assert lines[1].startswith("rene@example.com;René;failed;550;5.1.1;")
     assert mailblast(tmp_path, "report", "people.csv", "-t", "t.txt", "-o", "again.csv").returncode == 0
     assert (tmp_path / "again.csv").read_bytes().startswith(b"\xef\xbb\xbfEmail Address;name;")

@@ -103,3 +103,20 @@ def test_the_next_line_is_shell_quoted(tmp_path: Path) -> None:
     proc = mailblast(tmp_path, "init", "my campaign; rm -rf ~")
     assert proc.returncode == 0, proc.stderr
     assert "next: cd 'my campaign; rm -rf ~' && mailblast check recipients.csv" in proc.stdout
+
+
+def test_the_starter_config_shows_true_defaults_and_the_dkim_and_relay_tables() -> None:
+    from mailblast.config import DKIM_KEYS, RELAY_KEYS, Settings
+
+    text = starter_files("md")["mailblast.toml"]
+    defaults = Settings()
+    for line in text.splitlines():
+        found = re.match(r"^# (\w+) = (.+?)\s+# (default|e\.g\.)", line)
+        if found and found[3] == "default" and found[1] != "journal":
+            key, value = found[1], tomllib.loads(f"v = {found[2]}")["v"]
+            assert getattr(defaults, key) == value, line  # a value said to be the default is the default
+    assert re.search(r'^# rate = "3/s" +# e\.g\.; default: no limit', text, re.M)
+    # the [dkim] and [[relay]] tables, uncommented, are valid settings
+    tables = re.sub(r"^# (\[{1,2}\w+\]{1,2})$|^#   ", lambda m: m[1] or "", text, flags=re.M)
+    data = tomllib.loads(tables)
+    assert set(data["dkim"]) == set(DKIM_KEYS) and set(data["relay"][0]) <= set(RELAY_KEYS)

@@ -27,7 +27,7 @@ def run_with(
     started = journal.begin_run(tmp_path / "r.csv", tmp_path / "t.txt", sha, ("email", "name"), **kwargs)
     for row in rows:
         journal.add(row)
-    return journal, started, journal.end_run()
+    return journal, (started.is_new, started.edited), journal.end_run()
 
 
 def test_default_path_sits_beside_the_recipients(tmp_path: Path) -> None:
@@ -174,7 +174,7 @@ def test_a_damaged_journal_is_an_error_with_the_way_out(tmp_path: Path) -> None:
         Journal.for_send(path)
     assert "--restart" in (info.value.hint or "")
     reader = Journal(path, read_only=True)
-    campaign = reader.find(tmp_path / "r.csv", None)
+    campaign = reader.find("")
     with pytest.raises(DamagedJournal, match="damaged"):
         list(reader.not_sent(campaign.id))
     reader.close()
@@ -195,7 +195,7 @@ def test_reading_back_for_status_and_report(tmp_path: Path) -> None:
         Outcome(person(2), Status.FAILED, "<b@x>", 2, classify(550, "5.1.1 no such user"), "550 no")
     )
     journal.mark_sending(person(3), "<c@x>")
-    campaign = journal.find(tmp_path / "r.csv", None)
+    campaign = journal.find("")
     assert campaign.header == ("email", "name")
     outcomes = {o.recipient.row: o for o in journal.not_sent(campaign.id)}
     assert set(outcomes) == {2, 3, 4}

@@ -19,7 +19,12 @@ def test_check_json(tmp_path: Path) -> None:
     assert doc["command"] == "check" and doc["recipients_file"] == "people.csv"
     assert doc["rows"]["rows"] == 4 and doc["rows"]["valid"] == 3 and doc["rows"]["invalid"] == 1
     assert (doc["encoding"], doc["delimiter"], doc["email_column"]) == ("utf-8", ",", "email")
-    assert doc["elapsed_seconds"] >= 0 and doc["error"] is None
+    # exit 2 is an error in the document too (it was null before issue 15), with every problem listed
+    assert doc["elapsed_seconds"] >= 0 and doc["error"]["message"] == "1 invalid row(s)"
+    [problem] = doc["problems"]
+    where = (problem["row"], problem["line"], problem["column"], problem["severity"])
+    assert where == (4, 5, "email", "error")
+    assert "'broken' is not a valid address" in problem["message"]
     assert "'broken' is not a valid address" in proc.stderr  # what a person reads stays on stderr
 
 
@@ -75,3 +80,27 @@ def test_json_does_not_go_with_a_dry_run(tmp_path: Path) -> None:
     proc = mailblast(tmp_path, "send", "people.csv", "-t", "t.txt", "--dry-run", "--json")
     assert proc.returncode == 2
     assert proc.stderr.splitlines()[0] == "error: --json does not go with --dry-run"
+
+
+def test_each_command_has_one_schema_whatever_happened(
+    tmp_path: Path, smtp_server: Callable[..., SmtpServer]
+) -> None:
+    server = smtp_server()
+    campaign(tmp_path, 2)
+    send = ["send", "people.csv", "-t", "t.txt", "--smtp", server.url, "--json"]
+    first, again = (json.loads(mailblast(tmp_path, *send).stdout) for _ in range(2))
+    assert first["counts"]["sent"] == 2 and again["to_send"] == 0  # the second had nothing to send
+    assert list(first) == list(again)
+    assert again["journal"] == "people.csv.mailblast.sqlite" and again["counts"]["sent"] == 0
+    assert first["campaign"]["uid"] == again["campaign"]["uid"]
+    assert first["destination"] == {"servers": ["127.0.0.1"], "rehearsal": False}
+    (tmp_path / "people.csv").write_text("email,name\nbroken,Nobody\n")
+    bad = json.loads(mailblast(tmp_path, *send).stdout)
+    assert list(bad) == list(first) and bad["exit_code"] == 2
+    assert bad["error"]["message"] == "1 invalid row(s)"
+    good = json.loads(mailblast(tmp_path, "check", "people.csv", "-t", "t.txt", "--json").stdout)
+    gone = json.loads(mailblast(tmp_path, "check", "missing.csv", "-t", "t.txt", "--json").stdout)
+    assert list(good) == list(gone) and gone["exit_code"] == 2
+    status = json.loads(mailblast(tmp_path, "status", "people.csv", "--json").stdout)
+    no_journal = json.loads(mailblast(tmp_path, "status", "other.csv", "--json").stdout)
+    assert list(status) == list(no_journal) and status["delivered_to"][0]["count"] == 2

@@ -158,7 +158,9 @@ def test_an_address_refused_as_unknown_at_rcpt_is_left_out_of_the_next_campaign(
     # the next campaign: another file, another template
     (tmp_path / "next.txt").write_text("From: news@example.com\nSubject: Next\n\nNext {{ name }}\n")
     healthy = smtp_server()
-    second = mailblast(tmp_path, "send", "people.csv", "-t", "next.txt", "--smtp", healthy.url)
+    second = mailblast(
+        tmp_path, "send", "people.csv", "-t", "next.txt", "--smtp", healthy.url, "--campaign", "next"
+    )
     assert second.returncode == 0, second.stderr
     assert sorted(healthy.recipients()) == ["user0@example.com", "user2@example.com"]
 

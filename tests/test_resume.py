@@ -162,7 +162,8 @@ def test_edited_template_is_mentioned(tmp_path: Path, smtp_server: Callable[...,
     assert run(tmp_path, command(server.url)).returncode == 1
     (tmp_path / "t.txt").write_text(TEMPLATE.replace("Hello", "Hi again"))
     again = run(tmp_path, command(server.url))
-    assert "the template was edited since the last run" in again.stderr
+    changed = "template changed since the last run: the rows already sent keep the earlier version"
+    assert changed in again.stderr  # the wording (was: "the template was edited since the last run")
     assert "nothing to send: 2 sent, 1 failed earlier (--retry-failed sends them again)" in again.stderr
     assert "nothing to send" in again.stderr and again.returncode == 0
 
@@ -229,7 +230,7 @@ def test_status_and_report_from_the_journal_alone(
     report = run(tmp_path, [sys.executable, "-m", "mailblast", "report", "people.csv", "--out", "failed.csv"])
     assert report.returncode == 0, report.stderr
     lines = (tmp_path / "failed.csv").read_text().splitlines()
-    assert lines[0] == "email,name,status,smtp_code,enhanced_code,error,attempts"
+    assert lines[0] == "email,name,status,smtp_code,enhanced_code,error,attempts,campaign"
     assert [line.split(",")[0] for line in lines[1:]] == ["user1@example.com", "user3@example.com"]
     assert all(",failed,550,5.1.1," in line for line in lines[1:])
 

@@ -65,7 +65,10 @@ def test_failures_make_a_resendable_report(tmp_path: Path, smtp_server: Callable
     assert "550" in proc.stderr and "failed.csv" in proc.stderr
     rows = list(csv.DictReader((tmp_path / "failed.csv").open()))
     assert {r["email"] for r in rows} == bad
-    assert list(rows[0]) == ["email", "name", "status", "smtp_code", "enhanced_code", "error", "attempts"]
+    assert list(rows[0]) == [
+        *("email", "name", "status", "smtp_code", "enhanced_code", "error", "attempts"),
+        "campaign",  # the report names its campaign (issue 15)
+    ]
     assert {(r["status"], r["smtp_code"], r["enhanced_code"], r["attempts"]) for r in rows} == {
         ("failed", "550", "5.7.1", "1")
     }

@@ -135,7 +135,9 @@ def test_one_click_post_unsubscribes_and_get_or_a_tampered_token_does_not(
     # the next send leaves them out
     (tmp_path / "next.txt").write_text("From: news@example.com\nSubject: Next\n\nNext\n")
     healthy = smtp_server()
-    again = mailblast(tmp_path, "send", "people.csv", "-t", "next.txt", "--smtp", healthy.url)
+    again = mailblast(
+        tmp_path, "send", "people.csv", "-t", "next.txt", "--smtp", healthy.url, "--campaign", "next"
+    )
     assert again.returncode == 0, again.stderr
     assert healthy.recipients() == ["user0@example.com"]
 

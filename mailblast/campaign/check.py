@@ -12,7 +12,7 @@ import tempfile
 import time
 import webbrowser
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,8 +20,8 @@ from rich.console import Console
 from rich.text import Text
 
 from mailblast import display
-from mailblast.campaign import journal, report, suppression_db
-from mailblast.campaign.signing_key import campaign_tag, key_path, load_key
+from mailblast.campaign import journal, report, suppression_db, testsend
+from mailblast.campaign.signing_key import key_path, load_key
 from mailblast.campaign.suppress import SuppressionList, load_suppression
 from mailblast.config import Settings
 from mailblast.errors import ConfigError, InputError, did_you_mean
@@ -37,9 +37,11 @@ from mailblast.message.compose import (
     check_address_header,
     prepare,
     settle,
+    unknown_name_text,
 )
 from mailblast.message.recipients import Recipient, RecipientsFile, RowProblem, RowResult
 from mailblast.message.worker import ComposeWorker, batches
+from mailblast.smtp.credentials import check_sign_in_settings
 from mailblast.smtp.urls import parse_rate, parse_smtp_url
 
 if TYPE_CHECKING:
@@ -70,6 +72,8 @@ class ScanTally:
     suppressed: int = 0
     bad_rows: int = 0  # invalid because of their own values, not the template's
     faulty_templates: tuple[str, ...] = ()
+    blank_lines: int = 0  # not rows: skipped, and said
+    problems: list[dict[str, Any]] = field(default_factory=list)  # for --json: every one printed
 
     def fix_hint(self) -> str:
         to_fix = [*self.faulty_templates, *(["the rows above"] if self.bad_rows else [])]
@@ -84,6 +88,7 @@ class ScanTally:
             "duplicates": self.duplicates,
             "empty": self.empty,
             "suppressed": self.suppressed,
+            "blank_lines": self.blank_lines,
         }
         if not suppression:
             del counts["suppressed"]
@@ -127,20 +132,20 @@ def _template(settings: Settings, recipients_path: Path, suppressed: Suppression
         feedback_id=settings.feedback_id,
         kept=kept_files(settings, recipients_path),
         test_to=settings.test_to,
-        signing=_signing(settings, recipients_path),
+        signing=_signing(settings),
         return_path=settings.return_path,
         suppressed=suppressed.db_path if suppressed is not None else None,
     )
 
 
-def _signing(settings: Settings, recipients_path: Path) -> unsubscribe.Signing | None:
+def _signing(settings: Settings) -> unsubscribe.Signing | None:
     """The key and campaign tag for {{ unsubscribe_token }} and VERP, when the settings use them."""
     links = f"{settings.unsubscribe_url or ''} {settings.unsubscribe_mailto or ''}"
     if settings.return_path is None and "unsubscribe_token" not in links:
         return None
     assert settings.template is not None
-    tag = campaign_tag(recipients_path, settings.template)
-    return unsubscribe.Signing(load_key(), tag, settings.test_to)  # a test send's: the test address
+    # the campaign's tag is filled in at compose, from the journal's identity of the campaign
+    return unsubscribe.Signing(load_key(), "", settings.test_to)  # a test send's: the test address
 
 
 CHECK_BATCH = 256  # rows a worker process renders at a time in the check pass
@@ -259,6 +264,26 @@ def check_smtp_settings(settings: Settings) -> str | None:
     return f"server: {target.display()}, {pace}, {settings.connections} connection(s)"
 
 
+def check_send_settings(settings: Settings) -> None:
+    """Everything `send` checks before it sends, but no secret read and no connection made: the
+    server URL and rate, each relay's, the sign-in settings, the test-send options and --limit."""
+    check_smtp_settings(settings)
+    for relay in settings.relays:
+        parse_smtp_url(relay.url)
+        if relay.rate:
+            parse_rate(relay.rate)
+    if settings.smtp_url:
+        check_sign_in_settings(
+            parse_smtp_url(settings.smtp_url).username,
+            method=settings.auth,
+            password_command=settings.password_command,
+            token_command=settings.oauth_token_command,
+        )
+    testsend.address_of(settings)
+    if settings.limit is not None and settings.limit < 1:
+        raise ConfigError(f"--limit must be at least 1, not {settings.limit}")
+
+
 def _check_sender(settings: Settings) -> None:
     """A bad sender from the config is one error up front, not one per row."""
     assert settings.sender is not None
@@ -278,6 +303,8 @@ def scan(
     on_suppressed: Callable[[Recipient], None] | None = None,
     *,
     worker: ComposeWorker,
+    on_invalid: Callable[[RowResult], None] | None = None,
+    keep_problems: bool = False,
 ) -> ScanTally:
     """Check every row (and build its message for ``on_message``), print every problem, count.
 
@@ -318,6 +345,8 @@ def scan(
                     faults.add(problem)
                 else:
                     display.print_problem(console, problem)
+                    if keep_problems:
+                        tally.problems.append(_problem_facts(problem))
             if prepared.ok:
                 tally.valid += 1
                 recipient = result.recipient
@@ -338,12 +367,20 @@ def scan(
             elif any(p.is_error for p in result.problems):
                 tally.invalid += 1
                 tally.bad_rows += any(p.is_error and p.template is None for p in result.problems)
+                if on_invalid is not None:
+                    on_invalid(result)
             else:
                 tally.empty += 1
             if progress is not None and tally.rows % 512 == 0:
                 progress.update(progress.task_ids[0], completed=inputs.recipients.bytes_read)
         if progress is not None:
             progress.update(progress.task_ids[0], completed=size)  # the bar ends full
+    if blank := inputs.recipients.blank_lines:
+        lines = ", ".join(map(str, inputs.recipients.first_blank_lines)) + (", ..." if blank > 5 else "")
+        display.print_warning(
+            console, f"{inputs.recipients.name}: {blank:,} blank line(s) skipped (line {lines})"
+        )
+        tally.blank_lines = blank
     for domain, (first, count) in reserved.items():
         display.print_warning(
             console,
@@ -368,6 +405,8 @@ def scan(
         )
     for problem, count in faults.found.values():
         display.print_template_fault(console, problem, count, tally.rows)
+        tally.problems.append({**_problem_facts(problem), "rows": count})
+    _name_every_template_fault(inputs, console, tally, faults)
     tally.faulty_templates = tuple(dict.fromkeys(p.template for p, _ in faults.found.values() if p.template))
     if tally.rows == 0:
         raise InputError(
@@ -375,6 +414,52 @@ def scan(
             "add one row per recipient below the header line",
         )
     return tally
+
+
+def _name_every_template_fault(
+    inputs: Inputs, console: Console, tally: ScanTally, faults: TemplateFaults
+) -> None:
+    """Every fault written in the template, not only the first each row stopped at: those of its
+    headers, and every name it reads that no column has (an error when the template failed
+    already, else a warning: it may sit in a branch no row took)."""
+    said = " ".join(p.message for p, _ in faults.found.values())
+    template = inputs.template
+    for fault in template.written_faults() if faults.found else []:
+        if fault not in said:  # one a row did not get to, stopped by an earlier fault
+            problem = RowProblem(inputs.recipients.name, 1, 2, None, fault, True, template.name)
+            console.print(Text.assemble(("error: ", "bold red"), str(problem)), soft_wrap=True)
+            tally.problems.append({**_problem_facts(problem), "rows": 0})
+    columns = list(inputs.recipients.format.header)
+    for name in template.names_not_in(inputs.recipients.format.header):
+        if f'uses "{name}"' in said:
+            continue
+        problem = RowProblem(
+            inputs.recipients.name,
+            1,
+            2,
+            None,
+            unknown_name_text(name, columns),
+            bool(faults.found),
+            template.name,
+        )
+        if faults.found:
+            console.print(Text.assemble(("error: ", "bold red"), str(problem)), soft_wrap=True)
+        else:
+            display.print_warning(console, f"{problem} (a branch no row took?)")
+        tally.problems.append({**_problem_facts(problem), "rows": 0})
+
+
+def _problem_facts(problem: RowProblem) -> dict[str, Any]:
+    """A problem as --json gives it: where (file, row, line, column), what, and how bad."""
+    return {
+        "file": problem.template or problem.file,
+        "row": problem.row,
+        "line": problem.line,
+        "column": problem.column,
+        "message": problem.message,
+        "severity": "error" if problem.is_error else "warning",
+        "rows": 1,
+    }
 
 
 def _prepared(
@@ -433,9 +518,9 @@ def run_check(
     started = time.monotonic()
     # A worker process for each core renders the rows of a large file; starting them takes a while.
     with ComposeWorker(inputs.template, in_worker=inputs.recipients.size >= CHECK_IN_WORKERS_FROM) as worker:
-        tally = scan(inputs, settings, console, worker=worker)
+        tally = scan(inputs, settings, console, worker=worker, keep_problems=facts is not None)
     counts = tally.as_dict(suppression=inputs.suppressed is not None)
-    display.print_counts(console, f"check {inputs.recipients.name}", counts)
+    display.print_counts(console, f"check {inputs.recipients.name}", _shown(counts))
     if facts is not None:
         fmt = inputs.recipients.format
         facts.update(
@@ -444,8 +529,15 @@ def run_check(
             delimiter=fmt.delimiter,
             email_column=fmt.address_column,
             elapsed_seconds=round(time.monotonic() - started, 3),
+            problems=tally.problems,
         )
+        if tally.invalid:
+            facts["error"] = {"message": f"{tally.invalid:,} invalid row(s)", "hint": tally.fix_hint()}
     return verdict_of_scan(console, tally)
+
+
+def _shown(counts: dict[str, int]) -> dict[str, int]:
+    return {name.replace("_", " "): n for name, n in counts.items()}
 
 
 def describe_format(recipients: RecipientsFile) -> str:
@@ -530,6 +622,7 @@ def eml_name(message: ComposedMessage) -> str:
 
 def run_dry_run(settings: Settings, recipients_path: Path, out: Path | None, console: Console) -> int:
     """Build every message exactly as `send` would, and send nothing."""
+    check_send_settings(settings)
     inputs = load_inputs(settings, recipients_path)
     if out is not None:
         try:
@@ -545,7 +638,7 @@ def run_dry_run(settings: Settings, recipients_path: Path, out: Path | None, con
     with ComposeWorker(inputs.template, in_worker=large) as worker:
         tally = scan(inputs, settings, console, keep, worker=worker)
     counts = tally.as_dict(suppression=inputs.suppressed is not None)
-    display.print_counts(console, f"dry run of {inputs.recipients.name}: nothing sent", counts)
+    display.print_counts(console, f"dry run of {inputs.recipients.name}: nothing sent", _shown(counts))
     if out is not None:
         console.print(f"wrote {tally.valid} message(s) to {out}/ as .eml files", highlight=False)
     return verdict_of_scan(console, tally)

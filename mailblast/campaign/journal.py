@@ -1,6 +1,11 @@
 """The journal: every recipient's state in SQLite, so that re-running a send is always safe.
 
-A campaign is one recipients file with one template. Each recipient moves
+A campaign has an identity of its own (a random uid, and the name given with ``--campaign`` or
+``campaign =``; unnamed by default), not the paths of its files: moving or copying the folder with
+its journal, or renaming or editing the template, continues it. A report file names its campaign,
+and sending it (a "joined" run) sends only its rows, without taking the rest out of the campaign.
+Each delivery records the server that took it, and whether that was only a rehearsal (a mailblast
+capture server): a send to a real server sends those recipients again. Each recipient moves
 pending -> sending -> sent | failed | uncertain. "sending" is committed before the
 message's MAIL FROM, and every outcome is committed before it is counted, so a
 process killed at any instant leaves at most one "sending" row per connection:
@@ -25,6 +30,7 @@ import json
 import os
 import sqlite3
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,17 +48,19 @@ from mailblast.message.recipients import Recipient
 from mailblast.smtp.outcomes import Outcome, Status
 from mailblast.smtp.replies import classify
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS campaigns (
+CAMPAIGNS = """(
     id INTEGER PRIMARY KEY,
+    uid TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
     recipients TEXT NOT NULL,
     template TEXT NOT NULL,
     template_sha TEXT NOT NULL,
     header TEXT NOT NULL,
     allow_duplicates INTEGER NOT NULL,
-    created_at REAL NOT NULL,
-    UNIQUE (recipients, template)
-);
+    created_at REAL NOT NULL
+)"""
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS campaigns {CAMPAIGNS};
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY,
     campaign INTEGER NOT NULL REFERENCES campaigns (id),
@@ -139,10 +147,47 @@ class RunChanges:
 @dataclass
 class CampaignInfo:
     id: int
-    recipients: str
+    recipients: str  # the files of its latest run, as they were named then
     template: str
     created_at: float
     header: tuple[str, ...]
+    uid: str = ""  # its identity, whatever its files are called
+    name: str = ""  # --campaign NAME; "" for the unnamed campaign
+
+    def describe(self) -> str:
+        return f"campaign {self.name!r}" if self.name else "the campaign"
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where a run delivers: the server of each relay ("" names the one server), and whether
+    it is a mailblast capture server, whose deliveries are rehearsals and never count as sent."""
+
+    servers: dict[str, str]
+    rehearsal: bool = False
+
+    def server_of(self, relay: str) -> str:
+        return self.servers.get(relay) or next(iter(self.servers.values()), "")
+
+
+@dataclass
+class RunStart:
+    """What begin_run() found."""
+
+    is_new: bool  # the campaign starts now
+    edited: bool  # its template changed since the last run
+
+
+@dataclass
+class Delivering:
+    """What deliver_to() found."""
+
+    ignored_rehearsals: int  # deliveries to a capture server, to be sent again now for real
+    earlier: list[tuple[str, int]]  # (server, deliveries) before this run, when one differs
+
+
+class ServerChanged(InputError):
+    """Earlier deliveries of the campaign went to another real server than this run's."""
 
 
 class DamagedJournal(InputError):
@@ -172,6 +217,8 @@ class Journal:
             ) from None
         self._campaign: CampaignInfo | None = None
         self._run: int | None = None
+        self._joined = False
+        self._destination: Destination | None = None
         self._allow_duplicates = False
         self._run_marked = 0.0
         self._locks: list[BinaryIO | _PortableLock] = []  # held while sending; see for_send()
@@ -232,38 +279,60 @@ class Journal:
         )
 
     @_sql_errors
-    def campaigns(self, recipients: Path | None = None) -> list[CampaignInfo]:
-        sql = "SELECT id, recipients, template, created_at, header FROM campaigns"
-        args: tuple = ()
-        if recipients is not None:
-            sql, args = sql + " WHERE recipients = ?", (str(recipients.resolve()),)
+    def campaigns(self) -> list[CampaignInfo]:
+        """Every campaign of the journal, the most recently active first."""
+        identity = "uid, name" if "uid" in _columns(self._db, "campaigns") else "'', ''"  # before uids
+        sql = (
+            f"SELECT id, recipients, template, created_at, header, {identity} FROM campaigns c "
+            "ORDER BY (SELECT MAX(id) FROM runs WHERE campaign = c.id) DESC, id DESC"
+        )
         return [
-            CampaignInfo(i, r, t, c, tuple(json.loads(h))) for i, r, t, c, h in self._db.execute(sql, args)
+            CampaignInfo(i, r, t, c, tuple(json.loads(h)), u, n)
+            for i, r, t, c, h, u, n in self._db.execute(sql)
         ]
 
     @_sql_errors
-    def find(self, recipients: Path, template: Path | None) -> CampaignInfo:
-        """The campaign of this recipients file (and template, when several use the file)."""
-        found = self.campaigns(recipients)
-        if template is not None:
-            found = [c for c in found if c.template == str(template.resolve())]
+    def find(self, name: str, template: Path | None = None) -> CampaignInfo:
+        """The campaign called ``name`` ("" the unnamed one).
+
+        A journal from before campaigns had names may hold several unnamed ones (one per template
+        then): the template's, else the most recently active.
+        """
+        every = self.campaigns()
+        found = [c for c in every if c.name == name]
         if not found:
+            names = ", ".join(repr(c.name) if c.name else "an unnamed one" for c in every)
             raise InputError(
-                f"{self.path} has no campaign for {recipients}"
-                + (f" with template {template}" if template else ""),
-                "run mailblast send first, or pass --journal with the journal it used",
+                f"{self.path} has no campaign {name!r}" if name else f"{self.path} has no unnamed campaign",
+                (f"it has {names}: pass --campaign NAME" if every else "run mailblast send first")
+                + ", or pass --journal with the journal the send used",
             )
-        if len(found) > 1:
-            names = ", ".join(c.template for c in found)
-            raise InputError(
-                f"{recipients} was sent with several templates ({names})", "pass --template to pick one"
-            )
+        if template is not None:
+            return next((c for c in found if c.template == str(template.resolve())), found[0])
         return found[0]
 
+    @_sql_errors
+    def find_uid(self, uid: str) -> CampaignInfo | None:
+        return next((c for c in self.campaigns() if c.uid == uid), None)
+
     @property
-    def campaign(self) -> CampaignInfo | None:
-        """The campaign of the run begun (begin_run), if any."""
+    def campaign(self) -> CampaignInfo:
+        """The campaign of the run begun."""
+        assert self._campaign is not None, "begin_run() first"
         return self._campaign
+
+    @_sql_errors
+    def holds_all(self, campaign: int, keys: Iterator[str]) -> bool:
+        """Whether every one of ``keys`` (and at least one) is a recipient of the campaign already."""
+        any_key = False
+        for key in keys:
+            found = self._db.execute(
+                "SELECT 1 FROM recipients WHERE campaign = ? AND key = ?", (campaign, key)
+            ).fetchone()
+            if found is None:
+                return False
+            any_key = True
+        return any_key
 
     # -- a run of `send` -----------------------------------------------------------------
 
@@ -275,65 +344,161 @@ class Journal:
         template_sha: str,
         header: tuple[str, ...],
         *,
+        name: str = "",
+        uid: str | None = None,
         restart: bool = False,
         allow_duplicates: bool = False,
-    ) -> tuple[bool, bool]:
+    ) -> RunStart:
         """Open (or create) the campaign and a new run, in a transaction that end_run() commits.
 
+        The campaign is the one called ``name``; with ``uid`` (a report's), that one, and the run
+        is a joined one: it sends the file's rows and takes no other row out of the campaign.
         Rows are given with add(); abandon_run() forgets the run (the file had bad rows).
-        Returns (the campaign is new, the template was edited since the last run).
         """
         now = time.time()
-        key = (str(recipients.resolve()), str(template.resolve()))
+        paths = (str(recipients.resolve()), str(template.resolve()))
+        joined = uid is not None and not restart
         db = self._db
         db.execute("BEGIN IMMEDIATE")
-        row = db.execute(
-            "SELECT id, template_sha, allow_duplicates FROM campaigns WHERE recipients = ? AND template = ?",
-            key,
-        ).fetchone()
-        if row is not None and not restart and bool(row[2]) != allow_duplicates:
+        try:
+            found = self.find_uid(uid) if joined else self._named(name, paths[1])
+            if found is not None and not restart:
+                (stored_duplicates,) = db.execute(
+                    "SELECT allow_duplicates FROM campaigns WHERE id = ?", (found.id,)
+                ).fetchone()
+                if bool(stored_duplicates) != allow_duplicates:
+                    # Recipients are told apart differently with and without duplicates: mixing would resend.
+                    raise InputError(
+                        f"this campaign was started {'with' if stored_duplicates else 'without'} "
+                        "--allow-duplicates",
+                        "run it the same way, or pass --restart to start it over",
+                    )
+            if found is not None and restart:
+                db.execute("DELETE FROM recipients WHERE campaign = ?", (found.id,))
+                db.execute("DELETE FROM runs WHERE campaign = ?", (found.id,))
+                db.execute("DELETE FROM campaigns WHERE id = ?", (found.id,))
+                found = None
+            if found is None:
+                cursor = db.execute(
+                    "INSERT INTO campaigns (uid, name, recipients, template, template_sha, header, "
+                    "allow_duplicates, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (uuid.uuid4().hex, name, *paths, template_sha, json.dumps(header), allow_duplicates, now),
+                )
+                assert cursor.lastrowid is not None
+                start = RunStart(is_new=True, edited=False)
+                info = self._info(cursor.lastrowid)
+            else:
+                (sha,) = db.execute("SELECT template_sha FROM campaigns WHERE id = ?", (found.id,)).fetchone()
+                start = RunStart(is_new=False, edited=sha != template_sha)
+                if joined:  # the campaign's own file and columns stay what they were
+                    db.execute(
+                        "UPDATE campaigns SET template = ?, template_sha = ? WHERE id = ?",
+                        (paths[1], template_sha, found.id),
+                    )
+                else:
+                    db.execute(
+                        "UPDATE campaigns SET recipients = ?, template = ?, template_sha = ?, header = ? "
+                        "WHERE id = ?",
+                        (*paths, template_sha, json.dumps(header), found.id),
+                    )
+                info = self._info(found.id)
+            self._run = db.execute(
+                "INSERT INTO runs (campaign, started_at, last_at, joined) VALUES (?, ?, ?, ?)",
+                (info.id, now, now, joined),
+            ).lastrowid
+        except BaseException:
             db.execute("ROLLBACK")
-            # Recipients are told apart differently with and without duplicates: mixing would resend.
-            raise InputError(
-                f"this campaign was started {'with' if row[2] else 'without'} --allow-duplicates",
-                "run it the same way, or pass --restart to start it over",
-            )
-        if row is not None and restart:
-            db.execute("DELETE FROM recipients WHERE campaign = ?", (row[0],))
-            db.execute("DELETE FROM runs WHERE campaign = ?", (row[0],))
-            db.execute("DELETE FROM campaigns WHERE id = ?", (row[0],))
-            row = None
-        if row is None:
-            cursor = db.execute(
-                "INSERT INTO campaigns (recipients, template, template_sha, header, allow_duplicates, "
-                "created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (*key, template_sha, json.dumps(header), allow_duplicates, now),
-            )
-            campaign, is_new, edited = cursor.lastrowid, True, False
-        else:
-            campaign, is_new, edited = row[0], False, row[1] != template_sha
-            db.execute(
-                "UPDATE campaigns SET template_sha = ?, header = ? WHERE id = ?",
-                (template_sha, json.dumps(header), campaign),
-            )
-        self._run = db.execute(
-            "INSERT INTO runs (campaign, started_at, last_at) VALUES (?, ?, ?)", (campaign, now, now)
-        ).lastrowid
-        assert campaign is not None
-        self._campaign = CampaignInfo(campaign, *key, now, header)
+            raise
+        self._campaign = info
+        self._joined = joined
         self._allow_duplicates = allow_duplicates
         self._known_before = self._count("seen_run < ?", self._run)
         self._changes_before = db.total_changes
         self._batch: list[tuple] = []
-        return is_new, edited
+        return start
+
+    def _named(self, name: str, template: str) -> CampaignInfo | None:
+        try:
+            return self.find(name, Path(template))
+        except InputError:
+            return None
+
+    def _info(self, campaign: int) -> CampaignInfo:
+        return next(c for c in self.campaigns() if c.id == campaign)
 
     @_sql_errors
+    def earlier_deliveries_matter(self, destination: Destination) -> bool:
+        """Whether the campaign has rehearsal deliveries, or real ones to another server: then
+        whether ``destination`` is a rehearsal must be known before sending."""
+        ours = list(set(destination.servers.values()))
+        marks = ",".join("?" * len(ours))
+        found = self._db.execute(
+            "SELECT 1 FROM recipients WHERE campaign = ? AND state IN ('sent', 'uncertain', 'failed') "
+            f"AND (rehearsal = 1 OR (server IS NOT NULL AND server NOT IN ({marks}))) LIMIT 1",
+            (self._ids()[0], *ours),
+        ).fetchone()
+        return found is not None
+
+    @property
+    def destination(self) -> Destination | None:
+        """Where the run's deliveries go, as they are recorded (deliver_to(), rehearsing())."""
+        return self._destination
+
+    def rehearsing(self, name: str) -> None:
+        """The run's server turned out to be a mailblast capture server: its deliveries are rehearsals."""
+        if self._destination is not None:
+            self._destination = Destination(dict.fromkeys(self._destination.servers, name), rehearsal=True)
+
+    @_sql_errors
+    def deliver_to(self, destination: Destination, *, server_changed: bool = False) -> Delivering:
+        """This run delivers to ``destination``, as its outcomes will record.
+
+        Before a real server, the rehearsal deliveries are set pending again. Deliveries to
+        another real server stop the run (ServerChanged), unless ``server_changed`` counts them.
+        """
+        campaign = self._ids()[0]
+        self._destination = destination
+        if destination.rehearsal:
+            return Delivering(0, [])
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            found = Delivering(*self._forget_rehearsals(campaign, destination))
+            if found.earlier and not server_changed:
+                raise _server_changed(self.campaign, found.earlier, destination)
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+        return found
+
+    def _forget_rehearsals(
+        self, campaign: int, destination: Destination
+    ) -> tuple[int, list[tuple[str, int]]]:
+        """Rehearsal deliveries become pending; returns how many, and the earlier real deliveries
+        (server, count) when one of them went to a server this run does not use."""
+        (rehearsed,) = self._db.execute(
+            "SELECT COUNT(*) FROM recipients WHERE campaign = ? AND rehearsal = 1 "
+            "AND state IN ('sent', 'uncertain')",
+            (campaign,),
+        ).fetchone()
+        self._db.execute(
+            "UPDATE recipients SET state = ?, server = NULL, rehearsal = 0, message_id = NULL, "
+            f"smtp_code = NULL, enhanced_code = NULL, error = NULL WHERE campaign = ? AND rehearsal = 1 "
+            f"AND state != '{SUPPRESSED}'",
+            (PENDING, campaign),
+        )
+        earlier = self._db.execute(
+            "SELECT server, COUNT(*) FROM recipients WHERE campaign = ? AND server IS NOT NULL "
+            "AND state IN ('sent', 'uncertain') GROUP BY server ORDER BY 2 DESC",
+            (campaign,),
+        ).fetchall()
+        ours = set(destination.servers.values())
+        return rehearsed, earlier if any(server not in ours for server, _ in earlier) else []
+
     def campaign_identity(self) -> str:
-        """What tells this campaign from any other: its id, and when it was created (an id is used
-        again after --restart, and another journal has the same ids)."""
-        campaign, _ = self._ids()
-        (created,) = self._db.execute("SELECT created_at FROM campaigns WHERE id = ?", (campaign,)).fetchone()
-        return f"{campaign}:{created!r}"
+        """What tells this campaign from any other: its uid, the same wherever its files move, and
+        another after --restart."""
+        return self.campaign.uid
 
     @_sql_errors
     def add(self, r: Recipient, *, suppressed: bool = False) -> None:
@@ -366,6 +531,10 @@ class Journal:
         campaign, run = self._ids()
         self._flush()
         still_old = self._count("seen_run < ?", run)
+        if self._joined:  # the file is a part of the campaign: the rows it lacks stay in it
+            self._db.execute("COMMIT")
+            added = self._db.total_changes - self._changes_before - (self._known_before - still_old)
+            return RunChanges(added, 0, [])
         # every add() was one change: an insert, or an update of a row known before
         added = self._db.total_changes - self._changes_before - (self._known_before - still_old)
         sample = [
@@ -418,7 +587,12 @@ class Journal:
 
     def mark_sending(self, recipient: Recipient, message_id: str) -> None:
         """Committed before MAIL FROM: a crash from here on leaves an unknown outcome."""
-        self._update(recipient, "state = ?, message_id = ?", SENDING, message_id)
+        self._update(recipient, "state = ?, message_id = ?, error = NULL", SENDING, message_id)
+
+    def note_left(self, outcome: Outcome) -> None:
+        """What a run that stopped made of a recipient it had no outcome for (tries, and why),
+        for the report; its state (pending, or in flight) is right already."""
+        self._update(outcome.recipient, "attempts = attempts + ?, error = ?", outcome.attempts, outcome.error)
 
     def mark_pending(self, recipient: Recipient) -> None:
         """A reply proved the message was not delivered: it is to be sent, not in flight."""
@@ -437,10 +611,14 @@ class Journal:
             state = SENDING
         else:
             state = outcome.status.value
+        where = self._destination
+        attempted = outcome.status is not Status.NOT_ATTEMPTED
+        server = where.server_of(outcome.relay) if where is not None and attempted else ""
         self._update(
             outcome.recipient,
             "state = ?, message_id = COALESCE(NULLIF(?, ''), message_id), attempts = attempts + ?, "
-            "smtp_code = ?, enhanced_code = ?, error = ?, relay = NULLIF(?, '')",
+            "smtp_code = ?, enhanced_code = ?, error = ?, relay = NULLIF(?, ''), "
+            "server = COALESCE(NULLIF(?, ''), server), rehearsal = ?",
             state,
             outcome.message_id,
             outcome.attempts,
@@ -448,6 +626,8 @@ class Journal:
             outcome.enhanced_code,
             outcome.error,
             outcome.relay,
+            server,
+            bool(server) and where is not None and where.rehearsal,
         )
 
     def _update(self, recipient: Recipient, assignments: str, *values: object) -> None:
@@ -469,22 +649,36 @@ class Journal:
 
     @_sql_errors
     def relay_counts(self, campaign: int) -> list[tuple[str, int]]:
-        """(relay, messages it took) of the campaign's latest file, when the runs had several relays."""
-        if "relay" not in {row[1] for row in self._db.execute("PRAGMA table_info(recipients)")}:
+        """(relay, messages it took) of the campaign's recipients, when the runs had several relays."""
+        if "relay" not in _columns(self._db, "recipients"):
             return []  # a journal from before relays, opened read-only
-        run = self._latest_run(campaign)
         return self._db.execute(
-            "SELECT relay, COUNT(*) FROM recipients WHERE campaign = ? AND seen_run = ? "
+            "SELECT relay, COUNT(*) FROM recipients WHERE campaign = ? AND seen_run >= ? "
             "AND relay IS NOT NULL GROUP BY relay ORDER BY relay",
-            (campaign, run),
+            (campaign, self._latest_run(campaign)),
+        ).fetchall()
+
+    @_sql_errors
+    def server_counts(self, campaign: int) -> list[tuple[str, bool, int]]:
+        """(server, whether a rehearsal, messages it took) of the campaign's recipients."""
+        if "rehearsal" not in _columns(self._db, "recipients"):
+            return []  # a journal from before servers were recorded, opened read-only
+        return self._db.execute(
+            "SELECT server, rehearsal, COUNT(*) FROM recipients WHERE campaign = ? AND seen_run >= ? "
+            "AND server IS NOT NULL AND state IN ('sent', 'uncertain') GROUP BY 1, 2 ORDER BY 2, 3 DESC",
+            (campaign, self._latest_run(campaign)),
         ).fetchall()
 
     @_sql_errors
     def counts(self, campaign: int | None = None) -> dict[str, int]:
-        campaign = campaign or self._ids()[0]
-        run = self._latest_run(campaign)
+        """Recipients by state: the campaign's, or without ``campaign`` those of the run begun."""
+        if campaign is None:
+            campaign, run = self._ids()
+            where = "seen_run = ?"
+        else:
+            run, where = self._latest_run(campaign), "seen_run >= ?"
         rows = self._db.execute(
-            "SELECT state, COUNT(*) FROM recipients WHERE campaign = ? AND seen_run = ? GROUP BY state",
+            f"SELECT state, COUNT(*) FROM recipients WHERE campaign = ? AND {where} GROUP BY state",
             (campaign, run),
         )
         counts = {
@@ -530,19 +724,19 @@ class Journal:
         return self._db.execute(
             "SELECT state, COALESCE(smtp_code, ''), COALESCE(enhanced_code, ''), "
             "MIN(COALESCE(NULLIF(error, ''), 'no reason recorded')), COUNT(*) FROM recipients "
-            "WHERE campaign = ? AND seen_run = ? AND state IN ('failed', 'uncertain') "
+            "WHERE campaign = ? AND seen_run >= ? AND state IN ('failed', 'uncertain') "
             "GROUP BY 1, 2, 3, CASE WHEN COALESCE(smtp_code, '') = '' THEN error END",
             (campaign, self._latest_run(campaign)),
         ).fetchall()
 
     @_sql_errors
     def not_sent(self, campaign: int) -> Iterator[Outcome]:
-        """Every recipient of the latest run not plainly sent, as outcomes, in file order."""
+        """Every recipient of the campaign not plainly sent, as outcomes, in file order."""
         run = self._latest_run(campaign)
         status_of = {PENDING: Status.NOT_ATTEMPTED, SENDING: Status.UNCERTAIN}
         cursor = self._db.execute(
             "SELECT row, line, fields, address, smtputf8, state, message_id, attempts, smtp_code, "
-            "enhanced_code, error FROM recipients WHERE campaign = ? AND seen_run = ? "
+            "enhanced_code, error FROM recipients WHERE campaign = ? AND seen_run >= ? "
             "AND state NOT IN ('sent', ?) ORDER BY row",
             (campaign, run, SUPPRESSED),
         )
@@ -550,7 +744,7 @@ class Journal:
             recipient = Recipient(row, line, json.loads(fields), address, bool(utf8))
             status = status_of.get(state) or Status(state)
             if state == SENDING:
-                error = "in flight when the run was interrupted: may or may not have been delivered"
+                error = error or "in flight when the run was interrupted: may or may not have been delivered"
             reply = classify(int(code), f"{enhanced or ''} {error or ''}") if code else None
             yield Outcome(recipient, status, message_id or "", attempts, reply, error or "")
 
@@ -579,7 +773,7 @@ class Journal:
         """(row, address) of the latest run's suppressed recipients, in file order."""
         return iter(
             self._db.execute(
-                "SELECT row, address FROM recipients WHERE campaign = ? AND seen_run = ? AND state = ? "
+                "SELECT row, address FROM recipients WHERE campaign = ? AND seen_run >= ? AND state = ? "
                 "ORDER BY row",
                 (campaign, self._latest_run(campaign), SUPPRESSED),
             )
@@ -592,9 +786,13 @@ class Journal:
         return self._campaign.id, self._run
 
     def _latest_run(self, campaign: int) -> int:
-        (run,) = self._db.execute(
-            "SELECT MAX(seen_run) FROM recipients WHERE campaign = ?", (campaign,)
-        ).fetchone()
+        """The campaign's recipients are those seen since its latest run of a whole file (a
+        joined run, of a report, adds its rows and takes none out)."""
+        if "joined" not in _columns(self._db, "runs"):  # an older journal, opened read-only
+            sql = "SELECT MAX(seen_run) FROM recipients WHERE campaign = ?"
+        else:
+            sql = "SELECT MAX(id) FROM runs WHERE campaign = ? AND joined = 0"
+        (run,) = self._db.execute(sql, (campaign,)).fetchone()
         return run or 0
 
     def _count(self, where: str, *args: object) -> int:
@@ -608,6 +806,22 @@ class Journal:
 # -- the file ---------------------------------------------------------------------------
 
 
+def _columns(db: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+
+
+def _server_changed(
+    campaign: CampaignInfo, earlier: list[tuple[str, int]], destination: Destination
+) -> ServerChanged:
+    went = ", ".join(f"{n:,} to {server}" for server, n in earlier)
+    ours = " and ".join(sorted(set(destination.servers.values())))
+    return ServerChanged(
+        f"{campaign.describe()} was delivered to another server before: {went}; this run sends to {ours}",
+        "if you switched provider mid-campaign, pass --server-changed to count those deliveries and send "
+        "only the rest; or pass --restart to send the whole campaign again",
+    )
+
+
 def _wal_of(path: Path) -> Path:
     return path.with_name(path.name + "-wal")
 
@@ -617,14 +831,48 @@ def _connect(path: Path) -> sqlite3.Connection:
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
     db.executescript(SCHEMA)
-    if "relay" not in {row[1] for row in db.execute("PRAGMA table_info(recipients)")}:
+    if "relay" not in _columns(db, "recipients"):
         db.execute("ALTER TABLE recipients ADD COLUMN relay TEXT")  # which relay took it, if several
-    if "rate_window" not in {row[1] for row in db.execute("PRAGMA table_info(runs)")}:
+    if "rate_window" not in _columns(db, "runs"):
         db.executescript(  # a journal from before the average rate was measured this way
             "ALTER TABLE runs ADD COLUMN sending_from REAL;"
             "ALTER TABLE runs ADD COLUMN rate_window REAL NOT NULL DEFAULT 0;"
         )
+    if "rehearsal" not in _columns(db, "recipients"):  # from before servers were recorded
+        db.executescript(
+            "ALTER TABLE recipients ADD COLUMN server TEXT;"
+            "ALTER TABLE recipients ADD COLUMN rehearsal INTEGER NOT NULL DEFAULT 0;"
+        )
+    if "joined" not in _columns(db, "runs"):
+        db.execute("ALTER TABLE runs ADD COLUMN joined INTEGER NOT NULL DEFAULT 0")
+    if "uid" not in _columns(db, "campaigns"):
+        _give_campaigns_uids(db)
     return db
+
+
+def _give_campaigns_uids(db: sqlite3.Connection) -> None:
+    """A journal from before campaigns had an identity: each keeps its rows and runs, gets a uid,
+    and is unnamed. The table is rebuilt (SQLite cannot drop the old UNIQUE (recipients, template)),
+    in one transaction: a kill leaves the old table or the new one."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if "uid" not in _columns(db, "campaigns"):  # another process may have done it meanwhile
+            db.execute(f"CREATE TABLE campaigns_with_uids {CAMPAIGNS}")
+            old = db.execute(
+                "SELECT id, recipients, template, template_sha, header, allow_duplicates, created_at "
+                "FROM campaigns"
+            ).fetchall()
+            db.executemany(
+                "INSERT INTO campaigns_with_uids (id, uid, name, recipients, template, template_sha, header, "
+                "allow_duplicates, created_at) VALUES (?, ?, '', ?, ?, ?, ?, ?, ?)",
+                [(row[0], uuid.uuid4().hex, *row[1:]) for row in old],
+            )
+            db.execute("DROP TABLE campaigns")
+            db.execute("ALTER TABLE campaigns_with_uids RENAME TO campaigns")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
 
 
 def _connect_read_only(path: Path) -> sqlite3.Connection:

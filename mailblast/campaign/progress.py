@@ -95,7 +95,7 @@ class SendProgress:
             detail = f"sent {c.sent:,} · failed {c.failed:,} · waiting {c.retrying:,} · {self.rate():.1f}/s"
             self._bar.update(self._bar.task_ids[0], completed=c.done, detail=detail)
         else:
-            self._console.print(self.line(), highlight=False)
+            self._console.print(self.line(), highlight=False, soft_wrap=True)  # one line, for grep
 
     async def __aexit__(
         self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None

@@ -151,7 +151,13 @@ class Recorder:
         return unknown
 
     def _left(self, outcome: Outcome, counts: Counts) -> None:
-        """An outcome the sender never gave: reported and counted, not journaled (the journal has it)."""
+        """An outcome the sender never gave: reported and counted; the journal has its state, and
+        notes its tries and why (for the report it writes)."""
+        if self.journal is not None:
+            try:
+                self.journal.note_left(outcome)
+            except MailblastError as e:
+                self._journal_failed(e)
         if outcome.status is Status.UNCERTAIN:
             self.reasons.add("uncertain", "", "", outcome.error)
             self.unconfirmed += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import secrets
 import shutil
@@ -20,24 +21,28 @@ from rich.console import Console
 from mailblast import display
 from mailblast.campaign import feedback, testsend
 from mailblast.campaign.check import Inputs, ScanTally, load_inputs, scan, verdict_of_scan
-from mailblast.campaign.journal import Journal, default_path, rehearsal_path
+from mailblast.campaign.journal import Destination, Journal, default_path, recipient_key, rehearsal_path
 from mailblast.campaign.progress import SendProgress
 from mailblast.campaign.quotas import QUOTA_USED, RunQuotas, quota_accounts
 from mailblast.campaign.recorder import Recorder, describe_unrecorded
+from mailblast.campaign.rehearsal import CAPTURE, WatchedConnection, is_capture_server, server_name
 from mailblast.campaign.report import (
     REPORT_HINT,
     ReportWriter,
     check_writable,
     copy_report,
     default_report_path,
+    journal_report,
     report_file,
     wants_bom,
+    write_atomically,
 )
-from mailblast.campaign.signing_key import campaign_tag
 from mailblast.campaign.suppression_db import SuppressionStore
 from mailblast.config import RelaySettings, Settings
-from mailblast.errors import InputError, MailblastError, StoppedError
-from mailblast.message.recipients import Recipient
+from mailblast.errors import ConfigError, InputError, MailblastError, StoppedError
+from mailblast.message.recipients import Recipient, RecipientsFile, RowResult
+from mailblast.message.spreadsheet import report_campaign
+from mailblast.message.unsubscribe import campaign_tag
 from mailblast.message.worker import ComposeWorker
 from mailblast.server import capture
 from mailblast.smtp.connection import Connection
@@ -47,7 +52,7 @@ from mailblast.smtp.credentials import (
     gather_credentials,
     sign_in_hint,
 )
-from mailblast.smtp.outcomes import Counts, average_rate, rate_seconds
+from mailblast.smtp.outcomes import Counts, Outcome, Status, average_rate, rate_seconds
 from mailblast.smtp.quota import QuotaBook
 from mailblast.smtp.ratelimit import SlidingWindowLimiter
 from mailblast.smtp.relay import describe as describe_relays
@@ -76,6 +81,7 @@ class Plan:
     recipients: Iterator[Recipient]
     total: int
     maybe_sent: frozenset[int] = frozenset()
+    destination: Destination | None = None  # where the journal records the deliveries go
     campaign: str = ""  # the campaign's identity: its messages' Message-IDs are its own
 
 
@@ -91,12 +97,14 @@ def run_send(
     facts: dict[str, Any] | None = None,
     destination: str | None = None,
     destination_fault: Callable[[], str | None] | None = None,
+    delivers_to: Destination | Callable[[bool], Destination] | None = None,
 ) -> int:
     """Check every row, then send those not sent yet; journal, report and summarise.
 
     A rate over more than a minute is a quota kept across runs (quota.py), unless ``quotas`` is off.
     ``destination`` names where the messages go, when the server's URL would not say (a rehearsal);
     ``destination_fault`` says why it can take no more (its disk is full), which stops the run.
+    ``delivers_to`` is what the journal records them as (else the server is asked, see rehearsal.py).
     ``facts``, when given, receives what --json prints; the report then goes to a file, as on a terminal.
     """
     if settings.outbox is not None or not (settings.smtp_url or settings.relays):
@@ -110,8 +118,17 @@ def run_send(
 
     if test_to is not None:
         settings = replace(settings, no_journal=True)  # a test send leaves the campaign as it was
+    if settings.limit is not None and (settings.limit < 1 or settings.no_journal):
+        raise ConfigError(
+            f"--limit must be at least 1, not {settings.limit}"
+            if settings.limit < 1
+            else "--limit needs the journal, which keeps the rest pending for the next run",
+            "drop --no-journal (and --test-to, which keeps no journal)" if settings.limit >= 1 else None,
+        )
     if settings.report is not None:
         check_writable(settings.report)  # before the check pass, which may take minutes
+    if not settings.no_journal and delivers_to is None:
+        delivers_to = partial(_destination_of, settings, notice)
     inputs = load_inputs(settings, recipients_path)
     # Started before the check pass, so that a worker process's start-up overlaps it.
     composer = ComposeWorker(inputs.template, in_worker=inputs.recipients.size >= COMPOSE_IN_WORKER_FROM)
@@ -120,13 +137,28 @@ def run_send(
     book = QuotaBook() if accounts else None
     store: SuppressionStore | None = None
     try:
-        journal = None if settings.no_journal else _open_journal(settings, recipients_path, console)
-        tally, plan = _check_and_plan(journal, inputs, settings, console, composer)
+        joins = None
+        if not settings.no_journal:
+            journal_path, joins = _journal_of(settings, inputs.recipients)
+            journal = _open_journal(settings, journal_path, console)
+        tally, plan, invalid = _check_and_plan(
+            journal, inputs, settings, console, composer, delivers_to, joins
+        )
         if facts is not None:
             facts["rows"] = tally.as_dict(suppression=True)
             facts["to_send"] = plan.total
-        if tally.invalid:
+            if journal is not None and tally.valid and not (tally.invalid and not settings.skip_invalid):
+                facts["campaign"] = {"name": journal.campaign.name, "uid": journal.campaign.uid}
+            if plan.destination is not None:
+                servers = sorted(set(plan.destination.servers.values()))
+                facts["destination"] = {"servers": servers, "rehearsal": plan.destination.rehearsal}
+        if tally.invalid and not settings.skip_invalid:
+            if facts is not None:
+                facts["error"] = {"message": f"{tally.invalid:,} invalid row(s)", "hint": tally.fix_hint()}
             return verdict_of_scan(console, tally)
+        if plan.destination is not None and plan.destination.rehearsal and book is not None:
+            book.close()  # a rehearsal uses no account's quota
+            book = None
         if test_to is not None:
             chosen = testsend.pick(plan.recipients, settings.test_count, settings.test_row)
             plan = Plan(iter(chosen), len(chosen), campaign=plan.campaign)
@@ -137,8 +169,11 @@ def run_send(
                 "still sends to everyone",
                 soft_wrap=True,
             )
-        if plan.total == 0:
+        if plan.total == 0 and not invalid:
             console.print(_nothing_to_send(journal, settings), highlight=False)
+            _report_when_nothing_to_send(
+                journal, settings, recipients_path, inputs, stdout, console, facts, tally
+            )
             return 0
         if test_to is None:  # a test send feeds nothing back: it is not the campaign
             store, tag = _open_feedback(journal, target, settings, console)
@@ -183,30 +218,55 @@ def run_send(
             highlight=False,
         )
 
+        def rehearsing() -> None:
+            nonlocal said_rehearsal
+            if journal is not None and not said_rehearsal:
+                said_rehearsal = True
+                journal.rehearsing(CAPTURE)
+                notice(
+                    f"{target.display()} is a mailblast capture server: this run is a rehearsal, and a "
+                    "send to a real server later still sends to everyone"
+                )
+
+        said_rehearsal = plan.destination is not None and plan.destination.rehearsal
+
         def connect() -> Connection:
-            return Connection(
+            return WatchedConnection(
                 target,
                 credentials,
                 timeout=settings.timeout,
                 tls_context=tls_context,
                 pipelining=settings.pipelining,
+                on_capture=rehearsing,
             )
 
         limiter = (run_quotas.limiter("") if run_quotas else None) or SlidingWindowLimiter(
             rate.count if rate else None, rate.period if rate else 1.0
         )
         options = SenderOptions(settings.retries)
-        # On a terminal, a long report goes to a file rather than over the screen; with --json too.
-        to_file = stdout.isatty() or facts is not None
-        report_path = settings.report or (default_report_path(recipients_path) if to_file else None)
-        with report_file(settings.report) as report_stream:
-            fmt = inputs.recipients.format
+        fmt = inputs.recipients.format
+        campaign = journal.campaign if journal is not None else None
+        report_path = _report_path(settings, journal, recipients_path, stdout.isatty() or facts is not None)
+        bom = report_path is not None and wants_bom(fmt)
+        report_existed = report_path is not None and report_path.exists()
+        if journal is not None and campaign is not None and report_path is not None:
+            # before sending: whatever ends the run (even kill -9), the file lists every recipient
+            # not delivered yet (and, until the run ends, some it delivers)
+            left_out = [_invalid_outcome(r, fmt.header) for r in invalid]
+            write_atomically(
+                report_path,
+                journal_report(journal, campaign, delimiter=fmt.delimiter, bom=bom, extra=left_out),
+            )
+        with report_file() as report_stream:
             report = ReportWriter(
                 report_stream,
-                fmt.header,
+                campaign.header if campaign is not None else fmt.header,
                 delimiter=fmt.delimiter,
-                bom=report_path is not None and wants_bom(fmt),
+                bom=bom,
+                campaign=campaign.uid if campaign is not None else "",
             )
+            for result in invalid:  # --skip-invalid
+                report.write(_invalid_outcome(result, fmt.header))
             recorder = Recorder(
                 journal,
                 report,
@@ -232,20 +292,52 @@ def run_send(
             elapsed, cut_short = asyncio.run(_send(sender, plan, composer, settings, console, recorder))
             # whatever ended the run, every recipient not sent is in the report
             unknown = recorder.finish(plan.recipients, sender.counts)
-            if settings.report is None and recorder.report.rows:
+            report_rows = recorder.report.rows
+            if recorder.journal is not None and campaign is not None:
+                # every recipient of the campaign not delivered yet, not only this run's
+                left_out = [_invalid_outcome(r, fmt.header) for r in invalid]
+                write = journal_report(
+                    recorder.journal, campaign, delimiter=fmt.delimiter, bom=bom, extra=left_out
+                )
+                if report_path is None:
+                    report_rows = _write_if_any(write, stdout)
+                else:
+                    report_rows = write_atomically(report_path, write)
+                    if not report_rows and not report_existed and settings.report is None:
+                        report_path.unlink()  # a file of no rows where there was none
+            elif test_to is not None:
+                # a test send's rows are real members': a report of them, sent, would mail them
+                report_rows = 0
+            elif report_rows or settings.report is not None:
                 report_stream.seek(0)
                 if report_path is None:
                     shutil.copyfileobj(report_stream, stdout)
                 else:
                     copy_report(report_stream, report_path)
-        if not recorder.report.rows:
+        if not report_rows:
             report_path = None  # nothing was written: no hint may name it
         several = [r for r in sender.relays if r.name]  # the [[relay]] tables; none for the one server
-        _summarise(console, sender.counts, tally, elapsed, window, recorder, report_path, several)
+        _summarise(
+            console,
+            sender.counts,
+            tally,
+            elapsed,
+            window,
+            recorder,
+            report_path,
+            report_rows,
+            several,
+            test_to,
+        )
         if facts is not None:
             facts.update(
-                _send_facts(sender.counts, tally, elapsed, window, journal, report_path, recorder.report.rows)
+                _send_facts(sender.counts, tally, elapsed, window, journal, report_path, report_rows)
             )
+            if journal is not None and (where := journal.destination) is not None:  # a rehearsal found late
+                facts["destination"] = {
+                    "servers": sorted(set(where.servers.values())),
+                    "rehearsal": where.rehearsal,
+                }
             if several:
                 facts["relays"] = [
                     {"name": r.name, "took": r.took, "dropped": r.dropped.describe() if r.dropped else None}
@@ -262,7 +354,9 @@ def run_send(
             book.close()
         if journal is not None:
             journal.close()
-    if journal is not None:
+    if test_to is not None:
+        resume = f"send the test again (only {test_to} gets messages)"
+    elif journal is not None:
         resume = f"run the same command again to resume: {resume_command}"
     elif report_path is not None:
         resume = f"send the report's rows again: mailblast send {report_path} with the same options"
@@ -295,7 +389,9 @@ def run_send(
             resume,
         )
     if sender.stopped_by is INTERRUPTED or (cut_short and sender.stopped_by is None):
-        raise StoppedError(f"interrupted: {sender.counts.not_attempted:,} recipient(s) not attempted", resume)
+        n = sender.counts.not_attempted
+        what = f"{n:,} recipient(s) not attempted" if test_to is None else f"{n:,} test message(s) not sent"
+        raise StoppedError(f"interrupted: {what}", resume)
     if sender.stopped_by is QUOTA_USED and run_quotas is not None:
         counts = sender.counts
         raise StoppedError(
@@ -310,7 +406,7 @@ def run_send(
         hint = _stop_hint(sender.stopped_by, resume, target, credentials, relay)
         raise StoppedError(f"stopped: {sender.stopped_by.describe()}", hint)
     # an uncertain message accepted on its resend was delivered (maybe twice): not a failure
-    return 1 if sender.counts.failed or recorder.unconfirmed else 0
+    return 1 if sender.counts.failed or recorder.unconfirmed or invalid else 0
 
 
 def _open_feedback(
@@ -337,16 +433,16 @@ def _tag_campaign(
     store: SuppressionStore, journal: Journal | None, target: SmtpTarget, settings: Settings
 ) -> str | None:
     """The campaign's tag in the shared list (its entries, rates, VERP and unsubscribe tokens)."""
-    campaign = journal.campaign if journal is not None else None
-    if journal is None or campaign is None:
+    if journal is None:
         return None
+    campaign = journal.campaign
     if settings.relays:
         account = ", ".join(sorted(_account_of(parse_smtp_url(r.url)) for r in settings.relays))
     else:
         account = _account_of(target)
     name = f"{Path(campaign.recipients).name} with {Path(campaign.template).name}"
-    tag = campaign_tag(Path(campaign.recipients), Path(campaign.template))
-    store.tag_campaign(tag, journal.path, campaign.id, name, account)
+    tag = campaign_tag(campaign.uid)
+    store.tag_campaign(tag, journal.path, campaign.id, campaign.name or name, account)
     return tag
 
 
@@ -400,6 +496,7 @@ def _rehearse(
             destination_fault=lambda: (
                 server.storage_error and f"the outbox {outbox}/ cannot be written: {server.storage_error}"
             ),
+            delivers_to=Destination({"": CAPTURE}, rehearsal=True),
         )
     if facts is not None:
         facts["outbox"] = str(outbox)
@@ -414,8 +511,147 @@ def _rehearse(
     return code
 
 
-def _open_journal(settings: Settings, recipients_path: Path, console: Console) -> Journal:
-    path = settings.journal or default_path(recipients_path)
+def _destination_of(settings: Settings, notice: Callable[[str], None], ask: bool) -> Destination:
+    """The server each relay (or the one server) is, as the journal records its deliveries; with
+    ``ask``, each is asked first whether it is a mailblast capture server (else the run's own
+    connections tell, as they open)."""
+    urls = {r.name: r.url for r in settings.relays} or {"": settings.smtp_url or ""}
+    targets = {name: parse_smtp_url(url) for name, url in urls.items()}
+    if ask and all(is_capture_server(t, settings.timeout) for t in targets.values()):
+        notice(
+            f"{', '.join(t.display() for t in targets.values())} is a mailblast capture server: this run "
+            "is a rehearsal, and a send to a real server later still sends to everyone"
+        )
+        return Destination(dict.fromkeys(targets, CAPTURE), rehearsal=True)
+    return Destination({name: server_name(t) for name, t in targets.items()})
+
+
+def _journal_of(settings: Settings, recipients: RecipientsFile) -> tuple[Path, str | None]:
+    """The journal to use, and the uid of the campaign this file's run joins (None: its own run).
+
+    A report names its campaign: sending it joins that campaign, whose journal is given, or
+    beside the report. So does a file all of whose rows a campaign beside it already holds.
+    """
+    own = settings.journal or default_path(recipients.path)
+    if settings.restart:
+        return own, None
+    fmt = recipients.format
+    uid = _campaign_named_in(recipients) if fmt.is_report else ""
+    beside = sorted(recipients.path.parent.glob("*.mailblast.sqlite"))
+    if uid:
+        for path in [own] if settings.journal else [own, *beside]:
+            if path.is_file() and _journal_has(path, lambda j: j.find_uid(uid) is not None):
+                return path, uid
+        raise InputError(
+            f"{recipients.name} is a report of a campaign (uid {uid}) whose journal is not "
+            f"{'at ' + str(own) if settings.journal else 'beside it'}",
+            "pass --journal with that campaign's journal, so that nobody is sent a second copy",
+        )
+    if settings.journal or own.exists() or settings.campaign:
+        return own, None
+    for path in beside:
+        # the keys of the file's rows, read (not rendered) until one is not in the campaign
+        for campaign in _journal_has(path, lambda j: j.campaigns()) or []:
+            keys = (
+                recipient_key(r.recipient, settings.allow_duplicates)
+                for r in recipients.rows(allow_duplicates=settings.allow_duplicates)
+                if r.recipient is not None
+            )
+            if _journal_has(path, lambda j, c=campaign, k=keys: j.holds_all(c.id, k)):
+                return path, campaign.uid
+    return own, None
+
+
+def _journal_has(path: Path, question: Callable[[Journal], Any]) -> Any:
+    """``question`` asked of the journal at ``path``, opened read-only; None if it cannot be read."""
+    try:
+        journal = Journal(path, read_only=True)
+    except InputError:
+        return None
+    try:
+        return question(journal)
+    except InputError:
+        return None
+    finally:
+        journal.close()
+
+
+def _campaign_named_in(recipients: RecipientsFile) -> str:
+    header = recipients.format.header
+    for result in recipients.rows(allow_duplicates=True):
+        if result.recipient is not None and (uid := report_campaign(header, result.recipient.fields)):
+            return uid
+    return ""
+
+
+def _campaign_file(journal: Journal | None, recipients_path: Path) -> Path:
+    """The campaign's own recipients file, where it is now: its journal's folder, when this run
+    sends another file (a report) of it; a moved folder took the journal along."""
+    if journal is None:
+        return recipients_path
+    name = Path(journal.campaign.recipients).name
+    return recipients_path if name == recipients_path.name else journal.path.parent / name
+
+
+def _invalid_outcome(result: RowResult, header: tuple[str, ...]) -> Outcome:
+    """A row left out with --skip-invalid, as the report lists it: not sent, and why."""
+    fields = result.recipient.fields if result.recipient else dict(zip(header, result.values, strict=False))
+    problems = "; ".join(p.message for p in result.problems if p.is_error)
+    recipient = Recipient(result.row, result.line, fields, "", False)
+    return Outcome(recipient, Status.NOT_ATTEMPTED, "", 0, None, f"invalid row, not sent: {problems}")
+
+
+def _report_path(
+    settings: Settings, journal: Journal | None, recipients_path: Path, to_file: bool
+) -> Path | None:
+    """Where the report goes: --report; else standard output (None), except on a terminal (a long
+    report would flood it) or with --json: a file beside the recipients, named after the campaign."""
+    if settings.report is not None or not to_file:
+        return settings.report
+    if journal is not None:  # the campaign's, wherever this run's rows came from (a report, say)
+        return default_report_path(_campaign_file(journal, recipients_path), journal.campaign.name)
+    return default_report_path(recipients_path)
+
+
+def _report_when_nothing_to_send(
+    journal: Journal | None,
+    settings: Settings,
+    recipients_path: Path,
+    inputs: Inputs,
+    stdout: TextIO,
+    console: Console,
+    facts: dict[str, Any] | None,
+    tally: ScanTally,
+) -> None:
+    """A run with nothing to send still leaves the campaign's report (its failed recipients, say)
+    and --json's document with every key."""
+    path = _report_path(settings, journal, recipients_path, stdout.isatty() or facts is not None)
+    rows = 0
+    if journal is not None:
+        fmt = inputs.recipients.format
+        bom = path is not None and wants_bom(fmt)
+        write = journal_report(journal, journal.campaign, delimiter=fmt.delimiter, bom=bom)
+        existed = path is not None and path.exists()
+        rows = _write_if_any(write, stdout) if path is None else write_atomically(path, write)
+        if path is not None and not rows and not existed and settings.report is None:
+            path.unlink()
+        if rows:
+            console.print(f"report of the {rows:,} recipient(s) not sent: {path or 'standard output'}")
+    if facts is not None:
+        facts.update(_send_facts(Counts(), tally, 0.0, 1.0, journal, path if rows else None, rows))
+
+
+def _write_if_any(write: Callable[[TextIO], int], stdout: TextIO) -> int:
+    """The report on standard output, if it has a row: no header alone."""
+    with report_file() as stream:
+        rows = write(stream)
+        if rows:
+            stream.seek(0)
+            shutil.copyfileobj(stream, stdout)
+    return rows
+
+
+def _open_journal(settings: Settings, path: Path, console: Console) -> Journal:
     journal, set_aside = Journal.for_send(path, restart=settings.restart)
     if set_aside is not None:
         display.print_warning(console, f"{path} was damaged: kept as {set_aside}, and a new journal started")
@@ -423,23 +659,35 @@ def _open_journal(settings: Settings, recipients_path: Path, console: Console) -
 
 
 def _check_and_plan(
-    journal: Journal | None, inputs: Inputs, settings: Settings, console: Console, composer: ComposeWorker
-) -> tuple[ScanTally, Plan]:
-    """The check pass, which also records the file's rows in the journal if every row is good."""
+    journal: Journal | None,
+    inputs: Inputs,
+    settings: Settings,
+    console: Console,
+    composer: ComposeWorker,
+    delivers_to: Destination | Callable[[bool], Destination] | None = None,
+    joins: str | None = None,
+) -> tuple[ScanTally, Plan, list[RowResult]]:
+    """The check pass, which also records the file's rows in the journal if every row is good
+    (or with --skip-invalid, the good ones: the bad ones are returned, to be reported)."""
     recipients = inputs.recipients
+    invalid: list[RowResult] = []
+    on_invalid = invalid.append if settings.skip_invalid else None
     if journal is None:
-        tally = scan(inputs, settings, console, worker=composer)
+        tally = scan(inputs, settings, console, worker=composer, on_invalid=on_invalid)
+        bad = {r.row for r in invalid}  # a template's error: the row itself read fine
         rows = (
             r.recipient
             for r in recipients.rows(allow_duplicates=settings.allow_duplicates)
-            if r.recipient and not inputs.is_suppressed(r.recipient)
+            if r.recipient and not inputs.is_suppressed(r.recipient) and r.row not in bad
         )
-        return tally, Plan(rows, tally.valid, campaign=secrets.token_hex(8))  # a campaign of one run
-    is_new, edited = journal.begin_run(
+        return tally, Plan(rows, tally.valid, campaign=secrets.token_hex(8)), invalid  # a campaign of one run
+    start = journal.begin_run(
         recipients.path,
         inputs.template.path,
         inputs.template.source_sha,
         recipients.format.header,
+        name=settings.campaign or "",
+        uid=joins,
         restart=settings.restart,
         allow_duplicates=settings.allow_duplicates,
     )
@@ -451,21 +699,57 @@ def _check_and_plan(
             on_valid=journal.add,
             on_suppressed=partial(journal.add, suppressed=True),
             worker=composer,
+            on_invalid=on_invalid,
         )
     except BaseException:
         journal.abandon_run()
         raise
-    if tally.invalid:
+    if tally.invalid and not settings.skip_invalid:
         journal.abandon_run()  # nothing is sent, and the journal stays as it was
-        return tally, Plan(iter(()), 0)
+        return tally, Plan(iter(()), 0), invalid
     changes = journal.end_run()
-    console.print(f"journal: {journal.path}{' (new campaign)' if is_new else ''}", highlight=False)
+    campaign = journal.campaign
+    destination = delivers_to(False) if callable(delivers_to) else delivers_to
+    if callable(delivers_to) and destination is not None and journal.earlier_deliveries_matter(destination):
+        destination = delivers_to(True)  # a rehearsal, or a real send? asked before sending
+    delivering = None
+    if destination is not None:
+        delivering = journal.deliver_to(destination, server_changed=settings.server_changed)
+    if joins is not None:
+        console.print(
+            f"journal: {journal.path}: {recipients.name} joins {campaign.describe()} "
+            f"(of {Path(campaign.recipients).name}), so nobody gets a second copy (a new mailing to "
+            "them is another campaign: --campaign NAME)",
+            highlight=False,
+            soft_wrap=True,
+        )
+    else:
+        named = f" {campaign.describe()}" if campaign.name else ""
+        new = " (new campaign)" if start.is_new else ""
+        console.print(f"journal: {journal.path}{named}{new}", highlight=False)
+    if delivering is not None and delivering.ignored_rehearsals:
+        console.print(
+            f"ignoring {delivering.ignored_rehearsals:,} rehearsal deliveries (to a mailblast capture "
+            "server): those recipients are sent for real now",
+            highlight=False,
+        )
+    if delivering is not None and delivering.earlier:
+        went = ", ".join(f"{n:,} to {server}" for server, n in delivering.earlier)
+        console.print(f"counted as delivered (--server-changed): {went}", highlight=False)
+    # a report's rows are sent because they were not delivered: its failed ones are retried
+    retry_failed = settings.retry_failed or joins is not None
     counts = journal.counts()
     in_flight = journal.in_flight()
     todo = counts["pending"]
     todo += 0 if settings.skip_uncertain else counts["sending"]
-    todo += counts["failed"] if settings.retry_failed else 0
-    if not is_new:
+    todo += counts["failed"] if retry_failed else 0
+    if joins is not None and counts["sent"]:
+        console.print(
+            f"{counts['sent']:,} row(s) of {recipients.name} were delivered already in this campaign: "
+            "skipped",
+            highlight=False,
+        )
+    if not start.is_new:
         console.print(
             f"resuming: {counts['sent']:,} sent, {todo:,} to go "
             f"({counts['failed']:,} failed, {counts['uncertain']:,} uncertain before)",
@@ -480,12 +764,13 @@ def _check_and_plan(
                 f"{changes.removed:,} recipient(s) of the last run are no longer in the file and will not "
                 f"be sent: {', '.join(changes.removed_sample)}{f' and {more:,} more' if more else ''}",
             )
-        if edited:
+        if start.edited:
             display.print_warning(
                 console,
-                "the template was edited since the last run: recipients not yet sent get the new version",
+                "template changed since the last run: the rows already sent keep the earlier version "
+                "(a new mailing to the same people is another campaign: --campaign NAME)",
             )
-        if counts["failed"] and not settings.retry_failed and todo:
+        if counts["failed"] and not retry_failed and todo:
             console.print(f"{counts['failed']:,} failed recipient(s) are not retried (--retry-failed does)")
     if in_flight:
         names = ", ".join(f"row {row} {address}" for row, address in in_flight[:10])
@@ -493,9 +778,17 @@ def _check_and_plan(
             "left out (--skip-uncertain)" if settings.skip_uncertain else "sent again, possible duplicates"
         )
         display.print_warning(console, f"in flight when the last run stopped, {action}: {names}")
-    todo_rows = journal.todo(retry_failed=settings.retry_failed, skip_uncertain=settings.skip_uncertain)
+    todo_rows = journal.todo(retry_failed=retry_failed, skip_uncertain=settings.skip_uncertain)
+    if settings.limit is not None and todo > settings.limit:
+        console.print(
+            f"--limit {settings.limit:,}: sending {settings.limit:,} of the {todo:,} to go; the other "
+            f"{todo - settings.limit:,} stay pending for the next run",
+            highlight=False,
+        )
+        todo_rows, todo = itertools.islice(todo_rows, settings.limit), settings.limit
     in_flight_rows = frozenset(row for row, _ in in_flight)
-    return tally, Plan(todo_rows, todo, in_flight_rows, journal.campaign_identity())
+    plan = Plan(todo_rows, todo, in_flight_rows, destination, journal.campaign_identity())
+    return tally, plan, invalid
 
 
 async def _send(
@@ -594,19 +887,27 @@ def _summarise(
     window: float,
     recorder: Recorder,
     report: Path | None,
+    report_rows: int,
     relays: list[Relay],
+    test_to: str | None = None,
 ) -> None:
+    """The run's figures; a test send's speak of its messages to ``test_to`` only."""
     delivered = counts.sent + counts.uncertain
+    about_the_file = {
+        "skipped": f"{tally.duplicates + tally.empty:,}",
+        **({"suppressed": f"{tally.suppressed:,}"} if tally.suppressed else {}),
+    }
     display.print_counts(
         console,
-        "summary",
+        "summary" if test_to is None else f"test send to {test_to}",
         {
             "sent": f"{counts.sent:,}",
             "failed": f"{counts.failed:,}",
             "uncertain": f"{counts.uncertain:,}",
-            "skipped": f"{tally.duplicates + tally.empty:,}",
-            **({"suppressed": f"{tally.suppressed:,}"} if tally.suppressed else {}),
-            "not attempted": f"{counts.not_attempted:,}",
+            **(about_the_file if test_to is None else {}),
+            (
+                "not attempted" if test_to is None else "not sent (the run stopped)"
+            ): f"{counts.not_attempted:,}",
             "elapsed": f"{elapsed:.1f}s",
             "average rate": f"{average_rate(delivered, rate_seconds(elapsed, window)):.2f} msg/s",
         },
@@ -626,11 +927,9 @@ def _summarise(
         )
     if recorder.feedback is not None and recorder.feedback.error is not None:
         display.print_warning(console, f"{recorder.feedback.error.message}: refusals were not all recorded")
-    if recorder.report.rows:
+    if report_rows:
         where = report or "standard output"
-        console.print(
-            f"report of the {recorder.report.rows:,} recipient(s) not sent: {where}", highlight=False
-        )
+        console.print(f"report of the {report_rows:,} recipient(s) not sent: {where}", highlight=False)
 
 
 def _summarise_relays(console: Console, relays: list[Relay]) -> None:

@@ -8,7 +8,6 @@ endpoint must run where it can read the same file (copy it there).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import secrets
 from pathlib import Path
@@ -66,9 +65,3 @@ def _create(path: Path) -> bytes:
     with os.fdopen(fd, "w") as f:
         f.write(key.hex() + "\n")
     return key
-
-
-def campaign_tag(recipients: Path, template: Path) -> str:
-    """A campaign's short name in tokens: from its recipients file and template, as the journal knows it."""
-    text = f"{recipients.resolve()}\0{template.resolve()}"
-    return hashlib.sha256(text.encode()).hexdigest()[:8]

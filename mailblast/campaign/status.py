@@ -11,14 +11,14 @@ from rich.console import Console
 
 from mailblast import display
 from mailblast.campaign.feedback import Rates, rates_of
-from mailblast.campaign.journal import Journal, default_path, rehearsal_path
+from mailblast.campaign.journal import CampaignInfo, Journal, default_path, rehearsal_path
 from mailblast.campaign.quotas import quota_accounts
-from mailblast.campaign.report import ReportWriter, report_file, wants_bom
-from mailblast.campaign.signing_key import campaign_tag
+from mailblast.campaign.report import journal_report, wants_bom, write_atomically
 from mailblast.campaign.suppression_db import SuppressionStore
 from mailblast.config import Settings
 from mailblast.errors import InputError
 from mailblast.message.recipients import CsvFormat, RecipientsFile
+from mailblast.message.unsubscribe import campaign_tag
 from mailblast.server.capture import DEFAULT_OUTBOX
 from mailblast.smtp.outcomes import Reasons, average_rate
 from mailblast.smtp.quota import QuotaBook, quota_use
@@ -45,7 +45,7 @@ def run_status(
 ) -> int:
     journal = _existing_journal(settings, recipients_path, console)
     try:
-        campaign = journal.find(recipients_path, settings.template)
+        campaign = journal.find(settings.campaign or "", settings.template)
         if list_suppressed:  # one address a line: itself a suppression file
             for _, address in journal.suppressed(campaign.id):
                 console.print(address, highlight=False, soft_wrap=True)
@@ -56,7 +56,7 @@ def run_status(
         delivered = counts["sent"] + counts["uncertain"]
         display.print_counts(
             console,
-            f"campaign {campaign.recipients} with {campaign.template}",
+            f"{campaign.describe()}: {campaign.recipients} with {campaign.template}",
             {
                 "journal": str(journal.path),
                 "started": _when(campaign.created_at),
@@ -69,13 +69,17 @@ def run_status(
                 "average rate": f"{average_rate(delivered, seconds):.2f} msg/s",
             },
         )
-        rates = _rates(campaign.recipients, campaign.template, delivered + counts["failed"])
+        rates = _rates(campaign, delivered + counts["failed"])
         if rates is not None:
             display.print_counts(console, "after the send", rates.shown())
             for warning in rates.warnings():
                 display.print_warning(console, warning)
         if relays := journal.relay_counts(campaign.id):
             display.print_counts(console, "sent through", {name: f"{n:,}" for name, n in relays})
+        servers = journal.server_counts(campaign.id)
+        if servers:
+            shown = {f"{name}{' (rehearsal)' if r else ''}": f"{n:,}" for name, r, n in servers}
+            display.print_counts(console, "delivered to", shown)
         if counts["sending"]:
             console.print(
                 f"{counts['sending']:,} message(s) were in flight when a run stopped: the next send "
@@ -91,6 +95,11 @@ def run_status(
         if facts is not None:
             facts.update(
                 journal=str(journal.path),
+                campaign={"name": campaign.name, "uid": campaign.uid},
+                delivered_to=[
+                    {"server": server, "rehearsal": bool(rehearsal), "count": n}
+                    for server, rehearsal, n in servers
+                ],
                 recipients=campaign.recipients,
                 template=campaign.template,
                 started=_iso(campaign.created_at),
@@ -110,13 +119,14 @@ def run_status(
     return 0
 
 
-def _rates(recipients: str, template: str, attempted: int) -> Rates | None:
+def _rates(campaign: CampaignInfo, attempted: int) -> Rates | None:
     """The campaign's bounce, complaint and unsubscribe counts, once anything came back."""
     store = SuppressionStore.existing()
     if store is None:
         return None
     with store:
-        rates = rates_of(store, campaign_tag(Path(recipients), Path(template)), attempted)
+        tag = campaign_tag(campaign.uid)
+        rates = rates_of(store, tag, attempted)
     return rates if rates.bounces or rates.soft or rates.complaints or rates.unsubscribes else None
 
 
@@ -140,22 +150,14 @@ def run_report(
 ) -> int:
     journal = _existing_journal(settings, recipients_path, console)
     try:
-        campaign = journal.find(recipients_path, settings.template)
-
+        campaign = journal.find(settings.campaign or "", settings.template)
         fmt = _format_if_readable(recipients_path, settings)
-
-        def write(stream: TextIO, bom: bool) -> int:
-            delimiter = fmt.delimiter if fmt else ","
-            report = ReportWriter(stream, campaign.header, delimiter=delimiter, bom=bom)
-            for outcome in journal.not_sent(campaign.id):
-                report.write(outcome)
-            return report.rows
-
+        delimiter = fmt.delimiter if fmt else ","
         if out is None:
-            write(stdout, bom=False)
+            journal_report(journal, campaign, delimiter=delimiter)(stdout)
             return 0
-        with report_file(out) as stream:
-            rows = write(stream, bom=fmt is not None and wants_bom(fmt))
+        bom = fmt is not None and wants_bom(fmt)
+        rows = write_atomically(out, journal_report(journal, campaign, delimiter=delimiter, bom=bom))
     finally:
         journal.close()
     console.print(f"wrote {rows:,} recipient(s) not sent to {out}", highlight=False)

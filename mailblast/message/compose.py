@@ -17,7 +17,7 @@ import re
 import sqlite3
 import stat
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from email import policy
 from email.charset import BASE64, Charset
@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from urllib.parse import unquote
 
 import jinja2
+import jinja2.meta
 from email_validator import EmailNotValidError, validate_email
 from jinja2.sandbox import SecurityError
 from markdown_it import MarkdownIt
@@ -237,6 +238,15 @@ def _check_address(addr_spec: str) -> tuple[str, bool]:
     return checked.ascii_email or checked.normalized, bool(checked.smtputf8)
 
 
+def unknown_name_text(name: str, columns: list[str]) -> str:
+    guess = did_you_mean(name, [*columns, "email"])
+    hint = f'; did you mean "{guess}"?' if guess else ""
+    return (
+        f'the template uses "{name}", which is not a column of the recipients file{hint} '
+        f"(the columns are: {', '.join(columns)})"
+    )
+
+
 class _UnknownName(jinja2.UndefinedError):
     def __init__(self, name: str, message: str | None = None) -> None:
         super().__init__(message)
@@ -265,6 +275,20 @@ _JINJA = re.compile(r"\{[{%#]")
 
 _HEADER_LIKE = re.compile(r"[!-9;-~]+[ \t]*:|[ \t]")  # a header line, or its continuation
 _ATTACHMENT_LINE = re.compile(r"^\s*attachment\s*:", re.IGNORECASE | re.MULTILINE)
+
+
+NO_SENDER = (
+    "the message has no sender: add a From: header to the template, "
+    "or set from in mailblast.toml (or pass --from)"
+)
+
+
+def _sets_reserved(name: str) -> str:
+    return f"the template sets {name}, but {RESERVED_HEADERS[name.lower()]}"
+
+
+def _sets_twice(name: str) -> str:
+    return f"the template sets {name} twice"
 
 
 def _literal_headers(source: str) -> frozenset[str]:
@@ -478,6 +502,39 @@ class Template:
                 raise RowError(str(e), template=f"[unsubscribe] {key}") from None
         return links
 
+    def written_faults(self) -> list[str]:
+        """The faults its headers show as written, whatever the row (a reserved header, one set
+        twice, no sender), in the words a row's error uses. Rendering a row stops at its first
+        fault; check names every one."""
+        faults, seen = [], set()
+        for line in hdr.HEADER_LINES.split(self.header_source):
+            head, sep, _ = line.partition(":")
+            if not sep or line[:1] in (" ", "\t") or _JINJA.search(head):
+                continue
+            name = head.strip()
+            key = name.lower()
+            if key in RESERVED_HEADERS:
+                faults.append(_sets_reserved(name))
+            elif key in SINGLE_HEADERS and key in seen:
+                faults.append(_sets_twice(name))
+            seen.add(key)
+        if not self.default_from and "from" not in self.header_source.lower():
+            faults.append(NO_SENDER)
+        return faults
+
+    def names_not_in(self, header: tuple[str, ...]) -> list[str]:
+        """The names the template reads that are neither a column nor built in. Rendering a row
+        stops at the first; check names every one at once."""
+        env = jinja2.Environment()
+        names: list[str] = []
+        for source in (self.header_source, self.body_source):
+            try:
+                names += sorted(jinja2.meta.find_undeclared_variables(env.parse(source)))
+            except jinja2.TemplateSyntaxError:  # compiled already: cannot happen
+                return []
+        known = {*header, *self.builtin_names}
+        return [name for name in dict.fromkeys(names) if name not in known]
+
     def shadowed_columns(self, header: tuple[str, ...], address_column: str) -> list[str]:
         """Columns whose name is a built-in one, so that only row["..."] reaches them."""
         return [c for c in header if c in self.builtin_names and not (c == "email" == address_column)]
@@ -559,25 +616,31 @@ class Template:
         """Render and build one recipient's message; raises RowError when the row cannot become one.
 
         ``campaign`` identifies the campaign: its messages' Message-IDs are its own."""
-        return self.build(self.render(recipient), date=date, campaign=campaign)
+        return self.build(self.render(recipient, campaign), date=date, campaign=campaign)
 
-    def render(self, recipient: Recipient) -> Rendered:
-        """Everything about a row that can be wrong, checked without building the MIME message."""
+    def render(self, recipient: Recipient, campaign: str = "") -> Rendered:
+        """Everything about a row that can be wrong, checked without building the MIME message;
+        ``campaign`` (its identity) is what {{ unsubscribe_token }} and VERP tokens name."""
         fields = recipient.fields
         try:
-            return self._render_row(recipient)
+            return self._render_row(recipient, campaign)
         except hdr.BadValue as e:
             raise RowError(e.message, _column_of(fields, e.value)) from None
 
-    def _render_row(self, recipient: Recipient) -> Rendered:
+    def _signing_for(self, campaign: str) -> unsub.Signing | None:
+        if self.signing is None or not campaign:
+            return self.signing
+        return replace(self.signing, campaign=unsub.campaign_tag(campaign))
+
+    def _render_row(self, recipient: Recipient, campaign: str = "") -> Rendered:
         context = dict(recipient.fields)
         if not self.builtin_names.isdisjoint(context):
             for name in self.builtin_names:
                 context.pop(name, None)
         context["email"] = recipient.address
         context["row"] = recipient.fields
-        if self.signing is not None:
-            context["unsubscribe_token"] = unsub.unsubscribe_token(self.signing, recipient.address)
+        if (signing := self._signing_for(campaign)) is not None:
+            context["unsubscribe_token"] = unsub.unsubscribe_token(signing, recipient.address)
         links = self._unsubscribe_links(context) if self._unsubscribe else {}
         if links:  # the footer's link is the header's
             context["unsubscribe_url"] = links.get("url") or links["mailto"]
@@ -589,11 +652,7 @@ class Template:
             headers.insert(0, ("To", recipient.address))
         if "from" not in names:
             if not self.default_from:
-                raise RowError(
-                    "the message has no sender: add a From: header to the template, "
-                    "or set from in mailblast.toml (or pass --from)",
-                    template=self.name,
-                )
+                raise RowError(NO_SENDER, template=self.name)
             headers.insert(0, ("From", self.default_from))
         envelope_from = ""
         envelope_to: list[str] = []
@@ -607,9 +666,9 @@ class Template:
         for name, marked in headers:
             key = name.lower()
             if key in RESERVED_HEADERS:
-                raise RowError(f"the template sets {name}, but {RESERVED_HEADERS[key]}", template=self.name)
+                raise RowError(_sets_reserved(name), template=self.name)
             if key in SINGLE_HEADERS and key in seen:
-                raise RowError(f"the template sets {name} twice", template=self.name)
+                raise RowError(_sets_twice(name), template=self.name)
             seen.add(key)
             if key in ADDRESS_HEADERS:
                 addresses, utf8 = self._checked(key, _addresses, name, marked, checked=recipient.address)
@@ -769,7 +828,8 @@ class Template:
                 raise RowError(str(e)) from None
         envelope_from = rendered.envelope_from
         if self.return_path is not None:  # VERP: bounces come back to an address naming the row
-            envelope_from = verp.return_path(self.return_path, self.signing, rendered.recipient.address)
+            signing = self._signing_for(campaign)
+            envelope_from = verp.return_path(self.return_path, signing, rendered.recipient.address)
         return ComposedMessage(
             rendered.recipient,
             envelope_from,
@@ -889,14 +949,7 @@ class Template:
                     "(or mailto) to give it",
                     template=self.name,
                 ) from None
-            columns = list(context["row"])
-            guess = did_you_mean(e.name, [*columns, "email"])
-            hint = f'; did you mean "{guess}"?' if guess else ""
-            raise RowError(
-                f'the template uses "{e.name}", which is not a column of the recipients file{hint} '
-                f"(the columns are: {', '.join(columns)})",
-                template=self.name,
-            ) from None
+            raise RowError(unknown_name_text(e.name, list(context["row"])), template=self.name) from None
         except jinja2.UndefinedError as e:
             raise RowError(
                 f"the template uses a variable this row does not have: {e.message} "

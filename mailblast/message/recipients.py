@@ -89,6 +89,7 @@ class RowResult:
     recipient: Recipient | None
     problems: list[RowProblem] = field(default_factory=list)
     duplicate_of: int | None = None
+    values: tuple[str, ...] = ()  # a bad row's cells as read, to report it as not sent
 
 
 @dataclass(frozen=True)
@@ -218,6 +219,8 @@ class RecipientsFile:
         self.format = self._read_format(enc, delimiter, email_column)
         self.size = self.path.stat().st_size
         self._reading: _CountingReader | None = None
+        self.blank_lines = 0  # of the last pass over the rows: skipped, not rows, but said
+        self.first_blank_lines: list[int] = []  # the first few of them
 
     @property
     def bytes_read(self) -> int:
@@ -288,6 +291,7 @@ class RecipientsFile:
         """Yield every data row in file order, with its problems. Blank lines are skipped."""
         fmt = self.format
         seen = None if allow_duplicates else SeenAddresses()
+        self.blank_lines, self.first_blank_lines = 0, []
         try:
             with _open_text(self.path, fmt.encoding) as f:
                 self._reading = f.buffer.raw  # type: ignore[attr-defined]
@@ -303,6 +307,9 @@ class RecipientsFile:
                         except StopIteration:
                             return
                         if not values:
+                            self.blank_lines += 1
+                            if len(self.first_blank_lines) < 5:
+                                self.first_blank_lines.append(line)
                             continue
                         row += 1
                         yield self._row(row, line, values, seen)
@@ -324,6 +331,8 @@ class RecipientsFile:
 
         def problem(column: str | None, message: str, is_error: bool = True) -> None:
             result.problems.append(RowProblem(self.name, row, line, column, message, is_error))
+            if is_error:  # kept for a bad row only: a good one has its fields
+                result.values = tuple(values)
 
         if all(not v.strip() for v in values):
             problem(None, "empty row, skipped", is_error=False)

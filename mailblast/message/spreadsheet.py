@@ -8,7 +8,9 @@ every cell that has one, and get every value back as it was.
 
 from __future__ import annotations
 
-REPORT_COLUMNS = ("status", "smtp_code", "enhanced_code", "error", "attempts")
+# "campaign" names the campaign (its uid), so that sending the report joins it; reports written
+# before it was added end at "attempts", and are reports still.
+REPORT_COLUMNS = ("status", "smtp_code", "enhanced_code", "error", "attempts", "campaign")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
 
 
@@ -24,7 +26,16 @@ def restore(text: str) -> str:
 
 def is_report(header: tuple[str, ...]) -> bool:
     """Whether a CSV header is that of a mailblast report: the original columns, then ours."""
-    ours = header[-len(REPORT_COLUMNS) :]
-    return len(ours) == len(REPORT_COLUMNS) and all(
-        name in (column, f"mailblast_{column}") for name, column in zip(ours, REPORT_COLUMNS, strict=True)
-    )
+    for columns in (REPORT_COLUMNS, REPORT_COLUMNS[:-1]):
+        ours = header[-len(columns) :]
+        if len(ours) == len(columns) and all(
+            name in (column, f"mailblast_{column}") for name, column in zip(ours, columns, strict=True)
+        ):
+            return True
+    return False
+
+
+def report_campaign(header: tuple[str, ...], fields: dict[str, str]) -> str:
+    """The campaign a report's row names ("" for none, or a report from before campaigns)."""
+    last = header[-1] if header else ""
+    return fields.get(last, "").strip() if last in ("campaign", "mailblast_campaign") else ""

@@ -177,6 +177,12 @@ class Signing:
     only_for: str | None = None
 
 
+def campaign_tag(identity: str) -> str:
+    """A campaign's short name in tokens (8 hex digits, as VERP's fit in a local part): from its
+    identity (the journal's uid), so that it stays the same wherever the campaign's files move."""
+    return hashlib.sha256(identity.encode()).hexdigest()[:8]
+
+
 def _mac(key: bytes, purpose: str, campaign: str, address: str) -> bytes:
     message = "\0".join((purpose, campaign, address.casefold())).encode()
     return hmac.new(key, message, hashlib.sha256).digest()[:TOKEN_MAC_BYTES]

@@ -31,7 +31,7 @@ def verp_token(signing: Signing, address: str) -> str:
 
 def return_path(pattern: str, signing: Signing | None, address: str) -> str:
     """The envelope sender for ``address``; without a campaign to sign for, the bare address."""
-    if signing is None:
+    if signing is None or not signing.campaign:
         return re.sub(r"[+\-=.]?\{token\}", "", pattern)
     return pattern.replace("{token}", verp_token(signing, address))
 

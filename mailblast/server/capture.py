@@ -40,6 +40,8 @@ LOOPBACK = "127.0.0.1"
 DEFAULT_PORT = 2525
 DEFAULT_OUTBOX = Path("outbox")
 SERVER_NAME = "mailblast.server.capture"
+# Said in the EHLO reply, so that a send can tell a rehearsal from a delivery (campaign/rehearsal.py).
+CAPTURE_EXTENSION = "X-MAILBLAST-CAPTURE"
 
 MAILTRAP_THROTTLE_REPLY = "550 5.7.0 Requested action not taken: too many emails per second"
 TOO_MANY_CONNECTIONS_REPLY = "421 4.7.0 Too many connections, closing"
@@ -288,6 +290,12 @@ class _Session(SMTP):
 class _Handler:
     def __init__(self, server: CaptureServer) -> None:
         self.server = server
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname  # the 5-argument hook must do this itself
+        return [*responses[:-1], f"250-{CAPTURE_EXTENSION}", responses[-1]]
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]

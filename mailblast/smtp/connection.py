@@ -92,6 +92,10 @@ class Connection:
     def is_open(self) -> bool:
         return self._smtp.is_connected
 
+    def offers(self, extension: str) -> bool:
+        """Whether the server named ``extension`` in its EHLO reply (once open)."""
+        return self._smtp.supports_extension(extension)
+
     @_redacting
     async def open(self) -> None:
         """Connect, secure and log in; raises TransactionError."""

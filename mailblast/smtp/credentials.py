@@ -149,17 +149,10 @@ class Credentials:
         )
 
 
-def gather_credentials(
-    username: str | None,
-    *,
-    method: str | None,
-    password_command: str | None,
-    token_command: str | None,
-    environ: Mapping[str, str],
-    ask_password: Callable[[str], str],
-    prompt: str,
-) -> Credentials | None:
-    """What the run signs in with, read before anything is sent; raises ConfigError."""
+def check_sign_in_settings(
+    username: str | None, *, method: str | None, password_command: str | None, token_command: str | None
+) -> None:
+    """The sign-in settings make sense together (no secret is read: a dry run checks them too)."""
     if method is not None and method not in AUTH_METHODS:
         raise ConfigError(f"--auth must be one of {', '.join(AUTH_METHODS)}, not {method!r}")
     if username is None:
@@ -174,6 +167,23 @@ def gather_credentials(
                 f"{named[0]} is set, but the SMTP URL names no user to sign in as",
                 "put the user in the URL: smtp+starttls://USER@HOST (write @ in the user as %40)",
             )
+
+
+def gather_credentials(
+    username: str | None,
+    *,
+    method: str | None,
+    password_command: str | None,
+    token_command: str | None,
+    environ: Mapping[str, str],
+    ask_password: Callable[[str], str],
+    prompt: str,
+) -> Credentials | None:
+    """What the run signs in with, read before anything is sent; raises ConfigError."""
+    check_sign_in_settings(
+        username, method=method, password_command=password_command, token_command=token_command
+    )
+    if username is None:
         return None
     credentials = Credentials(username, cast(AuthMethod | None, method))
     if method in (None, "xoauth2"):
