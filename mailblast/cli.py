@@ -719,7 +719,7 @@ JSON_KEYS: dict[str, dict[str, Any]] = {
     "status": {
         "journal": None, "campaign": None, "delivered_to": [], "recipients": None, "template": None,
         "started": None, "last_activity": None, "counts": None, "active_seconds": 0.0, "rate_per_second": 0.0,
-        "failures": [],
+        "failures": [], "after_the_send": None,
     },
 }  # fmt: skip
 
