@@ -72,8 +72,8 @@ anvil_rate_time_unit = 10s
 smtpd_client_connection_count_limit = 3
 smtpd_client_event_limit_exceptions =
 """
-MASTER_CF = f"""\
-127.0.0.1:{PORT} inet n - n - - smtpd
+MASTER_CF = """\
+127.0.0.1:{port} inet n - n - - smtpd
 pickup    unix  n       -       n       60      1       pickup
 cleanup   unix  n       -       n       -       0       cleanup
 qmgr      unix  n       -       n       300     1       qmgr
@@ -158,9 +158,8 @@ _SENT = re.compile(r"\bto=<([^>]+)>.*\bstatus=sent\b")
 
 
 class Postfix(Server):
-    url = f"smtp://127.0.0.1:{PORT}"
-
-    def __init__(self) -> None:
+    def __init__(self, port: int = PORT) -> None:
+        self.url = f"smtp://127.0.0.1:{port}"
         self._offset = 0
 
     def mark(self) -> None:
@@ -192,8 +191,8 @@ def _queue_size() -> int:
 
 
 @contextlib.contextmanager
-def postfix_configured(limits: bool = True) -> Iterator[Postfix]:
-    """Postfix with the issue's limits (or none); the earlier configuration is back afterwards."""
+def postfix_configured(limits: bool = True, port: int = PORT) -> Iterator[Postfix]:
+    """Postfix with the issue's limits (or none) on ``port``; the earlier configuration is back afterwards."""
     saved = {
         name: (CONFIG / name).read_bytes() if (CONFIG / name).exists() else None
         for name in ("main.cf", "master.cf")
@@ -201,12 +200,12 @@ def postfix_configured(limits: bool = True) -> Iterator[Postfix]:
     was_running = subprocess.run(["postfix", "status"], capture_output=True, check=False).returncode == 0
     try:
         (CONFIG / "main.cf").write_text(MAIN_CF + (LIMITS_CF if limits else ""))
-        (CONFIG / "master.cf").write_text(MASTER_CF)
+        (CONFIG / "master.cf").write_text(MASTER_CF.format(port=port))
         LOG.unlink(missing_ok=True)
         subprocess.run(["postfix", "stop"], capture_output=True, check=False)
         subprocess.run(["postfix", "start"], capture_output=True, check=True)
         time.sleep(1.0)
-        yield Postfix()
+        yield Postfix(port)
     finally:
         subprocess.run(["postfix", "stop"], capture_output=True, check=False)
         for name, content in saved.items():

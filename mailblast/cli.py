@@ -21,7 +21,7 @@ from mailblast.campaign.status import run_report, run_status
 from mailblast.config import Settings, load_settings
 from mailblast.display import json_text, make_console, printable
 from mailblast.errors import ConfigError, InputError, MailblastError, StoppedError
-from mailblast.server import capture
+from mailblast.server import capture, profiles
 from mailblast.smtp.credentials import PASSWORD_ENV
 from mailblast.smtp.urls import parse_rate
 
@@ -246,11 +246,12 @@ def send(
         ),
     ] = None,
     rate: Annotated[
-        str | None,
+        list[str] | None,
         typer.Option(
             "--rate",
             help="Most messages per period, e.g. 3/s, 180/min, 5/2s; over a minute (500/d, 100/h) it is "
-            "the account's quota, kept across runs. \\[default: none; slow down when the server says so]",
+            "the account's quota, kept across runs. Repeat it for several limits at once: "
+            "--rate 3/s --rate 500/d. \\[default: none; learn the server's limit from its replies]",
             rich_help_panel=PACE,
         ),
     ] = None,
@@ -457,7 +458,8 @@ def status(
         typer.Option("--smtp", envvar="MAILBLAST_SMTP_URL", help="With a --rate quota: the account to show."),
     ] = None,
     rate: Annotated[
-        str | None, typer.Option("--rate", help="A quota such as 500/d: show the account's use of it.")
+        list[str] | None,
+        typer.Option("--rate", help="A quota such as 500/d (repeatable): show the account's use of each."),
     ] = None,
     json_output: JsonOpt = False,
 ) -> None:
@@ -532,14 +534,37 @@ def serve(
             help="Share of messages refused with a random 451, 0 to 1.",
         ),
     ] = 0.0,
+    profile: Annotated[
+        str | None,
+        typer.Option(
+            "--profile",
+            rich_help_panel=REHEARSE,
+            help="Rehearse a provider's limits with its own replies: "
+            + ", ".join(profiles.PROFILES)
+            + ". The options above override its figures.",
+        ),
+    ] = None,
+    quota: Annotated[
+        int | None,
+        typer.Option(
+            "--quota",
+            rich_help_panel=REHEARSE,
+            help="Messages accepted in all; then the quota reply (with --profile: that provider's). "
+            "Scales a profile's real quota down for a rehearsal.",
+        ),
+    ] = None,
 ) -> None:
     """Run a local SMTP server that keeps every message in a Maildir and sends nothing on.
 
-    Rehearse a provider: mailblast serve --rate 3/s --max-connections 2
+    Rehearse a provider: mailblast serve --rate 3/s --max-connections 2, or mailblast serve --profile ses
     """
 
     def work(console: Console) -> int:
-        limits = capture.Limits(parse_rate(rate) if rate else None, max_connections, max_messages, fail_rate)
+        limits = capture.Limits(
+            parse_rate(rate) if rate else None, max_connections, max_messages, fail_rate, quota
+        )
+        if profile is not None:
+            limits = profiles.profile_limits(profile, limits)
         return capture.run_serve(host, port, outbox, limits, console)
 
     _run(work)
@@ -714,7 +739,7 @@ JSON_KEYS: dict[str, dict[str, Any]] = {
             "not_attempted": 0,
         },
         "elapsed_seconds": 0.0, "rate_per_second": 0.0, "journal": None, "report": None, "report_rows": 0,
-        "relays": None, "outbox": None,
+        "relays": None, "learned": [], "outbox": None,
     },
     "status": {
         "journal": None, "campaign": None, "delivered_to": [], "recipients": None, "template": None,

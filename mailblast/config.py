@@ -7,7 +7,7 @@ The file has top-level keys for the campaign and an [smtp] table for the server:
 
     [smtp]
     url = "smtp://user@smtp.example.com:587"
-    rate = "3/s"
+    rate = "3/s"                # or several limits, each of which holds: ["3/s", "500/d"]
 
 To send through several accounts in one run, give one [[relay]] table each instead of
 [smtp] url (the command line's --smtp still means one server):
@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from mailblast.errors import ConfigError, did_you_mean
+from mailblast.smtp.urls import Pace, parse_pace
 
 DEFAULT_CONFIG = "mailblast.toml"
 PIPELINING_ENV = "MAILBLAST_PIPELINING"
@@ -59,7 +60,7 @@ TOP_KEYS: dict[str, tuple[type, bool]] = {
 }
 SMTP_KEYS: dict[str, tuple[type, bool]] = {
     "url": (str, False),
-    "rate": (str, False),
+    "rate": (Pace, False),
     "connections": (int, False),
     "max_messages": (int, False),
     "retries": (int, False),
@@ -74,7 +75,7 @@ SMTP_KEYS: dict[str, tuple[type, bool]] = {
 RELAY_KEYS: dict[str, tuple[type, bool]] = {
     "name": (str, False),
     "url": (str, False),
-    "rate": (str, False),
+    "rate": (Pace, False),
     "connections": (int, False),
     "max_messages": (int, False),
     "password_env": (str, False),
@@ -86,13 +87,15 @@ RELAY_KEYS: dict[str, tuple[type, bool]] = {
 class RelaySettings:
     """One [[relay]] table: a server of its own, with its own limit, connections and secret."""
 
-    name: str
+    name: str  # "" for the run's one server ([smtp] url or --smtp)
     url: str
-    rate: str | None = None
+    rate: Pace = field(default_factory=Pace)
     connections: int = 2
     max_messages: int = 100
     password_env: str | None = None  # the environment variable holding its password
     password_command: str | None = None
+    auth: str | None = None  # the one server's [smtp] auth and oauth_token_command
+    oauth_token_command: str | None = None
 
 
 def pipelining_default() -> bool:
@@ -133,7 +136,7 @@ class Settings:
     soft_bounce_limit: int = 3  # soft bounces within soft_bounce_days that suppress an address
     soft_bounce_days: float = 30.0
     smtp_url: str | None = None
-    rate: str | None = None
+    rate: Pace = field(default_factory=Pace)  # --rate (repeatable) or [smtp] rate: parsed once, here
     connections: int = 2
     max_messages: int = 100
     retries: int = 5
@@ -159,6 +162,22 @@ class Settings:
     test_row: int | None = None
     config_file: Path | None = None  # the file the settings came from, to name in hints
 
+    def relay_list(self) -> tuple[RelaySettings, ...]:
+        """The servers of the run: the [[relay]] tables, or the one server as a one-entry list."""
+        if self.relays or not self.smtp_url:
+            return self.relays
+        one = RelaySettings(
+            "",
+            self.smtp_url,
+            self.rate,
+            self.connections,
+            self.max_messages,
+            password_command=self.password_command,
+            auth=self.auth,
+            oauth_token_command=self.oauth_token_command,
+        )
+        return (one,)
+
 
 _KIND_NAMES = {
     str: "text in quotes",
@@ -166,6 +185,7 @@ _KIND_NAMES = {
     float: "a number",
     bool: "true or false",
     list: "a list of paths in quotes",
+    Pace: 'a rate in quotes, or a list of them: "3/s" or ["3/s", "500/d"]',
 }
 UNSUBSCRIBE_KEYS: dict[str, tuple[type, bool]] = {"url": (str, False), "mailto": (str, False)}
 BOUNCES_KEYS: dict[str, tuple[type, bool]] = {
@@ -225,9 +245,18 @@ def _take(path: Path, table: dict[str, Any], known: dict[str, tuple[type, bool]]
             ok = True
         if kind is list:
             ok = ok and all(isinstance(item, str) for item in value)
+        if kind is Pace:
+            ok = isinstance(value, str) or (
+                isinstance(value, list) and all(isinstance(v, str) for v in value)
+            )
         if not ok:
             raise ConfigError(f"{path}: {prefix}{key} should be {_KIND_NAMES[kind]}, not {value!r}")
-        if kind is list:
+        if kind is Pace:
+            try:
+                value = parse_pace(value)
+            except ConfigError as e:
+                raise ConfigError(f"{path}: {prefix}{key}: {e.message}", e.hint) from None
+        elif kind is list:
             value = tuple(path.parent / item for item in value)
         elif is_path:
             value = path.parent / value
@@ -321,7 +350,9 @@ def load_settings(config: Path | None, flags: dict[str, Any]) -> Settings:
         values["relays"] = _relays(path, relay_tables, smtp.get("url"))
         values["config_file"] = path
     values["suppress"] = (*values.get("suppress", ()), *(flags.get("suppress") or ()))
-    values.update({k: v for k, v in flags.items() if v is not None and k != "suppress"})
+    values.update({k: v for k, v in flags.items() if v is not None and k not in ("suppress", "rate")})
+    if flags.get("rate"):  # --rate, once or more: replaces the file's
+        values["rate"] = parse_pace(flags["rate"])
     if flags.get("smtp_url") is not None:
         values["relays"] = ()  # --smtp (or MAILBLAST_SMTP_URL) means one server
     names = {f.name for f in fields(Settings)}

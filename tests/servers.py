@@ -44,6 +44,8 @@ Behaviours (keyword arguments of :func:`start_server`, freely combined):
   aiosmtpd reads pipelined commands in order whether it advertises them or not.
 * ``drop_at_data_every=k``: close the connection at every k-th DATA command, before
   the 354: the message was certainly not delivered.
+* ``per_connection=k``: Exim's ``smtp_accept_max_per_connection``: the (k+1)-th MAIL of a
+  session gets ``421 4.7.0 too many messages in this connection``, and the connection closes.
 
 Postfix's limits, answered exactly as Postfix 3.7 does (``smtpd_client_*`` with anvil):
 
@@ -127,6 +129,7 @@ SERVER_NAME = "mx.mailblast.test"
 
 SES_THROTTLE_REPLY = "454 Throttling failure: Maximum sending rate exceeded."
 TEMP_FAILURE_REPLY = "451 4.3.0 Temporary failure"
+PER_CONNECTION_REPLY = "421 4.7.0 too many messages in this connection"
 AUTH_INVALID_REPLY = "535 5.7.8 Authentication credentials invalid"
 AUTH_REQUIRED_REPLY = "530 5.7.0 Authentication required"
 BASIC_AUTH_DISABLED_REPLY = "535 5.7.139 Authentication unsuccessful, basic authentication is disabled."
@@ -476,6 +479,9 @@ class _Handler:
         if owner._offers_auth and not session.authenticated:
             return AUTH_REQUIRED_REPLY
         owner._mail_count += 1
+        mails = session.mails = getattr(session, "mails", 0) + 1  # type: ignore[attr-defined]
+        if owner.per_connection is not None and mails > owner.per_connection:
+            return PER_CONNECTION_REPLY  # Exim's smtp_accept_max_per_connection; 421 closes
         if (refusal := owner._postfix_mail(session.peer)) is not None:
             return refusal
         envelope.mail_from = address
@@ -607,6 +613,7 @@ class SmtpServer:
         max_connections: int | None = None,
         postfix_rate: tuple[int, int] | None = None,
         postfix_errors: tuple[int, int, float] | None = None,
+        per_connection: int | None = None,
         ready_timeout: float = 10.0,
     ) -> None:
         if rate is not None and (rate[0] < 1 or rate[1] <= 0):
@@ -659,6 +666,7 @@ class SmtpServer:
         if postfix_errors is not None and not (1 <= postfix_errors[0] <= postfix_errors[1]):
             raise ValueError("postfix_errors must be (soft >= 1, hard >= soft, sleep seconds)")
         self.postfix_errors = postfix_errors
+        self.per_connection = _check_every(per_connection, "per_connection")
         self.ready_timeout = ready_timeout
 
         if isinstance(reject_recipients, str):

@@ -72,7 +72,7 @@ def limiter(book: QuotaBook, fake: FakeTime, *, wait: bool, events: list) -> Quo
     return QuotaLimiter(
         book,
         "me@host",
-        Rate(2, 3600.0),
+        [Rate(2, 3600.0)],
         wait=wait,
         stopping=lambda: bool(stopped),
         on_exhausted=lambda at: (stopped.append(at), events.append(("exhausted", at))),
@@ -108,7 +108,7 @@ def test_a_relay_that_can_give_way_hands_its_slot_back_rather_than_wait(tmp_path
     gate = QuotaLimiter(
         book,
         "me@host",
-        Rate(1, 3600.0),
+        [Rate(1, 3600.0)],
         wait=False,
         stopping=lambda: False,
         on_exhausted=lambda at: events.append(("exhausted", at)),

@@ -6,8 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mailblast.smtp.replies import Kind, Verdict, classify, connection_lost
+from mailblast.smtp.replies import Cause, Kind, Verdict, classify, connection_lost
 
+QUOTA = Cause.QUOTA_USED_UP
 OK, THROTTLED, TRANSIENT, PERMANENT, FATAL = (
     Kind.OK,
     Kind.THROTTLED,
@@ -36,14 +37,17 @@ CASES = [
     (550, "5.4.5 Daily sending limit reached", FATAL),
     (554, "Daily message limit exceeded for this account", FATAL),
     (550, "Sending quota exceeded", FATAL),
-    (554, "5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException", FATAL),
+    (
+        554,
+        "5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException",
+        FATAL,
+    ),
     (550, "You have reached your limit of 500 messages per day", FATAL),
     # throttled
     (421, "4.7.0 Try again later, closing connection.", THROTTLED),
-    (421, "4.7.0 mx.example.com Error: too many connections from 127.0.0.1", THROTTLED),
+    (421, "4.7.0 mx Error: too many connections from 127.0.0.1", THROTTLED),
     (450, "4.7.1 Error: too much mail from 127.0.0.1", THROTTLED),
     (421, "4.7.28 Our system has detected an unusual rate of unsolicited mail", THROTTLED),
-    (450, "4.2.1 The user you are trying to contact is receiving mail too quickly", THROTTLED),
     (451, "4.7.1 Please try again later", THROTTLED),
     (451, "4.4.5 Server busy", THROTTLED),
     (454, "Throttling failure: Maximum sending rate exceeded.", THROTTLED),
@@ -57,6 +61,8 @@ CASES = [
     (550, "5.7.1 ratelimit hit", THROTTLED),
     (451, "4.3.0 Too many messages, slow down", THROTTLED),
     # transient
+    # Gmail: one recipient's mailbox gets too much mail, not the sender too fast (see providers.py)
+    (450, "4.2.1 The user you are trying to contact is receiving mail too quickly", TRANSIENT),
     (451, "4.3.0 Temporary server error. Please try again", TRANSIENT),
     (451, "4.4.1 No answer from host", TRANSIENT),
     # a 421, 450, 452 or 454 is not a throttle unless it says so: only 4.7.x, x.4.5 and the words
@@ -186,4 +192,47 @@ def test_classify_never_raises(code: int, text: str) -> None:
     if 200 <= code < 400:
         assert verdict.kind is OK
     if 400 <= code < 500:
-        assert verdict.is_retryable
+        assert verdict.is_retryable or verdict.cause is Cause.QUOTA_USED_UP
+
+
+@pytest.mark.parametrize(
+    ("code", "text", "kind", "cause"),
+    [
+        (250, "2.0.0 OK", OK, Cause.NONE),
+        (None, "connection lost", TRANSIENT, Cause.NONE),
+        (535, "5.7.8 Username and Password not accepted.", FATAL, Cause.SIGN_IN),
+        (530, "5.7.0 Authentication Required.", FATAL, Cause.SIGN_IN),
+        (550, "5.4.5 Daily user sending limit exceeded.", FATAL, Cause.QUOTA_USED_UP),
+        (554, "5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException", FATAL, QUOTA),
+        # SES says "Throttling" but a spent daily quota is not a rate: retrying for hours cannot help
+        (454, "Throttling failure: Daily message quota exceeded.", FATAL, Cause.QUOTA_USED_UP),
+        (454, "Throttling failure: Maximum sending rate exceeded.", THROTTLED, Cause.THROTTLE),
+        (450, "4.7.1 Error: too much mail from 127.0.0.1", THROTTLED, Cause.THROTTLE),
+        (452, "4.2.2 Too many messages per hour for this sender", THROTTLED, Cause.THROTTLE),
+        (421, "4.7.0 mx Error: too many connections from 127.0.0.1", THROTTLED, Cause.CONNECTION_CAP),
+        (421, "Too many concurrent SMTP connections", THROTTLED, Cause.CONNECTION_CAP),
+        (421, "4.7.0 too many messages in this connection", THROTTLED, Cause.PER_CONNECTION_CAP),
+        (421, "mx.example.com lost input connection", TRANSIENT, Cause.NONE),
+        (550, "5.1.1 User unknown", PERMANENT, Cause.RECIPIENT),
+        (452, "4.2.2 Mailbox full", TRANSIENT, Cause.RECIPIENT),
+        (552, "5.2.2 Mailbox quota exceeded", PERMANENT, Cause.RECIPIENT),
+        (452, "4.5.3 Your message has too many recipients.", TRANSIENT, Cause.RECIPIENT),
+        # a neutral "try again later" says nothing of why: telling a throttle by behaviour is the sender's job
+        (451, "Try again later", TRANSIENT, Cause.NONE),
+        (451, "4.3.0 Temporary server error. Please try again", TRANSIENT, Cause.NONE),
+        (554, "5.7.1 Relay access denied", PERMANENT, Cause.NONE),
+    ],
+)
+def test_cause(code: int | None, text: str, kind: Kind, cause: Cause) -> None:
+    verdict = classify(code, text)
+    assert (verdict.kind, verdict.cause) == (kind, cause)
+
+
+def test_a_recipients_own_temporary_refusal_is_that_recipients() -> None:
+    verdict = classify(450, "4.7.1 <a@example.com>: Recipient address rejected: greylisted", recipient=True)
+    assert (verdict.kind, verdict.cause) == (TRANSIENT, Cause.RECIPIENT)
+
+
+def test_verdicts_built_without_a_cause_have_none() -> None:
+    verdict = Verdict(FATAL, None, None, None, "interrupted")
+    assert (verdict.cause, verdict.provider, verdict.reset_hint) == (Cause.NONE, None, None)

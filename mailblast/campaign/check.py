@@ -42,7 +42,7 @@ from mailblast.message.compose import (
 from mailblast.message.recipients import Recipient, RecipientsFile, RowProblem, RowResult
 from mailblast.message.worker import ComposeWorker, batches
 from mailblast.smtp.credentials import check_sign_in_settings
-from mailblast.smtp.urls import parse_rate, parse_smtp_url
+from mailblast.smtp.urls import parse_smtp_url
 
 if TYPE_CHECKING:
     from mailblast.message.dkim_sign import DkimKey
@@ -257,10 +257,9 @@ def reserved_domain(domain: str) -> bool:
 def check_smtp_settings(settings: Settings) -> str | None:
     """The [smtp] settings checked as send would (numbers are checked when loading); a line for check."""
     target = parse_smtp_url(settings.smtp_url) if settings.smtp_url else None
-    rate = parse_rate(settings.rate) if settings.rate else None
     if target is None:
         return None
-    pace = f"at most {rate}" if rate else "no rate limit"
+    pace = f"at most {settings.rate}" if settings.rate else "no rate limit"
     return f"server: {target.display()}, {pace}, {settings.connections} connection(s)"
 
 
@@ -268,10 +267,8 @@ def check_send_settings(settings: Settings) -> None:
     """Everything `send` checks before it sends, but no secret read and no connection made: the
     server URL and rate, each relay's, the sign-in settings, the test-send options and --limit."""
     check_smtp_settings(settings)
-    for relay in settings.relays:
+    for relay in settings.relays:  # their rates were parsed with the settings (config.Pace)
         parse_smtp_url(relay.url)
-        if relay.rate:
-            parse_rate(relay.rate)
     if settings.smtp_url:
         check_sign_in_settings(
             parse_smtp_url(settings.smtp_url).username,

@@ -20,14 +20,13 @@ from mailblast.smtp.quota import (
     QuotaLimiter,
     QuotaStateError,
     account_of,
-    is_quota,
     quota_use,
     stop_message,
     when,
 )
 from mailblast.smtp.replies import Kind, Verdict
 from mailblast.smtp.sender import Relay, Sender
-from mailblast.smtp.urls import Rate, parse_rate, parse_smtp_url
+from mailblast.smtp.urls import Pace, Rate, parse_smtp_url
 
 QUOTA_USED = Verdict(Kind.FATAL, None, None, None, "the account's quota is used")
 QUOTA_STATE_FAILED = Verdict(Kind.FATAL, None, None, None, "the quota database cannot be written")
@@ -39,7 +38,16 @@ class QuotaAccount:
 
     relay: str  # the relay's name; "" for the run's one server
     account: str
-    rate: Rate
+    pace: Pace  # the relay's every limit: its quotas, and what paces it within a run
+
+    @property
+    def rates(self) -> tuple[Rate, ...]:
+        return self.pace.quotas
+
+    @property
+    def rate(self) -> Pace:
+        """The quotas, as one line says them: 500/d, or 100/h and 500/d."""
+        return Pace(self.rates)
 
     @property
     def quota(self) -> str:
@@ -51,16 +59,11 @@ class QuotaAccount:
 
 def quota_accounts(settings: Settings) -> list[QuotaAccount]:
     """The run's quota relays: each [[relay]] whose rate is a quota, or the one server's --rate."""
-    if settings.relays:
-        given = [(r.name, r.url, r.rate) for r in settings.relays]
-    else:
-        given = [("", settings.smtp_url, settings.rate)] if settings.smtp_url else []
-    accounts = []
-    for name, url, text in given:
-        rate = parse_rate(text) if text else None
-        if rate is not None and is_quota(rate):
-            accounts.append(QuotaAccount(name, account_of(parse_smtp_url(url)), rate))
-    return accounts
+    return [
+        QuotaAccount(r.name, account_of(parse_smtp_url(r.url)), r.rate)
+        for r in settings.relay_list()
+        if r.rate.quotas
+    ]
 
 
 def used_verdict(account: QuotaAccount, free_at: float) -> Verdict:
@@ -70,10 +73,7 @@ def used_verdict(account: QuotaAccount, free_at: float) -> Verdict:
 
 
 class RunQuotas:
-    """The quotas of one run, in the shared QuotaBook.
-
-    The limiters' callbacks reach the run's Sender, which is made after them: ``sender`` is set then.
-    """
+    """The quotas of one run, in the shared QuotaBook; the Sender asks it for each relay's limiter."""
 
     def __init__(
         self,
@@ -89,7 +89,6 @@ class RunQuotas:
         self.wait = wait
         self.notice = notice
         self._wall = wall_clock
-        self.sender: Sender | None = None
         self.exhausted: dict[str, float] = {}  # relay: when its next slot frees, for those used up
         self.fault: QuotaStateError | None = None  # the database failed: the run stopped
         self._told_resting: set[str] = set()
@@ -98,35 +97,42 @@ class RunQuotas:
         """Print each account's use, and note the relays used up (a free slot too far off)."""
         now = self._wall()
         for name, account in self.accounts.items():
-            use = quota_use(self.book, account.account, account.rate, now)
-            used_up = use.next_free - use.now > WAIT_AT_MOST and not self.wait
+            uses = [quota_use(self.book, account.account, rate, now) for rate in account.rates]
+            next_free = max(use.next_free for use in uses)
+            used_up = next_free - now > WAIT_AT_MOST and not self.wait
             if used_up:
-                self.exhausted[name] = use.next_free
-            self.notice(
-                account.said(use.describe() + ("; it sends nothing in this run" if used_up and name else ""))
-            )
+                self.exhausted[name] = next_free
+            for use in uses:
+                self.notice(
+                    account.said(
+                        use.describe() + ("; it sends nothing in this run" if used_up and name else "")
+                    )
+                )
 
     def unused(self) -> dict[str, Verdict]:
         """The relays that take no part in this run, and why: their quota is used up already."""
         return {name: used_verdict(self.accounts[name], at) for name, at in self.exhausted.items()}
 
-    def limiter(self, name: str) -> QuotaLimiter | None:
-        """The limiter of relay ``name`` if its rate is a quota."""
-        account = self.accounts.get(name)
+    def limiter(self, relay: Relay, sender: Sender) -> QuotaLimiter | None:
+        """The limiter of ``relay`` if its rate is a quota: when used up it drops the relay (and the
+        sender stops when none is left); when its next slot is minutes away the relay rests."""
+        account = self.accounts.get(relay.name)
         if account is None:
             return None
+        pacing = account.pace.pacing
         return QuotaLimiter(
             self.book,
             account.account,
-            account.rate,
+            account.rates,
+            pacing=min(pacing, key=lambda r: r.per_second) if pacing else None,
             wait=self.wait,
-            stopping=lambda: self._sender.stopping or self._relay(name).dropped is not None,
-            on_exhausted=lambda at: self._used_up(account, at),
+            stopping=lambda: sender.stopping or relay.dropped is not None,
+            on_exhausted=lambda at: self._used_up(sender, relay, account, at),
             on_wait=lambda at: self.notice(
                 account.said(f"{account.quota} is used: waiting until {when(at)}")
             ),
-            give_way=lambda seconds: self._give_way(account, seconds),
-            on_fault=self._fault,
+            give_way=lambda seconds: self._give_way(sender, relay, account, seconds),
+            on_fault=lambda error: self._fault(sender, error),
         )
 
     def stop_text(self, sent: int, left: int) -> str:
@@ -144,28 +150,20 @@ class RunQuotas:
             f"the next may go at {when(self.exhausted[first])} through {first}"
         )
 
-    @property
-    def _sender(self) -> Sender:
-        assert self.sender is not None, "set sender before the run starts"
-        return self.sender
-
-    def _relay(self, name: str) -> Relay:
-        return next(r for r in self._sender.relays if r.name == name)
-
-    def _fault(self, error: QuotaStateError) -> None:
+    def _fault(self, sender: Sender, error: QuotaStateError) -> None:
         """The shared database cannot be written: every relay's quota is unknown, so the run stops
         as it does on Ctrl-C (what is in flight finishes; the rest goes in the report)."""
         if self.fault is None:
             self.fault = error
-            self._sender.stop(QUOTA_STATE_FAILED)
+            sender.stop(QUOTA_STATE_FAILED)
 
-    def _used_up(self, account: QuotaAccount, free_at: float) -> None:
+    def _used_up(self, sender: Sender, relay: Relay, account: QuotaAccount, free_at: float) -> None:
         self.exhausted[account.relay] = free_at
-        self._sender.drop(self._relay(account.relay), used_verdict(account, free_at), last=QUOTA_USED)
+        sender.drop(relay, used_verdict(account, free_at), last=QUOTA_USED)
 
-    def _give_way(self, account: QuotaAccount, seconds: float) -> bool:
+    def _give_way(self, sender: Sender, relay: Relay, account: QuotaAccount, seconds: float) -> bool:
         """Let the other relays send while this one's next slot is ``seconds`` away, if one can."""
-        if not self._sender.rest(self._relay(account.relay), seconds):
+        if not sender.rest(relay, seconds):
             return False
         if account.relay not in self._told_resting:
             self._told_resting.add(account.relay)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import os
 import secrets
 import shutil
@@ -45,21 +46,14 @@ from mailblast.message.spreadsheet import report_campaign
 from mailblast.message.unsubscribe import campaign_tag
 from mailblast.message.worker import ComposeWorker
 from mailblast.server import capture
-from mailblast.smtp.connection import Connection
-from mailblast.smtp.credentials import (
-    DEFAULT_SECRET_SETTINGS,
-    Credentials,
-    gather_credentials,
-    sign_in_hint,
-)
+from mailblast.smtp.credentials import DEFAULT_SECRET_SETTINGS, Credentials, sign_in_hint
 from mailblast.smtp.outcomes import Counts, Outcome, Status, average_rate, rate_seconds
 from mailblast.smtp.quota import QuotaBook
-from mailblast.smtp.ratelimit import SlidingWindowLimiter
 from mailblast.smtp.relay import describe as describe_relays
 from mailblast.smtp.relay import relays_of, secret_settings
-from mailblast.smtp.replies import Kind, Verdict
+from mailblast.smtp.replies import Cause, Kind, Verdict
 from mailblast.smtp.sender import Relay, Sender, SenderOptions
-from mailblast.smtp.urls import SmtpTarget, parse_rate, parse_smtp_url
+from mailblast.smtp.urls import Rate, SmtpTarget, parse_smtp_url
 
 # A recipients file this large is composed in a worker process, started before the check pass so
 # that its start-up overlaps it; for smaller ones the start-up would cost more than it saves.
@@ -110,7 +104,7 @@ def run_send(
     if settings.outbox is not None or not (settings.smtp_url or settings.relays):
         return _rehearse(settings, recipients_path, console, ask_password, stdout, resume_command, facts)
     target = parse_smtp_url(settings.smtp_url or settings.relays[0].url)
-    rate = parse_rate(settings.rate) if settings.rate and not settings.relays else None  # relays: their own
+    rate = settings.rate if not settings.relays else None  # relays: their own
     test_to = testsend.address_of(settings)
 
     def notice(text: str) -> None:
@@ -185,38 +179,6 @@ def run_send(
                 raise StoppedError(run_quotas.stop_text(0, plan.total), _quota_hint(journal, resume_command))
         # asked only now: a bad row should not cost typing a password
         tls_context = ssl.create_default_context()  # once: loading the CA store takes milliseconds
-        relays = relays_of(
-            settings.relays,
-            timeout=settings.timeout,
-            pipelining=settings.pipelining,
-            tls_context=tls_context,
-            environ=os.environ,
-            ask_password=ask_password,
-            limiter_of=run_quotas.limiter if run_quotas else lambda _: None,
-            unused=run_quotas.unused() if run_quotas else {},
-        )
-        credentials = (
-            None
-            if relays
-            else gather_credentials(
-                target.username,
-                method=settings.auth,
-                password_command=settings.password_command,
-                token_command=settings.oauth_token_command,
-                environ=os.environ,
-                ask_password=ask_password,
-                prompt=f"Password for {target.username} at {target.host}",
-            )
-        )
-        pace = f"at most {rate}" if rate else "no --rate given, so at the pace the server allows"
-        console.print(
-            f"sending {plan.total:,} message(s) through {len(relays)} relays: "
-            f"{describe_relays(settings.relays)}"
-            if relays
-            else f"sending {plan.total:,} message(s) to {destination or target.display()}, {pace}, "
-            f"over {settings.connections} connection(s)",
-            highlight=False,
-        )
 
         def rehearsing() -> None:
             nonlocal said_rehearsal
@@ -229,19 +191,25 @@ def run_send(
                 )
 
         said_rehearsal = plan.destination is not None and plan.destination.rehearsal
-
-        def connect() -> Connection:
-            return WatchedConnection(
-                target,
-                credentials,
-                timeout=settings.timeout,
-                tls_context=tls_context,
-                pipelining=settings.pipelining,
-                on_capture=rehearsing,
-            )
-
-        limiter = (run_quotas.limiter("") if run_quotas else None) or SlidingWindowLimiter(
-            rate.count if rate else None, rate.period if rate else 1.0
+        relays = relays_of(
+            settings.relay_list(),
+            timeout=settings.timeout,
+            pipelining=settings.pipelining,
+            tls_context=tls_context,
+            environ=os.environ,
+            ask_password=ask_password,
+            unused=run_quotas.unused() if run_quotas else {},
+            connection=partial(WatchedConnection, on_capture=rehearsing),
+        )
+        credentials = relays[0].credentials
+        pace = f"at most {rate}" if rate else "no --rate given, so at the pace the server allows"
+        console.print(
+            f"sending {plan.total:,} message(s) through {len(relays)} relays: "
+            f"{describe_relays(settings.relays)}"
+            if settings.relays
+            else f"sending {plan.total:,} message(s) to {destination or target.display()}, {pace}, "
+            f"over {settings.connections} connection(s)",
+            highlight=False,
         )
         options = SenderOptions(settings.retries)
         fmt = inputs.recipients.format
@@ -275,18 +243,17 @@ def run_send(
                 feedback.SendFeedback(store, tag) if store is not None else None,
             )
             sender = Sender(
-                relays or [Relay(connect, limiter, settings.connections, settings.max_messages)],
+                relays,
                 options,
                 recorder.outcome,
                 on_sending=recorder.sending,
                 on_not_delivered=recorder.not_delivered,
                 on_notice=notice,
+                limiter_of=run_quotas.limiter if run_quotas is not None else None,
             )
-            if run_quotas is not None:
-                run_quotas.sender = sender
             recorder.stop = sender.stop
             sender.counts.total = plan.total
-            window = rate.period if rate and book is None else 1.0
+            window = min((r.period for r in rate.pacing), default=1.0) if rate else 1.0
             if journal is not None:
                 journal.start_sending(window)
             elapsed, cut_short = asyncio.run(_send(sender, plan, composer, settings, console, recorder))
@@ -329,10 +296,22 @@ def run_send(
             several,
             test_to,
         )
+        learned = _learned(sender.relays)
+        for name, limit, suggested in learned:
+            console.print(
+                f"{name + ': ' if name else ''}learned the server's limit, about {limit}: "
+                f"next time pass --rate {suggested}",
+                highlight=False,
+                soft_wrap=True,
+            )
         if facts is not None:
             facts.update(
                 _send_facts(sender.counts, tally, elapsed, window, journal, report_path, report_rows)
             )
+            facts["learned"] = [
+                {"relay": name, "limit": str(limit), "suggested_rate": str(suggested)}
+                for name, limit, suggested in learned
+            ]
             if journal is not None and (where := journal.destination) is not None:  # a rehearsal found late
                 facts["destination"] = {
                     "servers": sorted(set(where.servers.values())),
@@ -932,6 +911,18 @@ def _summarise(
         console.print(f"report of the {report_rows:,} recipient(s) not sent: {where}", highlight=False)
 
 
+def _learned(relays: list[Relay]) -> list[tuple[str, Rate, Rate]]:
+    """What each relay without a --rate learned of its server's limit, and the --rate to pass."""
+    found = []
+    for relay in relays:
+        learned, suggested = relay.limiter.learned, relay.limiter.suggested()
+        if learned is not None and suggested is not None:
+            # whole seconds, rounded up: a longer period is the safer side
+            seconds = float(math.ceil(learned[1] - 1e-6))
+            found.append((relay.name, Rate(learned[0], seconds), Rate(suggested[0], seconds)))
+    return found
+
+
 def _summarise_relays(console: Console, relays: list[Relay]) -> None:
     """How many messages each relay took (sent, or uncertain), and why any of them stopped taking more."""
     display.print_counts(console, "sent through", {r.name: f"{r.took:,}" for r in relays})
@@ -979,6 +970,13 @@ def _stop_hint(
     relay: RelaySettings | None = None,
 ) -> str:
     """What to do about a stop; the mix-up of ports 465 and 587 is the commonest setup mistake."""
+    if reason.cause is Cause.QUOTA_USED_UP:
+        # The provider's rule (smtp/providers.py): when the quota frees, what --rate keeps under it.
+        rule = reason.reset_hint or (
+            "the server does not say when the quota frees (most count a day, or a rolling 24 hours); "
+            "pass --rate N/d to keep the account under it"
+        )
+        return f"{rule}; once it frees, {resume}"
     text = reason.describe()
     if "WRONG_VERSION_NUMBER" in text:
         cause = (

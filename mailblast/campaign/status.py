@@ -132,6 +132,10 @@ def _rates(campaign: CampaignInfo, attempted: int) -> Rates | None:
 
 def _print_quota(settings: Settings, console: Console) -> None:
     """Each account's use of its quota, when the settings name one: the one server's, or each relay's."""
+    for relay in settings.relay_list():
+        if relay.rate:
+            name = f"relay {relay.name}: " if relay.name else ""
+            console.print(f"{name}limits: at most {relay.rate}", highlight=False, soft_wrap=True)
     accounts = quota_accounts(settings)
     if not accounts:
         return
@@ -139,8 +143,9 @@ def _print_quota(settings: Settings, console: Console) -> None:
     try:
         now = time.time()
         for account in accounts:
-            use = quota_use(book, account.account, account.rate, now)
-            console.print(account.said(use.describe()), highlight=False, soft_wrap=True)
+            for rate in account.rates:
+                use = quota_use(book, account.account, rate, now)
+                console.print(account.said(use.describe()), highlight=False, soft_wrap=True)
     finally:
         book.close()
 

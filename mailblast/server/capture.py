@@ -47,6 +47,7 @@ MAILTRAP_THROTTLE_REPLY = "550 5.7.0 Requested action not taken: too many emails
 TOO_MANY_CONNECTIONS_REPLY = "421 4.7.0 Too many connections, closing"
 TOO_MANY_MESSAGES_REPLY = "421 4.7.0 Too many messages on this connection, closing"
 RANDOM_FAILURE_REPLY = "451 4.3.0 Temporary failure, rehearsed by mailblast serve"
+QUOTA_USED_REPLY = "550 5.4.5 Daily sending quota exceeded"
 QUEUED_REPLY = "250 2.0.0 Ok: queued"
 # RFC 3463's "mail system full": the client keeps the message and tries again later.
 STORAGE_FAILED_REPLY = "452 4.3.1 Cannot store the message: {cause}"
@@ -76,6 +77,16 @@ class WindowCount:
 
 
 @dataclass(frozen=True)
+class Replies:
+    """What the rehearsed server answers above each limit (a profile gives its provider's words)."""
+
+    rate: str = MAILTRAP_THROTTLE_REPLY
+    connections: str = TOO_MANY_CONNECTIONS_REPLY
+    per_connection: str = TOO_MANY_MESSAGES_REPLY
+    quota: str = QUOTA_USED_REPLY
+
+
+@dataclass(frozen=True)
 class Limits:
     """A provider's limits to rehearse; None (or 0) is no limit."""
 
@@ -83,9 +94,12 @@ class Limits:
     max_connections: int | None = None
     max_messages: int | None = None  # per connection
     fail_rate: float = 0.0
+    quota: int | None = None  # messages accepted in all; then every MAIL FROM gets the quota reply
+    replies: Replies = Replies()
+    profile: str | None = None  # the provider rehearsed (serve --profile), for the banner
 
     def __post_init__(self) -> None:
-        for name in ("max_connections", "max_messages"):
+        for name in ("max_connections", "max_messages", "quota"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
@@ -100,7 +114,9 @@ class Limits:
         parts.append(f"{self.max_connections} connection(s) at once" if self.max_connections else "")
         parts.append(f"{self.max_messages} message(s) per connection" if self.max_messages else "")
         parts.append(f"{self.fail_rate:.0%} random 451s" if self.fail_rate else "")
-        return ", ".join(p for p in parts if p) or "no limits"
+        parts.append(f"a quota of {self.quota:,} message(s)" if self.quota else "")
+        text = ", ".join(p for p in parts if p) or "no limits"
+        return f"{self.profile}'s limits: {text}" if self.profile else text
 
 
 class ProviderRules:
@@ -121,12 +137,13 @@ class ProviderRules:
         self._rng = rng or random.Random()
         self._window = WindowCount(limits.rate.period) if limits.rate else None
         self.connections = 0  # admitted and still open
+        self.accepted = 0  # messages accepted in all: what a quota counts
 
     def connect(self) -> str | None:
         """A client connects: None admits it (call :meth:`disconnect` later), else the 421 to send."""
         cap = self.max_connections
         if cap is not None and self.connections >= cap:
-            return TOO_MANY_CONNECTIONS_REPLY
+            return self.limits.replies.connections
         self.connections += 1
         return None
 
@@ -135,21 +152,26 @@ class ProviderRules:
 
     def mail(self, accepted_on_connection: int) -> str | None:
         """MAIL FROM, after this many messages were accepted on the same connection."""
+        if self.limits.quota is not None and self.accepted >= self.limits.quota:
+            return self.limits.replies.quota
         cap = self.limits.max_messages
         if cap is not None and accepted_on_connection >= cap:
-            return TOO_MANY_MESSAGES_REPLY
+            return self.limits.replies.per_connection
         return None
 
     def data(self) -> str | None:
         """The final dot: None accepts the message (and counts it), else the refusal."""
+        if self.limits.quota is not None and self.accepted >= self.limits.quota:
+            return self.limits.replies.quota  # spent by another connection since this one's MAIL
         now = self._clock()
         rate = self.limits.rate
         if self._window is not None and rate is not None and self._window.count(now) >= rate.count:
-            return MAILTRAP_THROTTLE_REPLY
+            return self.limits.replies.rate
         if self.limits.fail_rate and self._rng.random() < self.limits.fail_rate:
             return RANDOM_FAILURE_REPLY
         if self._window is not None:
             self._window.add(now)
+        self.accepted += 1
         return None
 
 

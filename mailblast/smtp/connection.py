@@ -22,7 +22,7 @@ import aiosmtplib
 from mailblast.errors import ConfigError
 from mailblast.message.compose import ComposedMessage
 from mailblast.smtp.credentials import Credentials, SecretError
-from mailblast.smtp.replies import Kind, Verdict, classify, connection_lost
+from mailblast.smtp.replies import Cause, Kind, Verdict, classify, connection_lost
 from mailblast.smtp.transaction import Accepted, TransactionError, Transactions
 from mailblast.smtp.urls import SmtpTarget
 
@@ -163,8 +163,10 @@ class Connection:
         except aiosmtplib.SMTPResponseException as e:
             self._smtp.close()
             verdict = classify(e.code, e.message)
-            if e.code in (535, 534, 530, 538):  # any auth refusal ends the run
-                verdict = Verdict(Kind.FATAL, e.code, verdict.enhanced_code, None, e.message)
+            # Any auth refusal ends the run, unless a provider's known wording says otherwise
+            # (Mailtrap answers too many connections, and a spent monthly quota, with a 535).
+            if e.code in (535, 534, 530, 538) and verdict.provider is None:
+                verdict = Verdict(Kind.FATAL, e.code, verdict.enhanced_code, None, e.message, Cause.SIGN_IN)
             raise TransactionError(verdict) from None
         except aiosmtplib.SMTPException as e:
             self._smtp.close()

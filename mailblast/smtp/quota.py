@@ -26,9 +26,8 @@ import platformdirs
 
 from mailblast.errors import ConfigError, StoppedError
 from mailblast.smtp.ratelimit import SlidingWindowLimiter, Slot
-from mailblast.smtp.urls import Rate, SmtpTarget
+from mailblast.smtp.urls import QUOTA_FROM, Pace, Rate, SmtpTarget
 
-QUOTA_FROM = 60.0  # seconds: a rate over a longer period is a quota kept across runs
 WAIT_AT_MOST = 300.0  # seconds: a free slot further away stops the run, unless --wait
 KEEP_FOR = 31 * 86400.0  # seconds of history kept
 STATE_DIR_ENV = "MAILBLAST_STATE_DIR"
@@ -149,6 +148,17 @@ class QuotaBook:
             raise QuotaStateError(self.path, e) from None
         return None if free_at <= now else free_at
 
+    def give_back(self, account: str, at: float) -> None:
+        """Forget one message taken at ``at``: the server refused it, so it used none of the quota."""
+        try:
+            self._db.execute(
+                "DELETE FROM sent WHERE rowid IN "
+                "(SELECT rowid FROM sent WHERE account = ? AND at = ? LIMIT 1)",
+                (account.lower(), at),
+            )
+        except sqlite3.Error as e:
+            raise QuotaStateError(self.path, e) from None
+
     def close(self) -> None:
         self._db.close()
 
@@ -181,7 +191,7 @@ def quota_use(book: QuotaBook, account: str, rate: Rate, now: float) -> QuotaUse
     )
 
 
-def stop_message(account: str, rate: Rate, sent: int, left: int, free_at: float) -> str:
+def stop_message(account: str, rate: Rate | Pace, sent: int, left: int, free_at: float) -> str:
     return (
         f"the quota of {rate} for {account} is used: {sent:,} sent in this run, {left:,} left; "
         f"the next may go at {when(free_at)}"
@@ -197,7 +207,10 @@ def when(timestamp: float) -> str:
 
 
 class QuotaLimiter(SlidingWindowLimiter):
-    """The run's limiter (no limit of its own: it learns the server's), behind the account's quota.
+    """The run's limiter (its ``pacing`` limit, else it learns the server's), behind the account's quotas.
+
+    A quota counts the messages the server accepted: a refused one is given back (a provider
+    counts what it took, and 43 of 500 slots went on refusals when attempts counted).
 
     When the next free slot is at most WAIT_AT_MOST away (or always, with ``wait``), a slot
     waits for it, unless ``give_way(seconds)`` says another relay sends meanwhile; further
@@ -209,8 +222,9 @@ class QuotaLimiter(SlidingWindowLimiter):
         self,
         book: QuotaBook,
         account: str,
-        rate: Rate,
+        rates: Sequence[Rate],
         *,
+        pacing: Rate | None = None,
         wait: bool,
         stopping: Callable[[], bool],
         on_exhausted: Callable[[float], None],
@@ -221,10 +235,12 @@ class QuotaLimiter(SlidingWindowLimiter):
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        super().__init__(None, 1.0, clock=clock, sleep=sleep)
+        super().__init__(
+            pacing.count if pacing else None, pacing.period if pacing else 1.0, clock=clock, sleep=sleep
+        )
         self.book = book
         self.account = account
-        self.rate = rate
+        self.rates = tuple(sorted(rates, key=lambda r: r.period))
         self._wait = wait
         self._stopping = stopping
         self._on_exhausted = on_exhausted
@@ -241,23 +257,54 @@ class QuotaLimiter(SlidingWindowLimiter):
         slot = super().try_acquire()
         if slot is None:
             return None
-        if self._take(self._wall()) is not None:
-            self.release(slot, accepted=False)  # the quota is used: acquire() waits or stops
+        now = self._wall()
+        if self._take(now) is not None:
+            super().release(slot, accepted=False)  # the quota is used: acquire() waits or stops
             return None
+        slot.quota_at = now
         return slot
 
+    def release(self, slot: Slot, *, accepted: bool = True) -> None:
+        """A message the server refused (not one whose reply was lost) gives its quota back."""
+        if slot.quota_at is not None and not accepted and not slot.maybe_delivered and self.fault is None:
+            try:
+                self.book.give_back(self.account, slot.quota_at)
+            except QuotaStateError as e:
+                self._failed(e)
+            slot.quota_at = None
+        super().release(slot, accepted=accepted)
+
     def _take(self, now: float) -> float | None:
-        """The book's take; when the database fails, ``on_fault`` stops the run and no slot is free."""
+        """Take a slot of every quota now (None), or say when the next is free; when the database
+        fails, ``on_fault`` stops the run and no slot is free."""
         if self.fault is not None:
             return math.inf
         try:
-            return self.book.take(self.account, self.rate.count, self.rate.period, now)
+            return self._take_every(now)
         except QuotaStateError as e:
-            if self._on_fault is None:
-                raise
-            self.fault = e
-            self._on_fault(e)
+            self._failed(e)
             return math.inf
+
+    def _failed(self, error: QuotaStateError) -> None:
+        if self._on_fault is None:
+            raise error
+        self.fault = error
+        self._on_fault(error)
+
+    def _take_every(self, now: float) -> float | None:
+        """The longest quota's slot is taken atomically across processes; the shorter ones are
+        only read first (another run may slip one in between: the longest still holds)."""
+        *shorter, longest = self.rates
+        later = max(
+            (
+                next_free(self.book.times(self.account, r.period, now), r.count, r.period, now)
+                for r in shorter
+            ),
+            default=now,
+        )
+        if later > now:
+            return later
+        return self.book.take(self.account, longest.count, longest.period, now)
 
     async def acquire(self) -> Slot:
         slot = await super().acquire()
@@ -265,6 +312,7 @@ class QuotaLimiter(SlidingWindowLimiter):
             now = self._wall()
             free_at = self._take(now)
             if free_at is None:
+                slot.quota_at = now
                 return slot
             if self.fault is not None:
                 break

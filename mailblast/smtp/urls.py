@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import quote, unquote, urlsplit
@@ -185,3 +186,46 @@ def parse_rate(text: str) -> Rate:
     if not (0 < period < math.inf):
         raise bad("the period must be a positive number")
     return Rate(count, period)
+
+
+QUOTA_FROM = 60.0  # seconds: a rate over a longer period is a quota kept across runs (quota.py)
+
+
+@dataclass(frozen=True)
+class Pace:
+    """Every limit a server is sent under (``--rate 3/s --rate 500/d``); each one holds.
+
+    Rates over a minute are quotas, kept across runs (quota.py); the others pace the run.
+    No rate at all: the server's limit is learned from its replies (ratelimit.py).
+    """
+
+    rates: tuple[Rate, ...] = ()
+
+    @property
+    def pacing(self) -> tuple[Rate, ...]:
+        """The limits within a run: a second, a minute."""
+        return tuple(r for r in self.rates if r.period <= QUOTA_FROM)
+
+    @property
+    def quotas(self) -> tuple[Rate, ...]:
+        """The limits kept across runs: an hour, a day."""
+        return tuple(r for r in self.rates if r.period > QUOTA_FROM)
+
+    def __bool__(self) -> bool:
+        return bool(self.rates)
+
+    def __str__(self) -> str:
+        return " and ".join(str(r) for r in self.rates)
+
+
+def parse_pace(texts: str | Sequence[str] | None) -> Pace:
+    """Parse one rate or several (``["3/s", "500/d"]``); a rate given twice counts once."""
+    if texts is None:
+        return Pace()
+    if isinstance(texts, str):
+        texts = [texts]
+    rates: list[Rate] = []
+    for text in texts:
+        if (rate := parse_rate(text)) not in rates:
+            rates.append(rate)
+    return Pace(tuple(rates))
