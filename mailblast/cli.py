@@ -621,6 +621,110 @@ def dkim_keygen(
     _run(work)
 
 
+@app.command()
+def bounces(
+    source: Annotated[
+        str | None,
+        typer.Argument(
+            help="A Maildir, an mbox file, or imaps://USER@HOST[:PORT]/FOLDER. "
+            "\\[default: \\[bounces] source]"
+        ),
+    ] = None,
+    config: ConfigOpt = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what would be suppressed; change nothing.")
+    ] = False,
+    move_to: Annotated[
+        str | None,
+        typer.Option(
+            "--move-to",
+            help="Move the bounces, complaints and unsubscribes read into this folder "
+            "(a Maildir subfolder, an mbox file beside it, an IMAP folder). \\[default: move nothing]",
+        ),
+    ] = None,
+) -> None:
+    """Read bounces, complaints and unsubscribes from a mailbox into the shared suppression list.
+
+    Nothing is deleted; a second run changes nothing. The IMAP password comes from
+    MAILBLAST_IMAP_PASSWORD or \\[bounces] password_command, a token from MAILBLAST_IMAP_OAUTH_TOKEN or
+    \\[bounces] oauth_token_command.
+
+    Example: mailblast bounces ~/Maildir/.Bounces --dry-run
+    """
+    from mailblast.campaign.bounces import run_bounces
+
+    def work(console: Console) -> int:
+        settings = load_settings(config, {})
+        return run_bounces(
+            settings,
+            source,
+            console,
+            dry_run=dry_run,
+            move_to=move_to,
+            ask_password=_prompt_password if sys.stdin.isatty() else None,  # None: an error, not a prompt
+        )
+
+    _run(work)
+
+
+@app.command("unsubscribe-server")
+def unsubscribe_server(
+    port: Annotated[int, typer.Option("--port", "-p", help="Port to listen on.")] = 8025,
+    host: Annotated[
+        str, typer.Option("--host", help="Address to listen on (your proxy's upstream).")
+    ] = "127.0.0.1",
+) -> None:
+    """Run the one-click unsubscribe endpoint ({{ unsubscribe_token }} links), behind your https proxy.
+
+    A POST (List-Unsubscribe=One-Click) unsubscribes at once; a GET only shows a button that POSTs.
+    Unsubscribes go into the shared suppression list.
+    """
+    from mailblast.campaign.feedback import run_unsubscribe_server
+
+    _run(lambda console: run_unsubscribe_server(host, port, console))
+
+
+suppress_app = typer.Typer(
+    help="The shared suppression list, used by every send on this machine: add, remove, list, export.",
+    no_args_is_help=True,
+)
+app.add_typer(suppress_app, name="suppress")
+Addresses = Annotated[list[str], typer.Argument(help="One or more addresses.")]
+
+
+@suppress_app.command("add")
+def suppress_add(
+    addresses: Addresses,
+    reason: Annotated[str, typer.Option("--reason", help="Why, as the list shows it.")] = "",
+) -> None:
+    """Never mail these addresses again, from any campaign."""
+    from mailblast.campaign import suppress_commands
+
+    _run(lambda console: suppress_commands.run_add(addresses, reason, console))
+
+
+@suppress_app.command("remove")
+def suppress_remove(addresses: Addresses) -> None:
+    """Take these addresses off the shared list: they will be mailed again."""
+    from mailblast.campaign import suppress_commands
+
+    _run(lambda console: suppress_commands.run_remove(addresses, console))
+
+
+@suppress_app.command("list")
+def suppress_list() -> None:
+    """Show every suppressed address with its reason, source, date and campaign."""
+    from mailblast.campaign import suppress_commands
+
+    _run(suppress_commands.run_list)
+
+
+@suppress_app.command("export")
+def suppress_export() -> None:
+    """Write the list as CSV on standard output (email, reason, source, campaign, date)."""
+    from mailblast.campaign import suppress_commands
+
+    _run(lambda console: suppress_commands.run_export(sys.stdout), stderr=True)
 # Each command's --json document has these keys whatever happened (README: "JSON output"); a
 # value the run did not reach stays as here.
 JSON_KEYS: dict[str, dict[str, Any]] = {
@@ -640,13 +744,17 @@ JSON_KEYS: dict[str, dict[str, Any]] = {
     "status": {
         "journal": None, "campaign": None, "delivered_to": [], "recipients": None, "template": None,
         "started": None, "last_activity": None, "counts": None, "active_seconds": 0.0, "rate_per_second": 0.0,
-        "failures": [],
+        "failures": [], "after_the_send": None,
     },
 }  # fmt: skip
 
 
 def _facts(command: str, recipients: Path) -> dict[str, Any]:
     return {"command": command, "recipients_file": str(recipients), **copy.deepcopy(JSON_KEYS[command])}
+
+
+def _prompt_password(prompt: str) -> str:
+    return typer.prompt(prompt, hide_input=True)
 
 
 def _ask_password(prompt: str) -> str:

@@ -56,6 +56,7 @@ TOP_KEYS: dict[str, tuple[type, bool]] = {
     "inline_css": (bool, False),
     "list_id": (str, False),
     "feedback_id": (str, False),
+    "return_path": (str, False),
 }
 SMTP_KEYS: dict[str, tuple[type, bool]] = {
     "url": (str, False),
@@ -127,6 +128,13 @@ class Settings:
     dkim_domain: str | None = None  # [dkim]: sign every message
     dkim_selector: str | None = None
     dkim_private_key: Path | None = None
+    # VERP: the envelope sender, with {token} for a signed per-recipient token
+    return_path: str | None = None
+    bounces_source: str | None = None  # [bounces]: the mailbox `bounces` reads by default
+    bounces_password_command: str | None = None
+    bounces_oauth_token_command: str | None = None
+    soft_bounce_limit: int = 3  # soft bounces within soft_bounce_days that suppress an address
+    soft_bounce_days: float = 30.0
     smtp_url: str | None = None
     rate: Pace = field(default_factory=Pace)  # --rate (repeatable) or [smtp] rate: parsed once, here
     connections: int = 2
@@ -180,6 +188,13 @@ _KIND_NAMES = {
     Pace: 'a rate in quotes, or a list of them: "3/s" or ["3/s", "500/d"]',
 }
 UNSUBSCRIBE_KEYS: dict[str, tuple[type, bool]] = {"url": (str, False), "mailto": (str, False)}
+BOUNCES_KEYS: dict[str, tuple[type, bool]] = {
+    "source": (str, False),
+    "password_command": (str, False),
+    "oauth_token_command": (str, False),
+    "soft_bounce_limit": (int, False),
+    "soft_bounce_days": (float, False),
+}
 DKIM_KEYS: dict[str, tuple[type, bool]] = {
     "domain": (str, False),
     "selector": (str, False),
@@ -194,6 +209,11 @@ _RENAMES = {
     "dkim.domain": "dkim_domain",
     "dkim.selector": "dkim_selector",
     "dkim.private_key": "dkim_private_key",
+    "bounces.source": "bounces_source",
+    "bounces.password_command": "bounces_password_command",
+    "bounces.oauth_token_command": "bounces_oauth_token_command",
+    "bounces.soft_bounce_limit": "soft_bounce_limit",
+    "bounces.soft_bounce_days": "soft_bounce_days",
 }
 
 
@@ -255,6 +275,7 @@ def _unknown_setting(path: Path, name: str) -> ConfigError:
         *(f"smtp.{k}" for k in SMTP_KEYS),
         *(f"unsubscribe.{k}" for k in UNSUBSCRIBE_KEYS),
         *(f"dkim.{k}" for k in DKIM_KEYS),
+        *(f"bounces.{k}" for k in BOUNCES_KEYS),
     ]
     guess = did_you_mean(name, every) or did_you_mean(name.replace("_", "."), every)
     if guess is not None:
@@ -317,11 +338,15 @@ def load_settings(config: Path | None, flags: dict[str, Any]) -> Settings:
         dkim = data.pop("dkim", {})
         if not isinstance(dkim, dict):
             raise ConfigError(f"{path}: dkim should be a table ([dkim])")
+        bounces = data.pop("bounces", {})
+        if not isinstance(bounces, dict):
+            raise ConfigError(f"{path}: bounces should be a table ([bounces])")
         relay_tables = data.pop("relay", None)
         values.update(_take(path, data, TOP_KEYS, ""))
         values.update(_take(path, smtp, SMTP_KEYS, "smtp."))
         values.update(_take(path, unsubscribe, UNSUBSCRIBE_KEYS, "unsubscribe."))
         values.update(_take(path, dkim, DKIM_KEYS, "dkim."))
+        values.update(_take(path, bounces, BOUNCES_KEYS, "bounces."))
         values["relays"] = _relays(path, relay_tables, smtp.get("url"))
         values["config_file"] = path
     values["suppress"] = (*values.get("suppress", ()), *(flags.get("suppress") or ()))
@@ -349,6 +374,16 @@ def load_settings(config: Path | None, flags: dict[str, Any]) -> Settings:
     _check_list_headers(settings)
     if not settings.timeout > 0:
         raise ConfigError(f"timeout must be more than 0 seconds, not {settings.timeout}")
+    if settings.soft_bounce_limit < 1 or not settings.soft_bounce_days > 0:
+        raise ConfigError("[bounces] soft_bounce_limit must be at least 1 and soft_bounce_days more than 0")
+    if settings.return_path is not None and (
+        "@" not in settings.return_path or settings.return_path.count("{token}") != 1
+    ):
+        raise ConfigError(
+            "return_path must be an address with {token} once in its local part, "
+            f"not {settings.return_path!r}",
+            'e.g. return_path = "bounces+{token}@example.com"',
+        )
     return settings
 
 

@@ -31,3 +31,17 @@ def smtp_server() -> Iterator[Callable[..., SmtpServer]]:
 def tls_ca() -> LocalCA:
     """The CA every TLS test server uses: ``.ca_pem_path``, ``.client_context()``."""
     return local_ca()
+
+
+# --------------------------------------------------------------------------------------
+# The user's folders: every test gets its own shared suppression list, unsubscribe key and
+# quota state, so that nothing leaks between tests (or into the real home folder). XDG_* is
+# what platformdirs reads on Linux, and it survives servers.child_environ().
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _user_folders(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path_factory.mktemp("user")
+    for name in ("XDG_DATA_HOME", "XDG_CONFIG_HOME", "XDG_STATE_HOME"):
+        monkeypatch.setenv(name, str(home / name.lower()))

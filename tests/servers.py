@@ -116,6 +116,7 @@ __all__ = [
     "child_environ",
     "local_ca",
     "max_in_window",
+    "refuse_by_policy",
     "start_server",
     "too_many_connections_reply",
     "too_many_errors_reply",
@@ -164,6 +165,24 @@ def too_much_mail_reply(ip: str) -> str:
 
 def too_many_errors_reply() -> str:
     return f"421 4.7.0 {SERVER_NAME} Error: too many errors"
+
+
+POLICY_REFUSAL_REPLY = "550 5.7.1 Message refused by policy"
+
+
+def refuse_by_policy(refused: Collection[str] | Callable[[str], bool]) -> Callable[..., str | None]:
+    """A ``reply_hook`` refusing these recipients for good, at RCPT, with a 5.7.1: a refusal that is
+    not about the address, so it stays off the suppression list (a 5.1.1 goes on it) and a resend
+    or --retry-failed reaches it again."""
+    lowered = set() if callable(refused) else {a.lower() for a in refused}
+
+    def wanted(address: str) -> bool:
+        return refused(address) if callable(refused) else address.lower() in lowered
+
+    def hook(stage: str, envelope: Envelope, accepted: int) -> str | None:
+        return POLICY_REFUSAL_REPLY if stage == "rcpt" and wanted(envelope.rcpt_tos[-1]) else None
+
+    return hook
 
 
 def unknown_user_reply(address: str) -> str:

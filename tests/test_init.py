@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mailblast.config import SMTP_KEYS, TOP_KEYS, UNSUBSCRIBE_KEYS
+from mailblast.config import BOUNCES_KEYS, SMTP_KEYS, TOP_KEYS, UNSUBSCRIBE_KEYS
 from mailblast.init import FORMATS, starter_files, starter_text
 from tests.disk import mailblast_capped
 from tests.test_send_cli import mailblast
@@ -49,9 +49,10 @@ def test_the_starter_config_lists_every_setting_and_names_no_server() -> None:
     # every commented line is a valid setting once uncommented
     uncommented = re.sub(r"^# (\w+ = )", r"\1", text, flags=re.M)
     data = tomllib.loads(uncommented)
-    assert set(data) - {"smtp", "unsubscribe"} == set(TOP_KEYS)
+    assert set(data) - {"smtp", "unsubscribe", "bounces"} == set(TOP_KEYS)
     assert set(data["smtp"]) == set(SMTP_KEYS)
     assert set(data["unsubscribe"]) == set(UNSUBSCRIBE_KEYS)
+    assert set(data["bounces"]) == set(BOUNCES_KEYS)
     written = tomllib.loads(text)
     assert written["smtp"] == {} and written["unsubscribe"] == {}  # no server: the outbox
 

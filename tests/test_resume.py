@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import SmtpServer, child_environ
+from tests.servers import SmtpServer, child_environ, refuse_by_policy
 
 TEMPLATE = "From: news@example.com\nSubject: Hi {{ name }}\n\nHello {{ name }}\n"
 
@@ -157,7 +157,7 @@ def test_edited_recipients_file(tmp_path: Path, smtp_server: Callable[..., SmtpS
 
 
 def test_edited_template_is_mentioned(tmp_path: Path, smtp_server: Callable[..., SmtpServer]) -> None:
-    server = smtp_server(reject_recipients={"user1@example.com"})
+    server = smtp_server(reply_hook=refuse_by_policy({"user1@example.com"}))
     write_campaign(tmp_path, people(3))
     assert run(tmp_path, command(server.url)).returncode == 1
     (tmp_path / "t.txt").write_text(TEMPLATE.replace("Hello", "Hi again"))
@@ -171,7 +171,7 @@ def test_edited_template_is_mentioned(tmp_path: Path, smtp_server: Callable[...,
 def test_failed_recipients_are_retried_only_when_asked(
     tmp_path: Path, smtp_server: Callable[..., SmtpServer]
 ) -> None:
-    picky = smtp_server(reject_recipients={"user2@example.com"})
+    picky = smtp_server(reply_hook=refuse_by_policy({"user2@example.com"}))
     write_campaign(tmp_path, people(4))
     assert run(tmp_path, command(picky.url)).returncode == 1
     fixed = smtp_server()

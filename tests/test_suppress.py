@@ -27,8 +27,8 @@ def test_plain_list_and_csv_compare_case_insensitively(tmp_path: Path) -> None:
         assert "user4@example.com" not in suppressed
         assert suppressed.entries == 3
         assert suppressed.warnings == [
-            f"{plain}: ignored line 5, with no address",
-            f"{table}: ignored line 3, with no address",
+            f"{plain}, line 5: not understood, no address in it: 'not an address'",
+            f"{table}, line 3: not understood, no address in it: '2026-11-02;;'",
         ]
     finally:
         suppressed.close()

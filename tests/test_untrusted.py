@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from mailblast.cli import app
 from mailblast.message.compose import RowError, Template
 from mailblast.message.recipients import Recipient, RecipientsFile
-from tests.servers import SmtpServer
+from tests.servers import SmtpServer, refuse_by_policy
 
 Server = Callable[..., SmtpServer]
 VICTIM = "victim@example.com"
@@ -455,7 +455,7 @@ def test_report_cells_never_run_as_formulas_and_read_back_as_they_were(
 ) -> None:
     rows = [{"email": f"u{i}@example.com", "note": v, "@col": v} for i, v in enumerate(FORMULAS)]
     campaign(tmp_path, "From: a@example.com\nSubject: s\n\n{{ note }}|{{ row['@col'] }}|\n", rows)
-    server = smtp_server(reject_recipients=lambda address: True)
+    server = smtp_server(reply_hook=refuse_by_policy(lambda address: True))  # 5.1.1 would suppress
     code, out = sent(tmp_path, server, report="failed.csv")
     assert code == 1, out
     cells = list(csv.reader((tmp_path / "failed.csv").open(encoding="utf-8", newline="")))

@@ -20,7 +20,8 @@ from rich.console import Console
 from rich.text import Text
 
 from mailblast import display
-from mailblast.campaign import journal, report, testsend
+from mailblast.campaign import journal, report, suppression_db, testsend
+from mailblast.campaign.signing_key import key_path, load_key
 from mailblast.campaign.suppress import SuppressionList, load_suppression
 from mailblast.config import Settings
 from mailblast.errors import ConfigError, InputError, did_you_mean
@@ -105,7 +106,19 @@ def load_inputs(settings: Settings, recipients_path: Path) -> Inputs:
     )
     if settings.sender is not None:
         _check_sender(settings)
-    template = Template(
+    suppressed = load_suppression(settings.suppress)
+    try:
+        template = _template(settings, recipients_path, suppressed)
+    except BaseException:
+        if suppressed is not None:
+            suppressed.close()
+        raise
+    return Inputs(recipients, template, suppressed)
+
+
+def _template(settings: Settings, recipients_path: Path, suppressed: SuppressionList | None) -> Template:
+    assert settings.template is not None
+    return Template(
         settings.template,
         default_from=settings.sender,
         attachments_dir=settings.attachments_dir,
@@ -119,8 +132,20 @@ def load_inputs(settings: Settings, recipients_path: Path) -> Inputs:
         feedback_id=settings.feedback_id,
         kept=kept_files(settings, recipients_path),
         test_to=settings.test_to,
+        signing=_signing(settings),
+        return_path=settings.return_path,
+        suppressed=suppressed.db_path if suppressed is not None else None,
     )
-    return Inputs(recipients, template, load_suppression(settings.suppress))
+
+
+def _signing(settings: Settings) -> unsubscribe.Signing | None:
+    """The key and campaign tag for {{ unsubscribe_token }} and VERP, when the settings use them."""
+    links = f"{settings.unsubscribe_url or ''} {settings.unsubscribe_mailto or ''}"
+    if settings.return_path is None and "unsubscribe_token" not in links:
+        return None
+    assert settings.template is not None
+    # the campaign's tag is filled in at compose, from the journal's identity of the campaign
+    return unsubscribe.Signing(load_key(), "", settings.test_to)  # a test send's: the test address
 
 
 CHECK_BATCH = 256  # rows a worker process renders at a time in the check pass
@@ -153,6 +178,8 @@ def kept_files(settings: Settings, recipients_path: Path) -> dict[Path, str]:
         kept[settings.dkim_private_key] = "the DKIM private key"
     for path in settings.suppress:
         kept[path] = "a suppression list"
+    kept[suppression_db.default_path()] = "the shared suppression list"
+    kept[key_path()] = "the key that signs unsubscribe links"
     return kept
 
 

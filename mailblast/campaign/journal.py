@@ -749,6 +749,26 @@ class Journal:
             yield Outcome(recipient, status, message_id or "", attempts, reply, error or "")
 
     @_sql_errors
+    def by_message_id(self, message_ids: list[str]) -> dict[str, tuple[int, str]]:
+        """message id -> (campaign, address) of the messages this journal sent with those ids."""
+        found: dict[str, tuple[int, str]] = {}
+        for start in range(0, len(message_ids), 500):
+            chunk = message_ids[start : start + 500]
+            rows = self._db.execute(
+                f"SELECT message_id, campaign, address FROM recipients WHERE message_id IN "
+                f"({', '.join('?' * len(chunk))})",
+                chunk,
+            )
+            found.update((mid, (campaign, address)) for mid, campaign, address in rows)
+        return found
+
+    @_sql_errors
+    def addresses(self, campaign: int) -> Iterator[str]:
+        """Every address of the campaign, in any state."""
+        rows = self._db.execute("SELECT address FROM recipients WHERE campaign = ?", (campaign,))
+        yield from (address for (address,) in rows)
+
+    @_sql_errors
     def suppressed(self, campaign: int) -> Iterator[tuple[int, str]]:
         """(row, address) of the latest run's suppressed recipients, in file order."""
         return iter(

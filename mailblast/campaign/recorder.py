@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 
+from mailblast.campaign.feedback import SendFeedback
 from mailblast.campaign.journal import Journal
 from mailblast.campaign.report import ReportWriter
 from mailblast.errors import MailblastError
@@ -49,6 +50,7 @@ class Recorder:
         report: ReportWriter,
         maybe_sent: Collection[int] = (),
         destination_fault: Callable[[], str | None] | None = None,
+        feedback: SendFeedback | None = None,
     ) -> None:
         """``destination_fault`` says why the destination can store nothing more (the rehearsal's
         outbox on a full disk): a message it refused then stops the run, as a journal that
@@ -57,6 +59,7 @@ class Recorder:
         self._destination_fault = destination_fault
         self.destination_error: str | None = None
         self.report = report
+        self.feedback = feedback  # refusals of the address itself go into the shared suppression list
         self.maybe_sent = maybe_sent  # rows an earlier run left in flight
         self.reasons = Reasons()
         self.unconfirmed = 0  # uncertain, and not accepted on a resend either
@@ -113,6 +116,8 @@ class Recorder:
                 if outcome.status is not Status.NOT_ATTEMPTED:
                     self.unrecorded.append(outcome.recipient)
         self._write(outcome)
+        if self.feedback is not None:
+            self.feedback.outcome(outcome)
         if outcome.status is Status.FAILED:
             text = outcome.reply.describe() if outcome.reply else outcome.error
             self.reasons.add("failed", outcome.smtp_code, outcome.enhanced_code, text)

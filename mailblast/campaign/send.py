@@ -20,7 +20,7 @@ from typing import Any, TextIO
 from rich.console import Console
 
 from mailblast import display
-from mailblast.campaign import testsend
+from mailblast.campaign import feedback, testsend
 from mailblast.campaign.check import Inputs, ScanTally, load_inputs, scan, verdict_of_scan
 from mailblast.campaign.journal import Destination, Journal, default_path, recipient_key, rehearsal_path
 from mailblast.campaign.progress import SendProgress
@@ -38,10 +38,12 @@ from mailblast.campaign.report import (
     wants_bom,
     write_atomically,
 )
+from mailblast.campaign.suppression_db import SuppressionStore
 from mailblast.config import RelaySettings, Settings
-from mailblast.errors import ConfigError, InputError, StoppedError
+from mailblast.errors import ConfigError, InputError, MailblastError, StoppedError
 from mailblast.message.recipients import Recipient, RecipientsFile, RowResult
 from mailblast.message.spreadsheet import report_campaign
+from mailblast.message.unsubscribe import campaign_tag
 from mailblast.message.worker import ComposeWorker
 from mailblast.server import capture
 from mailblast.smtp.credentials import DEFAULT_SECRET_SETTINGS, Credentials, sign_in_hint
@@ -127,6 +129,7 @@ def run_send(
     journal = None
     accounts = quota_accounts(settings) if quotas else []
     book = QuotaBook() if accounts else None
+    store: SuppressionStore | None = None
     try:
         joins = None
         if not settings.no_journal:
@@ -166,6 +169,8 @@ def run_send(
                 journal, settings, recipients_path, inputs, stdout, console, facts, tally
             )
             return 0
+        if test_to is None:  # a test send feeds nothing back: it is not the campaign
+            store, tag = _open_feedback(journal, target, settings, console)
         run_quotas = None
         if book is not None:
             run_quotas = RunQuotas(book, accounts, wait=settings.wait, notice=notice)
@@ -230,7 +235,13 @@ def run_send(
             )
             for result in invalid:  # --skip-invalid
                 report.write(_invalid_outcome(result, fmt.header))
-            recorder = Recorder(journal, report, plan.maybe_sent, destination_fault)
+            recorder = Recorder(
+                journal,
+                report,
+                plan.maybe_sent,
+                destination_fault,
+                feedback.SendFeedback(store, tag) if store is not None else None,
+            )
             sender = Sender(
                 relays,
                 options,
@@ -316,6 +327,8 @@ def run_send(
     finally:
         composer.close()
         inputs.close()
+        if store is not None:
+            store.close()
         if book is not None:
             book.close()
         if journal is not None:
@@ -373,6 +386,47 @@ def run_send(
         raise StoppedError(f"stopped: {sender.stopped_by.describe()}", hint)
     # an uncertain message accepted on its resend was delivered (maybe twice): not a failure
     return 1 if sender.counts.failed or recorder.unconfirmed or invalid else 0
+
+
+def _open_feedback(
+    journal: Journal | None, target: SmtpTarget, settings: Settings, console: Console
+) -> tuple[SuppressionStore | None, str | None]:
+    """The shared list, to write refusals at send into, and the campaign's tag; warns of the last
+    campaign's rates. A list that cannot be written (a full disk) is a warning, not a stop: the
+    list was read already, so no one on it is mailed; only this run's refusals go unrecorded."""
+    store = None
+    try:
+        store = SuppressionStore()
+        tag = _tag_campaign(store, journal, target, settings)
+        for warning in feedback.previous_campaign_warnings(store, tag):
+            display.print_warning(console, warning)
+        return store, tag
+    except MailblastError as e:
+        if store is not None:
+            store.close()
+        display.print_warning(console, f"{e.message}: addresses refused as unknown go unrecorded this run")
+        return None, None
+
+
+def _tag_campaign(
+    store: SuppressionStore, journal: Journal | None, target: SmtpTarget, settings: Settings
+) -> str | None:
+    """The campaign's tag in the shared list (its entries, rates, VERP and unsubscribe tokens)."""
+    if journal is None:
+        return None
+    campaign = journal.campaign
+    if settings.relays:
+        account = ", ".join(sorted(_account_of(parse_smtp_url(r.url)) for r in settings.relays))
+    else:
+        account = _account_of(target)
+    name = f"{Path(campaign.recipients).name} with {Path(campaign.template).name}"
+    tag = campaign_tag(campaign.uid)
+    store.tag_campaign(tag, journal.path, campaign.id, campaign.name or name, account)
+    return tag
+
+
+def _account_of(target: SmtpTarget) -> str:
+    return f"{target.username or ''}@{target.host}:{target.port}"
 
 
 def _rehearse(
@@ -841,6 +895,17 @@ def _summarise(
         _summarise_relays(console, relays)
     if recorder.reasons:
         display.print_reasons(console, "failures by reason", recorder.reasons.lines())
+    if recorder.feedback is not None and recorder.feedback.suppressed:
+        shown = recorder.feedback.suppressed
+        more = f" and {len(shown) - 5:,} more" if len(shown) > 5 else ""
+        console.print(
+            f"{len(shown):,} address(es) refused as nonexistent are now on the shared suppression list, "
+            f"so no campaign mails them again: {', '.join(shown[:5])}{more} (mailblast suppress list)",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if recorder.feedback is not None and recorder.feedback.error is not None:
+        display.print_warning(console, f"{recorder.feedback.error.message}: refusals were not all recorded")
     if report_rows:
         where = report or "standard output"
         console.print(f"report of the {report_rows:,} recipient(s) not sent: {where}", highlight=False)

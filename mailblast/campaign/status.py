@@ -10,12 +10,15 @@ from typing import Any, TextIO
 from rich.console import Console
 
 from mailblast import display
-from mailblast.campaign.journal import Journal, default_path, rehearsal_path
+from mailblast.campaign.feedback import Rates, rates_of
+from mailblast.campaign.journal import CampaignInfo, Journal, default_path, rehearsal_path
 from mailblast.campaign.quotas import quota_accounts
 from mailblast.campaign.report import journal_report, wants_bom, write_atomically
+from mailblast.campaign.suppression_db import SuppressionStore
 from mailblast.config import Settings
 from mailblast.errors import InputError
 from mailblast.message.recipients import CsvFormat, RecipientsFile
+from mailblast.message.unsubscribe import campaign_tag
 from mailblast.server.capture import DEFAULT_OUTBOX
 from mailblast.smtp.outcomes import Reasons, average_rate
 from mailblast.smtp.quota import QuotaBook, quota_use
@@ -66,6 +69,11 @@ def run_status(
                 "average rate": f"{average_rate(delivered, seconds):.2f} msg/s",
             },
         )
+        rates = _rates(campaign, delivered + counts["failed"])
+        if rates is not None:
+            display.print_counts(console, "after the send", rates.shown())
+            for warning in rates.warnings():
+                display.print_warning(console, warning)
         if relays := journal.relay_counts(campaign.id):
             display.print_counts(console, "sent through", {name: f"{n:,}" for name, n in relays})
         servers = journal.server_counts(campaign.id)
@@ -99,6 +107,7 @@ def run_status(
                 counts=dict(counts),
                 active_seconds=round(seconds, 3),
                 rate_per_second=round(average_rate(delivered, seconds), 3),
+                after_the_send=vars(rates) if rates is not None else None,
                 failures=[
                     dict(zip(("status", "smtp_code", "enhanced_code", "error", "count"), row, strict=True))
                     for row in failure_rows
@@ -108,6 +117,17 @@ def run_status(
         journal.close()
     _print_quota(settings, console)
     return 0
+
+
+def _rates(campaign: CampaignInfo, attempted: int) -> Rates | None:
+    """The campaign's bounce, complaint and unsubscribe counts, once anything came back."""
+    store = SuppressionStore.existing()
+    if store is None:
+        return None
+    with store:
+        tag = campaign_tag(campaign.uid)
+        rates = rates_of(store, tag, attempted)
+    return rates if rates.bounces or rates.soft or rates.complaints or rates.unsubscribes else None
 
 
 def _print_quota(settings: Settings, console: Console) -> None:

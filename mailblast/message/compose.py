@@ -14,9 +14,10 @@ import hashlib
 import mimetypes
 import os
 import re
+import sqlite3
 import stat
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from email import policy
 from email.charset import BASE64, Charset
@@ -42,7 +43,7 @@ from markdown_it import MarkdownIt
 
 from mailblast.errors import ConfigError, TemplateError, did_you_mean
 from mailblast.message import headers as hdr
-from mailblast.message import htmlbody
+from mailblast.message import htmlbody, verp
 from mailblast.message import unsubscribe as unsub
 from mailblast.message.plaintext import html_to_text
 from mailblast.message.recipients import Recipient, RecipientsFile, RowProblem, RowResult
@@ -183,6 +184,7 @@ class Rendered:
     text: str | None = None  # the template's own text part, when it has one beside it
     images: tuple[tuple[str, Path], ...] = ()  # to embed: (<img src> as written, the file)
     preheader: str = ""  # the hidden preview text at the top of the HTML
+    dropped: tuple[str, ...] = ()  # suppressed addresses taken out of To, Cc and Bcc
 
 
 @dataclass(frozen=True)
@@ -191,6 +193,7 @@ class CheckedRow:
 
     sender: str
     html_bytes: int
+    dropped: tuple[str, ...] = ()  # suppressed addresses taken out of To, Cc and Bcc
 
 
 @dataclass
@@ -205,6 +208,7 @@ class ComposedMessage:
     needs_smtputf8: bool
     attachments: list[Attachment] = field(default_factory=list)
     html_bytes: int = 0  # the HTML part's size, as Gmail measures it for clipping
+    dropped: tuple[str, ...] = ()  # suppressed addresses taken out of To, Cc and Bcc
 
     @property
     def own_address(self) -> str:
@@ -330,6 +334,9 @@ class Template:
         feedback_id: str | None = None,
         kept: Mapping[Path, str] | None = None,
         test_to: str | None = None,
+        signing: unsub.Signing | None = None,
+        return_path: str | None = None,
+        suppressed: Path | None = None,
     ) -> None:
         self.path = Path(path)
         self.name = str(path)
@@ -349,6 +356,9 @@ class Template:
             "feedback_id": feedback_id,
             "kept": kept,
             "test_to": test_to,
+            "signing": signing,
+            "return_path": return_path,
+            "suppressed": suppressed,
         }
         # what mailblast.toml adds unless the template sets it
         self._list_headers = [(n, v) for n, v in (("List-Id", list_id), ("Feedback-ID", feedback_id)) if v]
@@ -358,6 +368,10 @@ class Template:
         self.kept = {p.resolve(): what for p, what in (kept or {}).items()}
         if dkim is not None:
             self.kept.setdefault(dkim.path.resolve(), "the DKIM private key")
+        self.signing = signing  # signs {{ unsubscribe_token }} and the VERP return path
+        self.return_path = return_path
+        # the suppression list's SQLite file (suppress.py): a Cc or Bcc on it is dropped
+        self._suppressed = _SuppressedAddresses(suppressed) if suppressed is not None else None
         self._signer = None
         self._signing_error: type[Exception] = RowError
         if dkim is not None:
@@ -398,7 +412,13 @@ class Template:
         )
         # a column with one of these names is reached as row["name"]
         self.builtin_names = frozenset(
-            {"email", "row", *header_env.globals, *(["unsubscribe_url"] if self._unsubscribe else [])}
+            {
+                "email",
+                "row",
+                *header_env.globals,
+                *(["unsubscribe_url"] if self._unsubscribe else []),
+                *(["unsubscribe_token"] if signing is not None else []),
+            }
         )
         self.header_source = header_source  # as written, for check's warnings
         self.body_source = "\n".join(lines[blank + 1 :])
@@ -596,23 +616,31 @@ class Template:
         """Render and build one recipient's message; raises RowError when the row cannot become one.
 
         ``campaign`` identifies the campaign: its messages' Message-IDs are its own."""
-        return self.build(self.render(recipient), date=date, campaign=campaign)
+        return self.build(self.render(recipient, campaign), date=date, campaign=campaign)
 
-    def render(self, recipient: Recipient) -> Rendered:
-        """Everything about a row that can be wrong, checked without building the MIME message."""
+    def render(self, recipient: Recipient, campaign: str = "") -> Rendered:
+        """Everything about a row that can be wrong, checked without building the MIME message;
+        ``campaign`` (its identity) is what {{ unsubscribe_token }} and VERP tokens name."""
         fields = recipient.fields
         try:
-            return self._render_row(recipient)
+            return self._render_row(recipient, campaign)
         except hdr.BadValue as e:
             raise RowError(e.message, _column_of(fields, e.value)) from None
 
-    def _render_row(self, recipient: Recipient) -> Rendered:
+    def _signing_for(self, campaign: str) -> unsub.Signing | None:
+        if self.signing is None or not campaign:
+            return self.signing
+        return replace(self.signing, campaign=unsub.campaign_tag(campaign))
+
+    def _render_row(self, recipient: Recipient, campaign: str = "") -> Rendered:
         context = dict(recipient.fields)
         if not self.builtin_names.isdisjoint(context):
             for name in self.builtin_names:
                 context.pop(name, None)
         context["email"] = recipient.address
         context["row"] = recipient.fields
+        if (signing := self._signing_for(campaign)) is not None:
+            context["unsubscribe_token"] = unsub.unsubscribe_token(signing, recipient.address)
         links = self._unsubscribe_links(context) if self._unsubscribe else {}
         if links:  # the footer's link is the header's
             context["unsubscribe_url"] = links.get("url") or links["mailto"]
@@ -634,6 +662,7 @@ class Template:
         preheader = ""
         seen: set[str] = set()
         out: list[tuple[str, str]] = []
+        dropped: list[str] = []
         for name, marked in headers:
             key = name.lower()
             if key in RESERVED_HEADERS:
@@ -643,6 +672,8 @@ class Template:
             seen.add(key)
             if key in ADDRESS_HEADERS:
                 addresses, utf8 = self._checked(key, _addresses, name, marked, checked=recipient.address)
+                if key in ("to", "cc", "bcc") and self._suppressed is not None:
+                    addresses = self._suppressed.without(addresses, recipient.address, name, dropped)
                 needs_utf8 |= utf8
                 if key == "from":
                     envelope_from = addresses[0][1]
@@ -700,6 +731,7 @@ class Template:
             text=text,
             images=tuple(images),
             preheader=preheader,
+            dropped=tuple(dropped),
         )
 
     def _html_of(self, body: str, context: dict[str, Any]) -> str | None:
@@ -794,15 +826,20 @@ class Template:
                 data = self._signer.sign(data)
             except self._signing_error as e:
                 raise RowError(str(e)) from None
+        envelope_from = rendered.envelope_from
+        if self.return_path is not None:  # VERP: bounces come back to an address naming the row
+            signing = self._signing_for(campaign)
+            envelope_from = verp.return_path(self.return_path, signing, rendered.recipient.address)
         return ComposedMessage(
             rendered.recipient,
-            rendered.envelope_from,
+            envelope_from,
             rendered.envelope_to,
             data,
             message_id,
             rendered.needs_smtputf8,
             parts,
             0 if content.html is None else len(content.html.encode()),
+            rendered.dropped,
         )
 
     def check(self, recipient: Recipient) -> CheckedRow:
@@ -812,9 +849,9 @@ class Template:
         its styles inlined; then its images were only found where the attachment rules allow."""
         rendered = self.render(recipient)
         if self.kind == "text" or (rendered.html is None and len(rendered.body) < MARKDOWN_SHORT):
-            return CheckedRow(rendered.envelope_from, 0)
+            return CheckedRow(rendered.envelope_from, 0, rendered.dropped)
         page = self._final_html(self.page(rendered), rendered.preheader, rendered.images)
-        return CheckedRow(rendered.envelope_from, len(page.encode()))
+        return CheckedRow(rendered.envelope_from, len(page.encode()), rendered.dropped)
 
     def page(self, rendered: Rendered) -> str | None:
         """The row's HTML as rendered, before styles are inlined (None for a text message)."""
@@ -1195,6 +1232,35 @@ def _attachment(written: str, path: Path, max_bytes: int) -> tuple[Message, Atta
 Composed = ComposedMessage | RowError  # a message, or why a row cannot become one
 
 
+class _SuppressedAddresses:
+    """The suppression list's file, looked up from this process (a compose worker, or the main one)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db: sqlite3.Connection | None = None
+
+    def __contains__(self, address: str) -> bool:
+        if self._db is None:
+            self._db = sqlite3.connect(f"{self.path.as_uri()}?mode=ro", uri=True, check_same_thread=False)
+        key = address.casefold()
+        return self._db.execute("SELECT 1 FROM seen WHERE address = ?", (key,)).fetchone() is not None
+
+    def without(
+        self, addresses: list[tuple[str, str]], own: str, header: str, dropped: list[str]
+    ) -> list[tuple[str, str]]:
+        """``addresses`` without the suppressed ones (other than the row's own), which go to ``dropped``."""
+        kept = []
+        for name, address in addresses:
+            if address.casefold() != own.casefold() and address in self:
+                dropped.append(f"{address} ({header})")
+            else:
+                kept.append((name, address))
+        return kept
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "_db": None}
+
+
 @dataclass
 class Prepared:
     """A row after reading and rendering: a message, or the problems that stopped it."""
@@ -1229,7 +1295,11 @@ def prepare(file: str, result: RowResult, template: Template, *, build: bool = T
 
 def settle(file: str, result: RowResult, checked: CheckedRow | ComposedMessage | RowError) -> Prepared:
     """A row whose check gave ``checked``: what was checked (or its message), or the RowError that
-    stops it."""
+    stops it. Suppressed addresses dropped from the message are a warning of the row."""
+    dropped = checked.dropped if isinstance(checked, CheckedRow | ComposedMessage) else ()
+    if dropped:
+        text = f"suppressed, so not mailed with this row: {', '.join(dropped)}"
+        result.problems.append(RowProblem(file, result.row, result.line, None, text, is_error=False))
     if isinstance(checked, ComposedMessage):
         return Prepared(result, checked, True, checked.envelope_from, checked.html_bytes)
     if isinstance(checked, RowError):

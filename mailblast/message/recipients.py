@@ -419,6 +419,12 @@ class SeenAddresses:
         key = address.casefold()
         return self._db.execute("SELECT 1 FROM seen WHERE address = ?", (key,)).fetchone() is not None
 
+    def commit(self) -> Path:
+        """Make what was added readable by other connections (compose workers); returns the file."""
+        if self._db.in_transaction:
+            self._db.execute("COMMIT")
+        return Path(self._dir.name) / "seen.sqlite"
+
     def close(self) -> None:
         self._db.close()
         self._dir.cleanup()
