@@ -13,6 +13,8 @@ can be tested in milliseconds without sockets:
   the last. ``strict`` stores every attempt's rate (refused ones too); ``leaky`` (Exim's default)
   keeps the old rate when it refuses;
 - ``SlidingWindow``: at most ``limit`` accepted in any ``(now - period, now]`` (serve --rate);
+- ``FixedWindow``: at most ``limit`` accepted in each ``[k * period, (k + 1) * period)``, on the clock's
+  whole periods (a provider's per-second counter);
 - connection caps (``max_connections``) and per-connection caps (``per_connection``, Exim's
   smtp_accept_max_per_connection: "421 too many messages in this connection").
 
@@ -103,6 +105,22 @@ class SlidingWindow(Limit):
         if len(self.times) >= self.limit:
             return self.reply
         self.times.append(now)
+        return None
+
+
+class FixedWindow(Limit):
+    def __init__(self, limit: int, period: float, reply: str = SLIDING_REPLY) -> None:
+        self.limit, self.period, self.reply = limit, period, reply
+        self.window = -1
+        self.count = 0
+
+    def mail(self, now: float) -> str | None:
+        window = math.floor(now / self.period)
+        if window != self.window:
+            self.window, self.count = window, 0
+        if self.count >= self.limit:
+            return self.reply
+        self.count += 1
         return None
 
 

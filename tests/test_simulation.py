@@ -15,6 +15,7 @@ from tests.simulation import (
     NEUTRAL_REPLY,
     ExponentialAverage,
     FakeServer,
+    FixedWindow,
     PostfixAnvil,
     Run,
     SlidingWindow,
@@ -117,6 +118,23 @@ def test_the_learner_converges_and_stays(limit: object) -> None:
     assert 0.90 * 3 <= pace <= 0.97 * 3 * 1.03  # the limit is 3 a second in each
     gaps = [b - a for a, b in itertools.pairwise(sent_after)]
     assert max(gaps) < 1.5  # never idle with work to do: a pause after a refusal is one spacing
+
+
+@pytest.mark.parametrize(
+    "limit", [lambda: SlidingWindow(1, 1.0), lambda: FixedWindow(1, 1.0)], ids=["sliding 1/s", "fixed 1/s"]
+)
+def test_a_limit_of_one_a_second_is_sent_at_not_waited_out(limit: object) -> None:
+    """SES's 1 a second, no --rate: 10 messages took 246 s, idle a minute after each probe refused.
+
+    With a limit of 1, the message in flight fills it: the next one waited for the next step up
+    (a minute away once settled) instead of for that message's release.
+    """
+    run = simulate(lambda c: FakeServer(c, limit()), 60)  # type: ignore[operator]
+    delivered_once(run, 60)
+    received = [at for at, _ in run.server.received]
+    assert max(b - a for a, b in itertools.pairwise(received)) < 2.0  # about one spacing, not a minute
+    assert 60 / run.seconds >= 0.8
+    assert run.refusals <= 12
 
 
 def test_the_summary_can_suggest_the_rate_learned() -> None:

@@ -217,13 +217,27 @@ class SlidingWindowLimiter:
         async with self._lock:
             while (slot := self._grant()) is None:
                 wait = self.delay()
+                self._release_event.clear()
                 if math.isinf(wait):
                     # Only a release can end this wait, and it sets the event.
-                    self._release_event.clear()
                     await self._release_event.wait()
+                elif self._held:
+                    # A release may free a slot before ``wait`` is up (a limit of 1 with a message
+                    # in flight: ``wait`` is then only the next step up, a minute away when settled).
+                    await self._sleep_or_release(wait)
                 else:
                     await self._sleep(wait)
             return slot
+
+    async def _sleep_or_release(self, wait: float) -> None:
+        """Sleep ``wait`` seconds, or until the next release if that comes first."""
+        sleeping = asyncio.ensure_future(self._sleep(wait))
+        released = asyncio.ensure_future(self._release_event.wait())
+        try:
+            await asyncio.wait((sleeping, released), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeping.cancel()
+            released.cancel()
 
     def release(self, slot: Slot, *, accepted: bool = True) -> None:
         """Record the message's final reply; ``accepted``: the server took it. Twice is harmless."""
