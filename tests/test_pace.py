@@ -135,6 +135,6 @@ def test_without_a_rate_the_summary_says_what_was_learned_and_the_rate_to_pass(
     assert len(server.received) == 30
     (learned,) = json.loads(proc.stdout)["learned"]
     limit, suggested = parse_rate(learned["limit"]), parse_rate(learned["suggested_rate"])
-    assert limit.count == 5 and 1.0 <= limit.period <= 2.0  # whole seconds, rounded up
+    assert limit.count == 5 and 1.0 <= limit.period <= 2.0  # tenths of a second, rounded up
     assert suggested.count < limit.count and suggested.period == limit.period
     assert f"learned the server's limit, about {limit}: next time pass --rate {suggested}" in proc.stderr

@@ -917,8 +917,9 @@ def _learned(relays: list[Relay]) -> list[tuple[str, Rate, Rate]]:
     for relay in relays:
         learned, suggested = relay.limiter.learned, relay.limiter.suggested()
         if learned is not None and suggested is not None:
-            # whole seconds, rounded up: a longer period is the safer side
-            seconds = float(math.ceil(learned[1] - 1e-6))
+            # tenths of a second, rounded up: a longer period is the safer side, and whole seconds
+            # would halve a limit of 1 in 1.08 s (SES's 1/s, learned with its margin) to 1/2s
+            seconds = math.ceil(learned[1] * 10 - 1e-4) / 10
             found.append((relay.name, Rate(learned[0], seconds), Rate(suggested[0], seconds)))
     return found
 
