@@ -150,3 +150,30 @@ def test_send_into_a_full_outbox_stops_like_a_full_journal(tmp_path: Path) -> No
     again = mailblast(tmp_path, "send", "people.csv", "-t", "t.txt")
     assert again.returncode == 0, again.stderr
     assert len(mailbox.Maildir(tmp_path / "outbox")) == 6
+
+
+def test_send_into_a_full_outbox_without_retries_marks_nobody_failed(tmp_path: Path) -> None:
+    """With --retries 0 the outbox's refusal is the message's last try: it is still the outbox's
+    fault, not the recipient's, so the run stops and the message stays pending for the next run."""
+    (tmp_path / "t.txt").write_text("From: news@example.com\nSubject: Hi\n\n{{ 'word ' * (words | int) }}\n")
+    with (tmp_path / "people.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["email", "words"])
+        writer.writerow(["small@example.com", "1"])
+        writer.writerow(["big@example.com", "60000"])  # 300 kB: past the cap
+        writer.writerow(["after@example.com", "1"])
+    args = ("send", "people.csv", "-t", "t.txt", "--retries", "0", "--connections", "1")
+    proc = mailblast_capped(tmp_path, CAP, *args, "--report", "left.csv")
+    assert proc.returncode == 3, proc.stderr
+    assert "error: stopped: the outbox outbox/ cannot be written: File too large" in proc.stderr
+    assert "none marked failed" in proc.stderr and "Traceback" not in proc.stderr
+    with (tmp_path / "left.csv").open() as f:
+        left = {row["email"]: row for row in csv.DictReader(f)}
+    assert sorted(left) == ["after@example.com", "big@example.com"]
+    assert {row["status"] for row in left.values()} == {"not attempted"}
+    assert "File too large" in left["big@example.com"]["error"]
+    # the next run sends both: nobody was marked failed or suppressed
+    again = mailblast(tmp_path, "send", *args[1:])
+    assert again.returncode == 0, again.stderr
+    got = sorted(str(m["To"]) for m in mailbox.Maildir(tmp_path / "outbox"))
+    assert got == ["after@example.com", "big@example.com", "small@example.com"]

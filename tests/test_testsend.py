@@ -88,3 +88,38 @@ def test_bad_test_send_options(
     assert proc.returncode == 2, proc.stderr
     assert f"error: {message}" in proc.stderr
     assert server.received == []
+
+
+def test_a_test_copy_of_a_template_written_list_unsubscribe_cannot_unsubscribe_the_recipient(
+    tmp_path: Path, smtp_server: Callable[..., SmtpServer]
+) -> None:
+    """The template writes List-Unsubscribe itself (no [unsubscribe] in mailblast.toml): the test
+    copy's links are rendered with the test copy's values, as [unsubscribe]'s are, and the rest of
+    the copy stays the recipient's."""
+    server = smtp_server()
+    (tmp_path / "t.txt").write_text(
+        "From: news@mydomain.org\nSubject: Hi {{ name }}\n"
+        "List-Unsubscribe: <https://mydomain.org/unsub?id={{ id }}&e={{ email }}>,\n"
+        " <mailto:unsub+{{ id }}@mydomain.org>\n"
+        "List-Unsubscribe-Post: List-Unsubscribe=One-Click\n"
+        "\nHello {{ name }}\n"
+    )
+    (tmp_path / "people.csv").write_text("email,name,id\nuser0@mydomain.org,User 0,7007\n")
+    args = ["send", "people.csv", "-t", "t.txt", "--smtp", server.url]
+    proc = mailblast(tmp_path, *args, "--test-to", ME)
+    assert proc.returncode == 0, proc.stderr
+    (received,) = server.received
+    assert received.rcpt_tos == [ME]
+    message = received.message
+    links = " ".join(str(message["List-Unsubscribe"]).split())
+    assert "7007" not in links and "user0" not in links
+    assert links == (
+        f"<https://mydomain.org/unsub?id=mailblast-test-copy&e={ME}>, "
+        "<mailto:unsub+mailblast-test-copy@mydomain.org>"
+    )
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert message["Subject"] == "Hi User 0" and message["To"] == "user0@mydomain.org"
+    # the real send still carries the recipient's own links
+    assert mailblast(tmp_path, *args).returncode == 0
+    real = server.received[-1].message
+    assert "id=7007&e=user0@mydomain.org" in str(real["List-Unsubscribe"])

@@ -7,7 +7,7 @@ however a run ends, every recipient is sent or reported.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mailblast.campaign.feedback import SendFeedback
 from mailblast.campaign.journal import Journal
@@ -106,7 +106,18 @@ class Recorder:
             except MailblastError as e:
                 self._journal_failed(e)
 
-    def outcome(self, outcome: Outcome) -> None:
+    def outcome(self, outcome: Outcome) -> Outcome:
+        """Record ``outcome``; returns it as recorded, which is what the sender counts.
+
+        A temporary refusal while the destination cannot store anything (the rehearsal's outbox
+        on a full disk) is the destination's fault, not the recipient's: it stops the run, and the
+        message is not attempted, pending for the next run, rather than failed.
+        """
+        if outcome.status is Status.FAILED and outcome.reply is not None and outcome.reply.is_retryable:
+            self._check_destination()
+            if self.destination_error is not None:
+                error = self.destination_error
+                outcome = replace(outcome, status=Status.NOT_ATTEMPTED, reply=DESTINATION_FAILED, error=error)
         self._open.pop(outcome.recipient.row, None)
         if self.journal is not None:
             try:
@@ -124,6 +135,7 @@ class Recorder:
         elif outcome.status is Status.UNCERTAIN:
             self.reasons.add("uncertain", "", "", outcome.error)
             self.unconfirmed += outcome.reply is None or outcome.reply.kind is not Kind.OK
+        return outcome
 
     def finish(self, rest: Iterator[Recipient], counts: Counts) -> int:
         """Report what the run left without an outcome; return how many were in flight.

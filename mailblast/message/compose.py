@@ -502,6 +502,18 @@ class Template:
                 raise RowError(str(e), template=f"[unsubscribe] {key}") from None
         return links
 
+    def _test_copy_unsubscribe(
+        self, headers: list[tuple[str, str]], context: dict[str, Any], test_to: str
+    ) -> list[tuple[str, str]]:
+        """A --test-to copy's List-Unsubscribe headers as the template writes them, rendered with the
+        test copy's values (as [unsubscribe]'s links are), so that the tester's click can never
+        unsubscribe the real recipient; every other header stays the recipient's."""
+        copy_text = self._render(self._headers, unsub.test_copy_context(context, test_to), MAX_HEADER_CHARS)
+        harmless = [(n, v) for n, v in self._parse_headers(copy_text) if n.lower() in unsub.HEADER_NAMES]
+        at = next(i for i, (name, _) in enumerate(headers) if name.lower() in unsub.HEADER_NAMES)
+        kept = [(n, v) for n, v in headers if n.lower() not in unsub.HEADER_NAMES]
+        return kept[:at] + harmless + kept[at:]
+
     def written_faults(self) -> list[str]:
         """The faults its headers show as written, whatever the row (a reserved header, one set
         twice, no sender), in the words a row's error uses. Rendering a row stops at its first
@@ -647,6 +659,8 @@ class Template:
         header_text = self._render(self._headers, context, MAX_HEADER_CHARS)
         body = self._render(self._body, context, MAX_BODY_CHARS)
         headers = self._parse_headers(header_text)
+        if self.test_to is not None and any(name.lower() in unsub.HEADER_NAMES for name, _ in headers):
+            headers = self._test_copy_unsubscribe(headers, context, self.test_to)
         names = {name.lower() for name, _ in headers}
         if "to" not in names:
             headers.insert(0, ("To", recipient.address))

@@ -221,7 +221,7 @@ class Sender:
         self,
         relays: Sequence[Relay],
         options: SenderOptions,
-        on_outcome: Callable[[Outcome], None],
+        on_outcome: Callable[[Outcome], Outcome | None],
         *,
         on_sending: Callable[[ComposedMessage], None] | None = None,
         on_not_delivered: Callable[[ComposedMessage], None] | None = None,
@@ -230,7 +230,9 @@ class Sender:
         limiter_of: Callable[[Relay, Sender], SlidingWindowLimiter | None] | None = None,
     ) -> None:
         """``limiter_of(relay, sender)`` may give a relay the limiter it sends under instead of its
-        own (a quota's, quota.py, which drops or rests the relay through this sender)."""
+        own (a quota's, quota.py, which drops or rests the relay through this sender).
+        ``on_outcome`` records an outcome, and may return it as it recorded it (the recorder's,
+        when the destination's own fault made it no failure): that is what is counted."""
         self.relays = list(relays)
         for relay in self.relays:
             if limiter_of is not None and (limiter := limiter_of(relay, self)) is not None:
@@ -369,8 +371,8 @@ class Sender:
         self._report(Outcome(recipient, Status.NOT_ATTEMPTED, "", 0, reason, "the run stopped first"))
 
     def _report(self, outcome: Outcome) -> None:
-        self._on_outcome(outcome)  # recorded (journal) before it is counted anywhere
-        self.counts.add(outcome)
+        # recorded (journal) before it is counted anywhere, and counted as recorded
+        self.counts.add(self._on_outcome(outcome) or outcome)
 
     def _finish(self, job: _Job, status: Status, reply: Verdict | None, error: str = "") -> None:
         self._set_waiting(job, False)
