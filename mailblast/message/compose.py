@@ -148,13 +148,32 @@ class RowError(Exception):
 
     ``template`` names the template file when the text at fault is written there (or in the
     config), not taken from the row: every row fails the same way, so it is reported once.
+    ``more`` holds the row's other problems, found in the same pass: check names them all at once.
     """
 
-    def __init__(self, message: str, column: str | None = None, template: str | None = None) -> None:
-        super().__init__(message, column, template)  # all in args, so it survives pickling
+    def __init__(
+        self,
+        message: str,
+        column: str | None = None,
+        template: str | None = None,
+        more: tuple[RowError, ...] = (),
+    ) -> None:
+        super().__init__(message, column, template, more)  # all in args, so it survives pickling
         self.message = message
         self.column = column
         self.template = template
+        self.more = more
+
+    @classmethod
+    def of(cls, found: list[RowError]) -> RowError:
+        """One error for all of ``found`` (the first, with the others in ``more``), each said once."""
+        unique = list({(e.message, e.column, e.template): e for e in found}.values())
+        first = unique[0]
+        return cls(first.message, first.column, first.template, tuple(unique[1:]))
+
+    def each(self) -> list[RowError]:
+        """This problem and the others found with it."""
+        return [self, *self.more]
 
     def __str__(self) -> str:
         return self.message
@@ -484,8 +503,8 @@ class Template:
                 raise ConfigError(f"[unsubscribe] {key}: {e.message}", SYNTAX_HINT) from None
         return compiled
 
-    def _unsubscribe_links(self, context: dict[str, Any]) -> dict[str, str]:
-        """This row's url and mailto, rendered and checked; their faults are the config's."""
+    def _unsubscribe_links(self, context: dict[str, Any], found: list[RowError]) -> dict[str, str]:
+        """This row's url and mailto, rendered and checked; their faults (the config's) go to ``found``."""
         links = {}
         if self.test_to is not None:
             context = unsub.test_copy_context(context, self.test_to)
@@ -494,12 +513,12 @@ class Template:
                 text = self._render(compiled, context, MAX_HEADER_CHARS).strip()
                 links[key] = unsub.check_link(key, unsub.mailto_link(text) if key == "mailto" else text)
             except RowError as e:
-                raise RowError(e.message, template=f"[unsubscribe] {key}") from None
+                found.append(RowError(e.message, template=f"[unsubscribe] {key}"))
             except unsub.LinkTooLong as e:
                 fields = context["row"]
-                raise RowError(str(e), max(fields, key=lambda c: len(fields[c]), default=None)) from None
+                found.append(RowError(str(e), max(fields, key=lambda c: len(fields[c]), default=None)))
             except unsub.BadLink as e:
-                raise RowError(str(e), template=f"[unsubscribe] {key}") from None
+                found.append(RowError(str(e), template=f"[unsubscribe] {key}"))
         return links
 
     def _test_copy_unsubscribe(
@@ -516,8 +535,8 @@ class Template:
 
     def written_faults(self) -> list[str]:
         """The faults its headers show as written, whatever the row (a reserved header, one set
-        twice, no sender), in the words a row's error uses. Rendering a row stops at its first
-        fault; check names every one."""
+        twice, no sender), in the words a row's error uses: check names those no row reached (in a
+        branch no row took, or behind a fault that stops rendering)."""
         faults, seen = [], set()
         for line in hdr.HEADER_LINES.split(self.header_source):
             head, sep, _ = line.partition(":")
@@ -633,18 +652,41 @@ class Template:
     def render(self, recipient: Recipient, campaign: str = "") -> Rendered:
         """Everything about a row that can be wrong, checked without building the MIME message;
         ``campaign`` (its identity) is what {{ unsubscribe_token }} and VERP tokens name."""
-        fields = recipient.fields
+        found: list[RowError] = []  # every problem of the row, not only the first
         try:
-            return self._render_row(recipient, campaign)
-        except hdr.BadValue as e:
-            raise RowError(e.message, _column_of(fields, e.value)) from None
+            rendered = self._render_row(recipient, campaign, found)
+        except (RowError, hdr.BadValue) as e:
+            found.append(self._row_error(e, recipient.fields))
+        if found:
+            raise RowError.of(found)
+        return rendered
+
+    @staticmethod
+    def _row_error(error: RowError | hdr.BadValue, fields: dict[str, str]) -> RowError:
+        """A row's problem as a RowError, with the column its value came from."""
+        if isinstance(error, hdr.BadValue):
+            return RowError(error.message, _column_of(fields, error.value))
+        return error
+
+    def _collect(
+        self, found: list[RowError], fields: dict[str, str], key: str, check: Callable[..., T], *args: Any
+    ) -> T | None:
+        """``self._checked(key, check, *args)``, or None with its problem added to ``found``: the row
+        goes on being checked."""
+        try:
+            return self._checked(key, check, *args)
+        except (RowError, hdr.BadValue) as e:
+            found.append(self._row_error(e, fields))
+            return None
 
     def _signing_for(self, campaign: str) -> unsub.Signing | None:
         if self.signing is None or not campaign:
             return self.signing
         return replace(self.signing, campaign=unsub.campaign_tag(campaign))
 
-    def _render_row(self, recipient: Recipient, campaign: str = "") -> Rendered:
+    def _render_row(self, recipient: Recipient, campaign: str, found: list[RowError]) -> Rendered:
+        """The row rendered and checked; a problem that leaves the rest checkable goes to ``found``
+        (each address header, attachment, image and unsubscribe link), any other is raised."""
         context = dict(recipient.fields)
         if not self.builtin_names.isdisjoint(context):
             for name in self.builtin_names:
@@ -653,9 +695,9 @@ class Template:
         context["row"] = recipient.fields
         if (signing := self._signing_for(campaign)) is not None:
             context["unsubscribe_token"] = unsub.unsubscribe_token(signing, recipient.address)
-        links = self._unsubscribe_links(context) if self._unsubscribe else {}
-        if links:  # the footer's link is the header's
-            context["unsubscribe_url"] = links.get("url") or links["mailto"]
+        links = self._unsubscribe_links(context, found) if self._unsubscribe else {}
+        if self._unsubscribe:  # the footer's link is the header's (none when both are at fault)
+            context["unsubscribe_url"] = links.get("url") or links.get("mailto", "")
         header_text = self._render(self._headers, context, MAX_HEADER_CHARS)
         body = self._render(self._body, context, MAX_BODY_CHARS)
         headers = self._parse_headers(header_text)
@@ -666,8 +708,9 @@ class Template:
             headers.insert(0, ("To", recipient.address))
         if "from" not in names:
             if not self.default_from:
-                raise RowError(NO_SENDER, template=self.name)
-            headers.insert(0, ("From", self.default_from))
+                found.append(RowError(NO_SENDER, template=self.name))
+            else:
+                headers.insert(0, ("From", self.default_from))
         envelope_from = ""
         envelope_to: list[str] = []
         attachments: list[tuple[str, Path]] = []
@@ -677,15 +720,21 @@ class Template:
         seen: set[str] = set()
         out: list[tuple[str, str]] = []
         dropped: list[str] = []
+        fields = recipient.fields
         for name, marked in headers:
             key = name.lower()
             if key in RESERVED_HEADERS:
-                raise RowError(_sets_reserved(name), template=self.name)
+                found.append(RowError(_sets_reserved(name), template=self.name))
+                continue
             if key in SINGLE_HEADERS and key in seen:
-                raise RowError(_sets_twice(name), template=self.name)
+                found.append(RowError(_sets_twice(name), template=self.name))
+                continue
             seen.add(key)
             if key in ADDRESS_HEADERS:
-                addresses, utf8 = self._checked(key, _addresses, name, marked, checked=recipient.address)
+                checked = self._collect(found, fields, key, _addresses, name, marked, recipient.address)
+                if checked is None:
+                    continue
+                addresses, utf8 = checked
                 if key in ("to", "cc", "bcc") and self._suppressed is not None:
                     addresses = self._suppressed.without(addresses, recipient.address, name, dropped)
                 needs_utf8 |= utf8
@@ -697,34 +746,43 @@ class Template:
                     out.append((name, ", ".join(_format_address(*a) for a in addresses)))
                 continue
             value = hdr.unmark(marked).strip()
-            hdr.check_value(value)  # also what a {% filter %} block made of the template's own text
+            try:
+                hdr.check_value(value)  # also what a {% filter %} block made of the template's own text
+            except hdr.BadValue as e:
+                found.append(self._row_error(e, fields))
+                continue
             if not value:
                 continue
             if key == "preheader":  # not a header: the hidden preview text at the top of the HTML
                 preheader = value
             elif key == "attachment":
-                path, size = self._checked(key, self._attachment_path, value)
+                file = self._collect(found, fields, key, self._attachment_path, value)
+                if file is None:
+                    continue
+                path, size = file
                 attached_bytes += size
-                if attached_bytes > self.max_attachment_bytes:
-                    raise RowError(
-                        f"the attachments add up to {attached_bytes / 1e6:.1f} MB, over the limit of "
-                        f"{self.max_attachment_bytes / 1e6:g} MB a message (attachments_max_mb)",
-                        _column_of(recipient.fields, value),
+                if attached_bytes > self.max_attachment_bytes >= attached_bytes - size:  # said once
+                    found.append(
+                        RowError(
+                            f"the attachments add up to {attached_bytes / 1e6:.1f} MB, over the limit of "
+                            f"{self.max_attachment_bytes / 1e6:g} MB a message (attachments_max_mb)",
+                            _column_of(fields, value),
+                        )
                     )
                 attachments.append((value, path))
             else:
                 out.append((name, value))
-        if not envelope_to:
+        if not envelope_to and not found:  # else a bad To is the reason, already said
             raise RowError("the message has no recipient: To, Cc and Bcc are all empty")
         out.extend(unsub.headers(links.get("url"), links.get("mailto")))
         out.extend((name, value) for name, value in self._list_headers if name.lower() not in seen)
         # A Markdown body is made HTML when the message is built (the check pass stays fast), unless
         # its images can only be known from the HTML.
         if self.kind == "markdown" and self._markdown_images is not None:
-            html, images = None, self._images_of(self._markdown_images, recipient.fields)
+            html, images = None, self._images_of(self._markdown_images, fields, found)
         else:
             html = self._html_of(body, context)
-            images = [] if html is None else self._images_of(htmlbody.image_sources(html), recipient.fields)
+            images = [] if html is None else self._images_of(htmlbody.image_sources(html), fields, found)
         text = None if self._text_body is None else self._render(self._text_body, context, MAX_BODY_CHARS)
         digest = hashlib.sha256(
             "\0".join(
@@ -757,9 +815,12 @@ class Template:
             return self._mjml_html(body)
         return body if self.kind == "html" else None
 
-    def _images_of(self, sources: list[str], fields: dict[str, str]) -> list[tuple[str, Path]]:
-        """The images to embed, each (src as written, file); a missing or refused one stops the row,
-        by the attachment rules: only inside the template's folder or attachments_dir."""
+    def _images_of(
+        self, sources: list[str], fields: dict[str, str], found: list[RowError]
+    ) -> list[tuple[str, Path]]:
+        """The images to embed, each (src as written, file); a missing or refused one stops the row
+        (its problem goes to ``found``), by the attachment rules: only inside the template's folder
+        or attachments_dir."""
         images = []
         for src in sources:
             path = self._image_paths.get(src)
@@ -770,8 +831,10 @@ class Template:
                 except hdr.BadValue as e:
                     message = e.message.replace(f"attachment {written!r}", f"the image {written!r}", 1)
                     if written in self.body_source:  # written in the template: every row fails the same
-                        raise RowError(message, template=self.name) from None
-                    raise RowError(message, _column_of(fields, written)) from None
+                        found.append(RowError(message, template=self.name))
+                    else:
+                        found.append(RowError(message, _column_of(fields, written)))
+                    continue
                 self._image_paths[src] = path
             images.append((src, path))
         return images
@@ -1308,8 +1371,9 @@ def prepare(file: str, result: RowResult, template: Template, *, build: bool = T
 
 
 def settle(file: str, result: RowResult, checked: CheckedRow | ComposedMessage | RowError) -> Prepared:
-    """A row whose check gave ``checked``: what was checked (or its message), or the RowError that
-    stops it. Suppressed addresses dropped from the message are a warning of the row."""
+    """A row whose check gave ``checked``: what was checked (or its message), or the RowError (with
+    the row's other problems) that stops it. Suppressed addresses dropped from the message are a
+    warning of the row."""
     dropped = checked.dropped if isinstance(checked, CheckedRow | ComposedMessage) else ()
     if dropped:
         text = f"suppressed, so not mailed with this row: {', '.join(dropped)}"
@@ -1317,9 +1381,10 @@ def settle(file: str, result: RowResult, checked: CheckedRow | ComposedMessage |
     if isinstance(checked, ComposedMessage):
         return Prepared(result, checked, True, checked.envelope_from, checked.html_bytes)
     if isinstance(checked, RowError):
-        problem = RowProblem(
-            file, result.row, result.line, checked.column, checked.message, template=checked.template
-        )
-        result.problems.append(problem)
+        for error in checked.each():  # every problem the row has, each its own line
+            problem = RowProblem(
+                file, result.row, result.line, error.column, error.message, template=error.template
+            )
+            result.problems.append(problem)
         return Prepared(result, None, False)
     return Prepared(result, None, True, checked.sender, checked.html_bytes)

@@ -358,7 +358,8 @@ class Sender:
             self._not_attempted(recipient)
         elif isinstance(composed, RowError):
             self._room.release()
-            self._report(Outcome(recipient, Status.FAILED, "", 0, None, f"cannot render: {composed.message}"))
+            why = "; ".join(e.message for e in composed.each())
+            self._report(Outcome(recipient, Status.FAILED, "", 0, None, f"cannot render: {why}"))
         else:
             self._outstanding += 1
             job = _Job(composed)
