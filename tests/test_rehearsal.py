@@ -10,6 +10,7 @@ from email.policy import default as default_policy
 from pathlib import Path
 
 from tests.servers import SmtpServer
+from tests.test_capture import free_port
 from tests.test_send_cli import campaign, mailblast
 
 REPO = Path(__file__).resolve().parent.parent
@@ -117,3 +118,17 @@ def test_outbox_sends_nothing_through_the_configured_relays(
     assert proc.returncode == 0, proc.stderr
     assert relay.received == [] and relay.connections == 0
     assert len(stored(tmp_path / "rehearsal")) == 2
+
+
+def test_the_capture_server_is_recognised_before_a_run_and_a_real_server_is_not(
+    tmp_path: Path, smtp_server: Callable[..., SmtpServer]
+) -> None:
+    from mailblast.campaign.rehearsal import is_capture_server
+    from mailblast.server.capture import in_background
+    from mailblast.smtp.urls import parse_smtp_url
+
+    with in_background(tmp_path / "outbox") as capture:
+        assert is_capture_server(parse_smtp_url(capture.url), timeout=10)
+    assert not is_capture_server(parse_smtp_url(smtp_server().url), timeout=10)
+    nobody = parse_smtp_url(f"smtp://127.0.0.1:{free_port()}")
+    assert not is_capture_server(nobody, timeout=10)  # unreachable: taken as real, the send says why

@@ -10,14 +10,12 @@ deliveries make the answer matter before sending.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from typing import Any
 
-import aiosmtplib
-
 from mailblast.server.capture import CAPTURE_EXTENSION
 from mailblast.smtp.connection import Connection
+from mailblast.smtp.transaction import TransactionError
 from mailblast.smtp.urls import SmtpTarget
 
 CAPTURE = "mailblast capture server"  # the journal's name for every capture server: the port varies
@@ -42,19 +40,14 @@ def is_capture_server(target: SmtpTarget, timeout: float) -> bool:
 
 
 async def _probe(target: SmtpTarget, timeout: float) -> bool:
-    smtp = aiosmtplib.SMTP(
-        hostname=target.host, port=target.port, timeout=timeout, use_tls=False, start_tls=False
-    )
+    connection = Connection(target, None, timeout=timeout)
     try:
-        await smtp.connect()
-        await smtp.ehlo()
-        return smtp.supports_extension(CAPTURE_EXTENSION)
-    except (TimeoutError, aiosmtplib.SMTPException, OSError):
+        await connection.open()
+        return connection.offers(CAPTURE_EXTENSION)
+    except TransactionError:
         return False
     finally:
-        with contextlib.suppress(Exception):
-            await smtp.quit()
-        smtp.close()
+        await connection.close()
 
 
 class WatchedConnection(Connection):
